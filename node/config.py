@@ -1,0 +1,290 @@
+"""Configuration: ``config.yaml`` validated by pydantic.
+
+Loaded once at start-up and passed explicitly to every stage (no global re-reads): a node that
+changes behaviour mid-run because somebody edited a file is harder to reason about than one that
+needs a restart. Every field has a default, so an empty file (or none) gives the embedded
+defaults that ``make run`` uses: SQLite + storage under ``./var``, AE ``HIPNODE`` on 11112.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
+
+
+def _check_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be 1-65535")
+    return value
+
+
+def _check_ae(value: str) -> str:
+    if not value.strip() or not _AE_RE.match(value):
+        raise ValueError("must be 1-16 printable characters without backslash")
+    return value.strip()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSConfig(_Strict):
+    """TLS for the SCP (server side) or an SCU destination (client side)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    verify_peer: bool = False  # SCP: require and verify client certificates; SCU: verify server
+
+    @model_validator(mode="after")
+    def _need_files(self) -> TLSConfig:
+        if self.enabled and self.verify_peer and self.ca_file is None:
+            raise ValueError("ca_file is required when verify_peer is true")
+        return self
+
+
+class NodeConfig(_Strict):
+    ae_title: str = "HIPNODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    max_pdu: int = Field(0, ge=0, description="0 = unlimited (fastest); else bytes, >= 4096")
+    max_associations: int = Field(16, ge=1, le=1000)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    tls: TLSConfig = TLSConfig()
+    require_called_ae: bool = False  # reject associations not addressed to ae_title
+
+    _ae = field_validator("ae_title")(_check_ae)
+    _port = field_validator("port")(_check_port)
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _pdu(cls, v: int) -> int:
+        if v and v < 4096:
+            raise ValueError("must be 0 (unlimited) or >= 4096")
+        return v
+
+
+class StorageConfig(_Strict):
+    root: Path = Path("var/storage")
+    min_free_mb: float = Field(512.0, ge=0, description="below this free space C-STORE answers 0xA700")
+    fsync: bool = True
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///var/hipnode.db"
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return v
+
+
+class CallingAE(_Strict):
+    """A modality or PACS allowed to send to us, with its own settings."""
+
+    ae_title: str
+    host: str | None = None  # optional: only accept this AE from this address
+    quiet_period_s: float | None = Field(None, gt=0)
+    priority: int = 0  # larger runs first
+    destinations: list[str] | None = None  # overrides routing rules when set
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class SeriesConfig(_Strict):
+    quiet_period_s: float = Field(10.0, gt=0)
+    check_interval_s: float = Field(1.0, gt=0)
+
+
+class JobsConfig(_Strict):
+    lease_s: float = Field(120.0, gt=0)
+    heartbeat_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_s: float = Field(10.0, ge=0)
+    retry_backoff_max_s: float = Field(600.0, ge=0)
+    poll_interval_s: float = Field(0.5, gt=0)
+    sweep_interval_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease(self) -> JobsConfig:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s")
+        return self
+
+
+class Destination(_Strict):
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: TLSConfig = TLSConfig()
+    verify_with_cfind: bool = False  # read back each result by C-FIND ("visible in PACS")
+    timeout_s: float = Field(30.0, gt=0)
+
+    _ae = field_validator("ae_title")(_check_ae)
+    _port = field_validator("port")(_check_port)
+
+
+class RouteMatch(_Strict):
+    """All given fields must match (case-insensitive; ``*`` and ``?`` wildcards allowed)."""
+
+    calling_ae: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    view: str | None = None
+
+
+class RouteRule(_Strict):
+    match: RouteMatch = RouteMatch()
+    destinations: list[str]
+    stop: bool = True  # first matching rule wins unless stop is false
+
+
+class DispatchConfig(_Strict):
+    backoff_s: float = Field(5.0, gt=0)
+    backoff_max_s: float = Field(600.0, gt=0)
+    max_attempts: int = Field(50, ge=1, description="then the delivery is failed for good")
+    interval_s: float = Field(1.0, gt=0)
+    calling_ae_title: str | None = None  # defaults to node.ae_title
+
+
+class ScreeningConfig(_Strict):
+    modalities: list[str] = ["CR", "DX", "RG", "DR", "OT"]
+    reject_image_types: list[str] = ["LOCALIZER", "DERIVED\\SECONDARY"]
+    min_size_px: int = Field(256, ge=16)
+    max_size_px: int = Field(8192, ge=256)
+    min_bits: int = Field(8, ge=1)
+    max_bits: int = Field(16, le=32)
+
+
+ProviderName = Literal["cpu", "cuda", "tensorrt"]
+
+
+class ModelsConfig(_Strict):
+    root: Path = Path("models")
+    provider: ProviderName = "cpu"
+    intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
+    inter_op_threads: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    triage: str | None = "triage"
+    detector: str | None = "detector"
+    morphology: list[str] = ["morphology"]
+
+
+class OutputsConfig(_Strict):
+    sr: bool = True
+    sc: bool = True
+    sc_compression: Literal["jpeg2000-lossless", "jpeg-baseline", "none"] = "jpeg2000-lossless"
+    root: Path = Path("var/results")
+    manufacturer: str = "hipnode"
+
+
+class Config(_Strict):
+    node: NodeConfig = NodeConfig()
+    storage: StorageConfig = StorageConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    allow_any_calling_ae: bool = True
+    calling_aes: list[CallingAE] = []
+    series: SeriesConfig = SeriesConfig()
+    jobs: JobsConfig = JobsConfig()
+    destinations: list[Destination] = []
+    routing: list[RouteRule] = []
+    dispatch: DispatchConfig = DispatchConfig()
+    screening: ScreeningConfig = ScreeningConfig()
+    models: ModelsConfig = ModelsConfig()
+    outputs: OutputsConfig = OutputsConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = [d.name for d in self.destinations]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"destination names must be unique: {sorted(dupes)}")
+        known = set(names)
+        for i, rule in enumerate(self.routing):
+            for d in rule.destinations:
+                if d not in known:
+                    raise ValueError(f"routing[{i}].destinations: unknown destination {d!r}")
+        for i, ae in enumerate(self.calling_aes):
+            for d in ae.destinations or []:
+                if d not in known:
+                    raise ValueError(f"calling_aes[{i}].destinations: unknown destination {d!r}")
+        return self
+
+    def calling_ae(self, ae_title: str) -> CallingAE | None:
+        for ae in self.calling_aes:
+            if ae.ae_title == ae_title.strip():
+                return ae
+        return None
+
+    def quiet_period_for(self, ae_title: str | None) -> float:
+        ae = self.calling_ae(ae_title) if ae_title else None
+        if ae is not None and ae.quiet_period_s is not None:
+            return ae.quiet_period_s
+        return self.series.quiet_period_s
+
+    def destination(self, name: str) -> Destination:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, each as ``key.path: message``."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
+
+
+def parse_config(data: dict[str, Any] | None) -> Config:
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            errors.append(f"{_loc(tuple(err['loc']))}: {msg}")
+        raise ConfigError(errors) from None
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Load and validate ``path``; ``None`` or a missing default file gives embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read {p}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(file): not valid YAML: {exc}"]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(["(root): must be a mapping"])
+    return parse_config(data)
