@@ -214,3 +214,27 @@ class SeriesFindings:
     study_instance_uid: str
     images: list[ImageFindings] = field(default_factory=list)
     models: list[ModelInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PriorMeasurement:
+    """A cup measurement from an earlier study of the same patient and side (longitudinal SR)."""
+
+    side: Side
+    study_instance_uid: str
+    study_date: str  # DICOM DA, may be ""
+    inclination_deg: float | None
+    anteversion_deg: float | None
+
+
+# Detector classes, in output index order. Side of a cup/stem/teardrop is decided by position
+# (which hip_joint box contains it, or which side of the pelvic midline).
+DETECTOR_CLASSES: tuple[str, ...] = (
+    "hip_joint_right",
+    "hip_joint_left",
+    "cup",
+    "stem",
+    "other_hardware",
+    "teardrop",
+    "ischial_tuberosity",
+)
