@@ -261,14 +261,39 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(root)"
 
 
+def _reference_errors(data: dict[str, Any]) -> list[str]:
+    """Cross-references checked on the raw mapping, so they are reported together with field
+    errors (pydantic runs whole-model validators only once every field is valid)."""
+    dests = data.get("destinations") or []
+    known = {d.get("name") for d in dests if isinstance(d, dict)}
+    errors = []
+    for section in ("routing", "calling_aes"):
+        items = data.get(section) or []
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            names = item.get("destinations") if isinstance(item, dict) else None
+            if isinstance(names, list):
+                errors += [
+                    f"{section}[{i}].destinations: unknown destination {n!r}" for n in names if n not in known
+                ]
+    return errors
+
+
 def parse_config(data: dict[str, Any] | None) -> Config:
+    data = data or {}
     try:
-        return Config.model_validate(data or {})
+        return Config.model_validate(data)
     except ValidationError as exc:
-        errors = []
+        errors: list[str] = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            errors.append(f"{_loc(tuple(err['loc']))}: {msg}")
+            line = msg if not err["loc"] and ": " in msg else f"{_loc(tuple(err['loc']))}: {msg}"
+            if line not in errors:
+                errors.append(line)
+        for line in _reference_errors(data):
+            if line not in errors:
+                errors.append(line)
         raise ConfigError(errors) from None
 
 

@@ -1,0 +1,305 @@
+"""``hipnode`` command line: one entry point for every process and tool.
+
+Processes: ``receive`` (SCP only), ``work`` (job worker + dispatcher), ``run`` (both, for a
+single-machine install). Tools: ``check-config``, ``status``, ``echo``, ``send``, ``import``,
+``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
+check-config`` works even where the heavy optional dependencies are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from node.config import Config, ConfigError, load_config
+
+log = logging.getLogger("node")
+
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs every PDU at INFO; keep it for warnings and above.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, getattr(logging, level, logging.INFO)))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path: Path | None = args.config
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"config error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _database(cfg: Config) -> Any:
+    from node.registry import Database
+
+    db = Database(cfg.database.url, echo=cfg.database.echo)
+    db.migrate()
+    return db
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGTERM/SIGINT, so every loop can stop at a safe point."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path: Path = args.config or DEFAULT_CONFIG
+    try:
+        cfg = load_config(path if path.exists() or args.config else None)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line)
+        print(f"{len(exc.errors)} error(s) in {path}")
+        return 1
+    print(f"{path if path.exists() else '(embedded defaults)'}: OK")
+    print(f"  AE {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, database {cfg.database.url.split('@')[-1]}")
+    print(f"  {len(cfg.calling_aes)} calling AE(s), {len(cfg.destinations)} destination(s), {len(cfg.routing)} rule(s)")
+    return 0
+
+
+def _start_receiver(cfg: Config, db: Any) -> Any:
+    from node.receive import serve
+
+    return serve(cfg, db, block=False)
+
+
+def _start_scheduler(cfg: Config, db: Any) -> Any:
+    from node.series import start_series_scheduler
+
+    return start_series_scheduler(db, cfg)
+
+
+def _worker_threads(cfg: Config, db: Any, stop: threading.Event, workers: int) -> list[threading.Thread]:
+    from node.dispatch import Dispatcher
+    from node.worker import Worker
+
+    threads = []
+    for i in range(workers):
+        w = Worker(cfg, db, worker_id=f"{os.uname().nodename}:{os.getpid()}:w{i}")
+        threads.append(threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}", daemon=True))
+    d = Dispatcher(cfg, db)
+    threads.append(threading.Thread(target=d.run_forever, args=(stop,), name="dispatcher", daemon=True))
+    for t in threads:
+        t.start()
+    return threads
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    db = _database(cfg)
+    stop = _stop_event()
+    server = _start_receiver(cfg, db)
+    scheduler = _start_scheduler(cfg, db)
+    log.info("receiver %s listening on %s:%d", cfg.node.ae_title, cfg.node.host, cfg.node.port)
+    stop.wait()
+    scheduler.shutdown(wait=False)
+    server.shutdown()
+    db.dispose()
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    db = _database(cfg)
+    stop = _stop_event()
+    scheduler = _start_scheduler(cfg, db)
+    threads = _worker_threads(cfg, db, stop, args.workers)
+    log.info("%d worker(s) and a dispatcher running", args.workers)
+    stop.wait()
+    scheduler.shutdown(wait=False)
+    for t in threads:
+        t.join(timeout=cfg.jobs.lease_s)
+    db.dispose()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    db = _database(cfg)
+    stop = _stop_event()
+    server = _start_receiver(cfg, db)
+    scheduler = _start_scheduler(cfg, db)
+    threads = _worker_threads(cfg, db, stop, args.workers)
+    log.info(
+        "hipnode running: AE %s on %s:%d, %d worker(s)", cfg.node.ae_title, cfg.node.host, cfg.node.port, args.workers
+    )
+    stop.wait()
+    server.shutdown()
+    scheduler.shutdown(wait=False)
+    for t in threads:
+        t.join(timeout=cfg.jobs.lease_s)
+    db.dispose()
+    return 0
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.status import collect_status, format_status
+
+    cfg = _load(args)
+    db = _database(cfg)
+    status = collect_status(cfg, db)
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from node.dispatch import echo
+
+    cfg = _load(args)
+    try:
+        dest = cfg.destination(args.destination)
+    except KeyError:
+        print(f"unknown destination {args.destination!r}; configured: {[d.name for d in cfg.destinations]}")
+        return 2
+    ok, message = echo(dest, cfg.dispatch.calling_ae_title or cfg.node.ae_title)
+    print(f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): {message}")
+    return 0 if ok else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from node.dispatch import send_files
+
+    cfg = _load(args)
+    try:
+        dest = cfg.destination(args.destination)
+    except KeyError:
+        print(f"unknown destination {args.destination!r}; configured: {[d.name for d in cfg.destinations]}")
+        return 2
+    files: list[Path] = []
+    for f in args.files:
+        files.extend(sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f])
+    results = send_files(files, dest, cfg.dispatch.calling_ae_title or cfg.node.ae_title)
+    failed = 0
+    for path, status in results:
+        ok = status is not None and status in (0x0000, 0xB000, 0xB007, 0xB006)
+        failed += not ok
+        print(f"{path}: {'0x%04X' % status if status is not None else 'not sent'}")
+    print(f"{len(results) - failed} sent, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from node.bulk import import_folder
+
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    db = _database(cfg)
+    counts = import_folder(cfg, db, args.folder, calling_ae=args.calling_ae)
+    print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0 if counts.get("failed", 0) == 0 else 1
+
+
+def _delegate(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    mod = importlib.import_module(module)
+    return mod.add_arguments, mod.main
+
+
+def _lazy_subcommand(sub: Any, name: str, module: str, help_text: str) -> None:
+    """Register a subcommand whose arguments live in a module that may need optional extras."""
+    p = sub.add_parser(name, help=help_text, add_help=True)
+    try:
+        add_args, main = _delegate(module)
+    except ImportError as exc:
+        missing = str(exc)
+
+        def _missing(_args: argparse.Namespace) -> int:
+            print(f"hipnode {name} is unavailable: {missing}", file=sys.stderr)
+            return 2
+
+        p.set_defaults(func=_missing)
+        return
+    add_args(p)
+    p.set_defaults(func=main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hipnode", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--config", "-c", type=Path, default=None, help="config.yaml (default: ./config.yaml if present)")
+    # Accept --config after the subcommand too (``hipnode run --config x.yaml``).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS, help="config.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    p = sub.add_parser("check-config", help="validate the configuration and print every error with its key path")
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("receive", help="run the DICOM receiver (C-ECHO, C-STORE) and series completion")
+    p.set_defaults(func=cmd_receive)
+    for name, func, text in (
+        ("work", cmd_work, "run job workers and the dispatcher"),
+        ("run", cmd_run, "run receiver, worker(s) and dispatcher in one process"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--workers", type=int, default=1)
+        p.set_defaults(func=func)
+    p = sub.add_parser("status", help="counts by state, queue depth, destination health")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("echo", help="C-ECHO a configured destination")
+    p.add_argument("destination")
+    p.set_defaults(func=cmd_echo)
+    p = sub.add_parser("send", help="C-STORE files or folders to a configured destination")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("destination")
+    p.set_defaults(func=cmd_send)
+    p = sub.add_parser("import", help="bulk import an archive folder (same job path as received images)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--calling-ae", default="IMPORT")
+    p.set_defaults(func=cmd_import)
+    _lazy_subcommand(sub, "phantom", "node.phantom.cli", "write synthetic hip radiographs with exact ground truth")
+    _lazy_subcommand(sub, "train", "node.train.cli", "train triage / detector / morphology models (train extra)")
+    _lazy_subcommand(sub, "evaluate", "node.evaluate", "metrics of predictions against labels")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
