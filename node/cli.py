@@ -210,7 +210,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     for path, status in results:
         ok = status is not None and status in (0x0000, 0xB000, 0xB007, 0xB006)
         failed += not ok
-        print(f"{path}: {'0x%04X' % status if status is not None else 'not sent'}")
+        print(f"{path}: {f'0x{status:04X}' if status is not None else 'not sent'}")
     print(f"{len(results) - failed} sent, {failed} failed")
     return 0 if failed == 0 else 1
 
