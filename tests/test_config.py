@@ -64,3 +64,9 @@ def test_check_config_cli(tmp_path: Path) -> None:
     )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "OK" in good.stdout
+
+
+def test_deploy_example_config_is_valid() -> None:
+    cfg = load_config(ROOT / "deploy" / "config.example.yaml")
+    assert cfg.database.url.startswith("postgresql://")
+    assert not cfg.allow_any_calling_ae and cfg.destination("pacs").verify_with_cfind
