@@ -1,0 +1,301 @@
+"""Stored DICOM → screened, decoded, normalised pixels for the models.
+
+Three steps, each with a reason when it says no (``ScreenReason`` + a one-line detail that ends
+up in the registry and in the SR):
+
+1. ``screen_metadata`` — header only, no pixel decode: is it an image at all, an accepted
+   modality and image type, a plausible size and bit depth? Cheap, so it runs first.
+2. ``decode`` — pixel data in any transfer syntax the receiver accepts (native, deflate, RLE,
+   JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000) via pydicom's handlers (pylibjpeg,
+   openjpeg, gdcm). Any failure (truncated, corrupt codestream) becomes ``UNDECODABLE``; a
+   constant image becomes ``BLANK``.
+3. ``normalise`` — Modality LUT (rescale), window (the percentile window the models were
+   trained with, or the stored VOI LUT / window for display), MONOCHROME1 inversion → float32
+   0..1 where bone is bright.
+
+Header values are hints, never decisions: the models decide the view and side, and
+``metadata_mismatches`` records where the header disagrees (seed 004: such metadata is wrong
+often enough that trusting it would mis-file measurements).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+from node.config import ScreeningConfig
+from node.domain import ScreenReason, Side, View
+
+log = logging.getLogger(__name__)
+
+WindowMode = Literal["percentile", "voi"]
+
+
+class PixelError(Exception):
+    """An image cannot be used; carries the screening reason and a detail line."""
+
+    def __init__(self, reason: ScreenReason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    """``reason is None`` means accepted."""
+
+    reason: ScreenReason | None = None
+    detail: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+ACCEPTED = ScreenResult()
+
+
+@dataclass
+class Radiograph:
+    """A decoded, accepted image: the dataset (header), stored-value pixels and 0..1 pixels."""
+
+    dataset: Dataset
+    raw: np.ndarray  # stored values after the Modality LUT, float32 (rows, columns)
+    image01: np.ndarray  # float32 0..1, bone bright, windowed for the models
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.raw.shape[0]), int(self.raw.shape[1]))
+
+
+def read_dataset(source: Path | str | bytes | Dataset) -> Dataset:
+    """Read a stored instance (path or bytes); raises ``PixelError(NOT_IMAGE)`` if not DICOM."""
+    if isinstance(source, Dataset):
+        return source
+    try:
+        if isinstance(source, bytes):
+            return pydicom.dcmread(io.BytesIO(source), force=True)
+        return pydicom.dcmread(str(source), force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise PixelError(ScreenReason.NOT_IMAGE, f"cannot parse DICOM: {exc}") from None
+
+
+def _image_type_matches(image_type: list[str], pattern: str) -> bool:
+    """``pattern`` (values joined by backslash) occurs as a contiguous run in ``image_type``."""
+    want = [p.strip().upper() for p in pattern.split("\\") if p.strip()]
+    have = [v.strip().upper() for v in image_type]
+    if not want:
+        return False
+    return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+def screen_metadata(ds: Dataset, cfg: ScreeningConfig) -> ScreenResult:
+    """Header-only checks, in the order an operator would want them reported."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return ScreenResult(ScreenReason.NOT_IMAGE, f"no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality not in {m.upper() for m in cfg.modalities}:
+        return ScreenResult(
+            ScreenReason.MODALITY, f"modality {modality or '(empty)'} not in {cfg.modalities}"
+        )
+    raw_type = ds.get("ImageType")
+    image_type = [str(v) for v in raw_type] if raw_type is not None and not isinstance(raw_type, str) else []
+    if isinstance(raw_type, str):
+        image_type = raw_type.split("\\")
+    for pattern in cfg.reject_image_types:
+        if _image_type_matches(image_type, pattern):
+            shown = "\\".join(image_type)
+            return ScreenResult(ScreenReason.IMAGE_TYPE, f"image type {shown} matches {pattern}")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if not (cfg.min_size_px <= rows <= cfg.max_size_px and cfg.min_size_px <= cols <= cfg.max_size_px):
+        return ScreenResult(
+            ScreenReason.SIZE, f"{rows}x{cols} outside {cfg.min_size_px}..{cfg.max_size_px} px per side"
+        )
+    bits_stored = int(ds.get("BitsStored", 0) or 0)
+    bits_alloc = int(ds.get("BitsAllocated", 0) or 0)
+    if not cfg.min_bits <= bits_stored <= cfg.max_bits or bits_alloc < bits_stored:
+        return ScreenResult(
+            ScreenReason.BIT_DEPTH,
+            f"BitsStored {bits_stored} (allocated {bits_alloc}) outside {cfg.min_bits}..{cfg.max_bits}",
+        )
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return ScreenResult(
+            ScreenReason.NOT_RADIOGRAPH,
+            f"{photometric or 'no photometric interpretation'}, {samples} samples/pixel",
+        )
+    return ACCEPTED
+
+
+def decode(ds: Dataset) -> np.ndarray:
+    """Stored values of the first frame after the Modality LUT, float32 ``(rows, columns)``.
+
+    Raises ``PixelError(UNDECODABLE)`` with the decoder's message on any failure.
+    """
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # every decoder failure means the same thing here
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise PixelError(ScreenReason.UNDECODABLE, f"{type(exc).__name__} decoding {name}: {exc}") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and arr.ndim == 3:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise PixelError(ScreenReason.NOT_RADIOGRAPH, f"pixel array has shape {arr.shape}, expected 2-D")
+    rows, cols = int(ds.get("Rows", arr.shape[0])), int(ds.get("Columns", arr.shape[1]))
+    if arr.shape != (rows, cols):
+        raise PixelError(ScreenReason.UNDECODABLE, f"decoded {arr.shape}, header says {rows}x{cols}")
+    try:
+        out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    except Exception as exc:  # a broken Modality LUT is as unusable as broken pixels
+        raise PixelError(ScreenReason.UNDECODABLE, f"Modality LUT: {exc}") from None
+    if not np.isfinite(out).all():
+        raise PixelError(ScreenReason.UNDECODABLE, "non-finite values after the Modality LUT")
+    return out
+
+
+def screen_pixels(raw: np.ndarray) -> ScreenResult:
+    """Reject constant (blank) images. Padding is allowed; the central part must vary."""
+    lo, hi = np.percentile(raw[:: max(1, raw.shape[0] // 512), :: max(1, raw.shape[1] // 512)], (1, 99))
+    if not hi > lo:
+        return ScreenResult(ScreenReason.BLANK, f"1st and 99th percentile both {float(lo):g}")
+    return ACCEPTED
+
+
+def percentile_window(raw: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Map ``[p_low, p_high]`` of the image to 0..1 (clipped); robust to burned-in labels."""
+    sub = raw[:: max(1, raw.shape[0] // 1024), :: max(1, raw.shape[1] // 1024)]
+    lo, hi = np.percentile(sub, (low_pct, high_pct))
+    if not hi > lo:
+        return np.zeros(raw.shape, np.float32)
+    out = (raw - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def _voi_window(ds: Dataset, raw: np.ndarray) -> np.ndarray | None:
+    """The stored VOI LUT or first window as 0..1, or ``None`` if the header has neither."""
+    if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
+        return None
+    try:
+        out = np.asarray(apply_voi_lut(raw, ds, index=0), dtype=np.float32)
+    except Exception:  # a malformed VOI falls back to the percentile window
+        log.debug("ignoring unusable VOI LUT / window")
+        return None
+    lo, hi = float(out.min()), float(out.max())
+    if not hi > lo:
+        return None
+    return (out - lo) / (hi - lo)
+
+
+def normalise(
+    ds: Dataset,
+    raw: np.ndarray,
+    window: WindowMode = "percentile",
+    low_pct: float = 0.5,
+    high_pct: float = 99.5,
+) -> np.ndarray:
+    """Stored values → float32 0..1 with bone bright (MONOCHROME1 inverted).
+
+    ``percentile`` is what the models use: it does not depend on the modality's window presets,
+    which differ between vendors. ``voi`` honours the stored VOI LUT / window (for display) and
+    falls back to the percentile window when there is none.
+    """
+    out = _voi_window(ds, raw) if window == "voi" else None
+    if out is None:
+        out = percentile_window(raw, low_pct, high_pct)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        out = 1.0 - out
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def load_radiograph(
+    source: Path | str | bytes | Dataset,
+    cfg: ScreeningConfig,
+    window: WindowMode = "percentile",
+    low_pct: float = 0.5,
+    high_pct: float = 99.5,
+) -> tuple[Radiograph | None, ScreenResult]:
+    """Read, screen, decode and normalise; ``(None, reason)`` for an excluded image."""
+    try:
+        ds = read_dataset(source)
+        verdict = screen_metadata(ds, cfg)
+        if not verdict.accepted:
+            return None, verdict
+        raw = decode(ds)
+    except PixelError as exc:
+        return None, ScreenResult(exc.reason, exc.detail)
+    verdict = screen_pixels(raw)
+    if not verdict.accepted:
+        return None, verdict
+    return Radiograph(ds, raw, normalise(ds, raw, window, low_pct, high_pct)), ACCEPTED
+
+
+# --- metadata hints -------------------------------------------------------------------------
+
+_VIEW_POSITION_HINTS: dict[str, set[View]] = {
+    "AP": {View.AP_PELVIS, View.AP_HIP},
+    "PA": {View.AP_PELVIS, View.AP_HIP},
+    "LL": {View.LATERAL_HIP},
+    "RL": {View.LATERAL_HIP},
+    "LAT": {View.LATERAL_HIP},
+    "LATERAL": {View.LATERAL_HIP},
+    "RLD": {View.LATERAL_HIP},
+    "LLD": {View.LATERAL_HIP},
+    "XCL": {View.LATERAL_HIP},  # cross-table lateral
+    "OBL": {View.OBLIQUE_HIP},
+    "LAO": {View.OBLIQUE_HIP},
+    "RAO": {View.OBLIQUE_HIP},
+    "LPO": {View.OBLIQUE_HIP},
+    "RPO": {View.OBLIQUE_HIP},
+}
+_HIP_BODY_PARTS = {"HIP", "PELVIS", "FEMUR", "HIPS", "HIPJOINT", "PELVIS HIP", "LOWER LIMB", "LEG"}
+_SIDE_CODES = {"R": Side.RIGHT, "L": Side.LEFT}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value: Any = ds.get(keyword, "")
+    return str(value).strip().upper() if value is not None else ""
+
+
+def metadata_mismatches(ds: Dataset, view: View, imaged_sides: tuple[Side, ...]) -> list[str]:
+    """Human-readable disagreements between the models' decision and the DICOM header.
+
+    Empty or unknown tag values are not mismatches (absent metadata says nothing).
+    """
+    out: list[str] = []
+    position = _text(ds, "ViewPosition")
+    hinted = _VIEW_POSITION_HINTS.get(position)
+    if hinted is not None and view is not View.OTHER and view not in hinted:
+        out.append(f"ViewPosition is {position} but the image was classified as {view.value}")
+    body = _text(ds, "BodyPartExamined")
+    if body:
+        hip_like = body in _HIP_BODY_PARTS or "HIP" in body or "PELV" in body
+        if view is View.OTHER and hip_like:
+            out.append(f"BodyPartExamined is {body} but the image was classified as not a hip radiograph")
+        elif view is not View.OTHER and not hip_like:
+            out.append(f"BodyPartExamined is {body} but the image was classified as {view.value}")
+    laterality = _text(ds, "ImageLaterality") or _text(ds, "Laterality")
+    tagged = _SIDE_CODES.get(laterality)
+    if view in (View.AP_HIP, View.LATERAL_HIP, View.OBLIQUE_HIP) and len(imaged_sides) == 1:
+        if tagged is not None and tagged is not imaged_sides[0]:
+            out.append(
+                f"Laterality is {laterality} but the imaged hip was classified as {imaged_sides[0].value}"
+            )
+        elif laterality == "B":
+            out.append(
+                f"Laterality is B (both) but the image was classified as a single {imaged_sides[0].value} hip"
+            )
+    elif view is View.AP_PELVIS and tagged is not None:
+        out.append(f"Laterality is {laterality} but the image was classified as an AP pelvis (both hips)")
+    return out
