@@ -1,0 +1,750 @@
+"""``hipnode train morphology``: multitask hip-morphology model on joint crops → ONNX + manifest.
+
+The model follows the morphology abstract (seed 000): a timm backbone (``convnext_tiny`` as in
+the paper, ``--arch``; a small CPU variant for the bundled weights) predicting four flags
+(``node.domain.MORPHOLOGY_FLAGS``) plus patient sex as an auxiliary task, on hip-joint crops with
+hardware-bearing joints excluded. The head is ``LayerNorm2d → global average pool → Linear``, so
+the exported feature map and the linear weights give exact class-activation maps at run time
+(see ``node.infer.morphology``); the ONNX graph has two outputs, ``logits`` and ``features``, and
+the manifest stores the head (``cam.weight`` / ``cam.bias``), the per-flag thresholds (Youden's J
+on the validation split), validation metrics and the exact command.
+
+Data (``--data``):
+
+* ``phantom`` — generated on the fly by ``node.phantom`` (``--images``, ``--phantom-seed``);
+  crops are cut from the generator's ground-truth joint boxes, flags and sex are its truth.
+* a folder of DICOM files plus ``labels.csv`` (``--labels`` to name another file), one row per
+  hip joint with columns:
+
+  ``file``                 DICOM path relative to the folder
+  ``side``                 ``R`` or ``L`` (patient side)
+  ``x0,y0,x1,y1``          joint box in stored-image pixels (column, row; top-left origin)
+  ``ischial_spine_sign``, ``cam_deformity``, ``dysplasia``, ``other_abnormality``
+                           ``1`` / ``0``; blank = not annotated (masked out of the loss)
+  ``sex``                  ``F`` / ``M`` (optional, blank = unknown)
+  ``hardware``             ``1`` if the joint contains hardware (optional; such rows are skipped)
+  ``patient_id``           optional; rows of one patient stay on one side of the split
+                           (default: the file)
+
+Reproducibility: one ``--seed`` drives the split, initialisation, augmentation and batch order;
+``torch.use_deterministic_algorithms`` is on and the thread count is fixed (``--threads``).
+
+Also ``python -m node.train.morphology evaluate …``: scores bundled / trained weights through the
+node's runtime (``node.infer.morphology``, onnxruntime only) on a fresh phantom seed and prints
+AUROC per flag with bootstrap 95 % confidence intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.domain import MORPHOLOGY_FLAGS, Box
+from node.infer.manifest import InputSpec, Manifest, OutputSpec
+from node.infer.morphology import (
+    DEFAULT_MARGIN,
+    FEATURES_OUTPUT,
+    LOGITS_OUTPUT,
+    OUTPUT_CLASSES,
+    TASK,
+    crop_joint,
+    crop_region,
+    hardware_in_region,
+    prepare_crop,
+)
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+CONTEXT_MARGIN = 0.35
+"""Training crops are cut with a wider margin and then re-cropped with jitter, so augmentation
+can shift and scale the window without returning to the full radiograph (which would not fit in
+memory for thousands of images)."""
+SEX_LOSS_WEIGHT = 0.3
+NORM_MEAN = 0.5
+NORM_STD = 0.25
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JointSample:
+    """One hip joint: the exact run-time input plus a wider context crop for augmentation."""
+
+    group: str  # split unit (patient or image): both hips of a patient on one side of the split
+    side: str
+    exact: np.ndarray  # (1, S, S) float32, prepared exactly as the node prepares it
+    context: np.ndarray  # (C, C) float16, 0..1 image values around the joint, CONTEXT_MARGIN
+    labels: np.ndarray  # (4,) float32, NaN = unknown
+    sex_female: float  # 1.0 / 0.0 / NaN
+
+
+def input_spec(size: int) -> InputSpec:
+    """The declared network input: 1 channel, square, per-crop 1–99 % window, stretch resize."""
+    return InputSpec(
+        name=INPUT_NAME,
+        channels=1,
+        height=size,
+        width=size,
+        mean=(NORM_MEAN,),
+        std=(NORM_STD,),
+        window="percentile",
+        low_pct=1.0,
+        high_pct=99.0,
+        resize="stretch",
+    )
+
+
+def context_size(size: int, margin: float) -> int:
+    return int(math.ceil(size * (1.0 + 2.0 * CONTEXT_MARGIN) / (1.0 + 2.0 * margin) / 8.0) * 8)
+
+
+def make_sample(
+    image01: np.ndarray,
+    box: Box,
+    *,
+    group: str,
+    side: str,
+    labels: Sequence[float],
+    sex_female: float,
+    spec: InputSpec,
+    margin: float,
+) -> JointSample:
+    """Cut one joint from a 0..1 image: exact run-time crop + context crop for augmentation."""
+    import cv2
+
+    exact = prepare_crop(crop_joint(image01, box, margin), spec)
+    ctx_px = context_size(spec.height, margin)
+    ctx = crop_joint(image01, box, CONTEXT_MARGIN).astype(np.float32)
+    interp = cv2.INTER_AREA if ctx.shape[0] > ctx_px else cv2.INTER_LINEAR
+    ctx = cv2.resize(ctx, (ctx_px, ctx_px), interpolation=interp).astype(np.float16)
+    return JointSample(
+        group=group,
+        side=side,
+        exact=exact,
+        context=ctx,
+        labels=np.asarray(labels, dtype=np.float32),
+        sex_female=float(sex_female),
+    )
+
+
+def _flag_value(text: str, column: str, row_no: int) -> float:
+    t = (text or "").strip().lower()
+    if t == "":
+        return math.nan
+    if t in ("1", "true", "yes", "y", "present"):
+        return 1.0
+    if t in ("0", "false", "no", "n", "absent"):
+        return 0.0
+    raise ValueError(f"labels row {row_no}: column {column!r} must be 1/0 or blank, got {text!r}")
+
+
+def _sex_value(text: str, row_no: int) -> float:
+    t = (text or "").strip().upper()
+    if t == "":
+        return math.nan
+    if t in ("F", "FEMALE"):
+        return 1.0
+    if t in ("M", "MALE"):
+        return 0.0
+    raise ValueError(f"labels row {row_no}: column 'sex' must be F/M or blank, got {text!r}")
+
+
+def read_dicom01(path: Path) -> np.ndarray:
+    """Stored pixels → 0..1 float32 with MONOCHROME1 inverted (bone bright, as in training).
+
+    Uses ``node.pixels.normalise`` when the node's pixel module provides it; the per-crop window
+    applied afterwards makes any global window equivalent, so only the inversion truly matters.
+    """
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    try:
+        from node import pixels  # type: ignore[attr-defined]
+
+        normalise = getattr(pixels, "normalise", None)
+    except ImportError:
+        normalise = None
+    if normalise is not None:
+        try:
+            out = normalise(ds)
+            arr = np.asarray(getattr(out, "image", out), dtype=np.float32)
+            if arr.ndim == 2:
+                return arr
+        except (TypeError, ValueError, AttributeError):
+            pass
+    arr = ds.pixel_array.astype(np.float32)
+    if arr.ndim == 3:
+        arr = arr[0]
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr
+
+
+def folder_samples(folder: Path, labels_csv: Path, spec: InputSpec, margin: float) -> list[JointSample]:
+    """Samples from a site archive: DICOM files + one labels row per joint (see module doc)."""
+    with open(labels_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    need = {"file", "side", "x0", "y0", "x1", "y1", *MORPHOLOGY_FLAGS}
+    if rows and not need.issubset(rows[0].keys()):
+        raise ValueError(f"{labels_csv}: missing columns {sorted(need - set(rows[0].keys()))}")
+    samples: list[JointSample] = []
+    cache: dict[str, np.ndarray] = {}
+    skipped = 0
+    for i, row in enumerate(rows, start=2):
+        if _flag_value(row.get("hardware", ""), "hardware", i) == 1.0:
+            skipped += 1
+            continue
+        side = row["side"].strip().upper()
+        if side not in ("R", "L"):
+            raise ValueError(f"labels row {i}: side must be R or L, got {row['side']!r}")
+        fname = row["file"]
+        if fname not in cache:
+            cache.clear()  # rows of one file are usually adjacent; keep memory flat
+            cache[fname] = read_dicom01(folder / fname)
+        box = Box(float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"]))
+        samples.append(
+            make_sample(
+                cache[fname],
+                box,
+                group=(row.get("patient_id") or "").strip() or fname,
+                side=side,
+                labels=[_flag_value(row[f], f, i) for f in MORPHOLOGY_FLAGS],
+                sex_female=_sex_value(row.get("sex", ""), i),
+                spec=spec,
+                margin=margin,
+            )
+        )
+    log.info("%s: %d joints, %d skipped for hardware", labels_csv, len(samples), skipped)
+    return samples
+
+
+def phantom_joints(count: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Phantom joints from ``node.phantom``: dicts with image01, box, side, labels, sex, hardware, group.
+
+    One generator call per image; the image is dropped once its joints are cut. Hardware-bearing
+    joints are yielded with ``hardware`` set so callers decide (training skips them).
+    """
+    from node.phantom import generate_dataset  # type: ignore[attr-defined]
+
+    for item in generate_dataset(count=count, seed=seed):
+        yield from item  # placeholder until the phantom API is known
+
+
+def phantom_samples(count: int, seed: int, spec: InputSpec, margin: float) -> list[JointSample]:
+    samples: list[JointSample] = []
+    skipped = 0
+    for j in phantom_joints(count, seed):
+        if j["hardware"]:
+            skipped += 1
+            continue
+        samples.append(
+            make_sample(
+                j["image01"],
+                j["box"],
+                group=j["group"],
+                side=j["side"],
+                labels=j["labels"],
+                sex_female=j["sex_female"],
+                spec=spec,
+                margin=margin,
+            )
+        )
+    log.info(
+        "phantoms (seed %d, %d images): %d joints, %d skipped for hardware",
+        seed,
+        count,
+        len(samples),
+        skipped,
+    )
+    return samples
+
+
+def split_groups(
+    samples: Sequence[JointSample], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Deterministic split by group hash (independent of sample order and of the machine)."""
+    train, val = [], []
+    for i, s in enumerate(samples):
+        h = hashlib.sha256(f"{seed}:{s.group}".encode()).digest()
+        (val if int.from_bytes(h[:8], "big") / 2**64 < val_fraction else train).append(i)
+    return train, val
+
+
+def augment(sample: JointSample, spec: InputSpec, margin: float, rng: np.random.Generator) -> np.ndarray:
+    """A jittered re-crop of the context (±10 % scale, ±6 % shift), flip, gamma, noise."""
+    ctx = sample.context.astype(np.float32)
+    n = ctx.shape[0]
+    nominal = n * (1.0 + 2.0 * margin) / (1.0 + 2.0 * CONTEXT_MARGIN)
+    side = nominal * rng.uniform(0.9, 1.1)
+    cx = n / 2.0 + rng.uniform(-0.06, 0.06) * nominal
+    cy = n / 2.0 + rng.uniform(-0.06, 0.06) * nominal
+    x0 = round(min(max(cx - side / 2.0, 0.0), n - side))
+    y0 = round(min(max(cy - side / 2.0, 0.0), n - side))
+    k = round(min(side, n))
+    sub = ctx[y0 : y0 + k, x0 : x0 + k]
+    if rng.random() < 0.5:
+        sub = sub[:, ::-1]
+    sub = np.clip(sub, 0.0, 1.0) ** rng.uniform(0.7, 1.4)
+    sub = sub + rng.normal(0.0, rng.uniform(0.0, 0.03), sub.shape).astype(np.float32)
+    return prepare_crop(np.ascontiguousarray(sub, dtype=np.float32), spec)
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(arch: str, size: int, n_out: int = len(OUTPUT_CLASSES), dropout: float = 0.1) -> Any:
+    """timm backbone (random init, never downloaded) + LayerNorm2d → GAP → Linear head.
+
+    The norm sits *before* pooling (per position) so that "features" is exactly what the linear
+    layer averages: CAM_k = W_k · features, and mean(CAM_k) + b_k = logit_k.
+    """
+    import timm
+    import torch
+    from timm.layers import LayerNorm2d
+    from torch import nn
+
+    class MorphologyNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = timm.create_model(
+                arch, pretrained=False, num_classes=0, global_pool="", in_chans=1
+            )
+            with torch.no_grad():
+                width = int(self.backbone.forward_features(torch.zeros(1, 1, size, size)).shape[1])
+            self.norm = LayerNorm2d(width)
+            self.dropout = nn.Dropout(dropout)
+            self.fc = nn.Linear(width, n_out)
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            feats = self.norm(self.backbone.forward_features(x))
+            logits = self.fc(self.dropout(feats.mean(dim=(2, 3))))
+            return logits, feats
+
+    return MorphologyNet()
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (numpy; sklearn is not needed for these two)
+# --------------------------------------------------------------------------------------------
+
+
+def auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney, ties counted half); NaN if one class is absent."""
+    y = np.asarray(y, dtype=bool)
+    pos, neg = p[y], p[~y]
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(allv.size, dtype=np.float64)
+    # average ranks over ties
+    i = 0
+    while i < allv.size:
+        j = i
+        while j + 1 < allv.size and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    r = np.empty_like(ranks)
+    r[order] = ranks
+    rank_pos = r[: pos.size].sum()
+    return float((rank_pos - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Probability threshold maximising sensitivity + specificity − 1 on ``(y, p)``.
+
+    The cut is placed midway between adjacent distinct scores, so a threshold learnt on the
+    validation set is not glued to one validation case's exact probability.
+    """
+    y = np.asarray(y, dtype=bool)
+    if y.all() or (~y).all():
+        return 0.5
+    values = np.unique(p)
+    cuts = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2.0, [values[-1] + 1e-6]])
+    best, best_j = 0.5, -1.0
+    for c in cuts:
+        pred = p >= c
+        sens = float((pred & y).sum() / y.sum())
+        spec = float((~pred & ~y).sum() / (~y).sum())
+        if sens + spec - 1.0 > best_j:
+            best, best_j = float(c), sens + spec - 1.0
+    return float(min(max(best, 1e-4), 1.0 - 1e-4))
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    y = np.asarray(y, dtype=bool)
+    pred = p >= threshold
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return round(a / b, 4) if b else math.nan
+
+    return {
+        "auroc": round(auroc(y, p), 4),
+        "accuracy": ratio(tp + tn, y.size),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "n_positive": int(y.sum()),
+        "n": int(y.size),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hipnode train morphology``."""
+    parser.add_argument("--data", default="phantom", help="'phantom' or a folder of DICOM files + labels CSV")
+    parser.add_argument("--labels", type=Path, default=None, help="labels CSV (default: <data>/labels.csv)")
+    parser.add_argument("--images", type=int, default=600, help="phantom images to generate (2 joints each)")
+    parser.add_argument("--phantom-seed", type=int, default=1, help="phantom generator seed")
+    parser.add_argument("--arch", default="convnext_femto", help="timm architecture (paper: convnext_tiny)")
+    parser.add_argument("--size", type=int, default=128, help="crop side in network pixels")
+    parser.add_argument(
+        "--margin", type=float, default=DEFAULT_MARGIN, help="crop margin (fraction of box side)"
+    )
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--time-limit-min", type=float, default=0.0, help="stop training after this (0 = none)"
+    )
+    parser.add_argument("--name", default=TASK, help="model name in the manifest")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output version folder, e.g. models/morphology/1.0.0"
+    )
+
+
+def _loss(logits: Any, labels: Any, sex: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    flag_logits = logits[:, : len(MORPHOLOGY_FLAGS)]
+    mask = ~torch.isnan(labels)
+    flag_loss = F.binary_cross_entropy_with_logits(
+        flag_logits[mask], torch.nan_to_num(labels)[mask], reduction="sum"
+    ) / mask.sum().clamp(min=1)
+    smask = ~torch.isnan(sex)
+    sex_loss = F.binary_cross_entropy_with_logits(
+        logits[:, -1][smask], torch.nan_to_num(sex)[smask], reduction="sum"
+    ) / smask.sum().clamp(min=1)
+    return flag_loss + SEX_LOSS_WEIGHT * sex_loss
+
+
+def predict_torch(model: Any, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, batch.shape[0], batch_size):
+            logits, _ = model(torch.from_numpy(batch[i : i + batch_size]))
+            outs.append(torch.sigmoid(logits).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, len(OUTPUT_CLASSES)), np.float32)
+
+
+def evaluate_split(
+    probs: np.ndarray, samples: Sequence[JointSample], thresholds: dict[str, float]
+) -> dict[str, Any]:
+    labels = np.stack([s.labels for s in samples])
+    out: dict[str, Any] = {}
+    for k, f in enumerate(MORPHOLOGY_FLAGS):
+        known = ~np.isnan(labels[:, k])
+        out[f] = binary_metrics(labels[known, k] > 0.5, probs[known, k], thresholds[f])
+    sex = np.asarray([s.sex_female for s in samples])
+    known = ~np.isnan(sex)
+    if known.any():
+        out["sex_accuracy"] = round(float(((probs[known, -1] >= 0.5) == (sex[known] > 0.5)).mean()), 4)
+    return out
+
+
+def train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
+    """Train, choose thresholds, export, verify ONNX against torch, write the manifest."""
+    import torch
+
+    from node.train.common import (
+        command_line,
+        compare_onnx,
+        export_onnx,
+        offline_environment,
+        seed_everything,
+    )
+
+    offline_environment()
+    seed_everything(args.seed, threads=args.threads)
+    spec = input_spec(args.size)
+    t0 = time.monotonic()
+    if args.data == "phantom":
+        samples = phantom_samples(args.images, args.phantom_seed, spec, args.margin)
+        data_text = (
+            f"synthetic phantoms from node.phantom: {args.images} images, seed {args.phantom_seed}, "
+            f"{len(samples)} hardware-free joint crops from ground-truth joint boxes"
+        )
+    else:
+        folder = Path(args.data)
+        labels_csv = args.labels or folder / "labels.csv"
+        samples = folder_samples(folder, labels_csv, spec, args.margin)
+        data_text = f"{folder} with {labels_csv.name}: {len(samples)} hardware-free joint crops"
+    if len(samples) < 4:
+        raise SystemExit(f"only {len(samples)} usable joints: too few to train")
+    train_idx, val_idx = split_groups(samples, args.val_fraction, args.seed)
+    if not val_idx or not train_idx:
+        raise SystemExit("the split left no training or no validation joints; change --val-fraction")
+    log.info(
+        "data ready in %.0fs: %d train, %d val joints", time.monotonic() - t0, len(train_idx), len(val_idx)
+    )
+
+    model = build_model(args.arch, args.size)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / args.batch_size))
+    total = steps_per_epoch * args.epochs
+    warmup = max(1, min(steps_per_epoch, total // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
+    )
+    rng = np.random.default_rng(args.seed)
+    val_samples = [samples[i] for i in val_idx]
+    val_x = np.stack([s.exact for s in val_samples])
+    best_score, best_state, best_epoch = -1.0, None, 0
+    deadline = t0 + args.time_limit_min * 60.0 if args.time_limit_min > 0 else math.inf
+    epochs_run = 0
+    for epoch in range(args.epochs):
+        model.train()
+        order = rng.permutation(train_idx)
+        t_ep, loss_sum = time.monotonic(), 0.0
+        for b in range(steps_per_epoch):
+            chunk = [samples[i] for i in order[b * args.batch_size : (b + 1) * args.batch_size]]
+            if not chunk:
+                continue
+            x = torch.from_numpy(np.stack([augment(s, spec, args.margin, rng) for s in chunk]))
+            y = torch.from_numpy(np.stack([s.labels for s in chunk]))
+            sx = torch.tensor([s.sex_female for s in chunk], dtype=torch.float32)
+            logits, _ = model(x)
+            loss = _loss(logits, y, sx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss)
+        epochs_run = epoch + 1
+        probs = predict_torch(model, val_x)
+        metrics = evaluate_split(probs, val_samples, dict.fromkeys(MORPHOLOGY_FLAGS, 0.5))
+        aucs = [metrics[f]["auroc"] for f in MORPHOLOGY_FLAGS]
+        score = float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else 0.0
+        log.info(
+            "epoch %d/%d loss %.4f val AUROC %s (%.0fs)",
+            epoch + 1,
+            args.epochs,
+            loss_sum / steps_per_epoch,
+            " ".join(f"{a:.3f}" for a in aucs),
+            time.monotonic() - t_ep,
+        )
+        if score > best_score:
+            best_score, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if time.monotonic() > deadline:
+            log.warning("time limit reached after epoch %d", epoch + 1)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+
+    probs = predict_torch(model, val_x)
+    labels = np.stack([s.labels for s in val_samples])
+    thresholds: dict[str, float] = {}
+    for k, f in enumerate(MORPHOLOGY_FLAGS):
+        known = ~np.isnan(labels[:, k])
+        thresholds[f] = round(youden_threshold(labels[known, k] > 0.5, probs[known, k]), 6)
+    metrics = evaluate_split(probs, val_samples, thresholds)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(
+        model, out / "model.onnx", INPUT_NAME, [LOGITS_OUTPUT, FEATURES_OUTPUT], (1, 1, args.size, args.size)
+    )
+    check = val_x[: min(8, len(val_x))]
+    max_diff = compare_onnx(model, onnx_path, check, [LOGITS_OUTPUT, FEATURES_OUTPUT], atol=1e-4)
+    head_w = model.fc.weight.detach().numpy().astype(np.float64)
+    head_b = model.fc.bias.detach().numpy().astype(np.float64)
+    manifest = Manifest(
+        name=args.name,
+        version=out.name,
+        task=TASK,
+        architecture=f"{args.arch} + LayerNorm2d + global average pool + linear (4 flags + sex)",
+        input=spec,
+        outputs=(
+            OutputSpec(LOGITS_OUTPUT, OUTPUT_CLASSES, "none"),
+            OutputSpec(FEATURES_OUTPUT, (), "none"),
+        ),
+        training_data=data_text,
+        command=command_line(argv),
+        metrics={
+            "validation": metrics,
+            "validation_joints": len(val_idx),
+            "training_joints": len(train_idx),
+            "best_epoch": best_epoch,
+            "epochs_run": epochs_run,
+            "onnx_vs_torch_max_abs_diff": float(f"{max_diff:.3g}"),
+        },
+        thresholds=thresholds,
+        extra={
+            "cam": {
+                "feature_output": FEATURES_OUTPUT,
+                "note": "CAM_k = sum_c weight[k][c] * features[c]; mean over positions + bias[k] = logit k",
+                "weight": [[float(f"{v:.9g}") for v in row] for row in head_w],
+                "bias": [float(f"{v:.9g}") for v in head_b],
+            },
+            "crop": {
+                "margin": args.margin,
+                "source": "detector hip_joint_right / hip_joint_left box, square, edge-padded; hardware excluded",
+            },
+            "threshold_method": "Youden J on the validation split",
+            "seed": args.seed,
+            "training_seconds": round(time.monotonic() - t0, 1),
+        },
+    )
+    from node.train.common import write_model
+
+    write_model(manifest, out)
+    log.info("wrote %s (%.2f MB); validation %s", out, onnx_path.stat().st_size / 1e6, json.dumps(metrics))
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    train(args)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation on a fresh phantom seed (through the node's runtime, onnxruntime only)
+# --------------------------------------------------------------------------------------------
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", nargs="+", default=["morphology"], help="model names / version dirs (ensemble)"
+    )
+    parser.add_argument("--root", type=Path, default=Path("models"))
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--phantom-seed", type=int, default=987654)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """AUROC (bootstrap 95 % CI), sensitivity, specificity per flag on fresh phantoms."""
+    from node.config import ModelsConfig
+    from node.infer.morphology import MorphologyEnsemble
+
+    cfg = ModelsConfig(root=args.root, morphology=list(args.models))
+    ensemble = MorphologyEnsemble.load(cfg)
+    crops, labels = [], []
+    skipped = 0
+    for j in phantom_joints(args.images, args.phantom_seed):
+        region = crop_region(j["box"], ensemble.margin)
+        if j["hardware"] or hardware_in_region(region, j.get("hardware_boxes", [])) is not None:
+            skipped += 1
+            continue
+        crops.append(crop_joint(j["image01"], j["box"], ensemble.margin))
+        labels.append(j["labels"])
+    t = time.monotonic()
+    probs = ensemble.probabilities(crops)
+    infer_ms = (time.monotonic() - t) * 1000.0 / max(1, len(crops))
+    y = np.asarray(labels, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {
+        "models": [m.manifest.label for m in ensemble.models],
+        "phantom_seed": args.phantom_seed,
+        "images": args.images,
+        "joints": len(crops),
+        "skipped_hardware": skipped,
+        "ms_per_joint": round(infer_ms, 2),
+        "flags": {},
+    }
+    for k, f in enumerate(MORPHOLOGY_FLAGS):
+        yk, pk = y[:, k] > 0.5, probs[:, k]
+        m = binary_metrics(yk, pk, ensemble.thresholds[f])
+        boots = []
+        for _ in range(args.bootstrap):
+            idx = rng.integers(0, len(yk), len(yk))
+            a = auroc(yk[idx], pk[idx])
+            if not math.isnan(a):
+                boots.append(a)
+        m["auroc_ci95"] = [
+            round(float(np.percentile(boots, 2.5)), 4),
+            round(float(np.percentile(boots, 97.5)), 4),
+        ]
+        result["flags"][f] = m
+    return result
+
+
+def print_evaluation(result: dict[str, Any]) -> None:
+    print(f"models: {', '.join(result['models'])}")
+    print(
+        f"fresh phantoms: seed {result['phantom_seed']}, {result['images']} images, {result['joints']} joints "
+        f"({result['skipped_hardware']} skipped for hardware), {result['ms_per_joint']} ms/joint"
+    )
+    print(f"{'flag':<20}{'AUROC':>8}  {'95% CI':<17}{'sens':>7}{'spec':>7}{'acc':>7}{'pos/n':>10}")
+    for f, m in result["flags"].items():
+        lo, hi = m["auroc_ci95"]
+        print(
+            f"{f:<20}{m['auroc']:>8.4f}  [{lo:.4f}, {hi:.4f}] {m['sensitivity']:>7.3f}{m['specificity']:>7.3f}"
+            f"{m['accuracy']:>7.3f}{m['n_positive']:>5}/{m['n']:<4}"
+        )
+
+
+def _cli(argv: Sequence[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if argv and argv[0] == "evaluate":
+        p = argparse.ArgumentParser(prog="python -m node.train.morphology evaluate")
+        add_evaluate_arguments(p)
+        a = p.parse_args(argv[1:])
+        result = evaluate(a)
+        print_evaluation(result)
+        if a.json:
+            a.json.write_text(json.dumps(result, indent=2))
+        return 0
+    p = argparse.ArgumentParser(prog="hipnode train morphology")
+    add_arguments(p)
+    a = p.parse_args(argv)
+    train(a, ["hipnode", "train", "morphology", *argv])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli(sys.argv[1:]))
