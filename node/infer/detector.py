@@ -1,0 +1,102 @@
+"""Detector: YOLO-style ONNX output → ``node.domain.Box`` in stored-image pixels.
+
+The graph (exported by ``node.train.detector``) has one output ``predictions`` of shape
+``(n, 4 + C, A)``: for each of A anchor points a box centre x, y, width, height in *network
+input* pixels and C per-class sigmoid scores, classes in ``DETECTOR_CLASSES`` order. Decoding
+here — score threshold, class-wise NMS (``node.infer.nms``), mapping through the letterbox back
+to source pixels — is ours, so the node needs neither torch nor ultralytics.
+
+Scores are per class (multi-label): a cup and its hip joint share anchor points, and taking only
+the arg-max class per anchor would hide one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from node.config import ModelsConfig
+from node.domain import DETECTOR_CLASSES, Box
+from node.infer.manifest import ManifestError
+from node.infer.nms import batched_nms
+from node.infer.preprocess import Letterbox, batched, make_batch
+from node.infer.session import ModelSession, load_model
+
+OUTPUT = "predictions"
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.5
+    max_detections: int = 50
+    max_per_class: int | None = 4  # at most two hips, plus slack; hardware may be several
+
+
+def decode_predictions(
+    pred: np.ndarray,
+    transform: Letterbox,
+    classes: Sequence[str] = DETECTOR_CLASSES,
+    settings: DetectorSettings = DetectorSettings(),
+) -> list[Box]:
+    """One image's ``(4 + C, A)`` raw predictions → boxes in source pixels, best first."""
+    if pred.ndim != 2 or pred.shape[0] != 4 + len(classes):
+        raise ValueError(f"expected (4 + {len(classes)}, anchors) predictions, got {pred.shape}")
+    xywh = pred[:4].T.astype(np.float64)
+    scores = pred[4:].T
+    anchor_idx, class_idx = np.nonzero(scores >= settings.score_threshold)
+    if anchor_idx.size == 0:
+        return []
+    conf = scores[anchor_idx, class_idx].astype(np.float64)
+    c = xywh[anchor_idx]
+    boxes = np.stack(
+        [c[:, 0] - c[:, 2] / 2, c[:, 1] - c[:, 3] / 2, c[:, 0] + c[:, 2] / 2, c[:, 1] + c[:, 3] / 2], 1
+    )
+    keep = batched_nms(boxes, conf, class_idx, settings.iou_threshold, settings.max_per_class)
+    keep = keep[: settings.max_detections]
+    src = transform.to_source(boxes[keep])
+    out = []
+    for (x0, y0, x1, y1), k in zip(src, keep, strict=True):
+        if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+            continue  # entirely in the padding
+        out.append(
+            Box(float(x0), float(y0), float(x1), float(y1), classes[int(class_idx[k])], float(conf[k]))
+        )
+    return out
+
+
+class DetectorModel:
+    """A loaded detector; ``detect`` batches any number of 0..1 images."""
+
+    def __init__(self, model: ModelSession, batch_size: int = 8, settings: DetectorSettings | None = None):
+        m = model.manifest
+        if m.task != "detector":
+            raise ManifestError(f"{m.label}: task is {m.task!r}, not 'detector'")
+        self.classes = tuple(m.output(OUTPUT).classes)
+        if self.classes != DETECTOR_CLASSES:
+            raise ManifestError(f"{m.label}: classes {list(self.classes)} != DETECTOR_CLASSES")
+        self.model = model
+        self.batch_size = batch_size
+        self.settings = settings or DetectorSettings(
+            score_threshold=m.threshold("score", 0.25), iou_threshold=m.threshold("iou", 0.5)
+        )
+
+    @classmethod
+    def load(cls, name: str | Path, cfg: ModelsConfig) -> DetectorModel:
+        return cls(load_model(name, cfg, task="detector"), batch_size=cfg.batch_size)
+
+    @property
+    def label(self) -> str:
+        return self.model.manifest.label
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        results: list[list[Box]] = []
+        for chunk in batched(images, self.batch_size):
+            batch, transforms = make_batch(chunk, self.model.manifest.input)
+            pred = self.model.run(batch)[OUTPUT]
+            for i, tr in enumerate(transforms):
+                results.append(decode_predictions(pred[i], tr, self.classes, self.settings))
+        return results

@@ -1,0 +1,126 @@
+"""Triage: view, imaged side and implant-per-side for a batch of radiographs.
+
+The triage model is one network with three heads (outputs of the ONNX graph, probabilities):
+
+* ``view``    ``(n, 5)`` softmax over ``TRIAGE_VIEWS`` (AP pelvis, AP hip, lateral hip, oblique
+  hip, other);
+* ``side``    ``(n, 2)`` softmax over (R, L): which hip a single-hip view shows (meaningless for
+  AP pelvis and other, where it is ignored);
+* ``implant`` ``(n, 2)`` independent sigmoids (R, L): arthroplasty present on that side. Only the
+  imaged side(s) are reported.
+
+Sides are patient sides. The header's Laterality is *not* consulted here (``node.pixels``
+records disagreements); seed 004 found such metadata too unreliable to route on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from node.config import ModelsConfig
+from node.domain import Side, View
+from node.infer.manifest import ManifestError
+from node.infer.preprocess import batched, make_batch
+from node.infer.session import ModelSession, load_model
+
+TRIAGE_VIEWS: tuple[View, ...] = (View.AP_PELVIS, View.AP_HIP, View.LATERAL_HIP, View.OBLIQUE_HIP, View.OTHER)
+TRIAGE_SIDES: tuple[Side, ...] = (Side.RIGHT, Side.LEFT)
+SINGLE_HIP_VIEWS = frozenset({View.AP_HIP, View.LATERAL_HIP, View.OBLIQUE_HIP})
+OUTPUTS = ("view", "side", "implant")
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    view: View
+    view_probability: float
+    view_probabilities: Mapping[View, float]
+    imaged_sides: tuple[Side, ...]  # (R, L) for AP pelvis, one side for single-hip views, () for other
+    side_probability: float | None  # confidence in the single imaged side; None when not applicable
+    implant_probability: Mapping[Side, float]  # imaged sides only
+    implant_threshold: float = 0.5
+
+    def implant_present(self, side: Side) -> bool | None:
+        p = self.implant_probability.get(side)
+        return None if p is None else p >= self.implant_threshold
+
+
+def decode_triage(
+    view: np.ndarray, side: np.ndarray, implant: np.ndarray, implant_threshold: float = 0.5
+) -> list[TriageResult]:
+    """Turn the three probability arrays of a batch into results (pure, unit-testable)."""
+    n = view.shape[0]
+    if view.shape != (n, len(TRIAGE_VIEWS)) or side.shape != (n, 2) or implant.shape != (n, 2):
+        raise ValueError(f"unexpected triage output shapes {view.shape}, {side.shape}, {implant.shape}")
+    results = []
+    for i in range(n):
+        k = int(np.argmax(view[i]))
+        v = TRIAGE_VIEWS[k]
+        side_p: float | None = None
+        if v is View.AP_PELVIS:
+            sides: tuple[Side, ...] = TRIAGE_SIDES
+        elif v in SINGLE_HIP_VIEWS:
+            j = int(np.argmax(side[i]))
+            sides = (TRIAGE_SIDES[j],)
+            side_p = float(side[i, j])
+        else:
+            sides = ()
+        results.append(
+            TriageResult(
+                view=v,
+                view_probability=float(view[i, k]),
+                view_probabilities={tv: float(view[i, t]) for t, tv in enumerate(TRIAGE_VIEWS)},
+                imaged_sides=sides,
+                side_probability=side_p,
+                implant_probability={s: float(implant[i, TRIAGE_SIDES.index(s)]) for s in sides},
+                implant_threshold=implant_threshold,
+            )
+        )
+    return results
+
+
+class TriageModel:
+    """A loaded triage model; ``predict`` batches any number of 0..1 images."""
+
+    def __init__(self, model: ModelSession, batch_size: int = 8) -> None:
+        m = model.manifest
+        if m.task != "triage":
+            raise ManifestError(f"{m.label}: task is {m.task!r}, not 'triage'")
+        classes = m.output("view").classes
+        if tuple(classes) != tuple(v.value for v in TRIAGE_VIEWS):
+            raise ManifestError(
+                f"{m.label}: view classes {list(classes)} != {[v.value for v in TRIAGE_VIEWS]}"
+            )
+        for name in ("side", "implant"):
+            if tuple(m.output(name).classes) != tuple(s.value for s in TRIAGE_SIDES):
+                raise ManifestError(f"{m.label}: {name} classes must be ['R', 'L']")
+        self.model = model
+        self.batch_size = batch_size
+        self.implant_threshold = m.threshold("implant", 0.5)
+
+    @classmethod
+    def load(cls, name: str | Path, cfg: ModelsConfig) -> TriageModel:
+        return cls(load_model(name, cfg, task="triage"), batch_size=cfg.batch_size)
+
+    @property
+    def label(self) -> str:
+        return self.model.manifest.label
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw output arrays for all images, concatenated over batches."""
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUTS}
+        for chunk in batched(images, self.batch_size):
+            batch, _ = make_batch(chunk, self.model.manifest.input)
+            out = self.model.run(batch)
+            for n in OUTPUTS:
+                parts[n].append(out[n])
+        if not images:
+            return {"view": np.zeros((0, 5)), "side": np.zeros((0, 2)), "implant": np.zeros((0, 2))}
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[TriageResult]:
+        p = self.probabilities(images)
+        return decode_triage(p["view"], p["side"], p["implant"], self.implant_threshold)
