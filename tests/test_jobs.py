@@ -1,6 +1,6 @@
 """Jobs: atomic claims under concurrency, leases, the sweeper, retries with backoff.
 
-Every test runs on SQLite and on a real PostgreSQL server (``any_db``); the concurrency tests
+Every test runs on SQLite and on a real PostgreSQL server (``db``); the concurrency tests
 use real threads and real processes, because the claim is only as atomic as the database makes
 it and a mock would prove nothing.
 """
@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
@@ -39,6 +38,12 @@ from node.registry import Database, Event, Job, Patient, Series, Study, utcnow
 from tests.postgres import any_db, postgres_server, postgres_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db(any_db: Database) -> Database:  # noqa: F811 - the imported fixture, by name
+    """A migrated registry, once on SQLite and once on PostgreSQL."""
+    return any_db
 
 
 # ---------------------------------------------------------------------------- test data helpers
@@ -115,7 +120,7 @@ def job_events(db: Database, job_pk: int) -> list[str]:
 def all_job_events(db: Database) -> Counter[tuple[int, str]]:
     with db.session() as s:
         rows = s.execute(select(Event.entity_pk, Event.kind).where(Event.entity == "job")).all()
-    return Counter((int(pk), str(kind)) for pk, kind in rows)
+    return Counter((int(pk or 0), str(kind)) for pk, kind in rows)
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -128,29 +133,29 @@ def test_retry_delay_doubles_and_caps() -> None:
     assert RetryPolicy(backoff_s=0.0, backoff_max_s=5.0).delay_s(3) == 0.0
 
 
-def test_claim_takes_priority_then_age_and_respects_not_before(any_db: Database) -> None:
+def test_claim_takes_priority_then_age_and_respects_not_before(db: Database) -> None:
     t0 = utcnow()
-    old_low = add_jobs(any_db, 1, priority=0, now=t0 - timedelta(seconds=30))[0]
-    new_low = add_jobs(any_db, 1, priority=0, now=t0 - timedelta(seconds=10))[0]
-    urgent = add_jobs(any_db, 1, priority=5, now=t0 - timedelta(seconds=1))[0]
-    future = add_jobs(any_db, 1, priority=9, now=t0 + timedelta(seconds=60))[0]  # not_before later
+    old_low = add_jobs(db, 1, priority=0, now=t0 - timedelta(seconds=30))[0]
+    new_low = add_jobs(db, 1, priority=0, now=t0 - timedelta(seconds=10))[0]
+    urgent = add_jobs(db, 1, priority=5, now=t0 - timedelta(seconds=1))[0]
+    future = add_jobs(db, 1, priority=9, now=t0 + timedelta(seconds=60))[0]  # not_before later
 
     order = []
-    while (claimed := claim_job(any_db, "w1", 30, now=t0)) is not None:
+    while (claimed := claim_job(db, "w1", 30, now=t0)) is not None:
         order.append(claimed.job_pk)
         assert claimed.attempt == 1 and claimed.worker_id == "w1"
     assert order == [urgent, old_low, new_low]
 
-    later = claim_job(any_db, "w1", 30, now=t0 + timedelta(seconds=61))
+    later = claim_job(db, "w1", 30, now=t0 + timedelta(seconds=61))
     assert later is not None and later.job_pk == future and later.priority == 9
-    row = job_row(any_db, future)
+    row = job_row(db, future)
     assert row.state == JobState.RUNNING.value and row.worker_id == "w1" and row.attempts == 1
     assert row.lease_until == t0 + timedelta(seconds=91)
-    assert job_events(any_db, future) == [JobEvent.QUEUED.value, JobEvent.CLAIMED.value]
+    assert job_events(db, future) == [JobEvent.QUEUED.value, JobEvent.CLAIMED.value]
 
 
-def test_threads_never_claim_the_same_job(any_db: Database) -> None:
-    pks = add_jobs(any_db, 40)
+def test_threads_never_claim_the_same_job(db: Database) -> None:
+    pks = add_jobs(db, 40)
     claimed: dict[str, list[int]] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(6)
@@ -159,7 +164,7 @@ def test_threads_never_claim_the_same_job(any_db: Database) -> None:
         got: list[int] = []
         try:
             start.wait()
-            while (job := claim_job(any_db, name, 60)) is not None:
+            while (job := claim_job(db, name, 60)) is not None:
                 got.append(job.job_pk)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
@@ -174,10 +179,10 @@ def test_threads_never_claim_the_same_job(any_db: Database) -> None:
     flat = [pk for got in claimed.values() for pk in got]
     assert sorted(flat) == sorted(pks), "every job claimed exactly once"
     assert sum(1 for got in claimed.values() if got) >= 2, "claims were not actually concurrent"
-    events = all_job_events(any_db)
+    events = all_job_events(db)
     assert all(events[(pk, JobEvent.CLAIMED.value)] == 1 for pk in pks)
     owners = {pk: name for name, got in claimed.items() for pk in got}
-    with any_db.session() as s:
+    with db.session() as s:
         for job in s.scalars(select(Job).where(Job.id.in_(pks))):
             assert job.attempts == 1 and job.worker_id == owners[job.id]
 
@@ -200,13 +205,13 @@ print(json.dumps(got), flush=True)
 """
 
 
-def test_processes_never_claim_the_same_job(any_db: Database, tmp_path: Path) -> None:
-    pks = add_jobs(any_db, 90)
+def test_processes_never_claim_the_same_job(db: Database, tmp_path: Path) -> None:
+    pks = add_jobs(db, 90)
     gate = tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CLAIMER, any_db.url, str(gate), f"proc{i}"],
+            [sys.executable, "-c", _CLAIMER, db.url, str(gate), f"proc{i}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -228,46 +233,46 @@ def test_processes_never_claim_the_same_job(any_db: Database, tmp_path: Path) ->
     assert len(flat) == len(set(flat)), "a job was claimed by two processes"
     assert sorted(flat) == sorted(pks)
     assert sum(1 for got in results if got) >= 2, "claims were not actually concurrent"
-    events = all_job_events(any_db)
+    events = all_job_events(db)
     assert all(events[(pk, JobEvent.CLAIMED.value)] == 1 for pk in pks)
 
 
-def test_heartbeat_extends_the_lease(any_db: Database) -> None:
+def test_heartbeat_extends_the_lease(db: Database) -> None:
     t0 = utcnow()
-    pk = add_jobs(any_db, 1, now=t0)[0]
-    job = claim_job(any_db, "w1", 2.0, now=t0)
+    pk = add_jobs(db, 1, now=t0)[0]
+    job = claim_job(db, "w1", 2.0, now=t0)
     assert job is not None
-    assert heartbeat(any_db, pk, "w1", 2.0, attempt=job.attempt, now=t0 + timedelta(seconds=1.5))
-    assert job_row(any_db, pk).lease_until == t0 + timedelta(seconds=3.5)
-    assert sweep_stale(any_db, now=t0 + timedelta(seconds=3)) == 0  # renewed lease still valid
-    assert job_row(any_db, pk).state == JobState.RUNNING.value
-    assert not heartbeat(any_db, pk, "intruder", 2.0), "only the owner may renew"
-    assert not heartbeat(any_db, pk, "w1", 2.0, attempt=job.attempt + 1), "attempt fences the lease"
+    assert heartbeat(db, pk, "w1", 2.0, attempt=job.attempt, now=t0 + timedelta(seconds=1.5))
+    assert job_row(db, pk).lease_until == t0 + timedelta(seconds=3.5)
+    assert sweep_stale(db, now=t0 + timedelta(seconds=3)) == 0  # renewed lease still valid
+    assert job_row(db, pk).state == JobState.RUNNING.value
+    assert not heartbeat(db, pk, "intruder", 2.0), "only the owner may renew"
+    assert not heartbeat(db, pk, "w1", 2.0, attempt=job.attempt + 1), "attempt fences the lease"
 
 
-def test_expired_lease_is_swept_and_the_old_owner_is_fenced_off(any_db: Database) -> None:
+def test_expired_lease_is_swept_and_the_old_owner_is_fenced_off(db: Database) -> None:
     t0 = utcnow()
-    pk = add_jobs(any_db, 1, now=t0)[0]
-    first = claim_job(any_db, "w1", 2.0, now=t0)
+    pk = add_jobs(db, 1, now=t0)[0]
+    first = claim_job(db, "w1", 2.0, now=t0)
     assert first is not None
     policy = RetryPolicy(backoff_s=0.0, backoff_max_s=0.0)
-    assert sweep_stale(any_db, now=t0 + timedelta(seconds=1), policy=policy) == 0
-    assert sweep_stale(any_db, now=t0 + timedelta(seconds=3), policy=policy) == 1
-    row = job_row(any_db, pk)
+    assert sweep_stale(db, now=t0 + timedelta(seconds=1), policy=policy) == 0
+    assert sweep_stale(db, now=t0 + timedelta(seconds=3), policy=policy) == 1
+    row = job_row(db, pk)
     assert row.state == JobState.QUEUED.value and row.attempts == 1 and row.worker_id is None
     assert row.reason is not None and "lease expired" in row.reason and "w1" in row.reason
-    assert sweep_stale(any_db, now=t0 + timedelta(seconds=4), policy=policy) == 0, "swept once only"
+    assert sweep_stale(db, now=t0 + timedelta(seconds=4), policy=policy) == 0, "swept once only"
 
-    second = claim_job(any_db, "w2", 2.0, now=t0 + timedelta(seconds=3))
+    second = claim_job(db, "w2", 2.0, now=t0 + timedelta(seconds=3))
     assert second is not None and second.job_pk == pk and second.attempt == 2
     # The first worker wakes up: none of its writes may touch the new owner's job.
-    assert not heartbeat(any_db, pk, "w1", 2.0, attempt=first.attempt)
-    assert not finish_job(any_db, pk, "w1", JobState.DONE, summary={"by": "w1"}, attempt=first.attempt)
-    assert fail_job(any_db, pk, "w1", "late failure", attempt=first.attempt) is None
-    assert finish_job(any_db, pk, "w2", JobState.DONE, summary={"by": "w2"}, attempt=second.attempt)
-    row = job_row(any_db, pk)
+    assert not heartbeat(db, pk, "w1", 2.0, attempt=first.attempt)
+    assert not finish_job(db, pk, "w1", JobState.DONE, summary={"by": "w1"}, attempt=first.attempt)
+    assert fail_job(db, pk, "w1", "late failure", attempt=first.attempt) is None
+    assert finish_job(db, pk, "w2", JobState.DONE, summary={"by": "w2"}, attempt=second.attempt)
+    row = job_row(db, pk)
     assert row.state == JobState.DONE.value and row.summary == {"by": "w2"} and row.worker_id == "w2"
-    assert job_events(any_db, pk) == [
+    assert job_events(db, pk) == [
         JobEvent.QUEUED.value,
         JobEvent.CLAIMED.value,
         JobEvent.LEASE_EXPIRED.value,
@@ -278,37 +283,37 @@ def test_expired_lease_is_swept_and_the_old_owner_is_fenced_off(any_db: Database
     ]
 
 
-def test_failures_retry_with_backoff_then_fail_with_reason(any_db: Database) -> None:
+def test_failures_retry_with_backoff_then_fail_with_reason(db: Database) -> None:
     t0 = utcnow()
-    pk = add_jobs(any_db, 1, max_attempts=3, now=t0)[0]
+    pk = add_jobs(db, 1, max_attempts=3, now=t0)[0]
     policy = RetryPolicy(backoff_s=10.0, backoff_max_s=15.0)
 
-    job = claim_job(any_db, "w", 60, now=t0)
+    job = claim_job(db, "w", 60, now=t0)
     assert job is not None and job.attempt == 1
-    assert fail_job(any_db, pk, "w", "boom 1", attempt=1, policy=policy, now=t0) == JobState.QUEUED
-    row = job_row(any_db, pk)
+    assert fail_job(db, pk, "w", "boom 1", attempt=1, policy=policy, now=t0) == JobState.QUEUED
+    row = job_row(db, pk)
     assert row.not_before == t0 + timedelta(seconds=10) and row.reason == "boom 1"
-    assert claim_job(any_db, "w", 60, now=t0 + timedelta(seconds=9.9)) is None, "backoff respected"
+    assert claim_job(db, "w", 60, now=t0 + timedelta(seconds=9.9)) is None, "backoff respected"
 
     t1 = t0 + timedelta(seconds=10)
-    job = claim_job(any_db, "w", 60, now=t1)
+    job = claim_job(db, "w", 60, now=t1)
     assert job is not None and job.attempt == 2
-    assert fail_job(any_db, pk, "w", "boom 2", attempt=2, policy=policy, now=t1) == JobState.QUEUED
-    assert job_row(any_db, pk).not_before == t1 + timedelta(seconds=15), "20 s capped at 15 s"
+    assert fail_job(db, pk, "w", "boom 2", attempt=2, policy=policy, now=t1) == JobState.QUEUED
+    assert job_row(db, pk).not_before == t1 + timedelta(seconds=15), "20 s capped at 15 s"
 
     t2 = t1 + timedelta(seconds=15)
-    job = claim_job(any_db, "w", 60, now=t2)
+    job = claim_job(db, "w", 60, now=t2)
     assert job is not None and job.attempt == 3
-    assert fail_job(any_db, pk, "w", "boom 3", attempt=3, policy=policy, now=t2) == JobState.FAILED
-    row = job_row(any_db, pk)
+    assert fail_job(db, pk, "w", "boom 3", attempt=3, policy=policy, now=t2) == JobState.FAILED
+    row = job_row(db, pk)
     assert row.state == JobState.FAILED.value and row.reason == "boom 3" and row.attempts == 3
     assert row.finished_at == t2 and row.lease_until is None
-    assert claim_job(any_db, "w", 60, now=t2 + timedelta(days=1)) is None
-    kinds = job_events(any_db, pk)
+    assert claim_job(db, "w", 60, now=t2 + timedelta(days=1)) is None
+    kinds = job_events(db, pk)
     assert kinds.count(JobEvent.CLAIMED.value) == 3
     assert kinds.count(JobEvent.RETRY.value) == 2
     assert kinds[-1] == JobEvent.FAILED.value
-    with any_db.session() as s:
+    with db.session() as s:
         reasons = [
             (e.detail or {}).get("reason")
             for e in s.scalars(select(Event).where(Event.entity == "job", Event.entity_pk == pk)).all()
@@ -317,44 +322,44 @@ def test_failures_retry_with_backoff_then_fail_with_reason(any_db: Database) -> 
     assert reasons == ["boom 1", "boom 2", "boom 3"]
 
 
-def test_sweeper_fails_a_job_whose_attempts_are_exhausted(any_db: Database) -> None:
+def test_sweeper_fails_a_job_whose_attempts_are_exhausted(db: Database) -> None:
     t0 = utcnow()
-    pk = add_jobs(any_db, 1, max_attempts=1, now=t0)[0]
-    assert claim_job(any_db, "crashy", 1.0, now=t0) is not None
-    assert sweep_stale(any_db, now=t0 + timedelta(seconds=2)) == 1
-    row = job_row(any_db, pk)
+    pk = add_jobs(db, 1, max_attempts=1, now=t0)[0]
+    assert claim_job(db, "crashy", 1.0, now=t0) is not None
+    assert sweep_stale(db, now=t0 + timedelta(seconds=2)) == 1
+    row = job_row(db, pk)
     assert row.state == JobState.FAILED.value and row.reason is not None and "lease expired" in row.reason
-    assert job_events(any_db, pk)[-1] == JobEvent.FAILED.value
+    assert job_events(db, pk)[-1] == JobEvent.FAILED.value
 
 
-def test_finish_states_release_and_counts(any_db: Database) -> None:
+def test_finish_states_release_and_counts(db: Database) -> None:
     t0 = utcnow()
-    done, skipped, released, waiting = add_jobs(any_db, 4, now=t0)
+    done, skipped, released, waiting = add_jobs(db, 4, now=t0)
     with pytest.raises(ValueError, match="state"):
-        finish_job(any_db, done, "w", JobState.QUEUED)
+        finish_job(db, done, "w", JobState.QUEUED)
     with pytest.raises(ValueError, match="state"):
-        finish_job(any_db, done, "w", "bogus")
+        finish_job(db, done, "w", "bogus")
 
     for pk in (done, skipped, released):
-        claimed = claim_job(any_db, "w", 60, now=t0)
+        claimed = claim_job(db, "w", 60, now=t0)
         assert claimed is not None and claimed.job_pk == pk
-    assert queue_depth(any_db) == 1
-    assert job_counts(any_db) == {"queued": 1, "running": 3, "done": 0, "failed": 0, "skipped": 0}
+    assert queue_depth(db) == 1
+    assert job_counts(db) == {"queued": 1, "running": 3, "done": 0, "failed": 0, "skipped": 0}
 
-    assert finish_job(any_db, done, "w", JobState.DONE, summary={"images": 2}, attempt=1)
-    assert finish_job(any_db, skipped, "w", "skipped", "not a hip radiograph", attempt=1)
-    assert release_job(any_db, released, "w", attempt=1, now=t0)
-    assert not finish_job(any_db, done, "w", JobState.DONE), "a finished job cannot be finished again"
+    assert finish_job(db, done, "w", JobState.DONE, summary={"images": 2}, attempt=1)
+    assert finish_job(db, skipped, "w", "skipped", "not a hip radiograph", attempt=1)
+    assert release_job(db, released, "w", attempt=1, now=t0)
+    assert not finish_job(db, done, "w", JobState.DONE), "a finished job cannot be finished again"
 
-    row = job_row(any_db, released)
+    row = job_row(db, released)
     assert row.state == JobState.QUEUED.value and row.attempts == 0, "a release is not an attempt"
-    assert job_row(any_db, skipped).reason == "not a hip radiograph"
-    assert job_row(any_db, done).summary == {"images": 2}
-    assert job_events(any_db, released)[-1] == JobEvent.RELEASED.value
-    assert job_counts(any_db) == {"queued": 2, "running": 0, "done": 1, "failed": 0, "skipped": 1}
-    with any_db.session() as s:
+    assert job_row(db, skipped).reason == "not a hip radiograph"
+    assert job_row(db, done).summary == {"images": 2}
+    assert job_events(db, released)[-1] == JobEvent.RELEASED.value
+    assert job_counts(db) == {"queued": 2, "running": 0, "done": 1, "failed": 0, "skipped": 1}
+    with db.session() as s:
         s.execute(select(Job).where(Job.id == waiting)).scalar_one().not_before = t0 + timedelta(hours=1)
-    assert queue_depth(any_db) == 2
-    assert queue_depth(any_db, runnable_only=True) == 1
+    assert queue_depth(db) == 2
+    assert queue_depth(db, runnable_only=True) == 1
     with pytest.raises(LookupError, match="job_pk"):
-        finish_job(any_db, 10_000_000, "w", JobState.DONE)
+        finish_job(db, 10_000_000, "w", JobState.DONE)
