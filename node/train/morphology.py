@@ -488,41 +488,57 @@ def evaluate_split(
     return out
 
 
-def train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
-    """Train, choose thresholds, export, verify ONNX against torch, write the manifest."""
-    import torch
-
-    from node.train.common import (
-        command_line,
-        compare_onnx,
-        export_onnx,
-        offline_environment,
-        seed_everything,
-    )
-
-    offline_environment()
-    seed_everything(args.seed, threads=args.threads)
-    spec = input_spec(args.size)
-    t0 = time.monotonic()
+def load_samples(args: argparse.Namespace, spec: InputSpec) -> tuple[list[JointSample], str]:
+    """Samples from ``--data`` and a one-line description of them for the manifest."""
     if args.data == "phantom":
         samples = phantom_samples(args.images, args.phantom_seed, spec, args.margin)
-        data_text = (
+        text = (
             f"synthetic phantoms from node.phantom: {args.images} images, seed {args.phantom_seed}, "
             f"{len(samples)} hardware-free joint crops from ground-truth joint boxes"
         )
-    else:
-        folder = Path(args.data)
-        labels_csv = args.labels or folder / "labels.csv"
-        samples = folder_samples(folder, labels_csv, spec, args.margin)
-        data_text = f"{folder} with {labels_csv.name}: {len(samples)} hardware-free joint crops"
+        return samples, text
+    folder = Path(args.data)
+    labels_csv = args.labels or folder / "labels.csv"
+    samples = folder_samples(folder, labels_csv, spec, args.margin)
+    return samples, f"{folder} with {labels_csv.name}: {len(samples)} hardware-free joint crops"
+
+
+def train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
+    """Load ``--data``, then ``fit_and_export``."""
+    from node.train.common import offline_environment, seed_everything
+
+    offline_environment()
+    seed_everything(args.seed, threads=args.threads)
+    t0 = time.monotonic()
+    samples, text = load_samples(args, input_spec(args.size))
+    log.info("data ready in %.0fs: %d joints", time.monotonic() - t0, len(samples))
+    out, _ = fit_and_export(samples, args, text, argv)
+    return out
+
+
+def fit_and_export(
+    samples: Sequence[JointSample],
+    args: argparse.Namespace,
+    data_text: str,
+    argv: Sequence[str] | None = None,
+) -> tuple[Path, Any]:
+    """Train, choose thresholds, export, verify ONNX against torch, write the manifest.
+
+    Returns the version folder and the trained torch model (eval mode).
+    """
+    import torch
+
+    from node.train.common import command_line, compare_onnx, export_onnx, seed_everything, write_model
+
+    seed_everything(args.seed, threads=args.threads)
+    spec = input_spec(args.size)
+    t0 = time.monotonic()
     if len(samples) < 4:
         raise SystemExit(f"only {len(samples)} usable joints: too few to train")
     train_idx, val_idx = split_groups(samples, args.val_fraction, args.seed)
     if not val_idx or not train_idx:
         raise SystemExit("the split left no training or no validation joints; change --val-fraction")
-    log.info(
-        "data ready in %.0fs: %d train, %d val joints", time.monotonic() - t0, len(train_idx), len(val_idx)
-    )
+    log.info("%d train, %d val joints", len(train_idx), len(val_idx))
 
     model = build_model(args.arch, args.size)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -638,11 +654,9 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
             "training_seconds": round(time.monotonic() - t0, 1),
         },
     )
-    from node.train.common import write_model
-
     write_model(manifest, out)
     log.info("wrote %s (%.2f MB); validation %s", out, onnx_path.stat().st_size / 1e6, json.dumps(metrics))
-    return out
+    return out, model
 
 
 def main(args: argparse.Namespace) -> int:
