@@ -47,7 +47,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -290,15 +290,35 @@ def _new_ae(dest: Destination, calling_ae: str) -> AE:
     return ae
 
 
-def _association_error(assoc: Association) -> str:
+def _associate(ae: AE, dest: Destination) -> tuple[Association | None, str | None]:
+    """Associate with ``dest``; returns the association, or ``None`` and why not in words an
+    operator can act on (unreachable vs. TLS/peer abort vs. rejected with its reason)."""
+    connected = threading.Event()
+    try:
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            max_pdu=0,
+            tls_args=_tls_args(dest),
+            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.set())],
+        )
+    except (OSError, ssl.SSLError, ValueError, RuntimeError) as exc:
+        return None, f"association failed: {exc}"
+    if assoc.is_established:
+        return assoc, None
+    where = f"{dest.ae_title}@{dest.host}:{dest.port}"
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         if rsp is not None:
-            return f"association rejected (result {rsp.result}, source {rsp.result_source}, reason {rsp.diagnostic})"
-        return "association rejected"
-    if assoc.is_aborted:
-        return "association aborted by peer"
-    return "connection failed (peer not reachable or TLS handshake failed)"
+            return None, (
+                f"association rejected by {where} "
+                f"(result {rsp.result}, source {rsp.result_source}, reason {rsp.diagnostic})"
+            )
+        return None, f"association rejected by {where}"
+    if not connected.is_set():
+        return None, f"connection failed: {where} not reachable"
+    return None, f"association aborted by {where} (TLS handshake failure or peer dropped the connection)"
 
 
 class _Link:
@@ -337,20 +357,8 @@ class _Link:
                 ae.add_requested_context(sop_class, syntaxes)
         if self.read_back:
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        try:
-            assoc = ae.associate(
-                self.dest.host,
-                self.dest.port,
-                ae_title=self.dest.ae_title,
-                max_pdu=0,
-                tls_args=_tls_args(self.dest),
-            )
-        except (OSError, ssl.SSLError, ValueError, RuntimeError) as exc:
-            return f"association failed: {exc}"
-        self.assoc = assoc
-        if not assoc.is_established:
-            return _association_error(assoc)
-        return None
+        self.assoc, err = _associate(ae, self.dest)
+        return err
 
     def close(self) -> None:
         if self.assoc is not None:
@@ -409,7 +417,8 @@ class _Link:
         if ts.is_compressed:
             if not accepted & set(_UNCOMPRESSED):
                 raise ValueError("no uncompressed transfer syntax accepted either")
-            ds.decompress()  # → explicit VR little endian
+            # Same pixels, same object: the SOP Instance UID must not change (pydicom would).
+            ds.decompress(generate_instance_uid=False)  # → explicit VR little endian
         elif ts == ExplicitVRBigEndian and not accepted & set(_UNCOMPRESSED):
             raise ValueError("no little endian transfer syntax accepted")
         return ds
@@ -656,7 +665,11 @@ class Dispatcher:
             d.last_status = outcome.status
             d.claimed_by = None
             d.claimed_until = None
-            detail: dict[str, Any] = {"destination": c.destination, "attempt": d.attempts}
+            detail: dict[str, Any] = {
+                "destination": c.destination,
+                "attempt": d.attempts,
+                "dispatcher": self.worker_id,
+            }
             if outcome.status is not None:
                 detail["status"] = outcome.status
             if outcome.reason:
@@ -780,12 +793,9 @@ def echo(dest: Destination, calling_ae: str) -> tuple[bool, str]:
     ae = _new_ae(dest, calling_ae)
     ae.add_requested_context(Verification)
     started = time.monotonic()
-    try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=_tls_args(dest))
-    except (OSError, ssl.SSLError, ValueError, RuntimeError) as exc:
-        return False, f"association failed: {exc}"
-    if not assoc.is_established:
-        return False, _association_error(assoc)
+    assoc, err = _associate(ae, dest)
+    if assoc is None:
+        return False, err or "association failed"
     try:
         rsp = assoc.send_c_echo()
     finally:
