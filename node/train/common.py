@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from node.infer.manifest import Manifest, write_manifest
 
@@ -62,6 +60,8 @@ def offline_environment(config_dir: Path | None = None) -> Path:
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
     """Seed Python, NumPy and torch and ask torch for deterministic kernels."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -87,6 +87,7 @@ def build_backbone(arch: str, in_chans: int = 1) -> tuple[Any, int]:
     (not wired up by default because an air-gapped node must not try the network).
     """
     import timm
+    import torch
 
     model = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans)
     # ``num_features`` is not the pooled width for every family (mobilenetv3 has a conv head
@@ -99,36 +100,56 @@ def build_backbone(arch: str, in_chans: int = 1) -> tuple[Any, int]:
     return model, width
 
 
-class MultiHead(nn.Module):
-    """Backbone + one linear head per named output, activation applied in the graph.
+def _multihead_class() -> type:
+    """Build ``MultiHead`` on first use so importing this module does not import torch (3 s)."""
+    import torch
+    from torch import nn
 
-    ``heads`` maps output name → (number of classes, activation) with activation one of
-    ``softmax``, ``sigmoid`` or ``none``. ``forward`` returns the outputs in ``heads`` order;
-    ``logits`` returns the pre-activation values for the loss.
-    """
+    class MultiHead(nn.Module):  # type: ignore[misc]
+        """Backbone + one linear head per named output, activation applied in the graph.
 
-    def __init__(self, arch: str, in_chans: int, heads: Mapping[str, tuple[int, str]], dropout: float = 0.1):
-        super().__init__()
-        self.backbone, width = build_backbone(arch, in_chans)
-        self.arch = arch
-        self.head_specs = dict(heads)
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, (n, _) in heads.items()})
+        ``heads`` maps output name → (number of classes, activation) with activation one of
+        ``softmax``, ``sigmoid`` or ``none``. ``forward`` returns the outputs in ``heads`` order;
+        ``logits`` returns the pre-activation values for the loss.
+        """
 
-    def logits(self, x: Any) -> dict[str, Any]:
-        feats = self.dropout(self.backbone(x))
-        return {name: head(feats) for name, head in self.heads.items()}
+        def __init__(
+            self, arch: str, in_chans: int, heads: Mapping[str, tuple[int, str]], dropout: float = 0.1
+        ):
+            super().__init__()
+            self.backbone, width = build_backbone(arch, in_chans)
+            self.arch = arch
+            self.head_specs = dict(heads)
+            self.dropout = nn.Dropout(dropout)
+            self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, (n, _) in heads.items()})
 
-    def forward(self, x: Any) -> tuple[Any, ...]:
-        outs = []
-        for name, value in self.logits(x).items():
-            act = self.head_specs[name][1]
-            if act == "softmax":
-                value = torch.softmax(value, dim=1)
-            elif act == "sigmoid":
-                value = torch.sigmoid(value)
-            outs.append(value)
-        return tuple(outs)
+        def logits(self, x: Any) -> dict[str, Any]:
+            feats = self.dropout(self.backbone(x))
+            return {name: head(feats) for name, head in self.heads.items()}
+
+        def forward(self, x: Any) -> tuple[Any, ...]:
+            outs = []
+            for name, value in self.logits(x).items():
+                act = self.head_specs[name][1]
+                if act == "softmax":
+                    value = torch.softmax(value, dim=1)
+                elif act == "sigmoid":
+                    value = torch.sigmoid(value)
+                outs.append(value)
+            return tuple(outs)
+
+    return MultiHead
+
+
+_LAZY: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MultiHead":
+        if name not in _LAZY:
+            _LAZY[name] = _multihead_class()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_onnx(
@@ -139,6 +160,8 @@ def export_onnx(
     sample_shape: tuple[int, int, int, int],
 ) -> Path:
     """Export ``model`` (eval mode) with the legacy exporter, opset 17, dynamic batch axis."""
+    import torch
+
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     sample = torch.zeros(sample_shape, dtype=torch.float32)
@@ -166,6 +189,9 @@ class ExportMismatch(RuntimeError):
 
 
 def torch_outputs(model: Any, batch: np.ndarray) -> list[np.ndarray]:
+    """The model's outputs on ``batch`` as NumPy arrays (eval mode, no gradients)."""
+    import torch
+
     model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
