@@ -166,36 +166,16 @@ def _sex_value(text: str, row_no: int) -> float:
 
 
 def read_dicom01(path: Path) -> np.ndarray:
-    """Stored pixels → 0..1 float32 with MONOCHROME1 inverted (bone bright, as in training).
+    """Stored pixels → 0..1 float32, bone bright, exactly as the node normalises them.
 
-    Uses ``node.pixels.normalise`` when the node's pixel module provides it; the per-crop window
-    applied afterwards makes any global window equivalent, so only the inversion truly matters.
+    The per-crop window applied afterwards makes any global window equivalent, but the
+    MONOCHROME1 inversion and the Modality LUT matter, so ``node.pixels`` does it.
     """
-    import pydicom
+    from node import pixels
 
-    ds = pydicom.dcmread(str(path))
-    try:
-        from node import pixels  # type: ignore[attr-defined]
-
-        normalise = getattr(pixels, "normalise", None)
-    except ImportError:
-        normalise = None
-    if normalise is not None:
-        try:
-            out = normalise(ds)
-            arr = np.asarray(getattr(out, "image", out), dtype=np.float32)
-            if arr.ndim == 2:
-                return arr
-        except (TypeError, ValueError, AttributeError):
-            pass
-    arr = ds.pixel_array.astype(np.float32)
-    if arr.ndim == 3:
-        arr = arr[0]
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = 1.0 - arr
-    return arr
+    ds = pixels.read_dataset(path)
+    raw = pixels.decode(ds)
+    return pixels.normalise(ds, raw)
 
 
 def folder_samples(folder: Path, labels_csv: Path, spec: InputSpec, margin: float) -> list[JointSample]:
@@ -576,7 +556,7 @@ def fit_and_export(
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         epochs_run = epoch + 1
         probs = predict_torch(model, val_x)
         metrics = evaluate_split(probs, val_samples, dict.fromkeys(MORPHOLOGY_FLAGS, 0.5))
