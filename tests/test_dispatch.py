@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -132,8 +132,16 @@ class Store:
             s.flush()
             self.series_pk, self.job_pk = se.id, job.id
 
-    def add_results(self, n: int, destinations: list[str], *, ts: str = ExplicitVRLittleEndian) -> list[str]:
-        """``n`` result files + rows, queued for ``destinations``; returns their SOP UIDs."""
+    def add_results(
+        self,
+        n: int,
+        destinations: list[str],
+        *,
+        ts: str = ExplicitVRLittleEndian,
+        mutate: Callable[[Dataset], None] | None = None,
+    ) -> list[str]:
+        """``n`` result files + rows, queued for ``destinations``; returns their SOP UIDs.
+        ``mutate`` edits the dataset (never the file meta) to make a file a PACS refuses."""
         uids = []
         with self.db.session() as s:
             for _ in range(n):
@@ -141,6 +149,10 @@ class Store:
                 self.made += 1
                 name = f"sc_{seed}.dcm"
                 uid = make_sc(self.root / name, self.study_uid, self.series_uid, seed, ts=ts)
+                if mutate is not None:
+                    ds = dcmread(self.root / name)
+                    mutate(ds)
+                    ds.save_as(self.root / name)
                 r = Result(
                     job_pk=self.job_pk,
                     series_pk=self.series_pk,
@@ -204,12 +216,14 @@ class FakePacs:
     def __init__(
         self,
         statuses: dict[str, int] | None = None,
+        abort_on: set[str] | None = None,
         syntaxes: list[str] | None = None,
         findable: bool = True,
         delay_s: float = 0.0,
         ssl_context: Any = None,
     ) -> None:
         self.statuses = statuses or {}
+        self.abort_on = abort_on or set()
         self.findable = findable
         self.delay_s = delay_s
         self.received: Counter[str] = Counter()
@@ -256,6 +270,10 @@ class FakePacs:
             self.received[uid] += 1
             self.syntaxes_used.append(str(event.context.transfer_syntax))
             status = self.statuses.get(uid, 0x0000)
+            if uid in self.abort_on:
+                self.abort_on.discard(uid)  # only the first time: a PACS that crashed once
+                event.assoc.abort()
+                return 0xC000
             if status == 0x0000:
                 self.datasets[uid] = ds
         return status
@@ -430,6 +448,33 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+def test_orthanc_refusal_fails_only_that_result(store: Store, orthanc: OrthancServer) -> None:
+    """Orthanc answers 0xA900 when the dataset's SOP Class UID contradicts the C-STORE's (taken
+    from the file meta) and 0xC000 when the dataset has no SOP Instance UID."""
+
+    def wrong_class(ds: Dataset) -> None:
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR; meta says SC
+
+    def no_instance_uid(ds: Dataset) -> None:
+        del ds.SOPInstanceUID
+
+    uids = store.add_results(1, ["pacs"])
+    uids += store.add_results(1, ["pacs"], mutate=wrong_class)
+    uids += store.add_results(1, ["pacs"])
+    uids += store.add_results(1, ["pacs"], mutate=no_instance_uid)
+    uids += store.add_results(1, ["pacs"])
+    assert Dispatcher(config(store, orthanc_dest(orthanc)), store.db).run_once() == 5
+    d = store.deliveries()
+    assert [d[u].state for u in uids] == ["sent", "failed", "sent", "failed", "sent"]
+    assert [d[u].last_status for u in uids] == [0, 0xA900, 0, 0xC000, 0]
+    assert all(d[u].last_error for u in (uids[1], uids[3]))
+    stored = sorted(str(orthanc.instance_tags(i)["SOPInstanceUID"]) for i in orthanc.instances())
+    assert stored == sorted([uids[0], uids[2], uids[4]])
+    assert (
+        Dispatcher(config(store, orthanc_dest(orthanc)), store.db).run_once(utcnow() + timedelta(days=1)) == 0
+    )
+
+
 def test_pacs_down_then_back_delivers_each_result_exactly_once(store: Store, orthanc: OrthancServer) -> None:
     cfg = config(store, orthanc_dest(orthanc), backoff_s=5.0, backoff_max_s=15.0)
     dispatcher = Dispatcher(cfg, store.db)
@@ -519,6 +564,21 @@ def test_refused_result_does_not_hold_up_the_queue(store: Store) -> None:
     health = destination_health(store.db)["fake"]
     assert (health["sent"], health["failed"], health["retrying"]) == (3, 2, 1)
     assert health["last_error"] in ("status 0xA900", "status 0xC001", "status 0xA700")
+
+
+def test_association_lost_mid_batch_continues_on_a_new_one(store: Store) -> None:
+    uids = store.add_results(4, ["fake"])
+    pacs = FakePacs(abort_on={uids[1]})
+    try:
+        cfg = config(store, pacs.dest())
+        assert Dispatcher(cfg, store.db).run_once() == 4
+    finally:
+        pacs.stop()
+    d = store.deliveries()
+    assert [d[u].state for u in uids] == ["sent", "retrying", "sent", "sent"]
+    assert d[uids[1]].last_status is None and d[uids[1]].last_error
+    assert pacs.associations == 2
+    assert [pacs.received[u] for u in uids] == [1, 1, 1, 1]
 
 
 def test_compressed_result_is_decompressed_for_a_pacs_without_that_syntax(store: Store) -> None:
