@@ -64,6 +64,9 @@ STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
 # Purpose of reference for the algorithm in the Contributing Equipment Sequence (IHE AIR).
 PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 
+# Purpose of reference of the source image in a Secondary Capture's Source Image Sequence.
+SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
+
 # Units.
 DEGREE = Code("deg", "UCUM", "degree")
 NO_UNITS = Code("1", "UCUM", "no units")

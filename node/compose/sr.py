@@ -181,6 +181,7 @@ def build_sr(
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
 
+    _separate_containers(report[0])
     evidence, original_sex = _evidence_headers(sources)
     when = content_datetime or datetime.datetime.now()
     previous = [_predecessor_dataset(predecessor)] if predecessor is not None else None
@@ -223,6 +224,16 @@ def build_sr(
     return sr
 
 
+def _separate_containers(item: Dataset) -> None:
+    """Mark every CONTAINER as SEPARATE items: highdicom writes CONTINUOUS (running text),
+    which makes viewers and dsr2html print the values without their concept names ("42.37
+    deg" instead of "Acetabular cup inclination = 42.37 deg")."""
+    if item.ValueType == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        _separate_containers(child)
+
+
 def _ordered_images(images: Iterable[ImageFindings], by_uid: dict[str, Dataset]) -> list[ImageFindings]:
     """Images in acquisition order (Instance Number, then UID) so numbering is stable."""
 
@@ -237,31 +248,40 @@ def _ordered_images(images: Iterable[ImageFindings], by_uid: dict[str, Dataset])
     return sorted(images, key=key)
 
 
-def _evidence_headers(sources: Sequence[Dataset]) -> tuple[list[Dataset], str | None]:
-    """Pixel-free copies of the sources with type 2 patient/study attributes present.
+def header_without_pixels(source: Dataset) -> Dataset:
+    """Deep copy of ``source`` without group 7FE0 (pixel data is never needed for a header and
+    can be hundreds of megabytes)."""
+    header = Dataset()
+    for elem in source:
+        if elem.tag.group != _PIXEL_DATA_GROUP:
+            header.add(copy.deepcopy(elem))
+    if hasattr(source, "file_meta"):
+        header.file_meta = copy.deepcopy(source.file_meta)
+    return header
 
-    highdicom reads those attributes from the first source and raises on a missing one; a
-    modality that omits a type 2 attribute must not stop the report. An out-of-vocabulary
-    Patient's Sex is blanked for highdicom and restored afterwards (returned), so the SR
-    agrees with its sources (dcentvfy checks that).
+
+def fill_patient_study(header: Dataset) -> str | None:
+    """Make ``header`` acceptable to highdicom as the patient/study source, in place.
+
+    highdicom reads the type 2 patient/study attributes from it and raises on a missing one; a
+    modality that omits one must not stop the result. An out-of-vocabulary Patient's Sex is
+    blanked for highdicom; the original is returned so the caller restores it on the output and
+    the output agrees with its sources (dcentvfy checks that).
     """
-    headers = []
-    for src in sources:
-        header = Dataset()
-        for elem in src:
-            if elem.tag.group != _PIXEL_DATA_GROUP:
-                header.add(copy.deepcopy(elem))
-        headers.append(header)
-    first = headers[0]
     for keyword in _TYPE2_PATIENT_STUDY:
-        if keyword not in first:
-            setattr(first, keyword, "" if keyword != "ReferringPhysicianName" else None)
-    original_sex: str | None = None
-    sex = str(first.get("PatientSex") or "")
+        if keyword not in header:
+            setattr(header, keyword, "" if keyword != "ReferringPhysicianName" else None)
+    sex = str(header.get("PatientSex") or "")
     if sex and sex not in _PATIENT_SEX_VALUES:
-        original_sex = sex
-        first.PatientSex = ""
-    return headers, original_sex
+        header.PatientSex = ""
+        return sex
+    return None
+
+
+def _evidence_headers(sources: Sequence[Dataset]) -> tuple[list[Dataset], str | None]:
+    """Pixel-free copies of the sources; the first one prepared by :func:`fill_patient_study`."""
+    headers = [header_without_pixels(src) for src in sources]
+    return headers, fill_patient_study(headers[0])
 
 
 def _predecessor_dataset(predecessor: Dataset | ReportReference) -> Dataset:
@@ -805,6 +825,8 @@ __all__ = [
     "build_sr",
     "ellipse_from_graphic_data",
     "ellipse_graphic_data",
+    "fill_patient_study",
+    "header_without_pixels",
     "predecessor_uids",
     "read_report",
 ]
