@@ -1,0 +1,319 @@
+"""``hipnode train detector``: ultralytics YOLO (from a model yaml, no downloaded weights) → ONNX.
+
+ultralytics (AGPL-3.0) is imported only here, never by the node: the exported graph's raw head
+output ``(n, 4 + C, A)`` is decoded by ``node.infer.detector`` with our own NMS.
+
+Data are written once as a YOLO dataset of images *already letterboxed to the network size*
+by ``node.infer.preprocess.letterbox`` (so training sees the node's resize exactly, and
+ultralytics' own resize is the identity), with box labels mapped through the same transform.
+Augmentation: no horizontal flips (they swap hip_joint_right / hip_joint_left), no mosaic
+(objects are anatomy in fixed relation to each other); small scale/translate and brightness.
+
+After training, validation uses the *exported ONNX model through the node's runtime* — the
+figures in the manifest are what the node will do, not what ultralytics' validator says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from node.config import ModelsConfig
+from node.domain import DETECTOR_CLASSES, Box
+from node.infer.detector import OUTPUT, DetectorModel, DetectorSettings
+from node.infer.manifest import InputSpec, Manifest, OutputSpec
+from node.infer.nms import box_iou
+from node.infer.preprocess import letterbox
+from node.infer.session import create_session
+from node.train.common import (
+    command_line,
+    compare_onnx,
+    export_onnx,
+    model_size_mb,
+    offline_environment,
+    seed_everything,
+    write_model,
+)
+from node.train.data import Sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARCH = "yolov8n.yaml"
+
+
+def input_spec(size: int) -> InputSpec:
+    return InputSpec(
+        name="image", channels=3, height=size, width=size, mean=(0.0,), std=(1.0,), pad_value=0.0
+    )
+
+
+def write_yolo_dataset(samples: Sequence[Sample], root: Path, split: str, size: int) -> int:
+    """Letterboxed 8-bit PNGs + YOLO label files under ``root/{images,labels}/split``; returns count."""
+    img_dir, lab_dir = root / "images" / split, root / "labels" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for i, s in enumerate(samples):
+        if s.boxes is None:
+            continue
+        img, tr = letterbox(s.image01, size, size, 0.0)
+        cv2.imwrite(str(img_dir / f"{i:06d}.png"), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+        lines = []
+        if s.boxes:
+            net = tr.to_network(np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes]))
+            for b, (x0, y0, x1, y1) in zip(s.boxes, net, strict=True):
+                x0, x1 = np.clip([x0, x1], 0, size)
+                y0, y1 = np.clip([y0, y1], 0, size)
+                if x1 - x0 < 1 or y1 - y0 < 1:
+                    continue
+                cls = DETECTOR_CLASSES.index(b.label)
+                lines.append(
+                    f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
+                )
+        (lab_dir / f"{i:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        n += 1
+    return n
+
+
+def detector_metrics(
+    predictions: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]], iou: float = 0.5
+) -> dict[str, float]:
+    """Recall and precision per class at ``iou`` (greedy one-to-one matching by score)."""
+    out: dict[str, float] = {}
+    for cls in DETECTOR_CLASSES:
+        tp = n_true = n_pred = 0
+        for pred, truth in zip(predictions, truths, strict=True):
+            t = [b for b in truth if b.label == cls]
+            p = sorted((b for b in pred if b.label == cls), key=lambda b: -b.score)
+            n_true += len(t)
+            n_pred += len(p)
+            if not t or not p:
+                continue
+            m = box_iou(
+                np.array([[b.x0, b.y0, b.x1, b.y1] for b in p]),
+                np.array([[b.x0, b.y0, b.x1, b.y1] for b in t]),
+            )
+            used: set[int] = set()
+            for row in m:
+                j = next((int(j) for j in np.argsort(-row) if int(j) not in used and row[j] >= iou), None)
+                if j is not None:
+                    used.add(j)
+                    tp += 1
+        if n_true:
+            out[f"{cls}_recall"] = round(tp / n_true, 5)
+            out[f"{cls}_n"] = float(n_true)
+        if n_pred:
+            out[f"{cls}_precision"] = round(tp / n_pred, 5)
+    return out
+
+
+def evaluate(model: DetectorModel, samples: Sequence[Sample]) -> dict[str, float]:
+    labelled = [s for s in samples if s.boxes is not None]
+    preds = model.detect([s.image01 for s in labelled])
+    return detector_metrics(preds, [s.boxes or [] for s in labelled])
+
+
+def _export_module(yolo_model: Any) -> Any:
+    """The trained DetectionModel in export mode: forward returns only the decoded head tensor."""
+    import torch
+    from ultralytics.nn.modules.head import Detect
+
+    model = yolo_model.float().eval()
+    for m in model.modules():
+        if isinstance(m, Detect):
+            m.export = True
+            m.format = "onnx"
+            m.dynamic = False
+
+    class _Head(torch.nn.Module):
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            y = self.inner(x)
+            return y[0] if isinstance(y, list | tuple) else y
+
+    return _Head(model).eval()
+
+
+def train_yolo(
+    dataset_yaml: Path, arch: str, size: int, epochs: int, batch: int, seed: int, workdir: Path, threads: int
+) -> Any:
+    """Run ultralytics training on CPU, offline, deterministic; returns the best DetectionModel."""
+    from ultralytics import YOLO
+
+    yolo = YOLO(arch, task="detect")
+    yolo.train(
+        data=str(dataset_yaml),
+        epochs=epochs,
+        imgsz=size,
+        batch=batch,
+        device="cpu",
+        workers=min(2, threads) if threads else 2,
+        seed=seed,
+        deterministic=True,
+        pretrained=False,
+        amp=False,
+        plots=False,
+        val=True,
+        project=str(workdir),
+        name="run",
+        exist_ok=True,
+        fliplr=0.0,
+        flipud=0.0,
+        mosaic=0.0,
+        mixup=0.0,
+        degrees=3.0,
+        translate=0.05,
+        scale=0.15,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.3,
+        rect=False,
+        cache=False,
+        optimizer="AdamW",
+        lr0=0.002,
+        warmup_epochs=1.0,
+        verbose=False,
+        patience=1000,
+        cos_lr=True,
+        close_mosaic=0,
+    )
+    best = workdir / "run" / "weights" / "best.pt"
+    last = workdir / "run" / "weights" / "last.pt"
+    return YOLO(str(best if best.exists() else last)).model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from node.train.cli import add_data_arguments
+
+    add_data_arguments(p)
+    p.add_argument(
+        "--arch", default=DEFAULT_ARCH, help="ultralytics model yaml (yolov8n.yaml, yolo11n.yaml…)"
+    )
+    p.add_argument("--size", type=int, default=256, help="network input size in pixels (square, letterboxed)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models/detector"),
+        help="model folder; a version folder is made in it",
+    )
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--workdir", type=Path, help="keep the YOLO dataset and runs here (default: temporary)")
+
+
+def build_manifest(
+    arch: str,
+    size: int,
+    version: str,
+    training_data: str,
+    command: str,
+    val: dict[str, float],
+    extra: dict[str, Any],
+) -> Manifest:
+    return Manifest(
+        name="detector",
+        version=version,
+        task="detector",
+        architecture=f"ultralytics {Path(arch).stem}",
+        input=input_spec(size),
+        outputs=(OutputSpec(OUTPUT, DETECTOR_CLASSES, "yolo"),),
+        training_data=training_data,
+        command=command,
+        metrics=val,
+        thresholds={"score": 0.25, "iou": 0.5},
+        extra=extra,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from node.train.cli import load_training_data
+
+    cfg_dir = offline_environment()
+    seed_everything(args.seed, args.threads)
+    t0 = time.monotonic()
+    train_samples, val_samples, description = load_training_data(args, task="detector")
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="hipnode-yolo-")
+        workdir = Path(tmp)
+    try:
+        ds = workdir / "dataset"
+        if ds.exists():
+            shutil.rmtree(ds)
+        n_train = write_yolo_dataset(train_samples, ds, "train", args.size)
+        # ultralytics needs a val split; the real validation happens below through onnxruntime.
+        n_val = write_yolo_dataset(val_samples or train_samples[:16], ds, "val", args.size)
+        names = "\n".join(f"  {i}: {c}" for i, c in enumerate(DETECTOR_CLASSES))
+        (ds / "data.yaml").write_text(f"path: {ds}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+        log.info("YOLO dataset: %d train / %d val images (%s); config dir %s", n_train, n_val, ds, cfg_dir)
+        del train_samples
+        net = train_yolo(
+            ds / "data.yaml", args.arch, args.size, args.epochs, args.batch, args.seed, workdir, args.threads
+        )
+        module = _export_module(net)
+        out_dir = Path(args.out) / args.version
+        onnx_path = export_onnx(
+            module, out_dir / "model.onnx", "image", [OUTPUT], (1, 3, args.size, args.size)
+        )
+        check = np.stack(
+            [
+                np.repeat(letterbox(s.image01, args.size, args.size)[0][None], 3, 0)
+                for s in (val_samples or [])[:4]
+            ]
+            or [np.zeros((3, args.size, args.size), np.float32)]
+        ).astype(np.float32)
+        diff = compare_onnx(module, onnx_path, check, [OUTPUT])
+        manifest = build_manifest(
+            args.arch,
+            args.size,
+            args.version,
+            description,
+            command_line(),
+            {},
+            {"seed": args.seed, "epochs": args.epochs},
+        )
+        write_model(manifest, out_dir)
+        val: dict[str, float] = {}
+        if val_samples:
+            from node.infer.manifest import load_manifest
+
+            runtime = DetectorModel(
+                create_session(load_manifest(out_dir), ModelsConfig()), settings=DetectorSettings()
+            )
+            val = evaluate(runtime, val_samples)
+        val = {
+            **val,
+            "onnx_max_abs_diff": float(f"{diff:.3g}"),
+            "train_seconds": round(time.monotonic() - t0, 1),
+        }
+        manifest = build_manifest(
+            args.arch,
+            args.size,
+            args.version,
+            description,
+            command_line(),
+            val,
+            {"seed": args.seed, "epochs": args.epochs},
+        )
+        write_model(manifest, out_dir)
+        log.info("wrote %s (%.1f MB): %s", out_dir, model_size_mb(out_dir / "model.onnx"), json.dumps(val))
+        print(json.dumps({"out": str(out_dir), "metrics": val}))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0

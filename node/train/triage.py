@@ -1,0 +1,308 @@
+"""``hipnode train triage``: multitask view / side / implant classifier → ONNX + manifest.
+
+One timm backbone, three heads (see ``node.infer.triage``): view (softmax over 5), imaged side
+of a single-hip view (softmax R/L, loss only on single-hip views), implant per side (two
+sigmoids, loss only on sides whose status is known — an AP hip of the right side says nothing
+about the left). No horizontal flips in augmentation: flipping swaps the patient's sides.
+
+Images are prepared once with ``node.infer.preprocess.prepare`` at the network size and cached
+as float16, then augmented on the fly (gain, gamma, offset, noise, small shifts/zoom), which is
+what keeps CPU training of a few thousand phantoms within minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from node.infer.manifest import InputSpec, Manifest, OutputSpec
+from node.infer.preprocess import letterbox
+from node.infer.triage import TRIAGE_SIDES, TRIAGE_VIEWS
+from node.train.common import (
+    command_line,
+    compare_onnx,
+    export_onnx,
+    model_size_mb,
+    offline_environment,
+    seed_everything,
+    write_model,
+)
+from node.train.data import Sample
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARCH = "mobilenetv3_small_100"
+ARCH_CHOICES = (
+    "mobilenetv3_small_050",
+    "mobilenetv3_small_100",
+    "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "efficientnet_b3",
+    "convnext_atto",
+    "convnext_tiny",
+    "resnet18",
+)
+MEAN, STD = 0.5, 0.25
+
+
+def input_spec(size: int) -> InputSpec:
+    return InputSpec(name="image", channels=1, height=size, width=size, mean=(MEAN,), std=(STD,))
+
+
+def heads() -> dict[str, tuple[int, str]]:
+    return {"view": (len(TRIAGE_VIEWS), "softmax"), "side": (2, "softmax"), "implant": (2, "sigmoid")}
+
+
+@dataclass
+class Tensors:
+    """Prepared images (0..1, letterboxed, float16) and integer labels; -1 = no label."""
+
+    x: np.ndarray  # (n, 1, s, s) float16
+    view: np.ndarray  # (n,) int64
+    side: np.ndarray  # (n,) int64, -1 unless single-hip view
+    implant: np.ndarray  # (n, 2) float32 in {0, 1, -1}
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def to_tensors(samples: Iterable[Sample], size: int) -> Tensors:
+    xs, views, sides, implants = [], [], [], []
+    for s in samples:
+        img, _ = letterbox(s.image01, size, size, 0.0)
+        xs.append(img.astype(np.float16)[None])
+        views.append(TRIAGE_VIEWS.index(s.view))
+        sides.append(TRIAGE_SIDES.index(s.side) if s.side is not None and s.view in TRIAGE_VIEWS[1:4] else -1)
+        implants.append([float(s.implant[sd]) if sd in s.implant else -1.0 for sd in TRIAGE_SIDES])
+    return Tensors(
+        np.stack(xs) if xs else np.zeros((0, 1, size, size), np.float16),
+        np.asarray(views, np.int64),
+        np.asarray(sides, np.int64),
+        np.asarray(implants, np.float32).reshape(-1, 2),
+    )
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Intensity and small geometric jitter on a (b, 1, h, w) 0..1 batch; no flips."""
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    gamma = torch.exp((r(b, 1, 1, 1) - 0.5) * 0.8)
+    gain = 0.75 + 0.5 * r(b, 1, 1, 1)
+    offset = (r(b, 1, 1, 1) - 0.5) * 0.2
+    x = (x.clamp(0, 1) ** gamma) * gain + offset
+    x = x + torch.randn(x.shape, generator=gen) * (0.03 * r(b, 1, 1, 1))
+    scale = 1.0 + (r(b) - 0.5) * 0.2
+    theta = torch.zeros(b, 2, 3)
+    angle = (r(b) - 0.5) * math.radians(10)
+    theta[:, 0, 0] = torch.cos(angle) / scale
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale
+    theta[:, 1, 1] = torch.cos(angle) / scale
+    theta[:, :, 2] = (r(b, 2) - 0.5) * 0.16
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False).clamp(-0.2, 1.2)
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN) / STD
+
+
+def loss_fn(
+    logits: dict[str, torch.Tensor], view: torch.Tensor, side: torch.Tensor, implant: torch.Tensor
+) -> Any:
+    import torch.nn.functional as F
+
+    loss = F.cross_entropy(logits["view"], view, label_smoothing=0.02)
+    has_side = side >= 0
+    if has_side.any():
+        loss = loss + F.cross_entropy(logits["side"][has_side], side[has_side])
+    known = implant >= 0
+    if known.any():
+        loss = loss + F.binary_cross_entropy_with_logits(logits["implant"][known], implant[known])
+    return loss
+
+
+def predict(model: torch.nn.Module, x: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    import torch
+
+    model.eval()
+    outs: dict[str, list[np.ndarray]] = {"view": [], "side": [], "implant": []}
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = standardise(torch.from_numpy(x[i : i + batch].astype(np.float32)))
+            for name, value in zip(outs, model(xb), strict=True):
+                outs[name].append(value.numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
+
+
+def metrics(pred: dict[str, np.ndarray], t: Tensors, implant_threshold: float = 0.5) -> dict[str, float]:
+    """View accuracy (and per view), side accuracy on single-hip views, implant accuracy per known side."""
+    out: dict[str, float] = {"n": float(len(t))}
+    if not len(t):
+        return out
+    view_hat = pred["view"].argmax(1)
+    out["view_accuracy"] = float((view_hat == t.view).mean())
+    for k, v in enumerate(TRIAGE_VIEWS):
+        m = t.view == k
+        if m.any():
+            out[f"view_accuracy_{v.value}"] = float((view_hat[m] == k).mean())
+    m = t.side >= 0
+    if m.any():
+        out["side_accuracy"] = float((pred["side"].argmax(1)[m] == t.side[m]).mean())
+    known = t.implant >= 0
+    if known.any():
+        hat = pred["implant"] >= implant_threshold
+        out["implant_accuracy"] = float((hat[known] == (t.implant[known] > 0.5)).mean())
+    return {k: round(v, 5) for k, v in out.items()}
+
+
+def train(
+    train_t: Tensors,
+    val_t: Tensors,
+    arch: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log_every_s: float = 30.0,
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Train from scratch; returns the model (eval mode) and its validation metrics."""
+    import torch
+
+    from node.train.common import MultiHead
+
+    seed_everything(seed)
+    model = MultiHead(arch, 1, heads())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
+    steps_per_epoch = max(1, math.ceil(len(train_t) / batch_size))
+    total = max(1, epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(train_t.x)
+    v_all, s_all, i_all = (torch.from_numpy(a) for a in (train_t.view, train_t.side, train_t.implant))
+    last = time.monotonic()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_t), generator=gen)
+        running = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            if idx.numel() < 2:
+                continue  # batch norm needs two samples
+            xb = standardise(augment(x_all[idx].float(), gen))
+            loss = loss_fn(model.logits(xb), v_all[idx], s_all[idx], i_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss.detach())
+            if time.monotonic() - last > log_every_s:
+                log.info(
+                    "epoch %d step %d/%d loss %.4f",
+                    epoch + 1,
+                    step + 1,
+                    steps_per_epoch,
+                    running / (step + 1),
+                )
+                last = time.monotonic()
+        val = metrics(predict(model, val_t.x), val_t) if len(val_t) else {}
+        log.info("epoch %d/%d train loss %.4f val %s", epoch + 1, epochs, running / steps_per_epoch, val)
+    model.eval()
+    return model, metrics(predict(model, val_t.x), val_t) if len(val_t) else {}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from node.train.cli import add_data_arguments
+
+    add_data_arguments(p)
+    p.add_argument("--arch", default=DEFAULT_ARCH, help=f"timm architecture (e.g. {', '.join(ARCH_CHOICES)})")
+    p.add_argument("--size", type=int, default=192, help="network input size in pixels (square, letterboxed)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--out", type=Path, default=Path("models/triage"), help="model folder; a version folder is made in it"
+    )
+    p.add_argument("--version", default="1.0.0")
+
+
+def export(model: torch.nn.Module, size: int, out_dir: Path, check: np.ndarray) -> float:
+    """Export to ``out_dir/model.onnx`` and return the max |onnx - torch| on ``check`` (0..1 images)."""
+    onnx_path = export_onnx(
+        model, out_dir / "model.onnx", "image", ["view", "side", "implant"], (1, 1, size, size)
+    )
+    batch = ((check.astype(np.float32) - MEAN) / STD).astype(np.float32)
+    return compare_onnx(model, onnx_path, batch, ["view", "side", "implant"])
+
+
+def build_manifest(
+    arch: str,
+    size: int,
+    version: str,
+    training_data: str,
+    command: str,
+    val: dict[str, float],
+    extra: dict[str, Any],
+) -> Manifest:
+    return Manifest(
+        name="triage",
+        version=version,
+        task="triage",
+        architecture=arch,
+        input=input_spec(size),
+        outputs=(
+            OutputSpec("view", tuple(v.value for v in TRIAGE_VIEWS), "softmax"),
+            OutputSpec("side", tuple(s.value for s in TRIAGE_SIDES), "softmax"),
+            OutputSpec("implant", tuple(s.value for s in TRIAGE_SIDES), "sigmoid"),
+        ),
+        training_data=training_data,
+        command=command,
+        metrics=val,
+        thresholds={"implant": 0.5},
+        extra=extra,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from node.train.cli import load_training_data
+
+    offline_environment()
+    seed_everything(args.seed, args.threads)
+    t0 = time.monotonic()
+    train_samples, val_samples, description = load_training_data(args, task="triage")
+    train_t, val_t = to_tensors(train_samples, args.size), to_tensors(val_samples, args.size)
+    del train_samples, val_samples
+    log.info("data ready in %.0f s: %d train, %d val", time.monotonic() - t0, len(train_t), len(val_t))
+    model, val = train(train_t, val_t, args.arch, args.epochs, args.batch, args.lr, args.seed)
+    out_dir = Path(args.out) / args.version
+    check = (val_t.x if len(val_t) else train_t.x)[:8]
+    diff = export(model, args.size, out_dir, check)
+    val = {**val, "onnx_max_abs_diff": float(f"{diff:.3g}"), "train_seconds": round(time.monotonic() - t0, 1)}
+    manifest = build_manifest(
+        args.arch,
+        args.size,
+        args.version,
+        description,
+        command_line(),
+        val,
+        {"seed": args.seed, "epochs": args.epochs},
+    )
+    write_model(manifest, out_dir)
+    log.info("wrote %s (%.1f MB): %s", out_dir, model_size_mb(out_dir / "model.onnx"), json.dumps(val))
+    print(json.dumps({"out": str(out_dir), "metrics": val}))
+    return 0
