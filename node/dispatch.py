@@ -66,9 +66,8 @@ Verification = UID("1.2.840.10008.1.1")
 StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _DUE_STATES = (DeliveryState.PENDING.value, DeliveryState.RETRYING.value)
-# One association carries at most 128 presentation contexts; each SOP class needs up to two
-# (its own syntax + the uncompressed fallback), plus one for the C-FIND read-back.
-_MAX_SOP_CLASSES_PER_ASSOCIATION = 60
+# One association carries at most 128 presentation contexts; one is kept for the C-FIND read-back.
+_MAX_CONTEXTS = 127
 
 
 # --------------------------------------------------------------------------- routing
@@ -324,9 +323,10 @@ def _associate(ae: AE, dest: Destination) -> tuple[Association | None, str | Non
 class _Link:
     """One association to a destination for a known set of files; re-opened on demand.
 
-    The presentation contexts come from the files themselves: for each SOP class its own
-    transfer syntax (so the bytes go out untouched) and, separately, explicit/implicit little
-    endian (so a PACS that refuses the compressed syntax still gets the object).
+    The presentation contexts come from the files themselves: for each SOP class one context
+    per transfer syntax its files are in (so the bytes go out untouched), plus explicit and
+    implicit little endian (so a PACS that refuses a compressed syntax still gets the object).
+    One syntax per context, so the PACS accepts or refuses each on its own.
     """
 
     def __init__(
@@ -335,12 +335,7 @@ class _Link:
         self.dest = dest
         self.calling_ae = calling_ae
         self.read_back = read_back
-        contexts: dict[str, list[list[str]]] = {}
-        for f in files:
-            syntaxes = contexts.setdefault(f.sop_class, [list(_UNCOMPRESSED)])
-            if f.transfer_syntax not in _UNCOMPRESSED and [f.transfer_syntax] not in syntaxes:
-                syntaxes.insert(0, [f.transfer_syntax])
-        self.contexts = contexts
+        self.contexts = _contexts(files)
         self.assoc: Association | None = None
         self._msg_id = 0
 
@@ -352,9 +347,9 @@ class _Link:
         """Associate; returns ``None`` on success, else why not."""
         self.close()
         ae = _new_ae(self.dest, self.calling_ae)
-        for sop_class, groups in self.contexts.items():
-            for syntaxes in groups:
-                ae.add_requested_context(sop_class, syntaxes)
+        for sop_class, syntaxes in self.contexts.items():
+            for ts in syntaxes:
+                ae.add_requested_context(sop_class, [ts])
         if self.read_back:
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         self.assoc, err = _associate(ae, self.dest)
@@ -598,7 +593,7 @@ class Dispatcher:
             except (OSError, InvalidDicomError, AttributeError, KeyError) as exc:
                 # Our own output is missing or unreadable: no retry fixes that.
                 self._record(c, StoreOutcome(None, Verdict.FAIL, f"result file unreadable: {exc}"), now)
-        for chunk in _chunks_by_sop_class(ready, _MAX_SOP_CLASSES_PER_ASSOCIATION):
+        for chunk in _chunks(ready):
             self._deliver_chunk(dest, chunk, now)
 
     def _deliver_chunk(
@@ -712,18 +707,32 @@ class Dispatcher:
         return state
 
 
-def _chunks_by_sop_class(
-    items: list[tuple[_T, _FileInfo]], max_classes: int
+def _contexts(files: Iterable[_FileInfo]) -> dict[str, list[str]]:
+    """SOP class → transfer syntaxes to propose, each as its own context, files' own first."""
+    out: dict[str, list[str]] = {}
+    for f in files:
+        syntaxes = out.setdefault(f.sop_class, [])
+        if f.transfer_syntax not in syntaxes:
+            syntaxes.append(f.transfer_syntax)
+    for syntaxes in out.values():
+        syntaxes.extend(ts for ts in _UNCOMPRESSED if ts not in syntaxes)
+    return out
+
+
+def _chunks(
+    items: list[tuple[_T, _FileInfo]], max_contexts: int = _MAX_CONTEXTS
 ) -> list[list[tuple[_T, _FileInfo]]]:
-    """Split so no association needs more presentation contexts than DICOM allows; order kept."""
+    """Split (order kept) so no association needs more presentation contexts than DICOM allows."""
     chunks: list[list[tuple[_T, _FileInfo]]] = []
-    classes: set[str] = set()
+    needed: set[tuple[str, str]] = set()
     for item in items:
-        if not chunks or (item[1].sop_class not in classes and len(classes) >= max_classes):
+        info = item[1]
+        more = {(info.sop_class, ts) for ts in (info.transfer_syntax, *_UNCOMPRESSED)}
+        if not chunks or len(needed | more) > max_contexts:
             chunks.append([])
-            classes = set()
+            needed = set()
         chunks[-1].append(item)
-        classes.add(item[1].sop_class)
+        needed |= more
     return chunks
 
 
@@ -826,7 +835,7 @@ def send_files(
             infos.append(_read_info(p))
         except (OSError, InvalidDicomError, AttributeError, KeyError) as exc:
             log.warning("%s: not a DICOM file: %s", p, exc)
-    for chunk in _chunks_by_sop_class([(f.path, f) for f in infos], _MAX_SOP_CLASSES_PER_ASSOCIATION):
+    for chunk in _chunks([(f.path, f) for f in infos]):
         link = _Link(dest, calling_ae, [f for _, f in chunk], read_back=False)
         try:
             for _, info in chunk:

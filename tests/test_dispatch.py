@@ -44,6 +44,9 @@ from node.dispatch import (
     StudyRootQueryRetrieveInformationModelFind,
     Verdict,
     Verification,
+    _chunks,
+    _contexts,
+    _FileInfo,
     classify_status,
     destination_health,
     echo,
@@ -415,14 +418,15 @@ def test_results_reach_orthanc_byte_for_byte_and_read_back(
     cfg = config(store, orthanc_dest(orthanc, verify_with_cfind=True))
     uids = store.add_results(3, ["pacs"])
     rle_uid = store.add_results(1, ["pacs"], ts=RLELossless)[0]
+    uids += store.add_results(1, ["pacs"], ts=ImplicitVRLittleEndian)
 
-    assert Dispatcher(cfg, store.db).run_once() == 4
+    assert Dispatcher(cfg, store.db).run_once() == 5
 
     deliveries = store.deliveries()
     assert {d.state for d in deliveries.values()} == {DeliveryState.VISIBLE.value}
     assert all(d.attempts == 1 and d.last_status == 0 and d.sent_at is not None for d in deliveries.values())
     ids = orthanc.instances()
-    assert len(ids) == 4
+    assert len(ids) == 5
     by_uid = {str(orthanc.instance_tags(i)["SOPInstanceUID"]): i for i in ids}
     assert set(by_uid) == {*uids, rle_uid}
     with store.db.session() as s:
@@ -435,10 +439,10 @@ def test_results_reach_orthanc_byte_for_byte_and_read_back(
     rle_meta, _ = split_dataset(_write(tmp_path / "rle.dcm", orthanc.instance_file(by_uid[rle_uid])))
     assert rle_meta.TransferSyntaxUID == RLELossless
     kinds = Counter(e.kind for e in store.events())
-    assert kinds == {"enqueued": 4, "sent": 4, "visible": 4}
+    assert kinds == {"enqueued": 5, "sent": 5, "visible": 5}
 
     health = destination_health(store.db, ["pacs", "unused"])
-    assert health["pacs"]["visible"] == 4 and health["pacs"]["failed"] == 0
+    assert health["pacs"]["visible"] == 5 and health["pacs"]["failed"] == 0
     assert health["pacs"]["last_success_at"] is not None and health["pacs"]["last_error"] is None
     assert health["unused"]["pending"] == 0 and health["unused"]["last_success_at"] is None
 
@@ -605,6 +609,41 @@ def test_read_back_not_found_stays_sent(store: Store) -> None:
     delivery = store.deliveries()[uid]
     assert delivery.state == "sent" and delivery.last_error == "not found by C-FIND read-back"
     assert [e.kind for e in store.events()] == ["enqueued", "sent", "not_visible"]
+
+
+def _info(sop_class: str, ts: str) -> _FileInfo:
+    return _FileInfo(Path("x.dcm"), sop_class, ts, "1.2", "1.2.3", generate_uid())
+
+
+def test_presentation_contexts_own_syntax_first_and_within_the_limit() -> None:
+    sc, sr = SecondaryCaptureImageStorage, "1.2.840.10008.5.1.4.1.1.88.22"
+    files = [_info(sc, RLELossless), _info(sr, ImplicitVRLittleEndian), _info(sc, ExplicitVRLittleEndian)]
+    assert _contexts(files) == {
+        sc: [RLELossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        sr: [ImplicitVRLittleEndian, ExplicitVRLittleEndian],
+    }
+    many = [(i, _info(f"1.2.3.{i}", ExplicitVRLittleEndian)) for i in range(100)]  # 200 contexts
+    chunks = _chunks(many)
+    assert [i for chunk in chunks for i, _ in chunk] == list(range(100))
+    assert [len(c) for c in chunks] == [63, 37]
+    assert all(sum(map(len, _contexts(f for _, f in c).values())) <= 127 for c in chunks)
+
+
+def test_run_forever_delivers_and_stops(store: Store, fake_pacs: FakePacs) -> None:
+    cfg = config(store, fake_pacs.dest(), interval_s=0.05)
+    stop = threading.Event()
+    thread = threading.Thread(target=Dispatcher(cfg, store.db).run_forever, args=(stop,))
+    thread.start()
+    try:
+        uids = store.add_results(3, ["fake"])  # queued while the dispatcher is idling
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(fake_pacs.received) < 3:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert fake_pacs.received == Counter(dict.fromkeys(uids, 1))
 
 
 # --------------------------------------------------------------------------- concurrency
