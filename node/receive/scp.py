@@ -1,0 +1,331 @@
+"""The receiver's Application Entity: contexts, limits, TLS, handlers, start and stop.
+
+The receiver never decodes pixel data and never runs models: it accepts every storage SOP class
+in every common transfer syntax and stores the bytes as they came, so a modality is never
+refused because of what a worker might later be unable to decode (the worker screens and
+records a reason instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from typing import Any
+
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    JPEG2000MC,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from node.config import Config
+from node.receive.handlers import AssociationGate, StoreHandler, guard_requests, handle_echo
+from node.receive.storage import InstanceStore
+from node.registry.db import Database
+
+log = logging.getLogger(__name__)
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+#: Transfer syntaxes accepted for every storage SOP class, in preference order: when a sender
+#: proposes several in one context we take its first match in this order, so uncompressed and
+#: lossless encodings win over lossy ones.
+STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    JPEG2000,
+    JPEG2000MC,
+    HTJ2K,
+)
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows (``pynetdicom.sop_class``)."""
+    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+
+
+def build_ae(cfg: Config, db: Database | None = None) -> Any:
+    """An AE configured from ``cfg.node``: contexts, PDU size, association limit, timeouts.
+
+    ``db`` is accepted for symmetry with :func:`serve` (handlers are bound at start); the AE
+    itself holds no database state.
+    """
+    node = cfg.node
+    ae = AE(ae_title=node.ae_title)
+    # Unlimited (0) lets the sender use one PDU per fragment it likes: fewer, larger reads.
+    ae.maximum_pdu_size = node.max_pdu
+    ae.maximum_associations = node.max_associations
+    ae.acse_timeout = node.acse_timeout_s
+    ae.dimse_timeout = node.dimse_timeout_s
+    ae.network_timeout = node.network_timeout_s
+    ae.require_called_aet = node.require_called_ae
+    ae.add_supported_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)
+    for sop_class in storage_sop_classes():
+        ae.add_supported_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
+    return ae
+
+
+def build_ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    """Server-side TLS from ``cfg.node.tls`` (None when disabled). TLS 1.2 at least; with
+    ``verify_peer`` a client certificate signed by ``ca_file`` is required."""
+    tls = cfg.node.tls
+    if not tls.enabled:
+        return None
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("node.tls: cert_file and key_file are required when TLS is enabled")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile=str(tls.cert_file), keyfile=str(tls.key_file))
+    if tls.ca_file is not None:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_peer else ssl.CERT_NONE
+    return ctx
+
+
+def build_handlers(cfg: Config, db: Database, store: InstanceStore) -> tuple[list[Any], StoreHandler]:
+    """Event handlers for the server and the C-STORE handler (exposed for its counters)."""
+    store_handler = StoreHandler(store=store, db=db, quiet_period_for=cfg.quiet_period_for)
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, AssociationGate(cfg)),
+        (evt.EVT_DIMSE_RECV, guard_requests),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, store_handler),
+    ]
+    return handlers, store_handler
+
+
+# --------------------------------------------------------------------------------------------
+# Transport tuning
+#
+# pynetdicom's DUL thread polls: when nothing is pending it sleeps 1 ms, then checks the socket
+# with a zero-timeout select, and it reads a PDU 4 KiB per Python-level recv(). DCMTK storescu
+# sends 128 KiB PDUs, so an 8 MB image is 64 PDUs, and each PDU that is not already buffered
+# when the DUL looks costs a 1 ms nap: measured here, the stock reactor spent most of its time
+# asleep. The two classes below keep pynetdicom's state machine untouched and change only how
+# the DUL *waits* and *reads*: it blocks in select() on the socket and on a wake-up pipe that
+# is poked whenever a primitive is queued for sending (so a C-STORE response is not delayed),
+# and reads a whole PDU with recv_into() into one buffer.
+# --------------------------------------------------------------------------------------------
+
+_IDLE_WAIT_S = 0.05  # upper bound on a DUL wait: ARTIM/idle timers and kill flags stay prompt
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's outgoing-primitive queue; ``put`` wakes the DUL's select()."""
+
+    def __init__(self, wake: socket.socket) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        # OSError: the association is closing; the DUL polls at least every _IDLE_WAIT_S.
+        with contextlib.suppress(OSError):
+            self._wake.send(b"\x00")
+
+
+class _FastAssociationSocket(AssociationSocket):
+    """AssociationSocket whose ``ready`` blocks until data or a wake-up, and whose ``recv``
+    fills one pre-sized buffer."""
+
+    _wake_r: socket.socket | None = None
+
+    @property
+    def ready(self) -> bool:
+        sock = self.socket
+        if sock is None or self._is_connected is False:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        waitables: list[Any] = [sock]
+        if self._wake_r is not None and not self.assoc.dul.to_provider_queue.qsize():
+            waitables.append(self._wake_r)
+            timeout = _IDLE_WAIT_S
+        else:
+            timeout = 0.0
+        try:
+            readable, _, _ = select.select(waitables, [], [], timeout)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # transport connection closed
+            self.close()
+            return False
+        if self._wake_r is not None and self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        return sock in readable
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        if sock is None:
+            return bytearray()
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        try:
+            while got < nr_bytes:
+                n = sock.recv_into(view[got:], nr_bytes - got)
+                if n == 0:
+                    break  # peer closed: return what we have, as pynetdicom expects
+                got += n
+        finally:
+            view.release()
+        if got < nr_bytes:
+            del buf[got:]
+        return buf
+
+    def close(self) -> None:
+        super().close()
+        if self._wake_r is not None:
+            self._wake_r.close()
+
+
+class _RequestHandler(RequestHandler):
+    """Creates each acceptor association with the tuned transport (see above)."""
+
+    def handle(self) -> None:
+        assoc = self._create_association()
+        dul = assoc.dul
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        sock: Any = dul.socket
+        sock.__class__ = _FastAssociationSocket
+        sock._wake_r = wake_r
+        dul.to_provider_queue = _WakingQueue(wake_w)
+        dul._run_loop_delay = 0  # waiting happens in select(), not in sleep()
+        if isinstance(sock.socket, socket.socket):
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        try:
+            assoc.start()
+            assoc.join()
+        finally:
+            wake_w.close()
+
+
+class Receiver:
+    """A running (or ready) receiver: the AE, its server, its store and counters."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        *,
+        store: InstanceStore | None = None,
+        tuned_transport: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.tuned_transport = tuned_transport
+        self.db = db
+        self.store = store or InstanceStore(
+            cfg.storage.root, min_free_mb=cfg.storage.min_free_mb, fsync=cfg.storage.fsync
+        )
+        self.ae = build_ae(cfg, db)
+        self.handlers, self.store_handler = build_handlers(cfg, db, self.store)
+        self.server: Any = None
+        self._stopped = threading.Event()
+
+    def start(self, *, block: bool = False) -> Any:
+        """Listen on ``cfg.node.host:port``. Blocks until :meth:`stop` when ``block``."""
+        self.store.remove_stale_temp_files()
+        node = self.cfg.node
+        log.info(
+            "receiver %s listening on %s:%d (max PDU %s, max %d associations, TLS %s)",
+            node.ae_title,
+            node.host,
+            node.port,
+            node.max_pdu or "unlimited",
+            node.max_associations,
+            "on" if node.tls.enabled else "off",
+        )
+        server = self.ae.make_server(
+            (node.host, node.port),
+            ssl_context=build_ssl_context(self.cfg),
+            evt_handlers=self.handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=_RequestHandler if self.tuned_transport else None,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="hipnode-receive-accept", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)  # so AE.shutdown() stops it, as with AE.start_server()
+        self.server = server
+        if block:
+            self._stopped.wait()
+            return None
+        return self.server
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        return int(self.server.server_address[1]) if self.server is not None else self.cfg.node.port
+
+    def stop(self) -> None:
+        """Stop accepting, abort associations still open, close the socket. Idempotent."""
+        if self.server is not None:
+            self.server.shutdown()  # also aborts active associations of this server
+            self.server = None
+            log.info("receiver stopped")
+        self.ae.shutdown()
+        self._stopped.set()
+
+
+def serve(cfg: Config, db: Database, *, block: bool = True) -> Any:
+    """Run the receiver. With ``block`` runs until interrupted and returns None; otherwise
+    returns the running ``ThreadedAssociationServer`` (stop it with :func:`shutdown`)."""
+    receiver = Receiver(cfg, db)
+    server = receiver.start(block=False)
+    server.hipnode_receiver = receiver
+    if not block:
+        return server
+    try:
+        receiver._stopped.wait()
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        receiver.stop()
+    return None
+
+
+def shutdown(server: Any) -> None:
+    """Cleanly stop a server returned by ``serve(..., block=False)``."""
+    receiver = getattr(server, "hipnode_receiver", None)
+    if isinstance(receiver, Receiver):
+        receiver.stop()
+    else:
+        server.shutdown()
