@@ -92,11 +92,15 @@ def stretch(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, Let
 
 
 def apply_clahe(image01: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation on a 0..1 image (12-bit internally)."""
+    """Contrast-limited adaptive histogram equalisation on a 0..1 image (16-bit internally).
+
+    OpenCV equalises 16-bit input over the full 0..65535 range and returns that range, so the
+    image is scaled to it and back (8-bit would throw away the detector's dynamic range).
+    """
     img = np.clip(image01, 0.0, 1.0)
-    as16 = np.round(img * 4095.0).astype(np.uint16)
+    as16 = np.round(img * 65535.0).astype(np.uint16)
     clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
-    return np.asarray(clahe.apply(as16), dtype=np.float32) / 4095.0
+    return np.asarray(clahe.apply(as16), dtype=np.float32) / 65535.0
 
 
 def prepare(image01: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Letterbox]:

@@ -1,0 +1,309 @@
+"""Runtime units: NMS, letterbox, manifest validation, provider check, triage/detector decoding.
+
+The ONNX models here are built with the ``onnx`` helper API (no torch): tiny graphs whose
+output is a known function of the input, so the runtime path can be checked exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from onnx import TensorProto, helper
+
+from node.config import ModelsConfig
+from node.domain import DETECTOR_CLASSES, Side, View
+from node.infer import session as session_mod
+from node.infer.detector import DetectorSettings, decode_predictions
+from node.infer.manifest import (
+    InputSpec,
+    Manifest,
+    ManifestError,
+    OutputSpec,
+    load_manifest,
+    resolve_model_dir,
+    write_manifest,
+)
+from node.infer.nms import batched_nms, box_iou, nms
+from node.infer.preprocess import apply_clahe, batched, letterbox, make_batch, prepare
+from node.infer.session import ProviderError, create_session, load_model, provider_chain
+from node.infer.triage import decode_triage
+
+# --- NMS ------------------------------------------------------------------------------------
+
+
+def test_box_iou_known_values() -> None:
+    a = np.array([[0, 0, 10, 10]])
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [3, 3, 3, 8]])
+    np.testing.assert_allclose(box_iou(a, b)[0], [1.0, 50 / 150, 0.0, 0.0])
+
+
+def test_nms_suppresses_overlaps_keeps_separate() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 9]])
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    keep = nms(boxes, scores, 0.5)
+    assert keep.tolist() == [3, 2]
+
+
+def test_nms_threshold_is_respected() -> None:
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10]])  # IoU 1/3
+    assert nms(boxes, np.array([0.9, 0.8]), 0.3).tolist() == [0]
+    assert nms(boxes, np.array([0.9, 0.8]), 0.4).tolist() == [0, 1]
+
+
+def test_batched_nms_is_classwise() -> None:
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    scores = np.array([0.9, 0.8, 0.7])
+    classes = np.array([0, 1, 0])
+    assert batched_nms(boxes, scores, classes, 0.5).tolist() == [0, 1]
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).tolist() == []
+
+
+def test_batched_nms_max_per_class() -> None:
+    boxes = np.array([[0, 0, 1, 1], [10, 10, 11, 11], [20, 20, 21, 21]])
+    keep = batched_nms(boxes, np.array([0.5, 0.9, 0.7]), np.zeros(3), 0.5, max_per_class=2)
+    assert keep.tolist() == [1, 2]
+
+
+# --- letterbox ------------------------------------------------------------------------------
+
+
+def test_letterbox_keeps_aspect_and_maps_boxes_back() -> None:
+    img = np.zeros((400, 200), np.float32)
+    img[100:300, 50:150] = 1.0
+    out, tr = letterbox(img, 128, 128, pad_value=0.25)
+    assert out.shape == (128, 128)
+    assert tr.scale_x == pytest.approx(64 / 200) and tr.scale_y == pytest.approx(128 / 400)
+    assert tr.pad_x == 32 and tr.pad_y == 0
+    assert out[64, 5] == pytest.approx(0.25)  # padding
+    # the bright block in network pixels, mapped back, is where it was
+    ys, xs = np.nonzero(out > 0.5)
+    net = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float)
+    np.testing.assert_allclose(tr.to_source(net)[0], [50, 100, 150, 300], atol=4)
+    src = np.array([[10.0, 20.0, 110.0, 220.0]])
+    np.testing.assert_allclose(tr.to_source(tr.to_network(src)), src, atol=1e-9)
+
+
+def test_letterbox_clips_to_image() -> None:
+    _, tr = letterbox(np.zeros((100, 300), np.float32), 64, 64)
+    back = tr.to_source(np.array([[-10.0, -10.0, 100.0, 100.0]]))
+    assert back[0, 0] == 0 and back[0, 1] == 0 and back[0, 2] == 300 and back[0, 3] == 100
+
+
+def test_prepare_standardises_replicates_channels_and_batches() -> None:
+    spec = InputSpec(channels=3, height=32, width=32, mean=(0.5,), std=(0.25,))
+    x, _ = prepare(np.full((64, 64), 0.75, np.float32), spec)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(x, 1.0)
+    batch, transforms = make_batch([np.zeros((50, 80), np.float32)] * 3, spec)
+    assert batch.shape == (3, 3, 32, 32) and len(transforms) == 3
+    assert [len(c) for c in batched(range(7), 3)] == [3, 3, 1]
+
+
+def test_clahe_raises_local_contrast() -> None:
+    rng = np.random.default_rng(0)
+    img = (0.45 + 0.05 * rng.random((128, 128))).astype(np.float32)
+    out = apply_clahe(img)
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+    assert out.std() > 2 * img.std()
+
+
+# --- tiny ONNX models and manifests ---------------------------------------------------------
+
+
+def _identity_pool_model(path: Path, channels: int = 1, size: int = 16, fixed_batch: bool = False) -> None:
+    """view/side/implant outputs from global-average-pooled input (deterministic, no torch)."""
+    batch: int | str = 1 if fixed_batch else "batch"
+    inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, channels, size, size])
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("ReduceMean", ["flat"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["mean", "w5"], ["view_logits"]),
+        helper.make_node("Softmax", ["view_logits"], ["view"], axis=1),
+        helper.make_node("Mul", ["mean", "w2"], ["side_logits"]),
+        helper.make_node("Softmax", ["side_logits"], ["side"], axis=1),
+        helper.make_node("Mul", ["mean", "w2"], ["implant_logits"]),
+        helper.make_node("Sigmoid", ["implant_logits"], ["implant"]),
+    ]
+    inits = [
+        helper.make_tensor("w5", TensorProto.FLOAT, [1, 5], [1.0, 2.0, 3.0, 4.0, 5.0]),
+        helper.make_tensor("w2", TensorProto.FLOAT, [1, 2], [1.0, -1.0]),
+    ]
+    outs = [
+        helper.make_tensor_value_info("view", TensorProto.FLOAT, [batch, 5]),
+        helper.make_tensor_value_info("side", TensorProto.FLOAT, [batch, 2]),
+        helper.make_tensor_value_info("implant", TensorProto.FLOAT, [batch, 2]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [inp], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def _manifest(size: int = 16, version: str = "1.0.0") -> Manifest:
+    return Manifest(
+        name="triage",
+        version=version,
+        task="triage",
+        architecture="tiny",
+        input=InputSpec(height=size, width=size, mean=(0.5,), std=(0.25,)),
+        outputs=(
+            OutputSpec("view", tuple(v.value for v in View), "softmax"),
+            OutputSpec("side", ("R", "L"), "softmax"),
+            OutputSpec("implant", ("R", "L"), "sigmoid"),
+        ),
+        training_data="none (unit test)",
+        command="pytest",
+    )
+
+
+def _install(root: Path, version: str = "1.0.0", size: int = 16, fixed_batch: bool = False) -> Path:
+    d = root / "triage" / version
+    _identity_pool_model(d / "model.onnx", size=size, fixed_batch=fixed_batch)
+    write_manifest(_manifest(size, version), d)
+    return d
+
+
+def test_manifest_roundtrip_and_newest_version(tmp_path: Path) -> None:
+    _install(tmp_path, "1.2.0")
+    _install(tmp_path, "1.10.0")
+    _install(tmp_path, "1.9.3")
+    d = resolve_model_dir(tmp_path, "triage")
+    assert d.name == "1.10.0"
+    m = load_manifest(d)
+    assert m.input.shape == (-1, 1, 16, 16) and m.output("view").classes[0] == "ap_pelvis"
+    assert resolve_model_dir(tmp_path, "triage/1.2.0").name == "1.2.0"
+    with pytest.raises(ManifestError, match=r"no model\.yaml"):
+        resolve_model_dir(tmp_path, "detector")
+
+
+def test_manifest_refuses_tampered_model(tmp_path: Path) -> None:
+    d = _install(tmp_path)
+    with open(d / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ManifestError, match="sha256"):
+        load_manifest(d)
+
+
+def test_manifest_refuses_missing_checksum_and_bad_fields(tmp_path: Path) -> None:
+    d = _install(tmp_path)
+    data = yaml.safe_load((d / "model.yaml").read_text())
+    data["sha256"] = ""
+    (d / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError, match="no sha256"):
+        load_manifest(d)
+    data["task"] = "segmentation"
+    (d / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError, match="task"):
+        load_manifest(d)
+    data["task"] = "triage"
+    data["input"]["shape"] = [-1, 3, 16, 16]
+    (d / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError, match="disagrees"):
+        load_manifest(d)
+
+
+def test_session_refuses_declared_input_mismatch(tmp_path: Path) -> None:
+    d = _install(tmp_path, size=16)
+    data = yaml.safe_load((d / "model.yaml").read_text())
+    data["input"].update(height=32, width=32, shape=[-1, 1, 32, 32])
+    (d / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError, match="does not match declared"):
+        load_model("triage", ModelsConfig(root=tmp_path))
+
+
+def test_session_refuses_fixed_batch_when_dynamic_declared(tmp_path: Path) -> None:
+    _install(tmp_path, fixed_batch=True)
+    with pytest.raises(ManifestError, match="dynamic batch"):
+        load_model("triage", ModelsConfig(root=tmp_path))
+
+
+def test_session_runs_and_decodes_triage(tmp_path: Path) -> None:
+    _install(tmp_path)
+    cfg = ModelsConfig(root=tmp_path, intra_op_threads=1, batch_size=2)
+    from node.infer.triage import TriageModel
+
+    model = TriageModel.load("triage", cfg)
+    bright = np.ones((40, 30), np.float32)  # mean after standardisation > 0 → last view class wins
+    results = model.predict([bright, bright, bright])
+    assert len(results) == 3
+    r = results[0]
+    assert r.view is View.OTHER and r.imaged_sides == () and r.implant_probability == {}
+    assert model.model.provider == "CPUExecutionProvider"
+
+
+# --- providers ------------------------------------------------------------------------------
+
+
+def test_provider_chain() -> None:
+    assert provider_chain("cpu") == ["CPUExecutionProvider"]
+    assert provider_chain("tensorrt")[:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+
+
+def test_unavailable_gpu_provider_fails_loudly(tmp_path: Path) -> None:
+    d = _install(tmp_path)
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # pragma: no cover - GPU build
+        pytest.fail("this test expects the CPU-only onnxruntime wheel of the test environment")
+    with pytest.raises(ProviderError, match="offers only"):
+        create_session(load_manifest(d), ModelsConfig(provider="cuda"))
+
+
+def test_silent_fallback_to_cpu_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime claims CUDA is available but the session ends up on the CPU: must fail."""
+    d = _install(tmp_path)
+    real = ort.get_available_providers()
+    monkeypatch.setattr(
+        session_mod.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real]
+    )  # the only mock: a GPU provider that cannot really exist here
+    with pytest.raises(ProviderError, match="fell back silently"):
+        create_session(load_manifest(d), ModelsConfig(provider="cuda"))
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def test_decode_triage_views_sides_implants() -> None:
+    view = np.array([[0.9, 0.05, 0.02, 0.02, 0.01], [0.0, 0.1, 0.8, 0.1, 0.0], [0, 0, 0, 0, 1.0]])
+    side = np.array([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
+    implant = np.array([[0.9, 0.1], [0.7, 0.3], [0.9, 0.9]])
+    pelvis, lateral, other = decode_triage(view, side, implant)
+    assert pelvis.view is View.AP_PELVIS and pelvis.imaged_sides == (Side.RIGHT, Side.LEFT)
+    assert pelvis.implant_present(Side.RIGHT) is True and pelvis.implant_present(Side.LEFT) is False
+    assert lateral.view is View.LATERAL_HIP and lateral.imaged_sides == (Side.LEFT,)
+    assert lateral.side_probability == pytest.approx(0.8)
+    assert lateral.implant_present(Side.LEFT) is False and lateral.implant_present(Side.RIGHT) is None
+    assert other.imaged_sides == () and other.implant_probability == {}
+
+
+def test_decode_detector_maps_to_source_pixels() -> None:
+    nc = len(DETECTOR_CLASSES)
+    pred = np.zeros((4 + nc, 4), np.float32)
+    # anchor 0: cup centred at network (64, 40) 20x20 ; anchor 1: duplicate, lower score
+    pred[:4, 0] = [64, 40, 20, 20]
+    pred[4 + 2, 0] = 0.9
+    pred[:4, 1] = [65, 41, 20, 20]
+    pred[4 + 2, 1] = 0.8
+    # anchor 1 is also a hip joint (multi-label) ; anchor 3 below threshold
+    pred[4 + 0, 1] = 0.6
+    pred[:4, 3] = [10, 10, 5, 5]
+    pred[4 + 4, 3] = 0.1
+    _, tr = letterbox(np.zeros((256, 512), np.float32), 128, 128)  # scale 0.25, pad_y 32
+    boxes = decode_predictions(pred, tr, DETECTOR_CLASSES, DetectorSettings(score_threshold=0.25))
+    assert [b.label for b in boxes] == ["cup", "hip_joint_right"]
+    cup = boxes[0]
+    assert cup.score == pytest.approx(0.9)
+    # network (54, 30, 74, 50) → source: x / 0.25, (y - 32) / 0.25, clipped at the top edge
+    np.testing.assert_allclose([cup.x0, cup.y0, cup.x1, cup.y1], [216, 0, 296, 72])
+
+
+def test_decode_detector_rejects_wrong_shape() -> None:
+    _, tr = letterbox(np.zeros((10, 10), np.float32), 16, 16)
+    with pytest.raises(ValueError, match="anchors"):
+        decode_predictions(np.zeros((5, 3), np.float32), tr)
