@@ -7,8 +7,8 @@ Why it looks the way it does:
   SQLite, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so any number of dispatcher processes can
   run against one database without two of them sending the same delivery at the same time. A
   crashed dispatcher's claims simply expire (``lease_s``) and are picked up again.
-* **One association per destination per pass**: hospital PACS charge heavily per association
-  (authentication, logging), so everything due for a destination goes over one.
+* **One association per destination per pass**: setting one up costs round trips, and on many
+  PACS authentication and an audit entry, so everything due for a destination goes over one.
 * **The file's own bytes go on the wire** when the PACS accepts its transfer syntax (no decode,
   no re-encode: what the PACS stores is what we wrote). Explicit/implicit little endian are
   proposed as a fallback; a compressed result is decompressed only when the PACS accepts no
@@ -23,6 +23,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -73,6 +74,7 @@ _MAX_CONTEXTS = 127
 # --------------------------------------------------------------------------- routing
 
 
+@functools.lru_cache(maxsize=256)
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
     """DICOM-style wildcards only (``*`` any run, ``?`` one character); everything else literal,
     unlike ``fnmatch`` which would also treat ``[`` as a character class."""
