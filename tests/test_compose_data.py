@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
 
 from node.domain import (
     Box,
@@ -120,11 +120,15 @@ def make_source(
 
 
 def make_non_image(n: int) -> Dataset:
-    """A header of a non-radiograph that reached the node (screened out as NOT_RADIOGRAPH)."""
-    ds = make_source(n, with_pixels=False)
-    ds.SOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.Modality = "CT"
+    """Header of an Encapsulated PDF that reached the node (screened out as NOT_IMAGE)."""
+    ds = make_source(n, with_pixels=False, series_uid=SERIES_UID + ".9")
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                    "SamplesPerPixel", "PhotometricInterpretation", "ImagerPixelSpacing", "WindowCenter",
+                    "WindowWidth", "PatientOrientation", "ViewPosition"):
+        delattr(ds, keyword)
+    ds.SOPClassUID = EncapsulatedPDFStorage
+    ds.file_meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
+    ds.Modality = "DOC"
     return ds
 
 
@@ -241,16 +245,17 @@ def refused_cup_image() -> ImageFindings:
 
 
 def screened_image() -> ImageFindings:
+    """A chest radiograph sent with the hip study."""
     return ImageFindings(
         sop_instance_uid=sop_uid(4),
-        sop_class_uid=CTImageStorage,
-        screened_out=ScreenReason.NOT_RADIOGRAPH,
-        screen_detail="modality CT",
+        sop_class_uid=CR_IMAGE_STORAGE,
+        screened_out=ScreenReason.NOT_HIP,
+        screen_detail="chest radiograph",
     )
 
 
 def full_series() -> tuple[SeriesFindings, list[Dataset]]:
-    """Four images: bilateral THA AP pelvis, native lateral, refused oblique, screened CT."""
+    """Four images: bilateral THA AP pelvis, native lateral, refused oblique, screened chest."""
     findings = SeriesFindings(
         series_instance_uid=SERIES_UID,
         study_instance_uid=STUDY_UID,
@@ -261,7 +266,7 @@ def full_series() -> tuple[SeriesFindings, list[Dataset]]:
         make_source(1, with_pixels=False),
         make_source(2, with_pixels=False, view_position="LL"),
         make_source(3, with_pixels=False),
-        make_non_image(4),
+        make_source(4, with_pixels=False),
     ]
     return findings, sources
 

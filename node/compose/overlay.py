@@ -156,7 +156,11 @@ class _Canvas:
         (tw, t_h), _ = cv2.getTextSize(s, _FONT, fs, th)
         x = min(max(2, org[0]), max(2, self.width - tw - 2))
         y = min(max(t_h + 2, org[1]), self.height - 3)
-        cv2.putText(self.rgb, s, (x, y), _FONT, fs, _BLACK, th + 2, cv2.LINE_AA)
+        # Outline by offset copies: a thicker stroke would also widen Hershey's glyph advance,
+        # so the black copy would run ahead of the coloured text.
+        r = max(1, th // 2 + 1)
+        for dx, dy in ((-r, 0), (r, 0), (0, -r), (0, r), (-r, -r), (r, r), (-r, r), (r, -r)):
+            cv2.putText(self.rgb, s, (x + dx, y + dy), _FONT, fs, _BLACK, th, cv2.LINE_AA)
         cv2.putText(self.rgb, s, (x, y), _FONT, fs, colour, th, cv2.LINE_AA)
 
     def lines(self, items: Sequence[tuple[str, tuple[int, int, int]]], org: tuple[int, int]) -> None:
