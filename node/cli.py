@@ -194,7 +194,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from node.dispatch import send_files
+    from node.dispatch import Verdict, classify_status, send_files
 
     cfg = _load(args)
     try:
@@ -208,7 +208,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     results = send_files(files, dest, cfg.dispatch.calling_ae_title or cfg.node.ae_title)
     failed = 0
     for path, status in results:
-        ok = status is not None and status in (0x0000, 0xB000, 0xB007, 0xB006)
+        ok = status is not None and classify_status(status) is Verdict.SENT
         failed += not ok
         print(f"{path}: {f'0x{status:04X}' if status is not None else 'not sent'}")
     print(f"{len(results) - failed} sent, {failed} failed")

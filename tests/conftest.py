@@ -105,10 +105,11 @@ class OrthancServer:
         return r.json()
 
     def instances(self) -> list[str]:
-        return list(self.get("/instances"))  # type: ignore[call-overload]
+        return [str(i) for i in self.get("/instances")]  # type: ignore[attr-defined]
 
     def instance_tags(self, orthanc_id: str) -> dict[str, object]:
-        return dict(self.get(f"/instances/{orthanc_id}/simplified-tags"))  # type: ignore[call-overload]
+        tags: dict[str, object] = self.get(f"/instances/{orthanc_id}/simplified-tags")  # type: ignore[assignment]
+        return tags
 
     def instance_file(self, orthanc_id: str) -> bytes:
         r = requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=60)
