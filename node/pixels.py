@@ -147,7 +147,10 @@ def decode(ds: Dataset) -> np.ndarray:
     except Exception as exc:  # every decoder failure means the same thing here
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise PixelError(ScreenReason.UNDECODABLE, f"{type(exc).__name__} decoding {name}: {exc}") from None
+        message = " ".join(str(exc).split())[:400]  # one line for the registry and the SR
+        raise PixelError(
+            ScreenReason.UNDECODABLE, f"{type(exc).__name__} decoding {name}: {message}"
+        ) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 and arr.ndim == 3:
         arr = arr[0]
