@@ -1,0 +1,221 @@
+"""Spec → scene → camera → ray sums → detector physics → presentation image (+ ground truth)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from node.domain import Side, View
+from node.phantom import materials as m
+from node.phantom.anatomy import (
+    FemurPose,
+    Landmarks,
+    Scene,
+    build_femur,
+    build_pelvis,
+    build_soft_tissue,
+    femur_axes,
+    side_sign,
+)
+from node.phantom.geometry import F32, F64, Camera, Rigid, line_integral, rot_x, rot_y, rot_z, unit
+from node.phantom.spec import PhantomSpec
+
+
+def build_scene(spec: PhantomSpec) -> Scene:
+    if spec.view is View.OTHER:
+        from node.phantom.other import build_other
+
+        return build_other(spec)
+    p = spec.patient
+    scene = Scene()
+    marks = scene.marks
+    prims = build_pelvis(p, spec.implants, marks)
+    for side in (Side.RIGHT, Side.LEFT):
+        prims += build_femur(p, side, spec.implant(side), spec.poses.get(side, FemurPose()), marks)
+    prims += build_soft_tissue(p, spec.poses, marks)
+    scene.prims = [q for q in prims if q.mu != 0.0 or q.tag.startswith("mask:")]
+    return scene
+
+
+def patient_pose(spec: PhantomSpec) -> Rigid:
+    """Rigid pose of the patient (pelvis) relative to the equipment."""
+    g = spec.geometry
+    R = rot_z(g.pelvic_rotation_deg) @ rot_y(g.pelvic_obliquity_deg) @ rot_x(g.pelvic_tilt_deg)
+    return Rigid.about(np.array([0.0, 20.0, 0.0]), R)
+
+
+def _camera_from(centre: F64, direction: F64, right: F64, down: F64, spec: PhantomSpec, oid: float) -> Camera:
+    """Detector centred on the central ray through ``centre`` (a point in the patient), ``oid`` mm
+    behind it; source ``sid`` mm in front of the detector."""
+    g = spec.geometry
+    px = g.fov_mm / spec.cols
+    det_c = centre + direction * oid
+    ex = unit(right) * px
+    ey = unit(down) * px
+    origin = det_c - (spec.cols - 1) / 2.0 * ex - (spec.rows - 1) / 2.0 * ey
+    src = None if g.projection == "parallel" else det_c - direction * g.sid_mm
+    return Camera(origin, ex, ey, spec.rows, spec.cols, src, unit(direction))
+
+
+def make_camera(spec: PhantomSpec, marks: Landmarks) -> Camera:
+    """Camera in the patient frame for the spec's view."""
+    g = spec.geometry
+    p = spec.patient
+    dx, dz = g.centre_offset_mm
+    post_skin = 22.0 + p.body_half_depth_mm
+    if spec.view is View.OTHER:
+        from node.phantom.other import other_camera
+
+        return other_camera(spec)
+    if spec.view is View.LATERAL_HIP:
+        assert spec.side is not None
+        sx = side_sign(spec.side)
+        H, _, hd, _ = femur_axes(p, spec.side)
+        target = H - hd * 18.0 + np.array([0.0, dx * 0.3, dz * 0.3])
+        b = math.radians(g.lateral_beam_deg)
+        d = np.array([sx * math.cos(b), 0.0, math.sin(b)])
+        up = np.array([0.0, -1.0, 0.0])
+        right = np.cross(up, -d)
+        oid = p.body_half_width_mm - p.hip_half_width_mm + g.table_gap_mm + 40.0
+        cam = _camera_from(target, d, right, -up, spec, oid)
+    else:
+        if spec.view is View.AP_PELVIS:
+            target = np.array([dx, 0.0, 12.0 + dz])
+        else:
+            assert spec.side is not None
+            sx = side_sign(spec.side)
+            target = np.array([sx * (p.hip_half_width_mm - 4.0) + dx * 0.5, 0.0, -28.0 + dz * 0.5])
+        d = np.array([0.0, 1.0, 0.0])
+        oid = post_skin - target[1] + g.table_gap_mm
+        cam = _camera_from(target, d, np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0]), spec, oid)
+    # the patient is posed relative to the equipment: express the camera in the patient frame
+    return cam.transformed(patient_pose(spec).inverse())
+
+
+# ----------------------------------------------------------------------------------------------
+# Detector and processing
+
+
+def _blur(img: F32, sigma_px: float) -> F32:
+    """Gaussian blur; large kernels are done on a downsampled copy."""
+    if sigma_px < 0.3:
+        return img
+    if sigma_px < 6.0:
+        return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+    f = max(1, int(sigma_px / 3.0))
+    h, w = img.shape
+    small = cv2.resize(img, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma_px / f, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def collimation_mask(spec: PhantomSpec) -> NDArray[np.bool_]:
+    im = spec.imaging
+    h, w = spec.rows, spec.cols
+    l, r, t, b = im.collimation
+    if max(l, r, t, b) <= 0 and im.collimation_rotation_deg == 0:
+        return np.ones((h, w), dtype=bool)
+    pts = np.array([[l * w, t * h], [(1 - r) * w, t * h], [(1 - r) * w, (1 - b) * h], [l * w, (1 - b) * h]])
+    c = pts.mean(axis=0)
+    a = math.radians(im.collimation_rotation_deg)
+    Rm = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    pts = (pts - c) @ Rm.T + c
+    out = np.zeros((h, w), dtype=np.uint8)
+    cv2.fillPoly(out, [np.round(pts * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return out.astype(bool)
+
+
+def marker_letter(spec: PhantomSpec) -> str | None:
+    """The side letter on the lead marker, by the marker's position and the view."""
+    im = spec.imaging
+    if not im.marker:
+        return None
+    if spec.view is View.AP_PELVIS:
+        return "R" if im.marker_position[0] < 0.5 else "L"
+    if spec.side is not None:
+        return spec.side.value
+    if spec.view is View.OTHER:
+        return "R" if im.marker_position[0] < 0.5 else "L"
+    return None
+
+
+def draw_marker(spec: PhantomSpec, px_mm: float) -> tuple[NDArray[np.bool_], str | None]:
+    letter = marker_letter(spec)
+    h, w = spec.rows, spec.cols
+    out = np.zeros((h, w), dtype=np.uint8)
+    if letter is None:
+        return out.astype(bool), None
+    im = spec.imaging
+    height_px = im.marker_height_mm / px_mm
+    scale = height_px / 22.0  # Hershey simplex cap height ≈ 22 px at scale 1
+    thick = max(1, int(round(height_px / 7.0)))
+    (tw, th), _ = cv2.getTextSize(letter, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    cx, cy = im.marker_position[0] * w, im.marker_position[1] * h
+    org = (int(round(cx - tw / 2)), int(round(cy + th / 2)))
+    cv2.putText(out, letter, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thick, cv2.LINE_AA)
+    return out.astype(bool), letter
+
+
+@dataclass
+class Exposure:
+    pixels: NDArray[np.uint16]
+    exposed: NDArray[np.bool_]
+    marker: str | None
+    line_integral: F32
+
+
+def expose(spec: PhantomSpec, L: F32, px_mm: float) -> Exposure:
+    """Line integrals → detected quanta → log → presentation processing → stored values."""
+    im = spec.imaging
+    rng = np.random.default_rng(spec.noise_seed)
+    h, w = L.shape
+    exposed = collimation_mask(spec)
+    mk, letter = draw_marker(spec, px_mm)
+    if letter is not None:
+        L = L + mk.astype(np.float32) * np.float32(m.LEAD * 3.0)
+    rows = np.linspace(-0.5, 0.5, h, dtype=np.float32)
+    heel = (np.float32(1.0) + np.float32(im.heel) * rows)[:, None]
+    primary = np.exp(-L) * heel * exposed
+    sub = primary[::8, ::8][exposed[::8, ::8]]
+    ref = float(np.median(sub)) if sub.size else 1.0
+    ref = max(ref, 1e-6)
+    scatter = _blur(primary, im.scatter_sigma_mm / px_mm) * np.float32(im.scatter_to_primary)
+    # off-field scatter reaching the shuttered area is weaker
+    signal = primary + scatter * np.where(exposed, np.float32(1.0), np.float32(0.25))
+    n_ref = im.dose_photons_mm2 * px_mm * px_mm  # quanta per pixel at the reference transmission
+    gain = np.float32(n_ref / ref)
+    quanta = signal * gain
+    if im.noise:
+        quanta = quanta + np.sqrt(np.maximum(quanta, 0.0)) * rng.standard_normal((h, w), dtype=np.float32)
+    quanta = _blur(quanta.astype(np.float32), im.blur_mm / px_mm)
+    flat = gain * heel
+    logv = -np.log(np.maximum(quanta, np.float32(0.5)) / flat)
+    if im.grid_lines > 0:
+        logv = logv + np.float32(im.grid_lines) * np.sin(np.arange(w, dtype=np.float32) * np.float32(2.4))[None, :]
+    # presentation: window on the exposed field, edge enhancement, tone curve
+    sample = logv[::4, ::4][exposed[::4, ::4]]
+    if sample.size < 16:
+        sample = logv.ravel()
+    lo, hi = np.percentile(sample, [0.5, 99.6])
+    hi = max(hi, lo + 1e-3)
+    x = (logv - np.float32(lo)) / np.float32(hi - lo)
+    if im.unsharp_amount > 0:
+        x = x + np.float32(im.unsharp_amount) * (x - _blur(x, im.unsharp_sigma_mm / px_mm))
+    c = im.tone_contrast
+    x = np.clip(x, -0.5, 1.5)
+    x = np.float32(0.5) + np.float32(0.5 / math.tanh(c / 2.0)) * np.tanh(np.float32(c) * (x - np.float32(0.5)))
+    x = np.clip(x, 0.0, 1.0)
+    if im.gamma != 1.0:
+        x = x ** np.float32(im.gamma)
+    x = np.where(exposed, x, np.float32(0.0 if im.shutter_black else 0.97))
+    if letter is not None:
+        x = np.where(mk & ~exposed, np.float32(1.0), x)
+    vmax = (1 << im.bits_stored) - 1
+    if im.photometric == "MONOCHROME1":
+        x = np.float32(1.0) - x
+    pix = np.round(x * np.float32(vmax)).astype(np.uint16)
+    return Exposure(pix, exposed, letter, L)

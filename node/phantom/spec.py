@@ -1,0 +1,397 @@
+"""What to render: :class:`PhantomSpec` and its random sampler.
+
+A spec fully determines an image: anatomy, implants, pose, acquisition geometry, detector
+physics, processing and the seed of the quantum noise. ``sample_spec`` draws one from a numpy
+``Generator``; the same generator state gives the same spec, hence the same image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from node.domain import Side, View
+from node.phantom.anatomy import CupSpec, FemurPose, HipParams, PatientParams
+
+OTHER_KINDS: tuple[str, ...] = ("chest", "knee", "hand", "abdomen")
+SINGLE_HIP_VIEWS = (View.AP_HIP, View.LATERAL_HIP, View.OBLIQUE_HIP)
+IMPLANT_MODES: tuple[str, ...] = ("random", "none", "right", "left", "unilateral", "bilateral")
+
+
+@dataclass(frozen=True)
+class ImagingParams:
+    """Detector physics and image processing ("realism knobs")."""
+
+    kvp: float = 75.0
+    dose_photons_mm2: float = 30000.0  # at the detector behind the median body path
+    scatter_to_primary: float = 0.5
+    scatter_sigma_mm: float = 35.0
+    heel: float = 0.08  # fractional intensity change from top to bottom of the field
+    blur_mm: float = 0.2
+    unsharp_amount: float = 0.6
+    unsharp_sigma_mm: float = 5.0
+    tone_contrast: float = 1.8
+    gamma: float = 1.0
+    collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, right, top, bottom
+    collimation_rotation_deg: float = 0.0
+    shutter_black: bool = False
+    marker: bool = True
+    marker_position: tuple[float, float] = (0.1, 0.1)  # relative (x, y) of the marker centre
+    marker_height_mm: float = 14.0
+    bits_stored: int = 12
+    photometric: str = "MONOCHROME2"
+    noise: bool = True
+    grid_lines: float = 0.0  # amplitude of stationary-grid line artefacts (0: none)
+
+    def mirrored(self) -> ImagingParams:
+        l, r, t, b = self.collimation
+        return replace(self, collimation=(r, l, t, b), collimation_rotation_deg=-self.collimation_rotation_deg,
+                       marker_position=(1.0 - self.marker_position[0], self.marker_position[1]))
+
+
+@dataclass(frozen=True)
+class GeometryParams:
+    """Acquisition geometry and patient positioning."""
+
+    projection: str = "point"  # point | parallel
+    sid_mm: float = 1100.0
+    fov_mm: float = 400.0  # detector width covered by the image columns
+    table_gap_mm: float = 55.0  # posterior skin → detector (AP) / lateral skin → detector (lateral)
+    centre_offset_mm: tuple[float, float] = (0.0, 0.0)  # (lateral x, cranial z) shift of the central ray
+    pelvic_tilt_deg: float = 0.0  # + anterior tilt (rotation about the left-right axis)
+    pelvic_rotation_deg: float = 0.0  # + rotation about the long axis (left side forwards)
+    pelvic_obliquity_deg: float = 0.0  # + left hip up
+    lateral_beam_deg: float = 45.0  # cross-table lateral: beam angle from the transverse axis, cranial
+
+    def mirrored(self) -> GeometryParams:
+        dx, dz = self.centre_offset_mm
+        return replace(self, centre_offset_mm=(-dx, dz), pelvic_rotation_deg=-self.pelvic_rotation_deg,
+                       pelvic_obliquity_deg=-self.pelvic_obliquity_deg)
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Everything that determines one phantom image."""
+
+    view: View
+    side: Side | None  # imaged side of single-hip views
+    patient: PatientParams
+    implants: dict[Side, CupSpec | None] = field(default_factory=dict)
+    poses: dict[Side, FemurPose] = field(default_factory=dict)
+    imaging: ImagingParams = field(default_factory=ImagingParams)
+    geometry: GeometryParams = field(default_factory=GeometryParams)
+    rows: int = 512
+    cols: int = 512
+    other_kind: str | None = None  # chest | knee | hand | abdomen (View.OTHER)
+    noise_seed: int = 0
+    unreliable_metadata: bool = False
+
+    def implant(self, side: Side) -> CupSpec | None:
+        return self.implants.get(side)
+
+    def mirrored(self) -> PhantomSpec:
+        """The same patient and acquisition with left and right exchanged: the image is the
+        mirror image (exactly, with the marker and noise off)."""
+        p = self.patient
+        gas = tuple((-x, y, z, a, b, c) for (x, y, z, a, b, c) in p.gas)
+
+        def mirror_cup(c: CupSpec | None) -> CupSpec | None:
+            if c is None:
+                return None
+            dx, dy, dz = c.centre_offset_mm
+            return replace(c, centre_offset_mm=(-dx, dy, dz))
+
+        return replace(
+            self,
+            side=None if self.side is None else self.side.other,
+            patient=replace(p, right=p.left, left=p.right, gas=gas),
+            implants={s.other: mirror_cup(c) for s, c in self.implants.items()},
+            poses={s.other: v for s, v in self.poses.items()},
+            imaging=self.imaging.mirrored(),
+            geometry=self.geometry.mirrored(),
+        )
+
+    def quiet(self) -> PhantomSpec:
+        """No noise, no marker, no heel effect, no grid lines: for exact tests."""
+        return replace(self, imaging=replace(self.imaging, noise=False, marker=False, heel=0.0, grid_lines=0.0))
+
+    def parallel(self) -> PhantomSpec:
+        return replace(self, geometry=replace(self.geometry, projection="parallel"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _u(rng: np.random.Generator, a: float, b: float) -> float:
+    return float(rng.uniform(a, b))
+
+
+def sample_hip(rng: np.random.Generator, sex: str, dysplasia: bool, cam: bool, oa: bool,
+               iss: bool) -> HipParams:
+    female = sex == "F"
+    rh = _u(rng, 21.0, 24.0) if female else _u(rng, 23.5, 27.0)
+    if dysplasia:
+        lce = _u(rng, 4.0, 17.0)
+        medial = _u(rng, 30.0, 44.0)
+        incl = _u(rng, 56.0, 66.0)
+    else:
+        lce = _u(rng, 25.0, 40.0)
+        medial = lce + _u(rng, 0.0, 10.0)
+        incl = _u(rng, 44.0, 54.0)
+    version = _u(rng, -2.0, 8.0) if iss else _u(rng, 12.0, 24.0)
+    return HipParams(
+        head_radius_mm=rh,
+        joint_space_mm=_u(rng, 0.6, 1.8) if oa else _u(rng, 3.5, 5.0),
+        lce_deg=lce,
+        sourcil_medial_deg=medial,
+        socket_inclination_deg=incl,
+        socket_version_deg=version,
+        neck_shaft_deg=_u(rng, 124.0, 138.0) if not dysplasia else _u(rng, 132.0, 142.0),
+        femoral_anteversion_deg=_u(rng, 5.0, 20.0),
+        femoral_offset_mm=_u(rng, 36.0, 44.0) if female else _u(rng, 40.0, 49.0),
+        cam_mm=_u(rng, 5.0, 10.0) if cam else 0.0,
+        osteophytes=oa and bool(rng.random() < 0.8),
+        sclerosis=oa and bool(rng.random() < 0.6),
+        spine_length_mm=_u(rng, 17.0, 24.0) if iss else _u(rng, 3.0, 8.0),
+        shaft_radius_mm=_u(rng, 12.5, 14.0) if female else _u(rng, 13.5, 15.5),
+    )
+
+
+def sample_patient(rng: np.random.Generator, sex: str | None = None,
+                   morphology: dict[Side, dict[str, bool]] | None = None) -> PatientParams:
+    sex = sex or ("F" if rng.random() < 0.5 else "M")
+    female = sex == "F"
+    size = float(np.clip(rng.normal(1.0, 0.12), 0.75, 1.35))
+    hips = {}
+    for side in (Side.RIGHT, Side.LEFT):
+        flags = (morphology or {}).get(side)
+        if flags is None:
+            flags = {
+                "dysplasia": bool(rng.random() < 0.15),
+                "cam_deformity": bool(rng.random() < 0.2),
+                "other_abnormality": bool(rng.random() < 0.2),
+                "ischial_spine_sign": bool(rng.random() < 0.2),
+            }
+        hips[side] = sample_hip(rng, sex, flags.get("dysplasia", False), flags.get("cam_deformity", False),
+                                flags.get("other_abnormality", False), flags.get("ischial_spine_sign", False))
+    # the ischial spine sign is a pelvic (bilateral) finding most of the time
+    n_gas = int(rng.integers(2, 12))
+    gas = tuple(
+        (
+            _u(rng, -110, 110),
+            _u(rng, -70, 30),
+            _u(rng, 10, 190),
+            _u(rng, 6, 28),
+            _u(rng, 5, 18),
+            _u(rng, 6, 24),
+        )
+        for _ in range(n_gas)
+    )
+    hw = (_u(rng, 88.0, 96.0) if female else _u(rng, 83.0, 91.0))
+    return PatientParams(
+        sex=sex,
+        hip_half_width_mm=hw,
+        inlet_half_width_mm=_u(rng, 63.0, 70.0) if female else _u(rng, 56.0, 62.0),
+        inlet_half_depth_mm=_u(rng, 54.0, 60.0) if female else _u(rng, 50.0, 56.0),
+        inlet_tilt_deg=_u(rng, 30.0, 42.0),
+        wing_flare_deg=_u(rng, 20.0, 30.0) if female else _u(rng, 10.0, 20.0),
+        wing_height_mm=_u(rng, 62.0, 70.0) if female else _u(rng, 68.0, 78.0),
+        subpubic_half_width_mm=_u(rng, 18.0, 26.0) if female else _u(rng, 8.0, 14.0),
+        body_half_width_mm=(170.0 if female else 165.0) * size,
+        body_half_depth_mm=115.0 * size,
+        fat_mm=(35.0 if female else 22.0) * size**2,
+        thigh_radius_mm=(88.0 if female else 82.0) * size,
+        right=hips[Side.RIGHT],
+        left=hips[Side.LEFT],
+        gas=gas,
+    )
+
+
+def sample_cup(rng: np.random.Generator, patient: PatientParams, side: Side,
+               inclination_deg: float | None = None, anteversion_deg: float | None = None) -> CupSpec:
+    hp = patient.hip(side)
+    outer = round(hp.head_radius_mm + _u(rng, 1.5, 4.0))
+    head = float(rng.choice([14.0, 16.0, 18.0] if outer >= 26 else [14.0, 16.0]))
+    return CupSpec(
+        inclination_deg=float(inclination_deg if inclination_deg is not None else np.clip(rng.normal(43, 8), 22, 65)),
+        anteversion_deg=float(anteversion_deg if anteversion_deg is not None else np.clip(rng.normal(18, 8), -5, 40)),
+        outer_radius_mm=float(outer),
+        shell_mm=_u(rng, 3.0, 4.5),
+        head_radius_mm=head,
+        head_material="cocr" if rng.random() < 0.7 else "ceramic",
+        liner="pe" if rng.random() < 0.85 else "ceramic",
+        n_screws=int(rng.choice([0, 0, 1, 2, 3])),
+        stem_length_mm=_u(rng, 115.0, 170.0),
+        stem_material="titanium" if rng.random() < 0.6 else "cocr",
+        cemented=bool(rng.random() < 0.3),
+        centre_offset_mm=(_u(rng, -4, 3) * (-1 if side is Side.RIGHT else 1), _u(rng, -2, 2), _u(rng, -2, 4)),
+        wear_mm=_u(rng, 0.0, 2.5) if rng.random() < 0.3 else 0.0,
+        cerclage=int(rng.choice([0, 0, 0, 0, 1, 2])),
+        neck_length_mm=_u(rng, 34.0, 42.0),
+    )
+
+
+def implant_sides(rng: np.random.Generator, mode: str) -> tuple[Side, ...]:
+    if mode == "none":
+        return ()
+    if mode == "right":
+        return (Side.RIGHT,)
+    if mode == "left":
+        return (Side.LEFT,)
+    if mode == "bilateral":
+        return (Side.RIGHT, Side.LEFT)
+    if mode == "unilateral":
+        return (Side.RIGHT,) if rng.random() < 0.5 else (Side.LEFT,)
+    if mode == "random":
+        r = rng.random()
+        if r < 0.4:
+            return ()
+        if r < 0.65:
+            return (Side.RIGHT,)
+        if r < 0.9:
+            return (Side.LEFT,)
+        return (Side.RIGHT, Side.LEFT)
+    raise ValueError(f"implants must be one of {IMPLANT_MODES}, got {mode!r}")
+
+
+VIEW_WEIGHTS: dict[View, float] = {
+    View.AP_PELVIS: 0.34,
+    View.AP_HIP: 0.2,
+    View.LATERAL_HIP: 0.16,
+    View.OBLIQUE_HIP: 0.14,
+    View.OTHER: 0.16,
+}
+
+
+def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> ImagingParams:
+    l, r, t, b = (float(v) for v in rng.uniform(0.0, 0.08, 4) * (rng.random() < 0.6))
+    if view in SINGLE_HIP_VIEWS:
+        l, r, t, b = (float(v) for v in rng.uniform(0.0, 0.15, 4))
+    # marker: near an upper (or lower) corner on the patient side it names
+    mx = _u(rng, 0.06, 0.2)
+    my = _u(rng, 0.06, 0.2) if rng.random() < 0.75 else _u(rng, 0.8, 0.94)
+    if view in (View.AP_PELVIS,):
+        marker_side = Side.RIGHT if rng.random() < 0.5 else Side.LEFT
+        x = mx if marker_side is Side.RIGHT else 1.0 - mx
+    elif view in (View.AP_HIP, View.OBLIQUE_HIP):
+        x = mx if side is Side.RIGHT else 1.0 - mx  # lateral side of the image
+    else:
+        x = mx if rng.random() < 0.5 else 1.0 - mx
+    x = float(np.clip(x, l + 0.05, 1 - r - 0.05))
+    my = float(np.clip(my, t + 0.05, 1 - b - 0.05))
+    return ImagingParams(
+        kvp=_u(rng, 65.0, 90.0),
+        dose_photons_mm2=float(np.exp(rng.uniform(math.log(8000), math.log(80000)))),
+        scatter_to_primary=_u(rng, 0.2, 1.2),
+        scatter_sigma_mm=_u(rng, 25.0, 50.0),
+        heel=_u(rng, -0.15, 0.15),
+        blur_mm=_u(rng, 0.1, 0.35),
+        unsharp_amount=_u(rng, 0.2, 1.2),
+        unsharp_sigma_mm=_u(rng, 3.0, 10.0),
+        tone_contrast=_u(rng, 1.0, 3.0),
+        gamma=_u(rng, 0.8, 1.25),
+        collimation=(l, r, t, b),
+        collimation_rotation_deg=_u(rng, -3.0, 3.0) if rng.random() < 0.3 else 0.0,
+        shutter_black=bool(rng.random() < 0.25),
+        marker=bool(rng.random() < 0.92),
+        marker_position=(x, my),
+        marker_height_mm=_u(rng, 10.0, 18.0),
+        bits_stored=int(rng.choice([10, 12, 12, 14, 15, 16])),
+        photometric="MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2",
+        noise=True,
+        grid_lines=_u(rng, 0.002, 0.01) if rng.random() < 0.15 else 0.0,
+    )
+
+
+def sample_geometry(rng: np.random.Generator, view: View) -> GeometryParams:
+    fov = {
+        View.AP_PELVIS: (370.0, 430.0),
+        View.AP_HIP: (220.0, 290.0),
+        View.LATERAL_HIP: (220.0, 280.0),
+        View.OBLIQUE_HIP: (230.0, 300.0),
+        View.OTHER: (240.0, 430.0),
+    }[view]
+    return GeometryParams(
+        projection="point",
+        sid_mm=_u(rng, 1000.0, 1150.0),
+        fov_mm=_u(rng, *fov),
+        table_gap_mm=_u(rng, 40.0, 80.0),
+        centre_offset_mm=(float(rng.normal(0, 8)), float(rng.normal(0, 10))),
+        pelvic_tilt_deg=float(np.clip(rng.normal(0, 5), -12, 12)),
+        pelvic_rotation_deg=float(np.clip(rng.normal(0, 3), -8, 8)),
+        pelvic_obliquity_deg=float(np.clip(rng.normal(0, 1.5), -4, 4)),
+        lateral_beam_deg=_u(rng, 38.0, 52.0),
+    )
+
+
+def sample_spec(
+    rng: np.random.Generator | int,
+    view: View | str | None = None,
+    side: Side | str | None = None,
+    implants: str | Sequence[Side | str] | dict[Side, CupSpec | None] = "random",
+    rows: int = 512,
+    cols: int | None = None,
+    sex: str | None = None,
+    morphology: dict[Side, dict[str, bool]] | None = None,
+    other_kind: str | None = None,
+    views: Sequence[View] | None = None,
+    unreliable_fraction: float = 0.0,
+) -> PhantomSpec:
+    """Draw a random spec; every argument given pins that aspect.
+
+    ``implants``: a mode (``random``, ``none``, ``right``, ``left``, ``unilateral``,
+    ``bilateral``), a sequence of sides, or an explicit ``{Side: CupSpec | None}``."""
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    if view is None:
+        pool = list(views) if views else list(VIEW_WEIGHTS)
+        w = np.array([VIEW_WEIGHTS[v] for v in pool])
+        view = pool[int(rng.choice(len(pool), p=w / w.sum()))]
+    view = View(view)
+    if view in SINGLE_HIP_VIEWS:
+        side = Side(side) if side is not None else (Side.RIGHT if rng.random() < 0.5 else Side.LEFT)
+    else:
+        side = None
+    patient = sample_patient(rng, sex, morphology)
+    if isinstance(implants, dict):
+        imp = {s: implants.get(s) for s in (Side.RIGHT, Side.LEFT)}
+    else:
+        sides = implant_sides(rng, implants) if isinstance(implants, str) else tuple(Side(s) for s in implants)
+        imp = {s: (sample_cup(rng, patient, s) if s in sides else None) for s in (Side.RIGHT, Side.LEFT)}
+    # an implanted hip has no native morphology to speak of
+    poses = {Side.RIGHT: FemurPose(), Side.LEFT: FemurPose()}
+    for s in (Side.RIGHT, Side.LEFT):
+        poses[s] = FemurPose(external_rotation_deg=_u(rng, -15.0, 20.0))
+    if view is View.OBLIQUE_HIP and side is not None:
+        poses[side] = FemurPose(flexion_deg=_u(rng, 30.0, 50.0), abduction_deg=_u(rng, 35.0, 55.0),
+                                external_rotation_deg=_u(rng, 0.0, 15.0))
+    if view is View.LATERAL_HIP and side is not None:
+        poses[side.other] = FemurPose(flexion_deg=_u(rng, 75.0, 90.0), abduction_deg=_u(rng, 15.0, 30.0))
+        poses[side] = FemurPose(external_rotation_deg=_u(rng, -10.0, 15.0))
+    kind = None
+    if view is View.OTHER:
+        kind = other_kind or OTHER_KINDS[int(rng.integers(len(OTHER_KINDS)))]
+    imaging = sample_imaging(rng, view, side)
+    geometry = sample_geometry(rng, view)
+    if kind == "chest":
+        geometry = replace(geometry, sid_mm=_u(rng, 1500.0, 1830.0))
+    unreliable = bool(rng.random() < unreliable_fraction)
+    noise_seed = int(rng.integers(0, 2**31 - 1))
+    return PhantomSpec(
+        view=view,
+        side=side,
+        patient=patient,
+        implants=imp,
+        poses=poses,
+        imaging=imaging,
+        geometry=geometry,
+        rows=rows,
+        cols=cols or rows,
+        other_kind=kind,
+        noise_seed=noise_seed,
+        unreliable_metadata=unreliable,
+    )
