@@ -227,7 +227,6 @@ def ellipsoid_points(center: F64, axes: tuple[float, float, float], R: F64 | Non
 
 def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: Landmarks) -> list[Primitive]:
     prims: list[Primitive] = []
-    hw = p.hip_half_width_mm
     female = p.sex == "F"
 
     # pelvic brim (linea terminalis): a tilted, slightly saddle-shaped ring
@@ -306,7 +305,6 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     marks.hip_centre[side] = H
     lat = np.array([sx, 0.0, 0.0])
     up = np.array([0.0, 0.0, 1.0])
-    ant = np.array([0.0, -1.0, 0.0])
 
     Rh = hp.head_radius_mm
     r_in = Rh + hp.joint_space_mm
@@ -342,7 +340,7 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     prims += tube(u_curve, (8.0, 0.9), m.CORTICAL * 1.2, hint=(0.0, 1.0, 0.0), tag=f"bone:teardrop:{s}")
     outer = arc_points(np.array([xt, 0.0, zb + w_td]), np.array([0.0, 0.0, -1.0]), lat, w_td + 0.9, -60.0, 60.0, 41)
     marks.teardrop_curve[side] = outer
-    td_pts = np.concatenate([u_curve + [0.0, dy, 0.0] for dy in (-8.0, 8.0)])
+    td_pts = np.concatenate([u_curve + np.array([0.0, dy, 0.0]) for dy in (-8.0, 8.0)])
     marks.teardrop_points[side] = td_pts
 
     # quadrilateral plate / ilioischial line (Köhler): a sagittal sheet seen edge-on
@@ -357,8 +355,7 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     psi = math.radians(38.0)
     w_dir = np.array([sx * math.cos(psi), -math.sin(psi), 0.0])
     flare = p.wing_flare_deg
-    v_dir = rot_axis(w_dir, -sx * flare * (1 if sx > 0 else 1)) @ up
-    v_dir = unit(v_dir + lat * math.tan(math.radians(flare)) * 0.0)
+    v_dir = rot_axis(w_dir, -sx * flare) @ up
     if float(v_dir @ lat) < 0:
         v_dir = rot_axis(w_dir, sx * flare) @ up
     n_dir = unit(np.cross(w_dir, v_dir))

@@ -415,10 +415,10 @@ class Renderer:
         uv = cam.project(p.corners)
         if not np.all(np.isfinite(uv)):
             return 0, cam.rows, 0, cam.cols
-        j0 = max(int(math.floor(uv[:, 0].min())) - margin, 0)
-        j1 = min(int(math.ceil(uv[:, 0].max())) + margin + 1, cam.cols)
-        i0 = max(int(math.floor(uv[:, 1].min())) - margin, 0)
-        i1 = min(int(math.ceil(uv[:, 1].max())) + margin + 1, cam.rows)
+        j0 = max(math.floor(uv[:, 0].min()) - margin, 0)
+        j1 = min(math.ceil(uv[:, 0].max()) + margin + 1, cam.cols)
+        i0 = max(math.floor(uv[:, 1].min()) - margin, 0)
+        i1 = min(math.ceil(uv[:, 1].max()) + margin + 1, cam.rows)
         if j0 >= j1 or i0 >= i1:
             return None
         return i0, i1, j0, j1

@@ -21,7 +21,7 @@ from node.phantom.anatomy import (
     femur_axes,
     side_sign,
 )
-from node.phantom.geometry import F32, F64, Camera, Rigid, line_integral, rot_x, rot_y, rot_z, unit
+from node.phantom.geometry import F32, F64, Camera, Rigid, rot_x, rot_y, rot_z, unit
 from node.phantom.spec import PhantomSpec
 
 
@@ -116,10 +116,10 @@ def _blur(img: F32, sigma_px: float) -> F32:
 def collimation_mask(spec: PhantomSpec) -> NDArray[np.bool_]:
     im = spec.imaging
     h, w = spec.rows, spec.cols
-    l, r, t, b = im.collimation
-    if max(l, r, t, b) <= 0 and im.collimation_rotation_deg == 0:
+    lft, r, t, b = im.collimation
+    if max(lft, r, t, b) <= 0 and im.collimation_rotation_deg == 0:
         return np.ones((h, w), dtype=bool)
-    pts = np.array([[l * w, t * h], [(1 - r) * w, t * h], [(1 - r) * w, (1 - b) * h], [l * w, (1 - b) * h]])
+    pts = np.array([[lft * w, t * h], [(1 - r) * w, t * h], [(1 - r) * w, (1 - b) * h], [lft * w, (1 - b) * h]])
     c = pts.mean(axis=0)
     a = math.radians(im.collimation_rotation_deg)
     Rm = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -152,10 +152,10 @@ def draw_marker(spec: PhantomSpec, px_mm: float) -> tuple[NDArray[np.bool_], str
     im = spec.imaging
     height_px = im.marker_height_mm / px_mm
     scale = height_px / 22.0  # Hershey simplex cap height ≈ 22 px at scale 1
-    thick = max(1, int(round(height_px / 7.0)))
+    thick = max(1, round(height_px / 7.0))
     (tw, th), _ = cv2.getTextSize(letter, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     cx, cy = im.marker_position[0] * w, im.marker_position[1] * h
-    org = (int(round(cx - tw / 2)), int(round(cy + th / 2)))
+    org = (round(cx - tw / 2), round(cy + th / 2))
     cv2.putText(out, letter, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thick, cv2.LINE_AA)
     return out.astype(bool), letter
 

@@ -47,8 +47,8 @@ class ImagingParams:
     grid_lines: float = 0.0  # amplitude of stationary-grid line artefacts (0: none)
 
     def mirrored(self) -> ImagingParams:
-        l, r, t, b = self.collimation
-        return replace(self, collimation=(r, l, t, b), collimation_rotation_deg=-self.collimation_rotation_deg,
+        lft, r, t, b = self.collimation
+        return replace(self, collimation=(r, lft, t, b), collimation_rotation_deg=-self.collimation_rotation_deg,
                        marker_position=(1.0 - self.marker_position[0], self.marker_position[1]))
 
 
@@ -268,9 +268,9 @@ VIEW_WEIGHTS: dict[View, float] = {
 
 
 def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> ImagingParams:
-    l, r, t, b = (float(v) for v in rng.uniform(0.0, 0.08, 4) * (rng.random() < 0.6))
+    lft, r, t, b = (float(v) for v in rng.uniform(0.0, 0.08, 4) * (rng.random() < 0.6))
     if view in SINGLE_HIP_VIEWS:
-        l, r, t, b = (float(v) for v in rng.uniform(0.0, 0.15, 4))
+        lft, r, t, b = (float(v) for v in rng.uniform(0.0, 0.15, 4))
     # marker: near an upper (or lower) corner on the patient side it names
     mx = _u(rng, 0.06, 0.2)
     my = _u(rng, 0.06, 0.2) if rng.random() < 0.75 else _u(rng, 0.8, 0.94)
@@ -281,7 +281,7 @@ def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> I
         x = mx if side is Side.RIGHT else 1.0 - mx  # lateral side of the image
     else:
         x = mx if rng.random() < 0.5 else 1.0 - mx
-    x = float(np.clip(x, l + 0.05, 1 - r - 0.05))
+    x = float(np.clip(x, lft + 0.05, 1 - r - 0.05))
     my = float(np.clip(my, t + 0.05, 1 - b - 0.05))
     return ImagingParams(
         kvp=_u(rng, 65.0, 90.0),
@@ -294,7 +294,7 @@ def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> I
         unsharp_sigma_mm=_u(rng, 3.0, 10.0),
         tone_contrast=_u(rng, 1.0, 3.0),
         gamma=_u(rng, 0.8, 1.25),
-        collimation=(l, r, t, b),
+        collimation=(lft, r, t, b),
         collimation_rotation_deg=_u(rng, -3.0, 3.0) if rng.random() < 0.3 else 0.0,
         shutter_black=bool(rng.random() < 0.25),
         marker=bool(rng.random() < 0.92),

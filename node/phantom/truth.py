@@ -109,11 +109,11 @@ def _ray_interval(p: Primitive, o: F64, d: F64) -> tuple[float, float]:
     """[t1, t2] of the ray o + t d inside primitive p (empty: t1 >= t2)."""
     t1, t2 = -1e9, 1e9
     if p.Q is not None:
-        O = np.append(o, 1.0)
+        Oh = np.append(o, 1.0)
         D = np.append(d, 0.0)
         A = D @ p.Q @ D
-        B = 2 * D @ p.Q @ O
-        C = O @ p.Q @ O
+        B = 2 * D @ p.Q @ Oh
+        C = Oh @ p.Q @ Oh
         if abs(A) < 1e-12:
             if C > 0:
                 return 0.0, 0.0
