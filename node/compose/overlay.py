@@ -5,8 +5,9 @@ overlay shows the detector boxes, the fitted cup ellipse, the inclination refere
 angle values, morphology heatmaps where given, and a banner "AI RESULT - NOT FOR DIAGNOSIS" on
 every image, so it can never be mistaken for the original radiograph.
 
-Text is drawn with OpenCV's built-in Hershey fonts (no font files, nothing downloaded). They
-cover printable ASCII only, hence "-" instead of an en dash and "deg" instead of a degree sign.
+Text is drawn with the font built into OpenCV (``FONT_HERSHEY_SIMPLEX``: the Hershey vector font
+in OpenCV 4, a bundled sans font in OpenCV 5 — no font files, nothing downloaded). Only printable
+ASCII is used so both render it, hence "-" instead of an en dash and "deg" instead of "°".
 
 Geometry: findings are in the source's stored-pixel coordinates (``node.domain``); ``display``
 may have another size (it is scaled to at most ``max_size_px``), so every coordinate is scaled
