@@ -1,21 +1,65 @@
 """The one place that wires the stages together: instances of a series → results.
 
 Workers call ``Pipeline.process(job_pk)``; it raises on a failure worth retrying and returns a
-``JobOutcome`` otherwise. It must be idempotent: a job re-run after a worker crash produces the
-same output UIDs and does not duplicate Result or Delivery rows.
+``JobOutcome`` otherwise. It is idempotent: a job re-run after a worker crash derives the same
+output UIDs, rewrites the same files, and reuses its Result and Delivery rows.
+
+Stages (each a module that knows nothing of the others):
+``pixels`` (decode, screen) → ``infer`` (triage, detector, morphology) → ``analyse`` (cup angles,
+reference lines, dysplasia angles) → ``compose`` (SR, SC) → ``dispatch`` (routing, deliveries).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node import __version__
+from node.analyse.cup import ProjectionGeometry, measure_cup
+from node.analyse.reference import reference_from_boxes
+from node.compose import ReportReference, build_sc, build_sr
 from node.config import Config
-from node.domain import JobState
-from node.registry import Database
+from node.dispatch import enqueue_deliveries, route
+from node.domain import (
+    Box,
+    HipFindings,
+    ImageFindings,
+    InstanceState,
+    JobState,
+    ModelInfo,
+    PriorMeasurement,
+    ResultKind,
+    ScreenReason,
+    SeriesFindings,
+    Side,
+    View,
+)
+from node.infer.detector import DetectorModel
+from node.infer.morphology import MorphologyEnsemble, select_joint_crops
+from node.infer.triage import TriageModel, TriageResult
+from node.pixels import Radiograph, load_radiograph, metadata_mismatches
+from node.receive.storage import uid_digest
+from node.registry import Database, Instance, Job, Measurement, Result, Series, Study, record_event
 
 log = logging.getLogger(__name__)
+
+CUP_GEOMETRY = ModelInfo(name="hipnode-cup-geometry", version=__version__)
+HARDWARE = ("cup", "stem", "other_hardware")
+SIDE_JOINT_LABEL = {Side.RIGHT: "hip_joint_right", Side.LEFT: "hip_joint_left"}
+AP_VIEWS = (View.AP_PELVIS, View.AP_HIP)
+
+
+class ModelUnavailable(RuntimeError):
+    """A model named in the configuration cannot be loaded: the node refuses to start."""
 
 
 @dataclass
@@ -25,13 +69,513 @@ class JobOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class Pipeline:
-    """Stateless between jobs apart from loaded models (loaded once, at construction)."""
+@dataclass
+class _Source:
+    instance_pk: int
+    sop_instance_uid: str
+    path: Path
+    header: Dataset | None = None
+    radiograph: Radiograph | None = None
+    findings: ImageFindings | None = None
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def __init__(self, cfg: Config, db: Database) -> None:
+
+@dataclass
+class _Context:
+    job_pk: int
+    series_pk: int
+    generation: int
+    series_uid: str
+    study_uid: str
+    study_date: str
+    patient_pk: int
+    calling_ae: str
+    modality: str
+    body_part: str
+    sources: list[_Source]
+
+
+class Models:
+    """The configured models, loaded once per worker process (start-up fails loudly)."""
+
+    def __init__(self, cfg: Config) -> None:
+        m = cfg.models
+        try:
+            self.triage = TriageModel.load(m.triage, m) if m.triage else None
+            self.detector = DetectorModel.load(m.detector, m) if m.detector else None
+            self.morphology = MorphologyEnsemble.load(m, m.morphology) if m.morphology else None
+        except Exception as exc:
+            raise ModelUnavailable(f"cannot load the configured models from {m.root}: {exc}") from exc
+
+    def infos(self) -> list[ModelInfo]:
+        out = [CUP_GEOMETRY]
+        if self.triage is not None:
+            mf = self.triage.model.manifest
+            out.append(ModelInfo(f"hipnode-{mf.name}", mf.version))
+        if self.detector is not None:
+            mf = self.detector.model.manifest
+            out.append(ModelInfo(f"hipnode-{mf.name}", mf.version))
+        if self.morphology is not None:
+            for member in self.morphology.models:
+                mf = member.model.manifest
+                out.append(ModelInfo(f"hipnode-{mf.name}", mf.version))
+        return out
+
+
+def _best(boxes: list[Box], label: str) -> Box | None:
+    found = [b for b in boxes if b.label == label]
+    return max(found, key=lambda b: b.score) if found else None
+
+
+def _side_of_box(box: Box, joints: dict[Side, Box], image_width: int) -> Side:
+    """Patient side of a structure on an AP-like image: the nearer hip joint, else the image
+    half (the patient's right is displayed on the image's left)."""
+    c = box.centre
+    if joints:
+        return min(joints, key=lambda s: abs(joints[s].centre.x - c.x) + abs(joints[s].centre.y - c.y))
+    return Side.RIGHT if c.x < image_width / 2.0 else Side.LEFT
+
+
+def _float_tag(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, list | tuple) or (hasattr(value, "__len__") and not isinstance(value, str)):
+            value = value[0]
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _geometry(ds: Dataset) -> tuple[float | None, ProjectionGeometry | None]:
+    """Detector pixel spacing (mm) and the point-source geometry when the header states it."""
+    spacing = _float_tag(ds, "ImagerPixelSpacing") or _float_tag(ds, "PixelSpacing")
+    sid = _float_tag(ds, "DistanceSourceToDetector")
+    if spacing and sid:
+        return spacing, ProjectionGeometry(source_image_distance_mm=sid)
+    return spacing, None
+
+
+class Pipeline:
+    """Stateless between jobs apart from the models (loaded once, at construction)."""
+
+    def __init__(self, cfg: Config, db: Database, models: Models | None = None) -> None:
         self.cfg = cfg
         self.db = db
+        self.models = models if models is not None else Models(cfg)
+        self.storage_root = Path(cfg.storage.root)
+        self.results_root = Path(cfg.outputs.root)
+
+    # ------------------------------------------------------------------ job
 
     def process(self, job_pk: int) -> JobOutcome:
         """Analyse the job's series generation; raise to ask for a retry."""
-        raise NotImplementedError("integrator wires the stages here")
+        ctx = self._load_context(job_pk)
+        for src in ctx.sources:
+            self._screen(src)
+        hips = [s for s in ctx.sources if s.radiograph is not None]
+        self._infer(hips)
+        analysed = [s for s in ctx.sources if s.findings is not None and s.findings.screened_out is None]
+        self._record_instance_states(ctx)
+        summary: dict[str, Any] = {
+            "images": len(ctx.sources),
+            "analysed": len(analysed),
+            "screened_out": {
+                s.sop_instance_uid[-12:]: s.findings.screened_out.value
+                for s in ctx.sources
+                if s.findings is not None and s.findings.screened_out is not None
+            },
+        }
+        if not analysed:
+            reasons = sorted({v for v in summary["screened_out"].values()})
+            return JobOutcome(JobState.SKIPPED, "no hip radiograph analysed: " + "; ".join(reasons), summary)
+        results = self._compose_and_store(ctx)
+        summary["results"] = results
+        return JobOutcome(JobState.DONE, None, summary)
+
+    # ------------------------------------------------------------------ stages
+
+    def _load_context(self, job_pk: int) -> _Context:
+        with self.db.session() as s:
+            job = s.get(Job, job_pk)
+            if job is None:
+                raise LookupError(f"job {job_pk} does not exist")
+            series = s.get(Series, job.series_pk)
+            assert series is not None
+            study = s.get(Study, series.study_pk)
+            assert study is not None
+            rows = s.scalars(
+                select(Instance)
+                .where(Instance.series_pk == series.id, Instance.superseded.is_(False))
+                .order_by(Instance.instance_number, Instance.id)
+            ).all()
+            return _Context(
+                job_pk=job_pk,
+                series_pk=series.id,
+                generation=job.generation,
+                series_uid=series.series_uid,
+                study_uid=study.study_uid,
+                study_date=study.study_date,
+                patient_pk=study.patient_pk,
+                calling_ae=series.calling_ae,
+                modality=series.modality,
+                body_part=series.body_part,
+                sources=[_Source(r.id, r.sop_instance_uid, self.storage_root / r.path) for r in rows],
+            )
+
+    def _screen(self, src: _Source) -> None:
+        radiograph, verdict = load_radiograph(src.path, self.cfg.screening)
+        if radiograph is None:
+            try:  # the header still lets the SR say plainly why this image was not analysed
+                src.header = pydicom.dcmread(src.path, stop_before_pixels=True)
+            except Exception:
+                src.header = None
+            src.findings = ImageFindings(
+                sop_instance_uid=src.sop_instance_uid,
+                sop_class_uid=str(src.header.get("SOPClassUID", "")) if src.header is not None else "",
+                screened_out=verdict.reason or ScreenReason.UNDECODABLE,
+                screen_detail=verdict.detail,
+            )
+            log.info("instance %s screened out: %s", uid_digest(src.sop_instance_uid)[:12], verdict.reason)
+            return
+        src.radiograph = radiograph
+        src.header = radiograph.dataset
+
+    def _infer(self, sources: list[_Source]) -> None:
+        if not sources:
+            return
+        images = [s.radiograph.image01 for s in sources if s.radiograph is not None]
+        triage: list[TriageResult | None] = (
+            list(self.models.triage.predict(images)) if self.models.triage else [None] * len(images)
+        )
+        hip_idx = [i for i, t in enumerate(triage) if t is None or t.view is not View.OTHER]
+        detections: dict[int, list[Box]] = {}
+        if self.models.detector is not None and hip_idx:
+            found = self.models.detector.detect([images[i] for i in hip_idx])
+            detections = dict(zip(hip_idx, found, strict=True))
+        for i, src in enumerate(sources):
+            assert src.radiograph is not None
+            t = triage[i]
+            src.findings = self._analyse_image(src, src.radiograph, t, detections.get(i, []))
+
+    def _analyse_image(
+        self, src: _Source, radiograph: Radiograph, triage: TriageResult | None, boxes: list[Box]
+    ) -> ImageFindings:
+        ds = radiograph.dataset
+        findings = ImageFindings(
+            sop_instance_uid=src.sop_instance_uid, sop_class_uid=str(ds.get("SOPClassUID", ""))
+        )
+        if triage is None:
+            findings.screen_detail = "no triage model configured"
+            return findings
+        findings.view = triage.view
+        findings.view_probability = triage.view_probability
+        findings.imaged_sides = triage.imaged_sides
+        findings.metadata_mismatches = metadata_mismatches(ds, triage.view, triage.imaged_sides)
+        if triage.view is View.OTHER:
+            findings.screened_out = ScreenReason.NOT_HIP
+            findings.screen_detail = f"classified as other (p={triage.view_probability:.3f})"
+            return findings
+        findings.boxes = boxes
+        image = radiograph.image01
+        width = int(image.shape[1])
+        joints = {s: b for s in Side if (b := _best(boxes, SIDE_JOINT_LABEL[s])) is not None}
+        single = triage.imaged_sides[0] if len(triage.imaged_sides) == 1 else None
+
+        def side_of(box: Box) -> Side:
+            return single if single is not None else _side_of_box(box, joints, width)
+
+        cups: dict[Side, Box] = {}
+        for b in sorted((b for b in boxes if b.label == "cup"), key=lambda b: -b.score):
+            cups.setdefault(side_of(b), b)
+        stems = [b for b in boxes if b.label == "stem"]
+        reference = reference_from_boxes(boxes, image_width=width) if triage.view in AP_VIEWS else None
+        spacing, geometry = _geometry(ds)
+        crops = {c.side: c for c in select_joint_crops(image, boxes)} if self.models.morphology else {}
+        morph_input = [c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides]
+        morph = (
+            self.models.morphology.predict_with_heatmaps([c.crop for c in morph_input if c.crop is not None])
+            if self.models.morphology is not None and morph_input
+            else []
+        )
+        morph_by_side = {c.side: (c, p) for c, p in zip(morph_input, morph, strict=True)}
+
+        for side in triage.imaged_sides:
+            hip = HipFindings(side=side, joint_box=joints.get(side))
+            hip.implant_probability = triage.implant_probability.get(side)
+            hip.implant_present = triage.implant_present(side)
+            hip.cup_box = cups.get(side)
+            if hip.implant_present and hip.cup_box is not None:
+                hip.cup = measure_cup(
+                    image,
+                    hip.cup_box,
+                    side,
+                    triage.view,
+                    reference=reference,
+                    pixel_spacing_mm=spacing,
+                    stem_boxes=stems,
+                    geometry=geometry,
+                )
+            if side in morph_by_side and triage.view in AP_VIEWS:
+                crop, pred = morph_by_side[side]
+                hip.morphology = pred.flags
+                for flag in pred.flags:
+                    if flag.present and flag.name in pred.heatmaps:
+                        src.heatmaps[f"{flag.name.replace('_', ' ')} {side.value}"] = _place_heatmap(
+                            pred.heatmaps[flag.name], crop.region, image.shape
+                        )
+            elif side in crops and crops[side].refusal_reason:
+                hip.morphology_refusal = crops[side].refusal_reason
+            findings.hips.append(hip)
+        return findings
+
+    def _record_instance_states(self, ctx: _Context) -> None:
+        with self.db.session() as s:
+            for src in ctx.sources:
+                inst = s.get(Instance, src.instance_pk)
+                if inst is None or src.findings is None:
+                    continue
+                if src.findings.screened_out is None:
+                    state, reason = InstanceState.ACCEPTED.value, None
+                else:
+                    state = InstanceState.SCREENED_OUT.value
+                    reason = f"{src.findings.screened_out.value}: {src.findings.screen_detail}".rstrip(": ")
+                if inst.state != state or inst.screen_reason != reason:
+                    inst.state, inst.screen_reason = state, reason
+                    record_event(s, "instance", inst.id, state, reason=reason, job=ctx.job_pk)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _compose_and_store(self, ctx: _Context) -> dict[str, int]:
+        models = self.models.infos()
+        with_pixels = [s for s in ctx.sources if s.header is not None and s.findings is not None]
+        findings = SeriesFindings(
+            series_instance_uid=ctx.series_uid,
+            study_instance_uid=ctx.study_uid,
+            images=[s.findings for s in with_pixels if s.findings is not None],
+            models=models,
+        )
+        priors, predecessor = self._priors_and_predecessor(ctx)
+        produced: list[tuple[Dataset, ResultKind, str | None, dict[str, Any]]] = []
+        if self.cfg.outputs.sr:
+            sr = build_sr(
+                findings,
+                [s.header for s in with_pixels if s.header is not None],
+                models=models,
+                priors=priors,
+                predecessor=predecessor,
+                manufacturer=self.cfg.outputs.manufacturer,
+                software_version=__version__,
+            )
+            produced.append((sr, ResultKind.SR, None, _payload(findings)))
+        if self.cfg.outputs.sc:
+            for src in with_pixels:
+                assert src.findings is not None and src.header is not None
+                if src.findings.screened_out is not None or src.radiograph is None:
+                    continue
+                sc = build_sc(
+                    src.findings,
+                    src.header,
+                    src.radiograph.image01,
+                    models=models,
+                    heatmaps=src.heatmaps,
+                    compression=self.cfg.outputs.sc_compression,
+                    manufacturer=self.cfg.outputs.manufacturer,
+                    software_version=__version__,
+                )
+                produced.append((sc, ResultKind.SC, src.sop_instance_uid, {}))
+        written = [(self._write(ds), ds, kind, source, payload) for ds, kind, source, payload in produced]
+        view = _series_view(findings)
+        destinations = route(
+            self.cfg, calling_ae=ctx.calling_ae, modality=ctx.modality, body_part=ctx.body_part, view=view
+        )
+        counts = {"sr": 0, "sc": 0, "deliveries": 0}
+        with self.db.session() as s:
+            for rel, ds, kind, source, payload in written:
+                result = self._upsert_result(s, ctx, rel, ds, kind, source, payload, predecessor)
+                counts[kind.value] += 1
+                if kind is ResultKind.SR:
+                    self._record_measurements(s, ctx, result, findings)
+                counts["deliveries"] += len(enqueue_deliveries(s, result.id, destinations))
+        return counts
+
+    def _write(self, ds: Dataset) -> str:
+        """Write a result durably (temp file, fsync, rename); returns its path under the results root."""
+        rel = Path(
+            uid_digest(str(ds.SeriesInstanceUID))[:2],
+            uid_digest(str(ds.SeriesInstanceUID)),
+            f"{ds.SOPInstanceUID}.dcm",
+        )
+        final = self.results_root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        ds.save_as(tmp, enforce_file_format=True)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return str(rel)
+
+    def _upsert_result(
+        self,
+        s: Session,
+        ctx: _Context,
+        rel: str,
+        ds: Dataset,
+        kind: ResultKind,
+        source: str | None,
+        payload: dict[str, Any],
+        predecessor: ReportReference | None,
+    ) -> Result:
+        uid = str(ds.SOPInstanceUID)
+        existing = s.scalar(select(Result).where(Result.sop_instance_uid == uid))
+        if existing is not None:
+            return existing
+        supersedes = None
+        if kind is ResultKind.SR and predecessor is not None:
+            supersedes = s.scalar(
+                select(Result.id).where(Result.sop_instance_uid == predecessor.sop_instance_uid)
+            )
+        result = Result(
+            job_pk=ctx.job_pk,
+            series_pk=ctx.series_pk,
+            kind=kind.value,
+            sop_instance_uid=uid,
+            sop_class_uid=str(ds.SOPClassUID),
+            source_sop_instance_uid=source,
+            path=rel,
+            supersedes_pk=supersedes,
+            payload=payload or None,
+        )
+        s.add(result)
+        s.flush()
+        record_event(
+            s, "result", result.id, "created", result_kind=kind.value, job=ctx.job_pk, supersedes=supersedes
+        )
+        return result
+
+    def _priors_and_predecessor(self, ctx: _Context) -> tuple[list[PriorMeasurement], ReportReference | None]:
+        with self.db.session() as s:
+            prev = s.scalars(
+                select(Result)
+                .join(Job, Job.id == Result.job_pk)
+                .where(Result.series_pk == ctx.series_pk, Result.kind == ResultKind.SR.value)
+                .where(Job.generation < ctx.generation)
+                .order_by(Job.generation.desc(), Result.id.desc())
+                .limit(1)
+            ).first()
+            predecessor = None
+            if prev is not None:
+                series_uid = None
+                try:
+                    series_uid = str(
+                        pydicom.dcmread(
+                            self.results_root / prev.path, stop_before_pixels=True
+                        ).SeriesInstanceUID
+                    )
+                except (OSError, AttributeError, ValueError):
+                    log.warning(
+                        "predecessor SR file of result %d unreadable; amending without a reference", prev.id
+                    )
+                if series_uid is not None:
+                    predecessor = ReportReference(
+                        ctx.study_uid, series_uid, prev.sop_instance_uid, prev.sop_class_uid
+                    )
+            rows = s.scalars(
+                select(Measurement)
+                .where(Measurement.patient_pk == ctx.patient_pk, Measurement.study_uid != ctx.study_uid)
+                .order_by(Measurement.study_date.desc(), Measurement.id.desc())
+            ).all()
+            priors: list[PriorMeasurement] = []
+            seen: set[str] = set()
+            for m in rows:
+                if m.side in seen or (ctx.study_date and m.study_date and m.study_date > ctx.study_date):
+                    continue
+                if m.inclination_deg is None and m.anteversion_deg is None:
+                    continue
+                seen.add(m.side)
+                priors.append(
+                    PriorMeasurement(
+                        Side(m.side), m.study_uid, m.study_date, m.inclination_deg, m.anteversion_deg
+                    )
+                )
+            return priors, predecessor
+
+    def _record_measurements(
+        self, s: Session, ctx: _Context, result: Result, findings: SeriesFindings
+    ) -> None:
+        if s.scalar(select(Measurement.id).where(Measurement.result_pk == result.id)) is not None:
+            return
+        for image in findings.images:
+            if image.view not in AP_VIEWS:
+                continue
+            for hip in image.hips:
+                cup = hip.cup
+                if cup is None or cup.inclination_deg is None:
+                    continue
+                s.add(
+                    Measurement(
+                        patient_pk=ctx.patient_pk,
+                        result_pk=result.id,
+                        side=hip.side.value,
+                        view=image.view.value if image.view else "",
+                        study_date=ctx.study_date,
+                        study_uid=ctx.study_uid,
+                        inclination_deg=cup.inclination_deg,
+                        anteversion_deg=cup.anteversion_deg,
+                    )
+                )
+
+
+def _place_heatmap(heat: np.ndarray, region: Box, shape: tuple[int, ...]) -> np.ndarray:
+    """A crop-sized heatmap placed into a full-image map (zeros elsewhere)."""
+    import cv2
+
+    rows, cols = int(shape[0]), int(shape[1])
+    out = np.zeros((rows, cols), dtype=np.float32)
+    x0, y0 = max(0, round(region.x0)), max(0, round(region.y0))
+    x1, y1 = min(cols, round(region.x1)), min(rows, round(region.y1))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    out[y0:y1, x0:x1] = cv2.resize(
+        heat.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
+    )
+    return out
+
+
+def _series_view(findings: SeriesFindings) -> str | None:
+    views = [i.view for i in findings.images if i.view is not None and i.screened_out is None]
+    return views[0].value if views else None
+
+
+def _payload(findings: SeriesFindings) -> dict[str, Any]:
+    """Measured values kept with the SR result row (for status pages and audits)."""
+    images = []
+    for image in findings.images:
+        images.append(
+            {
+                "sop": image.sop_instance_uid,
+                "view": image.view.value if image.view else None,
+                "screened_out": image.screened_out.value if image.screened_out else None,
+                "hips": [
+                    {
+                        "side": h.side.value,
+                        "implant": h.implant_present,
+                        "inclination_deg": h.cup.inclination_deg if h.cup else None,
+                        "anteversion_deg": h.cup.anteversion_deg if h.cup else None,
+                        "refusal": h.cup.refusal_reason if h.cup else None,
+                        "morphology": {f.name: round(f.probability, 4) for f in h.morphology},
+                    }
+                    for h in image.hips
+                ],
+            }
+        )
+    return {"images": images}
