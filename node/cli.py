@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from node.config import Config, ConfigError, load_config
+from node.domain import ModelUnavailable
 
 log = logging.getLogger("node")
 
@@ -94,20 +95,40 @@ def _start_receiver(cfg: Config, db: Any) -> Any:
     return serve(cfg, db, block=False)
 
 
+def _stop_receiver(server: Any) -> None:
+    from node.receive import shutdown
+
+    shutdown(server)
+
+
 def _start_scheduler(cfg: Config, db: Any) -> Any:
     from node.series import start_series_scheduler
 
     return start_series_scheduler(db, cfg)
 
 
-def _worker_threads(cfg: Config, db: Any, stop: threading.Event, workers: int) -> list[threading.Thread]:
-    from node.dispatch import Dispatcher
+def _build_workers(cfg: Config, db: Any, workers: int) -> list[Any]:
+    """Load the models once (shared by all worker threads; onnxruntime sessions are
+    thread-safe) — before anything listens, so a missing model fails the start loudly."""
+    from node.pipeline import Models, Pipeline
     from node.worker import Worker
 
-    threads = []
-    for i in range(workers):
-        w = Worker(cfg, db, worker_id=f"{os.uname().nodename}:{os.getpid()}:w{i}")
-        threads.append(threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}", daemon=True))
+    models = Models(cfg)
+
+    def factory(c: Config, d: Any) -> Pipeline:
+        return Pipeline(c, d, models)
+
+    host = os.uname().nodename
+    return [Worker(cfg, db, pipeline_factory=factory, worker_id=f"{host}:{os.getpid()}:w{i}") for i in range(workers)]
+
+
+def _start_threads(cfg: Config, db: Any, stop: threading.Event, workers: list[Any]) -> list[threading.Thread]:
+    from node.dispatch import Dispatcher
+
+    threads = [
+        threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}", daemon=True)
+        for i, w in enumerate(workers)
+    ]
     d = Dispatcher(cfg, db)
     threads.append(threading.Thread(target=d.run_forever, args=(stop,), name="dispatcher", daemon=True))
     for t in threads:
@@ -125,7 +146,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     log.info("receiver %s listening on %s:%d", cfg.node.ae_title, cfg.node.host, cfg.node.port)
     stop.wait()
     scheduler.shutdown(wait=False)
-    server.shutdown()
+    _stop_receiver(server)
     db.dispose()
     return 0
 
@@ -134,9 +155,10 @@ def cmd_work(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     db = _database(cfg)
+    workers = _build_workers(cfg, db, args.workers)
     stop = _stop_event()
     scheduler = _start_scheduler(cfg, db)
-    threads = _worker_threads(cfg, db, stop, args.workers)
+    threads = _start_threads(cfg, db, stop, workers)
     log.info("%d worker(s) and a dispatcher running", args.workers)
     stop.wait()
     scheduler.shutdown(wait=False)
@@ -150,15 +172,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     db = _database(cfg)
+    workers = _build_workers(cfg, db, args.workers)
     stop = _stop_event()
     server = _start_receiver(cfg, db)
     scheduler = _start_scheduler(cfg, db)
-    threads = _worker_threads(cfg, db, stop, args.workers)
+    threads = _start_threads(cfg, db, stop, workers)
     log.info(
         "hipnode running: AE %s on %s:%d, %d worker(s)", cfg.node.ae_title, cfg.node.host, cfg.node.port, args.workers
     )
     stop.wait()
-    server.shutdown()
+    _stop_receiver(server)
     scheduler.shutdown(wait=False)
     for t in threads:
         t.join(timeout=cfg.jobs.lease_s)
@@ -298,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except ModelUnavailable as exc:
+        log.error("%s", exc)
+        print(f"hipnode: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

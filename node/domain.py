@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+class ModelUnavailable(RuntimeError):
+    """A model named in the configuration cannot be loaded: the worker refuses to start."""
+
+
 class View(str, Enum):
     """Radiograph view as decided by the triage model (metadata only hints)."""
 

@@ -36,6 +36,7 @@ from node.domain import (
     InstanceState,
     JobState,
     ModelInfo,
+    ModelUnavailable,
     PriorMeasurement,
     ResultKind,
     ScreenReason,
@@ -56,10 +57,6 @@ CUP_GEOMETRY = ModelInfo(name="hipnode-cup-geometry", version=__version__)
 HARDWARE = ("cup", "stem", "other_hardware")
 SIDE_JOINT_LABEL = {Side.RIGHT: "hip_joint_right", Side.LEFT: "hip_joint_left"}
 AP_VIEWS = (View.AP_PELVIS, View.AP_HIP)
-
-
-class ModelUnavailable(RuntimeError):
-    """A model named in the configuration cannot be loaded: the node refuses to start."""
 
 
 @dataclass
