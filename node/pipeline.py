@@ -11,6 +11,7 @@ reference lines, dysplasia angles) → ``compose`` (SR, SC) → ``dispatch`` (ro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from node import __version__
 from node.analyse.cup import ProjectionGeometry, measure_cup
 from node.analyse.reference import reference_from_boxes
-from node.compose import ReportReference, build_sc, build_sr
+from node.compose import ReportReference, build_sc, build_sr, sr_uids
 from node.config import Config
 from node.dispatch import enqueue_deliveries, route
 from node.domain import (
@@ -71,6 +72,7 @@ class _Source:
     instance_pk: int
     sop_instance_uid: str
     path: Path
+    sha256: str = ""
     header: Dataset | None = None
     radiograph: Radiograph | None = None
     findings: ImageFindings | None = None
@@ -218,7 +220,9 @@ class Pipeline:
                 calling_ae=series.calling_ae,
                 modality=series.modality,
                 body_part=series.body_part,
-                sources=[_Source(r.id, r.sop_instance_uid, self.storage_root / r.path) for r in rows],
+                sources=[
+                    _Source(r.id, r.sop_instance_uid, self.storage_root / r.path, r.sha256) for r in rows
+                ],
             )
 
     def _screen(self, src: _Source) -> None:
@@ -354,16 +358,26 @@ class Pipeline:
             models=models,
         )
         priors, predecessor = self._priors_and_predecessor(ctx)
+        # The content digests enter the output UIDs: identical re-sends give identical UIDs,
+        # while a changed instance (same SOP Instance UID, new bytes) gives a new, amended SR.
+        salt = hashlib.sha256(
+            "|".join(sorted(f"{s.sop_instance_uid}:{s.sha256}" for s in ctx.sources)).encode()
+        ).hexdigest()
         produced: list[tuple[Dataset, ResultKind, str | None, dict[str, Any]]] = []
         if self.cfg.outputs.sr:
+            headers = [s.header for s in with_pixels if s.header is not None]
+            uids = sr_uids(ctx.series_uid, [str(h.SOPInstanceUID) for h in headers], models, salt=salt)
+            if predecessor is not None and predecessor.sop_instance_uid == uids.sop_instance_uid:
+                predecessor = None
             sr = build_sr(
                 findings,
-                [s.header for s in with_pixels if s.header is not None],
+                headers,
                 models=models,
                 priors=priors,
                 predecessor=predecessor,
                 manufacturer=self.cfg.outputs.manufacturer,
                 software_version=__version__,
+                uids=uids,
             )
             produced.append((sr, ResultKind.SR, None, _payload(findings)))
         if self.cfg.outputs.sc:
@@ -380,6 +394,7 @@ class Pipeline:
                     compression=self.cfg.outputs.sc_compression,
                     manufacturer=self.cfg.outputs.manufacturer,
                     software_version=__version__,
+                    salt=src.sha256,
                 )
                 produced.append((sc, ResultKind.SC, src.sop_instance_uid, {}))
         written = [(self._write(ds), ds, kind, source, payload) for ds, kind, source, payload in produced]
