@@ -201,6 +201,16 @@ def bone_ellipsoid(center: F64, axes: tuple[float, float, float], R: F64 | None,
     ]
 
 
+def soft_ellipsoid(center: F64, axes: tuple[float, float, float], mu: float, R: F64 | None, tag: str,
+                   clip: list[tuple[F64, F64]] | None = None, layers: int = 3) -> list[Primitive]:
+    """Ellipsoid with a graded edge (nested shells of equal share): no sharp outline."""
+    out = []
+    for k in range(layers):
+        f = 1.0 - 0.22 * k
+        out.append(ellipsoid(center, tuple(a * f for a in axes), mu / layers, R, tag, clip or []))
+    return out
+
+
 def bone_tube(p0: F64, p1: F64, radii: tuple[float, float], tag: str, cortex_mm: float = 2.0,
               hint: F64 | tuple[float, float, float] = (1.0, 0.0, 0.0),
               n0: F64 | None = None, n1: F64 | None = None) -> list[Primitive]:
@@ -261,7 +271,7 @@ def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: 
             prims.append(sphere(np.array([x, 58.0 + 6.0 * k, z]), 4.2 - 0.5 * k, -m.CANCELLOUS * 1.8, "bone:sacrum"))
     # sacral ala and S1 body top
     for s in (-1.0, 1.0):
-        prims += bone_ellipsoid(np.array([s * 33.0, 55.0, 62.0]), (22.0, 18.0, 11.0), None, "bone:sacrum", 1.5)
+        prims += soft_ellipsoid(np.array([s * 33.0, 55.0, 62.0]), (22.0, 18.0, 11.0), m.CANCELLOUS, None, "bone:sacrum")
     # coccyx
     for k, (y, z, r) in enumerate(((86.0, -40.0, 7.0), (84.0, -52.0, 5.5), (80.0, -61.0, 4.5))):
         prims += bone_ellipsoid(np.array([0.0, y, z]), (r + 1.5, r, r + 1.0), None, f"bone:coccyx{k}", 1.2)
@@ -286,8 +296,8 @@ def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: 
     sub = p.subpubic_half_width_mm
     for side in (Side.RIGHT, Side.LEFT):
         sx = side_sign(side)
-        body_c = np.array([sx * 11.5, -44.0, -28.0 + (4.0 if female else 0.0)])
-        body_ax = (9.5, 9.0, 17.0 if female else 21.0)
+        body_c = np.array([sx * 11.5, -44.0, -30.0 + (3.0 if female else 0.0)])
+        body_ax = (9.0, 8.0, 16.0 if female else 20.0)
         prims += bone_ellipsoid(body_c, body_ax, frame_from_z([sx * 0.25, 0.1, 1.0]), f"bone:pubis:{side.value}", 2.0)
         prims += build_hemipelvis(p, side, implants.get(side), marks, body_c, sub)
     return prims
@@ -319,9 +329,9 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     clip = [(H + n_open * h_off, n_open)]
     dens = 1.35 if hp.sclerosis else 1.0
     prims += shell(H, r_in + 4.0, r_in, m.CORTICAL * 0.55 * dens, f"bone:acetabulum:{s}", clip)
-    prims.append(sphere(H, r_in + 14.0, m.CANCELLOUS * 0.8, f"bone:acetabulum:{s}",
-                        [(H + n_open * h_off, n_open)]))
-    prims.append(sphere(H, r_in + 4.0, -m.CANCELLOUS * 0.8, f"bone:acetabulum:{s}",
+    prims += soft_ellipsoid(H + np.array([0.0, 0.0, 6.0]), (r_in + 12.0, r_in + 10.0, r_in + 10.0),
+                            m.CANCELLOUS * 0.6, None, f"bone:acetabulum:{s}", [(H + n_open * h_off, n_open)])
+    prims.append(sphere(H, r_in + 3.0, -m.CANCELLOUS * 0.6, f"bone:acetabulum:{s}",
                         [(H + n_open * h_off, n_open)]))
     # sourcil: dense sheet along the roof in the coronal plane, from medial end to lateral edge
     th_m = hp.sourcil_medial_deg
@@ -345,13 +355,12 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
 
     # quadrilateral plate / ilioischial line (Köhler): a sagittal sheet seen edge-on
     xq = sx * (hw - r_in - 11.0)
-    prims.append(cylinder(np.array([xq, 12.0, 28.0]), np.array([xq + sx * 4.0, 22.0, -45.0]), (1.6, 14.0),
-                          m.CORTICAL * 0.8, hint=lat, tag=f"bone:quadrilateral:{s}"))
+    prims.append(cylinder(np.array([xq, 12.0, 18.0]), np.array([xq + sx * 4.0, 22.0, -38.0]), (1.3, 11.0),
+                          m.CORTICAL * 0.3, hint=lat, tag=f"bone:quadrilateral:{s}"))
 
     # ilium body above the socket and the iliac wing
-    prims += bone_ellipsoid(H + np.array([sx * 2.0, 10.0, 38.0]), (24.0, 24.0, 34.0),
-                            frame_from_z([sx * -0.3, 0.2, 1.0]), f"bone:ilium:{s}", 2.5,
-                            [(H + np.array([0.0, 0.0, 8.0]), -up)])
+    prims += soft_ellipsoid(H + np.array([sx * 2.0, 10.0, 36.0]), (26.0, 22.0, 38.0), m.CANCELLOUS * 1.0,
+                            frame_from_z([sx * -0.3, 0.2, 1.0]), f"bone:ilium:{s}")
     psi = math.radians(38.0)
     w_dir = np.array([sx * math.cos(psi), -math.sin(psi), 0.0])
     flare = p.wing_flare_deg
@@ -359,12 +368,12 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     if float(v_dir @ lat) < 0:
         v_dir = rot_axis(w_dir, sx * flare) @ up
     n_dir = unit(np.cross(w_dir, v_dir))
-    wing_c = np.array([sx * (hw - 12.0), 28.0, 62.0])
-    wa, wb, wt = 78.0 if not female else 84.0, p.wing_height_mm, 7.0
+    wing_c = np.array([sx * (hw - 12.0), 28.0, 58.0])
+    wa, wb, wt = 78.0 if not female else 84.0, p.wing_height_mm - 8.0, 7.0
     R_w = np.stack([w_dir, v_dir, n_dir], axis=1)
-    wing_clip = [(wing_c + np.array([0.0, 0.0, -18.0]), -up), (np.array([sx * 40.0, 0.0, 0.0]), -lat)]
-    prims.append(ellipsoid(wing_c, (wa, wb, wt), m.CORTICAL * 0.30, R_w, f"bone:ilium:{s}", wing_clip))
-    prims.append(ellipsoid(wing_c, (wa - 14.0, wb - 14.0, wt * 0.6), -m.CORTICAL * 0.12, R_w, f"bone:ilium:{s}",
+    wing_clip: list[tuple[F64, F64]] = []
+    prims.append(ellipsoid(wing_c, (wa, wb, wt), m.CORTICAL * 0.42, R_w, f"bone:ilium:{s}", wing_clip))
+    prims.append(ellipsoid(wing_c, (wa - 16.0, wb - 16.0, wt * 0.7), -m.CORTICAL * 0.22, R_w, f"bone:ilium:{s}",
                            wing_clip))
     crest = arc_points(wing_c, w_dir, v_dir, 1.0, 8.0, 172.0, 17)
     crest = wing_c + (crest - wing_c) * np.array([1.0, 1.0, 1.0])
@@ -380,7 +389,11 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
                   m.CORTICAL * 0.7, tag=f"bone:ilium:{s}")
     # posterior ilium / sacroiliac part and posterior column to the ischial spine
     si_c = np.array([sx * 50.0, 64.0, 44.0])
-    prims += bone_ellipsoid(si_c, (12.0, 20.0, 34.0), frame_from_z([sx * -0.35, 0.0, 1.0]), f"bone:ilium:{s}", 2.0)
+    prims += soft_ellipsoid(si_c, (13.0, 20.0, 36.0), m.CANCELLOUS * 1.2, frame_from_z([sx * -0.35, 0.0, 1.0]),
+                            f"bone:ilium:{s}")
+    # sacroiliac joint line: thin cortical sheet seen obliquely
+    prims.append(cylinder(si_c + np.array([-sx * 9.0, -6.0, 30.0]), si_c + np.array([-sx * 2.0, 6.0, -34.0]), (1.0, 12.0),
+                          m.CORTICAL * 0.25, hint=(1.0, 0.0, 0.0), tag=f"bone:si:{s}"))
     spine_base = np.array([sx * (hw - 24.0), 46.0, -6.0])
     prims += bone_tube(np.array([sx * 56.0, 58.0, 30.0]), spine_base + np.array([0.0, 0.0, -4.0]), (8.0, 6.0),
                        f"bone:column:{s}", 2.0)
@@ -393,21 +406,21 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
                             f"bone:spine:{s}", 1.5)
 
     # ischium and tuberosity
-    tub_c = np.array([sx * (hw - 20.0), 30.0, -60.0 - (0.0 if female else 4.0)])
-    tub_ax = (13.0, 16.0, 14.0)
+    tub_c = np.array([sx * (hw - 20.0), 30.0, -47.0 - (0.0 if female else 3.0)])
+    tub_ax = (12.0, 15.0, 13.0)
     tub_R = frame_from_z([sx * 0.15, 0.1, 1.0])
     marks.tuberosity[side] = (tub_c, tub_R, np.asarray(tub_ax))
-    prims += bone_tube(H + np.array([sx * 4.0, 16.0, -18.0]), tub_c + np.array([0.0, 0.0, 4.0]), (11.0, 9.0),
-                       f"bone:ischium:{s}", 2.5, hint=lat)
-    prims += bone_ellipsoid(tub_c, tub_ax, tub_R, f"bone:tuberosity:{s}", 2.5)
+    prims += bone_tube(H + np.array([sx * 4.0, 16.0, -18.0]), tub_c + np.array([0.0, 0.0, 4.0]), (10.0, 12.0),
+                       f"bone:ischium:{s}", 1.8, hint=lat)
+    prims += bone_ellipsoid(tub_c, tub_ax, tub_R, f"bone:tuberosity:{s}", 1.6, cortical=m.CORTICAL * 0.8)
     # superior pubic ramus, inferior (ischiopubic) ramus
     sup0 = H + np.array([-sx * 14.0, -16.0, -10.0])
     sup1 = pubic_body + np.array([sx * 4.0, 0.0, 8.0])
-    prims += bone_tube(sup0, sup1, (8.5, 7.0), f"bone:ramus:{s}", 2.0, hint=(0.0, 0.0, 1.0))
+    prims += bone_tube(sup0, sup1, (7.5, 9.0), f"bone:ramus:{s}", 1.6, hint=(0.0, 0.0, 1.0))
     inf0 = pubic_body + np.array([sx * 1.0, 2.0, -12.0])
     inf1 = tub_c + np.array([-sx * 8.0, -6.0, -2.0])
     mid = 0.5 * (inf0 + inf1) + np.array([sx * sub * 0.3, 0.0, -6.0])
-    prims += tube(np.stack([inf0, mid, inf1]), (6.0, 4.5), m.CORTICAL * 0.8, hint=(0.0, 0.0, 1.0),
+    prims += tube(np.stack([inf0, mid, inf1]), (5.0, 6.5), m.CORTICAL * 0.6, hint=(0.0, 0.0, 1.0),
                   tag=f"bone:ramus:{s}")
     # joint region points (for the hip_joint box)
     marks.joint_points[side] = np.concatenate([
@@ -489,8 +502,8 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
                        n0=hd, n1=-hd)
     if cup is None:
         # native head with a cortical shell
-        prims += shell(H, Rh, Rh - 2.2, m.CORTICAL, f"bone:head:{s}")
-        prims.append(sphere(H, Rh - 2.2, m.CANCELLOUS * 1.1, f"bone:head:{s}"))
+        prims += shell(H, Rh, Rh - 1.4, m.CORTICAL * 0.8, f"bone:head:{s}")
+        prims.append(sphere(H, Rh - 1.4, m.CANCELLOUS * 1.3, f"bone:head:{s}"))
         # cam bump at the anterosuperior head-neck junction
         cam_dir = unit(rot_axis(hd, -sx * 45.0 if True else 0.0) @ unit(np.cross(hd, np.cross(np.array([0.0, 0, 1]), hd))))
         # choose the rotation sense that points anteriorly
@@ -522,7 +535,7 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
     if pose.external_rotation_deg:
         R = rot_axis(sd, -sx * pose.external_rotation_deg) @ R
     if pose.abduction_deg:
-        R = rot_axis(np.array([0.0, 1.0, 0.0]), sx * pose.abduction_deg) @ R
+        R = rot_axis(np.array([0.0, 1.0, 0.0]), -sx * pose.abduction_deg) @ R
     if pose.flexion_deg:
         R = rot_axis(np.array([1.0, 0.0, 0.0]), pose.flexion_deg) @ R
     # make the sign conventions explicit: flexion moves the knee anteriorly (−y), abduction laterally
@@ -672,35 +685,43 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
 
 
 def build_soft_tissue(p: PatientParams, poses: dict[Side, FemurPose], marks: Landmarks,
-                      trunk_only: bool = False) -> list[Primitive]:
+                      trunk_only: bool = False, lifted: Side | None = None) -> list[Primitive]:
+    """Trunk (two halves) and thighs, each a fat envelope around a muscle compartment.
+
+    The trunk ends at an oblique plane per side (lower laterally: the gluteal fold) and each
+    thigh starts at the same plane, so soft tissue is partitioned without overlap."""
     prims: list[Primitive] = []
     W, D = p.body_half_width_mm, p.body_half_depth_mm
-    yc = 22.0
-    c = np.array([0.0, yc, 60.0])
-    hz = 205.0
-    # trunk: an elongated ellipsoid tapering towards the perineum
-    prims.append(ellipsoid(c, (W, D, hz), m.SOFT, None, "soft:trunk", smooth=True))
     f = p.fat_mm
-    prims.append(ellipsoid(c, (W - f, D - f * 0.8, hz - f), m.MUSCLE, None, "soft:muscle", smooth=True))
-    # subcutaneous fat is the envelope; lower density outside the muscle compartment
-    prims.append(ellipsoid(c, (W, D, hz), m.FAT, None, "fat:trunk", smooth=True))
-    prims.append(ellipsoid(c, (W - f, D - f * 0.8, hz - f), -m.FAT, None, "fat:trunk", smooth=True))
-    if not trunk_only:
-        for side in (Side.RIGHT, Side.LEFT):
-            sx = side_sign(side)
-            r = p.thigh_radius_mm
-            top = np.array([sx * (p.hip_half_width_mm + 8.0), yc - 10.0, -45.0])
-            bot = top + np.array([-sx * 40.0, 0.0, -520.0])
-            th = cylinder(top, bot, (r, r * 0.92), m.SOFT, tag=f"soft:thigh:{side.value}",
-                          clip=[(top, np.array([0.0, 0.0, 1.0]))], smooth=True)
-            thf = ellipsoid(top, (r, r * 0.92, r * 0.9), m.SOFT, None, f"soft:thigh:{side.value}",
-                            clip=[(top, np.array([0.0, 0.0, -1.0]))], smooth=True)
-            # the trunk ellipsoid already covers the upper thigh: subtract the overlap softly
-            parts = [th, thf, th.with_mu(m.FAT * 0.8, "fat:thigh"), ]
-            T_pose = marks.femur_pose.get(side)
-            if T_pose is not None:
-                parts = [q.transformed(T_pose) for q in parts]
-            prims += parts
+    yc = 22.0
+    slope = math.tan(math.radians(22.0))
+    z_fold = -68.0
+    for side in (Side.RIGHT, Side.LEFT):
+        sx = side_sign(side)
+        own = (np.zeros(3), np.array([-sx, 0.0, 0.0]))  # keep sx * x >= 0
+        fold_n = unit(np.array([-slope * sx, 0.0, -1.0]))
+        fold = (np.array([0.0, 0.0, z_fold]), fold_n)  # keep z >= z_fold - slope * |x|
+        t0, t1 = np.array([0.0, yc, -400.0]), np.array([0.0, yc, 450.0])
+        clip = [own] if trunk_only else [own, fold]
+        prims.append(cylinder(t0, t1, (W, D), m.SOFT + m.FAT, tag="soft:trunk", clip=clip, smooth=True))
+        prims.append(cylinder(t0, t1, (W - f, D - 0.8 * f), m.MUSCLE - m.FAT, tag="soft:muscle", clip=clip,
+                              smooth=True))
+        if trunk_only or side is lifted:
+            continue
+        r = p.thigh_radius_mm
+        top = np.array([sx * (p.hip_half_width_mm + 8.0), yc - 5.0, 40.0])
+        bot = top + np.array([-sx * 45.0, 0.0, -600.0])
+        below = [(np.array([0.0, 0.0, z_fold]), -fold_n)]
+        parts = [
+            cylinder(top, bot, (r, r * 0.92), m.SOFT + m.FAT, tag=f"soft:thigh:{side.value}", clip=below,
+                     smooth=True),
+            cylinder(top, bot, (r - 0.6 * f, (r - 0.6 * f) * 0.92), m.MUSCLE - m.FAT, tag=f"soft:thigh:{side.value}",
+                     clip=below, smooth=True),
+        ]
+        T_pose = marks.femur_pose.get(side)
+        if T_pose is not None:
+            parts = [q.transformed(T_pose) for q in parts]
+        prims += parts
     for k, (x, y, z, a, b, cz) in enumerate(p.gas):
         prims.append(ellipsoid(np.array([x, y, z]), (a, b, cz), m.AIR, None, f"gas:{k}"))
     return prims

@@ -12,7 +12,7 @@ from node.domain import View
 from node.phantom import materials as m
 from node.phantom.anatomy import CupSpec
 from node.phantom.geometry import Camera, line_integral, mask
-from node.phantom.render import build_scene, expose, make_camera
+from node.phantom.render import build_scene, expose, make_camera, trabecular_texture
 from node.phantom.spec import PhantomSpec, sample_spec
 from node.phantom.truth import GroundTruth, compute_truth
 
@@ -55,7 +55,11 @@ def render(spec: PhantomSpec) -> PhantomImage:
     scale_cls = m.kvp_scale(spec.imaging.kvp)
     mu_scale = {tag: scale_cls[cls] for tag, cls in m.CLASS_OF_TAG.items()}
     prims = [p for p in scene.prims if p.mu != 0.0]
-    L = line_integral(cam, prims, coarse=4, mu_scale=mu_scale)
+    bone = [p for p in prims if p.tag.startswith("bone")]
+    rest = [p for p in prims if not p.tag.startswith("bone")]
+    L = line_integral(cam, rest, coarse=4, mu_scale=mu_scale)
+    L_bone = line_integral(cam, bone, coarse=4, mu_scale=mu_scale)
+    L += L_bone * (np.float32(1.0) + trabecular_texture(spec, cam.pixel_mm))
     ex = expose(spec, L, cam.pixel_mm)
     neutral = neutral_ap_camera(spec) if spec.view in (View.LATERAL_HIP,) else None
     truth = compute_truth(spec, cam, scene.marks, scene.prims, ex.exposed, ex.marker, neutral)

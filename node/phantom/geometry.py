@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -302,21 +303,23 @@ class Camera:
         o = self.origin + (f - 1) / 2.0 * (self.ex + self.ey)
         return Camera(o, self.ex * f, self.ey * f, rows, cols, self.source, self.direction)
 
+    @cached_property
+    def _proj(self) -> tuple[F64, F64]:
+        """(M⁻¹, reference point): solves X - ref = M (·) for (j, i) (see ``project``)."""
+        if self.source is None:
+            M = np.stack([self.ex, self.ey, self.direction], axis=1)
+            return np.linalg.inv(M), self.origin
+        M = np.stack([self.ex, self.ey, self.origin - self.source], axis=1)
+        return np.linalg.inv(M), self.source
+
     def project(self, pts: F64) -> F64:
         """World points (n, 3) → pixel coordinates (n, 2) as (x=column, y=row)."""
         X = np.atleast_2d(np.asarray(pts, dtype=np.float64))
-        n = self.normal
+        Minv, ref = self._proj
+        q = (X - ref) @ Minv.T
         if self.source is None:
-            mu = ((self.origin - X) @ n) / float(self.direction @ n)
-            P = X + mu[:, None] * self.direction
-        else:
-            S = self.source
-            lam = float((self.origin - S) @ n) / ((X - S) @ n)
-            P = S + lam[:, None] * (X - S)
-        rel = P - self.origin
-        j = rel @ self.ex / float(self.ex @ self.ex)
-        i = rel @ self.ey / float(self.ey @ self.ey)
-        return np.stack([j, i], axis=1)
+            return q[:, :2].copy()
+        return q[:, :2] / q[:, 2:3]
 
     def magnification(self, pt: Sequence[float] | F64) -> float:
         if self.source is None:
@@ -456,9 +459,9 @@ class Renderer:
             t1 = np.full(shape, -big, dtype=np.float32)
             t2 = np.full(shape, big, dtype=np.float32)
         for row in p.planes:
-            n4 = np.append(row[:3], 0.0)
-            nd = _poly2(np.array([n4 @ d[0], n4 @ d[1], n4 @ d[2], 0, 0, 0]), ii, jj)
-            no = _poly2(np.array([n4 @ o[0] - row[3], n4 @ o[1], n4 @ o[2], 0, 0, 0]), ii, jj)
+            n3 = row[:3]
+            nd = _poly2(np.array([n3 @ d[0][:3], n3 @ d[1][:3], n3 @ d[2][:3], 0, 0, 0]), ii, jj)
+            no = _poly2(np.array([n3 @ o[0][:3] - row[3], n3 @ o[1][:3], n3 @ o[2][:3], 0, 0, 0]), ii, jj)
             if isinstance(nd, float):
                 if abs(nd) < 1e-12:
                     if isinstance(no, float):
@@ -519,6 +522,7 @@ def line_integral(cam: Camera, prims: Sequence[Primitive], coarse: int = 4,
             low = np.zeros((cc.rows, cc.cols), dtype=np.float32)
             for p in smooth:
                 rc.add(low, p, scale.get(p.tag.split(":")[0], 1.0))
+            low = cv2.GaussianBlur(low, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
             # pixel centres of the coarse grid sit at (f-1)/2 + f k of the fine grid
             up = cv2.resize(low, (cc.cols * coarse, cc.rows * coarse), interpolation=cv2.INTER_LINEAR)
             acc += up[: cam.rows, : cam.cols]

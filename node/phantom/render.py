@@ -34,9 +34,13 @@ def build_scene(spec: PhantomSpec) -> Scene:
     scene = Scene()
     marks = scene.marks
     prims = build_pelvis(p, spec.implants, marks)
+    # on the cross-table lateral the other leg is lifted out of the beam
+    lifted = spec.side.other if (spec.view is View.LATERAL_HIP and spec.side is not None) else None
     for side in (Side.RIGHT, Side.LEFT):
-        prims += build_femur(p, side, spec.implant(side), spec.poses.get(side, FemurPose()), marks)
-    prims += build_soft_tissue(p, spec.poses, marks)
+        femur = build_femur(p, side, spec.implant(side), spec.poses.get(side, FemurPose()), marks)
+        if side is not lifted:
+            prims += femur
+    prims += build_soft_tissue(p, spec.poses, marks, lifted=lifted)
     scene.prims = [q for q in prims if q.mu != 0.0 or q.tag.startswith("mask:")]
     return scene
 
@@ -111,6 +115,26 @@ def _blur(img: F32, sigma_px: float) -> F32:
     small = cv2.resize(img, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigma_px / f, borderType=cv2.BORDER_REFLECT)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def trabecular_texture(spec: PhantomSpec, px_mm: float) -> F32:
+    """Band-pass noise (grain ``trabecular_mm``) that modulates the bone ray sums."""
+    im = spec.imaging
+    h, w = spec.rows, spec.cols
+    if im.trabecular <= 0:
+        return np.zeros((h, w), dtype=np.float32)
+    rng = np.random.default_rng(spec.noise_seed ^ 0x7AB)
+    grain_px = im.trabecular_mm / px_mm
+    f = 2 if grain_px > 3.0 else 1
+    hh, ww = -(-h // f), -(-w // f)
+    n = rng.standard_normal((hh, ww), dtype=np.float32)
+    g = grain_px / f
+    band = cv2.GaussianBlur(n, (0, 0), max(g * 0.5, 0.5)) - cv2.GaussianBlur(n, (0, 0), max(g * 1.5, 1.0))
+    sd = float(band.std()) or 1.0
+    band *= np.float32(im.trabecular / sd)
+    if f > 1:
+        band = cv2.resize(band, (ww * f, hh * f), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    return np.ascontiguousarray(band, dtype=np.float32)
 
 
 def collimation_mask(spec: PhantomSpec) -> NDArray[np.bool_]:
@@ -196,7 +220,13 @@ def expose(spec: PhantomSpec, L: F32, px_mm: float) -> Exposure:
     logv = -np.log(np.maximum(quanta, np.float32(0.5)) / flat)
     if im.grid_lines > 0:
         logv = logv + np.float32(im.grid_lines) * np.sin(np.arange(w, dtype=np.float32) * np.float32(2.4))[None, :]
-    # presentation: window on the exposed field, edge enhancement, tone curve
+    # presentation: dynamic range compression, window on the exposed field, edge enhancement,
+    # tone curve (what CR/DX "for presentation" processing does)
+    if im.drc_amount > 0:
+        clipped = np.minimum(logv, np.float32(np.percentile(logv[::4, ::4], 99.0)))
+        base = _blur(np.where(exposed, clipped, np.float32(np.median(clipped[::4, ::4]))).astype(np.float32),
+                     im.drc_sigma_mm / px_mm)
+        logv = logv - np.float32(im.drc_amount) * base
     sample = logv[::4, ::4][exposed[::4, ::4]]
     if sample.size < 16:
         sample = logv.ravel()

@@ -34,6 +34,8 @@ class ImagingParams:
     unsharp_amount: float = 0.6
     unsharp_sigma_mm: float = 5.0
     tone_contrast: float = 1.8
+    drc_amount: float = 0.7  # dynamic range compression (large-kernel equalisation), 0..1
+    drc_sigma_mm: float = 25.0
     gamma: float = 1.0
     collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, right, top, bottom
     collimation_rotation_deg: float = 0.0
@@ -44,6 +46,8 @@ class ImagingParams:
     bits_stored: int = 12
     photometric: str = "MONOCHROME2"
     noise: bool = True
+    trabecular: float = 0.08  # relative amplitude of the trabecular texture on bone
+    trabecular_mm: float = 1.5  # its grain
     grid_lines: float = 0.0  # amplitude of stationary-grid line artefacts (0: none)
 
     def mirrored(self) -> ImagingParams:
@@ -293,6 +297,8 @@ def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> I
         unsharp_amount=_u(rng, 0.2, 1.2),
         unsharp_sigma_mm=_u(rng, 3.0, 10.0),
         tone_contrast=_u(rng, 1.0, 3.0),
+        drc_amount=_u(rng, 0.6, 0.9),
+        drc_sigma_mm=_u(rng, 20.0, 50.0),
         gamma=_u(rng, 0.8, 1.25),
         collimation=(lft, r, t, b),
         collimation_rotation_deg=_u(rng, -3.0, 3.0) if rng.random() < 0.3 else 0.0,
@@ -303,6 +309,8 @@ def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> I
         bits_stored=int(rng.choice([10, 12, 12, 14, 15, 16])),
         photometric="MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2",
         noise=True,
+        trabecular=_u(rng, 0.04, 0.12),
+        trabecular_mm=_u(rng, 1.0, 2.0),
         grid_lines=_u(rng, 0.002, 0.01) if rng.random() < 0.15 else 0.0,
     )
 

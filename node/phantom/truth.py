@@ -164,15 +164,26 @@ def femoral_head_neck(scene_prims: list[Primitive], marks: Landmarks, side: Side
     neck = -hd
     cd = cd - neck * float(cd @ neck)
     cd = cd / np.linalg.norm(cd)
+    def outside(deg: float) -> bool:
+        th = math.radians(deg)
+        return _reach(outer, H, math.cos(th) * neck + math.sin(th) * cd) <= head_r + 0.05
+
     alpha = float("nan")
-    for k in range(0, 1200):
-        th = math.radians(k * 0.1)
-        d = math.cos(th) * neck + math.sin(th) * cd
-        if _reach(outer, H, d) <= head_r + 0.05:
-            alpha = k * 0.1
+    prev = 0.0
+    for k in range(1, 121):
+        if outside(float(k)):
+            lo, hi = prev, float(k)
+            for _ in range(12):
+                mid = 0.5 * (lo + hi)
+                if outside(mid):
+                    hi = mid
+                else:
+                    lo = mid
+            alpha = hi
             break
+        prev = float(k)
     offset = float("inf")
-    for t in np.linspace(head_r * 0.7, head_r * 1.3, 25):
+    for t in np.linspace(head_r * 0.7, head_r * 1.3, 13):
         o = H + neck * t
         r = _reach(outer, o, cd)
         offset = min(offset, head_r - r)
