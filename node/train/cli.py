@@ -71,12 +71,18 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
                 f"site archive {args.data}: {len(tr)} train / {len(va)} validation (seed {args.seed})"
             )
     if args.phantoms:
-        train += list(phantom_samples(args.phantoms, args.phantom_seed))
+        train += list(
+            phantom_samples(args.phantoms, args.phantom_seed, args.phantom_size, args.workers, args.cache)
+        )
         parts.append(
             f"{args.phantoms} phantoms (hipnode phantom generator, seed {args.phantom_seed}, realism on)"
         )
     if args.phantoms and args.val_phantoms and (args.data is None or args.val_data is None):
-        val += list(phantom_samples(args.val_phantoms, args.val_phantom_seed))
+        val += list(
+            phantom_samples(
+                args.val_phantoms, args.val_phantom_seed, args.phantom_size, args.workers, args.cache
+            )
+        )
         parts.append(f"validation: {args.val_phantoms} phantoms, seed {args.val_phantom_seed}")
     for folder in args.negatives:
         neg = list(negative_samples(folder))
@@ -88,7 +94,9 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="train_task", required=True, metavar="{triage,detector,morphology}")
+    sub = parser.add_subparsers(
+        dest="train_task", required=True, metavar="{triage,detector,morphology,evaluate}"
+    )
     for task in TASKS:
         module = f"node.train.{task}"
         if importlib.util.find_spec(module) is None:
@@ -100,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             importlib.import_module(module).add_arguments(p)
         except ImportError as exc:  # the train extra is missing
             p.set_defaults(train_missing=str(exc))
+    ev = sub.add_parser(
+        "evaluate", help="check triage + detector on fresh phantoms and real non-hip CR (issue 4 bars)"
+    )
+    add_evaluate_arguments(ev)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -108,6 +120,9 @@ def main(args: argparse.Namespace) -> int:
     if missing:
         log.error("the train extra is not installed (%s): pip install 'hipnode[train]'", missing)
         return 2
+    if args.train_task == "evaluate":
+        evaluate(args)
+        return 0
     module = importlib.import_module(f"node.train.{args.train_task}")
     return int(module.main(args))
 
@@ -122,3 +137,105 @@ def build_parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     raise SystemExit(main(build_parser().parse_args()))
+
+
+# --- evaluation of bundled / trained models through the node runtime --------------------------
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models", type=Path, default=Path("models"), help="models root (triage/, detector/ under it)"
+    )
+    p.add_argument("--triage", default="triage", help="triage model name or path under --models")
+    p.add_argument("--detector", default="detector", help="detector model name or path under --models")
+    p.add_argument("--phantoms", type=int, default=500, help="fresh phantom images to evaluate on")
+    p.add_argument("--phantom-seed", type=int, default=900001, help="a seed never used in training")
+    p.add_argument("--phantom-size", type=int, default=384, help="rendered phantom size in pixels")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering phantoms")
+    p.add_argument("--cache", type=Path, help="folder to cache rendered phantom sets in")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Bars of issue 4 on fresh phantoms + the real pydicom-data CR radiographs, via node.infer."""
+    import json
+
+    from node.config import ModelsConfig, ScreeningConfig
+    from node.domain import View
+    from node.infer.detector import DetectorModel
+    from node.infer.triage import TriageModel
+    from node.pixels import load_radiograph
+    from node.train.data import phantom_samples
+    from node.train.detector import detector_metrics
+
+    cfg = ModelsConfig(root=args.models)
+    triage = TriageModel.load(args.triage, cfg)
+    detector = DetectorModel.load(args.detector, cfg)
+    samples = list(
+        phantom_samples(args.phantoms, args.phantom_seed, args.phantom_size, args.workers, args.cache)
+    )
+    images = [s.image01 for s in samples]
+    res = triage.predict(images)
+    view_ok = [r.view is s.view for r, s in zip(res, samples, strict=True)]
+    side_pairs = [
+        (r, s)
+        for r, s in zip(res, samples, strict=True)
+        if s.side is not None and s.view is not View.AP_PELVIS
+    ]
+    side_ok = [r.imaged_sides == (s.side,) for r, s in side_pairs]
+    implant_ok = []
+    for r, s in zip(res, samples, strict=True):
+        for side, truth in s.implant.items():
+            if side in s.imaged_sides:
+                got = r.implant_probability.get(side)
+                implant_ok.append(got is not None and (got >= r.implant_threshold) == truth)
+    per_view = {}
+    for v in View:
+        idx = [i for i, s in enumerate(samples) if s.view is v]
+        if idx:
+            per_view[v.value] = {"n": len(idx), "accuracy": round(sum(view_ok[i] for i in idx) / len(idx), 4)}
+    boxes = detector.detect(images)
+    det = detector_metrics(boxes, [s.boxes or [] for s in samples])
+    real = {}
+    screening = ScreeningConfig()
+    from pydicom.data import get_testdata_file
+
+    for name in (
+        "RG1_UNCI",
+        "RG1_UNCR",
+        "RG1_J2KI",
+        "RG1_J2KR",
+        "RG3_UNCI",
+        "RG3_UNCR",
+        "RG3_J2KI",
+        "RG3_J2KR",
+    ):
+        path = get_testdata_file(f"{name}.dcm")
+        rad, verdict = load_radiograph(path, screening) if path else (None, None)
+        if rad is None:
+            real[name] = f"not loaded: {verdict}"
+            continue
+        r = triage.predict([rad.image01])[0]
+        real[name] = f"{r.view.value} ({r.view_probability:.3f})"
+    out: dict[str, Any] = {
+        "triage_model": triage.label,
+        "detector_model": detector.label,
+        "phantoms": args.phantoms,
+        "phantom_seed": args.phantom_seed,
+        "view_accuracy": round(sum(view_ok) / len(view_ok), 4),
+        "side_accuracy": round(sum(side_ok) / max(1, len(side_ok)), 4),
+        "side_n": len(side_ok),
+        "implant_accuracy": round(sum(implant_ok) / max(1, len(implant_ok)), 4),
+        "implant_n": len(implant_ok),
+        "per_view": per_view,
+        "cup_recall_iou50": det.get("cup_recall"),
+        "cup_n": det.get("cup_n"),
+        "detector": det,
+        "real_cr_pydicom_data": real,
+        "real_cr_all_other": all(v.startswith("other ") for v in real.values()),
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return out

@@ -191,6 +191,68 @@ def negative_samples(folder: Path, screening: ScreeningConfig | None = None) -> 
             yield Sample(rad.image01, View.OTHER, None, {}, [], str(path))
 
 
-def phantom_samples(n: int, seed: int) -> Iterator[Sample]:
-    """``n`` phantom images with exact labels from the phantom generator (``node.phantom``)."""
-    raise NotImplementedError("phantom adapter pending")
+PHANTOM_SIZE = 384
+
+
+def _phantom_sample(seed: int, index: int, size: int) -> Sample:
+    from pydicom.dataset import Dataset
+
+    from node.phantom import render_index
+    from node.pixels import normalise
+
+    img = render_index(seed, index, size=size)
+    gt = img.truth
+    header = Dataset()
+    header.PhotometricInterpretation = gt.photometric
+    image01 = normalise(header, img.pixels.astype(np.float32))
+    side = gt.imaged_sides[0] if gt.view in SINGLE_HIP and gt.imaged_sides else None
+    implant = {s: bool(gt.hips[s].implant) for s in gt.imaged_sides if s in gt.hips}
+    return Sample(
+        image01, gt.view, side, implant, list(gt.boxes), f"phantom seed {seed} #{index}", {"truth": gt}
+    )
+
+
+def _phantom_job(job: tuple[int, int, int]) -> Sample:
+    return _phantom_sample(*job)
+
+
+def phantom_samples(
+    n: int, seed: int, size: int = PHANTOM_SIZE, workers: int = 1, cache_dir: Path | None = None
+) -> Iterator[Sample]:
+    """``n`` phantom images with exact labels from the phantom generator (``node.phantom``).
+
+    All views, both sides, random implants and the generator's realism knobs (noise, scatter,
+    collimation, markers, MONOCHROME1, tilt/rotation) as it samples them. Stored values are
+    normalised by ``node.pixels.normalise`` — the node's own path — not by the generator's
+    convenience method, so training sees what inference will see. Image *i* depends only on
+    ``(seed, i)``, so ``workers`` processes give the same set; ``cache_dir`` keeps a rendered
+    set (images as float16) for the next command with the same ``(n, seed, size)``.
+    """
+    import pickle
+
+    cache = cache_dir / f"phantoms-n{n}-seed{seed}-size{size}.pkl" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        with open(cache, "rb") as fh:
+            for s in pickle.load(fh):
+                s.image01 = s.image01.astype(np.float32)
+                yield s
+        return
+    jobs = [(seed, i, size) for i in range(n)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            samples = list(pool.imap(_phantom_job, jobs, chunksize=4))
+    else:
+        samples = [_phantom_job(j) for j in jobs]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        small = [
+            Sample(s.image01.astype(np.float16), s.view, s.side, s.implant, s.boxes, s.source, s.extra)
+            for s in samples
+        ]
+        tmp = cache.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(small, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(cache)
+    yield from samples
