@@ -614,6 +614,12 @@ def _host_matches(configured: str, peer: str) -> bool:
     return any(info[4][0] == peer for info in infos)
 
 
+_REQUIRED_COMMAND_ELEMENTS: dict[int, tuple[str, ...]] = {
+    0x0001: ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority"),  # C-STORE-RQ
+    0x0030: ("MessageID", "AffectedSOPClassUID"),  # C-ECHO-RQ
+}
+
+
 def guard_requests(event: Any) -> None:
     """EVT_DIMSE_RECV: abort on a request pynetdicom would otherwise drop silently.
 
@@ -626,18 +632,21 @@ def guard_requests(event: Any) -> None:
     field = command.get("CommandField")
     if field is None or field & 0x8000:
         return  # responses are not ours to police
-    try:
-        primitive = message.message_to_primitive()
-    except Exception:
-        return  # pynetdicom itself aborts (Evt19) on an undecodable message
-    if not primitive.is_valid_request:
-        missing = [
-            k for k in getattr(primitive, "REQUEST_KEYWORDS", ()) if getattr(primitive, k, None) is None
-        ]
+    required = _REQUIRED_COMMAND_ELEMENTS.get(int(field))
+    if required is not None:
+        missing = [k for k in required if command.get(k) in (None, "")]
+    else:
+        try:
+            primitive = message.message_to_primitive()
+            valid = bool(primitive.is_valid_request)
+        except Exception:
+            valid = False
+        missing = [] if valid else ["required elements"]
+    if missing:
         log.error(
-            "aborting association from %s: %s request lacks %s",
+            "aborting association from %s: request 0x%04X lacks %s",
             event.assoc.requestor.ae_title,
-            type(primitive).__name__,
-            ", ".join(missing) or "required elements",
+            int(field),
+            ", ".join(missing),
         )
         event.assoc.abort()

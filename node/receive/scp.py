@@ -38,6 +38,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom._handlers import standard_dimse_recv_handler
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -75,9 +76,38 @@ STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 
+_NOT_INSTANCE_STORAGE = ("Commitment", "Media Storage Directory", "Stored Print", "Hardcopy")
+_registered_lock = threading.Lock()
+
+
+def _register_retired_storage_classes() -> list[str]:
+    """Storage SOP classes pydicom's dictionary knows but pynetdicom does not (retired and
+    trial ones such as the old Ultrasound Image Storage that modalities still send), registered
+    with pynetdicom's storage service so their C-STOREs reach our handler. Idempotent."""
+    from pydicom._uid_dict import UID_dictionary
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import _STORAGE_CLASSES, register_uid
+
+    known = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    added: list[str] = []
+    with _registered_lock:
+        for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+            if kind != "SOP Class" or "Storage" not in name or any(x in name for x in _NOT_INSTANCE_STORAGE):
+                continue
+            if uid in known:
+                continue
+            if uid not in _STORAGE_CLASSES.values():
+                register_uid(uid, f"HipnodeExtra{keyword}", StorageServiceClass)
+            added.append(uid)
+    return added
+
+
 def storage_sop_classes() -> list[str]:
-    """Every storage SOP class pynetdicom knows (``pynetdicom.sop_class``)."""
-    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    """Every storage SOP class: pynetdicom's (``pynetdicom.sop_class``) plus the retired and
+    trial storage classes in pydicom's UID dictionary."""
+    return [
+        str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+    ] + _register_retired_storage_classes()
 
 
 def build_ae(cfg: Config, db: Database | None = None) -> Any:
@@ -216,27 +246,38 @@ class _FastAssociationSocket(AssociationSocket):
 
 
 class _RequestHandler(RequestHandler):
-    """Creates each acceptor association with the tuned transport (see above)."""
+    """Creates each acceptor association with the tuned transport (see above) and with our
+    request guard ahead of pynetdicom's DIMSE debug logger: that logger raises on a C-STORE
+    lacking Affected SOP Instance UID, and an exception in one notification handler skips the
+    handlers bound after it."""
 
     def handle(self) -> None:
         assoc = self._create_association()
-        dul = assoc.dul
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        sock: Any = dul.socket
-        sock.__class__ = _FastAssociationSocket
-        sock._wake_r = wake_r
-        dul.to_provider_queue = _WakingQueue(wake_w)
-        dul._run_loop_delay = 0  # waiting happens in select(), not in sleep()
-        if isinstance(sock.socket, socket.socket):
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        guard: list[Any] = list(assoc.get_handlers(evt.EVT_DIMSE_RECV))
+        standard = [h for h in guard if h[0] is standard_dimse_recv_handler]
+        for h in standard:
+            assoc.unbind(evt.EVT_DIMSE_RECV, h[0])
+            assoc.bind(evt.EVT_DIMSE_RECV, h[0], h[1])  # re-bound last, after guard_requests
+        wake_w: socket.socket | None = None
+        if getattr(self.server, "hipnode_tuned_transport", False):
+            dul = assoc.dul
+            wake_r, wake_w = socket.socketpair()
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+            sock: Any = dul.socket
+            sock.__class__ = _FastAssociationSocket
+            sock._wake_r = wake_r
+            dul.to_provider_queue = _WakingQueue(wake_w)
+            dul._run_loop_delay = 0  # waiting happens in select(), not in sleep()
+            if isinstance(sock.socket, socket.socket):
+                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         try:
             assoc.start()
             assoc.join()
         finally:
-            wake_w.close()
+            if wake_w is not None:
+                wake_w.close()
 
 
 class Receiver:
@@ -279,8 +320,9 @@ class Receiver:
             ssl_context=build_ssl_context(self.cfg),
             evt_handlers=self.handlers,
             server_class=ThreadedAssociationServer,
-            request_handler=_RequestHandler if self.tuned_transport else None,
+            request_handler=_RequestHandler,
         )
+        server.hipnode_tuned_transport = self.tuned_transport
         thread = threading.Thread(target=server.serve_forever, name="hipnode-receive-accept", daemon=True)
         thread.start()
         self.ae._servers.append(server)  # so AE.shutdown() stops it, as with AE.start_server()
