@@ -22,7 +22,7 @@ from node.receive.handlers import StoreStatus
 from node.registry.models import Event, Instance, Series
 from tests.conftest import tool
 from tests.dicom_factory import dataset_bytes, make_image, split_part10, uid_for, write
-from tests.receive_helpers import RunningReceiver, running_receiver, scu_ae, send_raw
+from tests.test_receive_support import RunningReceiver, running_receiver, scu_ae, send_raw
 
 
 def _pydicom_data_dir() -> Path:
