@@ -35,6 +35,14 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--phantom-seed", type=int, default=1, help="seed of the training phantoms")
     src.add_argument("--val-phantoms", type=int, default=200, help="phantom images for validation")
     src.add_argument("--val-phantom-seed", type=int, default=1001, help="seed of the validation phantoms")
+    src.add_argument("--phantom-size", type=int, default=384, help="rendered phantom size in pixels")
+    src.add_argument(
+        "--val-phantom-size", type=int, help="rendered size of validation phantoms (default: --phantom-size)"
+    )
+    src.add_argument("--workers", type=int, default=1, help="processes rendering phantoms")
+    src.add_argument(
+        "--cache", type=Path, help="folder to cache rendered phantom sets in (reused by later runs)"
+    )
     src.add_argument(
         "--negatives", type=Path, action="append", default=[], help="folder of non-hip DICOM (view other)"
     )
@@ -80,10 +88,14 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
     if args.phantoms and args.val_phantoms and (args.data is None or args.val_data is None):
         val += list(
             phantom_samples(
-                args.val_phantoms, args.val_phantom_seed, args.phantom_size, args.workers, args.cache
+                args.val_phantoms,
+                args.val_phantom_seed,
+                args.val_phantom_size or args.phantom_size,
+                args.workers,
+                args.cache,
             )
         )
-        parts.append(f"validation: {args.val_phantoms} phantoms, seed {args.val_phantom_seed}")
+        parts.append(f"validation: {args.val_phantoms} fresh phantoms, seed {args.val_phantom_seed}")
     for folder in args.negatives:
         neg = list(negative_samples(folder))
         train += neg
@@ -133,10 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(p)
     return p
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
 
 
 # --- evaluation of bundled / trained models through the node runtime --------------------------
@@ -239,3 +247,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.json is not None:
         args.json.write_text(text + "\n")
     return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(build_parser().parse_args()))

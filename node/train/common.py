@@ -75,9 +75,12 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     """The exact command that is running, shell-quoted, for the manifest."""
     args = list(sys.argv if argv is None else argv)
     prog = Path(args[0]).name if args else "hipnode"
-    if prog in ("__main__.py", "cli.py", "-m", "-c") or prog.startswith("python") or not args:
+    rest = args[1:]
+    if prog == "cli.py" and "train" in Path(args[0]).parts:  # python -m node.train.cli
+        prog, rest = "hipnode", ["train", *rest]
+    elif prog in ("__main__.py", "cli.py", "-m", "-c") or prog.startswith("python") or not args:
         prog = "hipnode"
-    return shlex.join([prog, *args[1:]])
+    return shlex.join([prog, *rest])
 
 
 def build_backbone(arch: str, in_chans: int = 1) -> tuple[Any, int]:
