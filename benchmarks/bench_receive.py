@@ -79,7 +79,19 @@ def _dir_bytes(folder: Path) -> tuple[int, int]:
 
 def _send(port: int, inputs: Path, called_ae: str) -> float:
     env = dict(os.environ, TCP_NODELAY="1")
-    cmd = ["/usr/bin/storescu", "+sd", "-R", "-xe", "-aet", "BENCH", "-aec", called_ae, "127.0.0.1", str(port), str(inputs)]
+    cmd = [
+        "/usr/bin/storescu",
+        "+sd",
+        "-R",
+        "-xe",
+        "-aet",
+        "BENCH",
+        "-aec",
+        called_ae,
+        "127.0.0.1",
+        str(port),
+        str(inputs),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     elapsed = time.perf_counter() - t0
@@ -88,7 +100,9 @@ def _send(port: int, inputs: Path, called_ae: str) -> float:
     return elapsed
 
 
-def _run_receiver(name: str, cmd: list[str], port: int, out: Path, inputs: Path, called_ae: str) -> dict[str, Any]:
+def _run_receiver(
+    name: str, cmd: list[str], port: int, out: Path, inputs: Path, called_ae: str
+) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     os.sync()
@@ -106,7 +120,7 @@ def _run_receiver(name: str, cmd: list[str], port: int, out: Path, inputs: Path,
             proc.kill()
             proc.wait(10)
         log.close()
-    files, stored_bytes = _dir_bytes(out)
+    files, _ = _dir_bytes(out)
     n, sent_bytes = _dir_bytes(inputs)
     result = {
         "receiver": name,
@@ -142,7 +156,11 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     receivers: list[tuple[str, Any, str]] = [
         ("hipnode", lambda p, o: _ours_cmd(p, o, fsync=True), "HIPNODE"),
-        ("dcmtk-storescp", lambda p, o: ["/usr/bin/storescp", "-od", str(o), "-pdu", "131072", str(p)], "ANY-SCP"),
+        (
+            "dcmtk-storescp",
+            lambda p, o: ["/usr/bin/storescp", "-od", str(o), "-pdu", "131072", str(p)],
+            "ANY-SCP",
+        ),
         (
             "pynetdicom-storescp",
             lambda p, o: [sys.executable, "-m", "pynetdicom", "storescp", "-od", str(o), "-pdu", "0", str(p)],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 from sqlalchemy import func, select
 
@@ -26,7 +26,7 @@ from tests.test_receive_support import RunningReceiver, running_receiver, scu_ae
 
 
 def _pydicom_data_dir() -> Path:
-    import data_store  # the import name of the ``pydicom-data`` distribution
+    import data_store  # type: ignore[import-untyped]  # the ``pydicom-data`` distribution
 
     return Path(data_store.__file__).parent / "data"
 
