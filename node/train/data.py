@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,12 +232,20 @@ def phantom_samples(
     import pickle
 
     cache = cache_dir / f"phantoms-n{n}-seed{seed}-size{size}.pkl" if cache_dir is not None else None
-    if cache is not None and cache.is_file():
-        with open(cache, "rb") as fh:
-            for s in pickle.load(fh):
-                s.image01 = s.image01.astype(np.float32)
-                yield s
-        return
+    if cache is not None and cache_dir is not None:
+        # Image i depends only on (seed, i): a cached larger set of the same stream serves too.
+        found = [
+            (int(m.group(1)), p)
+            for p in cache_dir.glob(f"phantoms-n*-seed{seed}-size{size}.pkl")
+            if (m := re.fullmatch(rf"phantoms-n(\d+)-seed{seed}-size{size}\.pkl", p.name))
+            and int(m.group(1)) >= n
+        ]
+        if found:
+            with open(min(found)[1], "rb") as fh:
+                for s in pickle.load(fh)[:n]:
+                    s.image01 = s.image01.astype(np.float32)
+                    yield s
+            return
     jobs = [(seed, i, size) for i in range(n)]
     if workers > 1:
         import multiprocessing as mp
