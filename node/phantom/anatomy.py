@@ -228,7 +228,8 @@ def arc_points(center: F64, e1: F64, e2: F64, r: float, a0: float, a1: float, n:
 
 def ellipsoid_points(center: F64, axes: tuple[float, float, float], R: F64 | None, n: int = 400) -> F64:
     Rm = np.eye(3) if R is None else R
-    return center + (fibonacci_sphere(n) * np.asarray(axes)) @ Rm.T
+    out: F64 = center + (fibonacci_sphere(n) * np.asarray(axes)) @ Rm.T
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,7 +395,14 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     # sacroiliac joint line: thin cortical sheet seen obliquely
     prims.append(cylinder(si_c + np.array([-sx * 9.0, -6.0, 30.0]), si_c + np.array([-sx * 2.0, 6.0, -34.0]), (1.0, 12.0),
                           m.CORTICAL * 0.25, hint=(1.0, 0.0, 0.0), tag=f"bone:si:{s}"))
-    spine_base = np.array([sx * (hw - 24.0), 46.0, -6.0])
+    # ischial spine: its base sits just lateral to the pelvic brim (as seen on an AP) at its level,
+    # so a long spine projects medial to the brim (ischial spine sign) and a short one does not
+    z_sp = 2.0
+    ring = marks.brim
+    lat_pts = ring[ring[:, 0] * sx > 0]
+    lat_pts = lat_pts[np.argsort(lat_pts[:, 2])]
+    brim_x = float(np.interp(z_sp, lat_pts[:, 2], np.abs(lat_pts[:, 0]))) if len(lat_pts) > 1 else hw - 30.0
+    spine_base = np.array([sx * (brim_x + 16.0), 46.0, z_sp])
     prims += bone_tube(np.array([sx * 56.0, 58.0, 30.0]), spine_base + np.array([0.0, 0.0, -4.0]), (8.0, 6.0),
                        f"bone:column:{s}", 2.0)
     # ischial spine: cone-like ellipsoid pointing medially

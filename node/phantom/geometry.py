@@ -59,7 +59,8 @@ def rot_axis(axis: Sequence[float] | F64, deg: float) -> F64:
     k = unit(axis)
     t = math.radians(deg)
     kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(t) * kx + (1 - math.cos(t)) * (kx @ kx)
+    out: F64 = np.eye(3) + math.sin(t) * kx + (1 - math.cos(t)) * (kx @ kx)
+    return out
 
 
 def frame_from_z(z: Sequence[float] | F64, hint: Sequence[float] | F64 = (1.0, 0.0, 0.0)) -> F64:
@@ -308,9 +309,9 @@ class Camera:
         """(M⁻¹, reference point): solves X - ref = M (·) for (j, i) (see ``project``)."""
         if self.source is None:
             M = np.stack([self.ex, self.ey, self.direction], axis=1)
-            return np.linalg.inv(M), self.origin
+            return np.asarray(np.linalg.inv(M), dtype=np.float64), self.origin
         M = np.stack([self.ex, self.ey, self.origin - self.source], axis=1)
-        return np.linalg.inv(M), self.source
+        return np.asarray(np.linalg.inv(M), dtype=np.float64), self.source
 
     def project(self, pts: F64) -> F64:
         """World points (n, 3) → pixel coordinates (n, 2) as (x=column, y=row)."""
@@ -522,7 +523,7 @@ def line_integral(cam: Camera, prims: Sequence[Primitive], coarse: int = 4,
             low = np.zeros((cc.rows, cc.cols), dtype=np.float32)
             for p in smooth:
                 rc.add(low, p, scale.get(p.tag.split(":")[0], 1.0))
-            low = cv2.GaussianBlur(low, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
+            low = np.asarray(cv2.GaussianBlur(low, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE), dtype=np.float32)
             # pixel centres of the coarse grid sit at (f-1)/2 + f k of the fine grid
             up = cv2.resize(low, (cc.cols * coarse, cc.rows * coarse), interpolation=cv2.INTER_LINEAR)
             acc += up[: cam.rows, : cam.cols]

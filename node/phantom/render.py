@@ -109,12 +109,12 @@ def _blur(img: F32, sigma_px: float) -> F32:
     if sigma_px < 0.3:
         return img
     if sigma_px < 6.0:
-        return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+        return np.asarray(cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT), dtype=np.float32)
     f = max(1, int(sigma_px / 3.0))
     h, w = img.shape
     small = cv2.resize(img, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigma_px / f, borderType=cv2.BORDER_REFLECT)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
 
 
 def trabecular_texture(spec: PhantomSpec, px_mm: float) -> F32:
@@ -133,7 +133,7 @@ def trabecular_texture(spec: PhantomSpec, px_mm: float) -> F32:
     sd = float(band.std()) or 1.0
     band *= np.float32(im.trabecular / sd)
     if f > 1:
-        band = cv2.resize(band, (ww * f, hh * f), interpolation=cv2.INTER_LINEAR)[:h, :w]
+        band = np.asarray(cv2.resize(band, (ww * f, hh * f), interpolation=cv2.INTER_LINEAR), dtype=np.float32)[:h, :w]
     return np.ascontiguousarray(band, dtype=np.float32)
 
 

@@ -157,10 +157,10 @@ def sample_hip(rng: np.random.Generator, sex: str, dysplasia: bool, cam: bool, o
         neck_shaft_deg=_u(rng, 124.0, 138.0) if not dysplasia else _u(rng, 132.0, 142.0),
         femoral_anteversion_deg=_u(rng, 5.0, 20.0),
         femoral_offset_mm=_u(rng, 36.0, 44.0) if female else _u(rng, 40.0, 49.0),
-        cam_mm=_u(rng, 5.0, 10.0) if cam else 0.0,
+        cam_mm=_u(rng, 6.5, 11.0) if cam else 0.0,
         osteophytes=oa and bool(rng.random() < 0.8),
         sclerosis=oa and bool(rng.random() < 0.6),
-        spine_length_mm=_u(rng, 17.0, 24.0) if iss else _u(rng, 3.0, 8.0),
+        spine_length_mm=_u(rng, 25.0, 32.0) if iss else _u(rng, 2.0, 6.0),
         shaft_radius_mm=_u(rng, 12.5, 14.0) if female else _u(rng, 13.5, 15.5),
     )
 
@@ -348,11 +348,15 @@ def sample_spec(
     other_kind: str | None = None,
     views: Sequence[View] | None = None,
     unreliable_fraction: float = 0.0,
+    patient: PatientParams | None = None,
+    pixel_mm: float | None = None,
 ) -> PhantomSpec:
     """Draw a random spec; every argument given pins that aspect.
 
     ``implants``: a mode (``random``, ``none``, ``right``, ``left``, ``unilateral``,
-    ``bilateral``), a sequence of sides, or an explicit ``{Side: CupSpec | None}``."""
+    ``bilateral``), a sequence of sides, or an explicit ``{Side: CupSpec | None}``.
+    ``patient`` reuses an anatomy (several views of one patient). ``rows=0`` asks for the
+    detector's native matrix at ``pixel_mm`` (default: drawn from 0.139–0.2 mm)."""
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     if view is None:
@@ -364,7 +368,7 @@ def sample_spec(
         side = Side(side) if side is not None else (Side.RIGHT if rng.random() < 0.5 else Side.LEFT)
     else:
         side = None
-    patient = sample_patient(rng, sex, morphology)
+    patient = patient or sample_patient(rng, sex, morphology)
     if isinstance(implants, dict):
         imp = {s: implants.get(s) for s in (Side.RIGHT, Side.LEFT)}
     else:
@@ -387,6 +391,11 @@ def sample_spec(
     geometry = sample_geometry(rng, view)
     if kind == "chest":
         geometry = replace(geometry, sid_mm=_u(rng, 1500.0, 1830.0))
+    if rows <= 0:
+        px = pixel_mm or float(rng.choice([0.139, 0.143, 0.148, 0.15, 0.16, 0.175, 0.2]))
+        aspect = 1.0 if view is View.OTHER else (0.82 if view is View.AP_PELVIS else 1.2)
+        cols = round(geometry.fov_mm / px)
+        rows = round(cols * aspect)
     unreliable = bool(rng.random() < unreliable_fraction)
     noise_seed = int(rng.integers(0, 2**31 - 1))
     return PhantomSpec(

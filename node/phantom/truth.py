@@ -330,12 +330,12 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
 
     # boxes
     for side in (Side.RIGHT, Side.LEFT):
-        pts = [marks.joint_points[side]]
+        jpts: list[F64] = [marks.joint_points[side]]
         if side in marks.cups:
             g = marks.cups[side]
-            pts.append(g.shell_points)
+            jpts.append(g.shell_points)
         label = "hip_joint_right" if side is Side.RIGHT else "hip_joint_left"
-        add_box(np.concatenate(pts), label)
+        add_box(np.concatenate(jpts), label)
         if side in marks.cups:
             g = marks.cups[side]
             add_box(g.shell_points, "cup")
