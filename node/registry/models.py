@@ -89,8 +89,10 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     transfer_syntax: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)  # relative to storage root
+    path: Mapped[str] = mapped_column(Text)  # relative to storage.root
     size: Mapped[int] = mapped_column(BigInteger)
+    # SHA-256 of the dataset bytes as received (after the file meta), so the same object sent
+    # by two AEs (whose file meta differ) de-duplicates.
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     peer_host: Mapped[str] = mapped_column(String(64), default="")
