@@ -65,12 +65,13 @@ WOO_MORREY = "Woo-Morrey"
 
 # Thresholds below which a fit is refused rather than reported. Chosen on phantoms so that a
 # correct fit clears them comfortably; a fit that fails them is wrong more often than right.
-MIN_DOME_SPAN_DEG = 120.0
+MIN_DOME_SPAN_DEG = 90.0
 MAX_OPEN_SIDE_COVERED = 0.6
 MIN_RIM_POINTS = 12
 MIN_RIM_COVERAGE = 0.3
 MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
+EDGE_PERCENTILE = 92.0
 
 
 @dataclass(frozen=True)
@@ -149,25 +150,33 @@ def ellipse_distance(
 ) -> FloatArray:
     """Signed orthogonal distance (positive outside) of points to an ellipse.
 
-    Newton iterations on the foot-point parameter; accurate where the algebraic (Sampson)
-    distance is not — near the ends of a thin ellipse, whose radius of curvature there is b²/a,
-    a pixel or two for a cup seen at low anteversion.
+    Exact foot points by bisection on the standard one-dimensional root problem (Eberly,
+    "Distance from a point to an ellipse"): robust for the very thin ellipses of cups seen
+    nearly edge-on, where Newton iterations on the angle and the algebraic (Sampson) distance
+    both fail — their radius of curvature at the ends is b²/a, a fraction of a pixel.
     """
     xr, yr = _to_frame(points, cx, cy, theta)
-    x, y = np.abs(xr), np.abs(yr)
-    a = np.maximum(a, 1e-6)
-    b = np.maximum(b, 1e-6)
-    t = np.arctan2(a * y, b * x)
-    for _ in range(6):
-        ct, st = np.cos(t), np.sin(t)
-        f = (a * a - b * b) * ct * st - x * a * st + y * b * ct
-        df = (a * a - b * b) * (ct * ct - st * st) - x * a * ct - y * b * st
-        t = t - f / np.where(np.abs(df) < 1e-12, 1e-12, df)
-        t = np.clip(t, 0.0, math.pi / 2)
-    px, py = a * np.cos(t), b * np.sin(t)
-    d = np.hypot(x - px, y - py)
-    inside = (x / a) ** 2 + (y / b) ** 2 < 1.0
-    return np.where(inside, -d, d)
+    A = np.maximum(np.abs(np.asarray(a, dtype=np.float64)), 1e-9)
+    B = np.maximum(np.abs(np.asarray(b, dtype=np.float64)), 1e-9)
+    swap = B > A
+    e0, e1 = np.where(swap, B, A), np.where(swap, A, B)
+    y0 = np.where(swap, np.abs(yr), np.abs(xr))
+    y1 = np.where(swap, np.abs(xr), np.abs(yr)) + 1e-12
+    z0, z1 = y0 / e0, y1 / e1
+    g = z0 * z0 + z1 * z1 - 1.0
+    r0 = (e0 / e1) ** 2
+    lo = z1 - 1.0
+    hi = np.where(g < 0, 0.0, np.hypot(r0 * z0, z1) - 1.0)
+    for _ in range(34):
+        mid = 0.5 * (lo + hi)
+        G = (r0 * z0 / (mid + r0)) ** 2 + (z1 / (mid + 1.0)) ** 2 - 1.0
+        lo = np.where(G > 0, mid, lo)
+        hi = np.where(G > 0, hi, mid)
+    sbar = 0.5 * (lo + hi)
+    x0 = r0 * y0 / (sbar + r0)
+    x1 = y1 / (sbar + 1.0)
+    d = np.hypot(x0 - y0, x1 - y1)
+    return np.where(g < 0, -d, d)
 
 
 def _circle_lsq(p: FloatArray) -> tuple[float, float, float]:
@@ -180,9 +189,22 @@ def _circle_lsq(p: FloatArray) -> tuple[float, float, float]:
 
 
 def _ransac_circle(
-    p: FloatArray, r_min: float, r_max: float, tol: float, rng: np.random.Generator, iters: int = 400
+    p: FloatArray,
+    normals: FloatArray,
+    strength: FloatArray,
+    r_min: float,
+    r_max: float,
+    tol: float,
+    rng: np.random.Generator,
+    iters: int = 600,
 ) -> tuple[float, float, float, NDArray[np.bool_]] | None:
-    """Circle supported by the most points (the dome); vectorised over all hypotheses."""
+    """Circle supported by the most edge points (the dome); vectorised over all hypotheses.
+
+    A point supports a circle only if it lies on it *and* its edge faces outwards (bright
+    inside, dark outside): the dome is a bright disc's edge, which rules out most bone edges
+    and the far side of the stem. Support is weighted by edge strength, so the metal's own
+    outline beats a concentric but fainter one (the cement mantle around a cemented cup).
+    """
     n = len(p)
     if n < 10:
         return None
@@ -199,50 +221,60 @@ def _ransac_circle(
     if not ok.any():
         return None
     ux, uy, r = ux[ok], uy[ok], r[ok]
-    dist = np.abs(np.hypot(p[None, :, 0] - ux[:, None], p[None, :, 1] - uy[:, None]) - r[:, None])
-    counts = (dist < tol).sum(axis=1)
+    dx = p[None, :, 0] - ux[:, None]
+    dy = p[None, :, 1] - uy[:, None]
+    rad = np.hypot(dx, dy)
+    facing = (dx * normals[None, :, 0] + dy * normals[None, :, 1]) > 0.8 * rad
+    ok_pts = (np.abs(rad - r[:, None]) < tol) & facing
+    counts = (ok_pts * strength[None, :]).sum(axis=1)
     best = int(np.argmax(counts))
-    inl = dist[best] < tol
+    inl = ok_pts[best]
     cx, cy, rr = float(ux[best]), float(uy[best]), float(r[best])
     for _ in range(3):
         if inl.sum() < 5:
             break
         cx, cy, rr = _circle_lsq(p[inl])
-        inl = np.abs(np.hypot(p[:, 0] - cx, p[:, 1] - cy) - rr) < tol
+        ddx, ddy = p[:, 0] - cx, p[:, 1] - cy
+        rad1 = np.hypot(ddx, ddy)
+        inl = (np.abs(rad1 - rr) < tol) & ((ddx * normals[:, 0] + ddy * normals[:, 1]) > 0.8 * rad1)
     return cx, cy, rr, inl
 
 
-def _dome_arc(angles: FloatArray, radius: float) -> tuple[float, float, float]:
-    """Where the dome is: (span of the dome arc in deg, direction of the open side in rad,
-    fraction of the *other* half-circle that is also covered).
+def _dome_side(smooth: NDArray[np.float32], cx: float, cy: float, R: float) -> tuple[float, float, float, float]:
+    """Which half of the fitted circle is the dome: (span of the dome arc in deg, direction of
+    the open side in rad, fraction of the open half-circle that also shows an edge, typical
+    edge contrast of the dome).
 
-    Angles are binned in 5° sectors; a sector counts as covered when it holds at least 40 % of
-    the edge points an unbroken arc would put there. The dome is the half-circle window with
-    the most covered sectors (a few stray inliers on the open side — the neck crossing the
-    circle, noise — cannot move it), refined by the mean direction of the points in it. A
-    silhouette that is also covered on the other half is a full disc (a head without a cup, or
-    a cup seen end-on) and has no measurable rim.
+    The circle is sampled every 5°; a sector shows the dome outline when the intensity drops
+    across the circle by at least a third of the circle's typical drop. The dome is the
+    half-circle with the most such sectors (ties: the middle one), so stretches of dome that
+    fade against overlapping bone or screws do not tilt it. A silhouette whose other half is
+    also on the circle is a full disc (a head without a cup, or a cup seen end-on).
     """
     nb, half = 72, 36
-    sector = (np.mod(angles, 2 * math.pi) / (2 * math.pi) * nb).astype(int) % nb
-    counts = np.bincount(sector, minlength=nb)
-    covered = (counts >= max(2.0, 0.4 * 2 * math.pi * radius / nb)).astype(int)
+    ang = (np.arange(nb) + 0.5) * (2 * math.pi / nb)
+    nrm = np.column_stack([np.cos(ang), np.sin(ang)])
+    st = _step(smooth, np.array([cx, cy]) + R * nrm, nrm, 1.5)
+    ref = float(np.percentile(st, 75))
+    if ref <= 1e-6:
+        return 0.0, 0.0, 0.0, 0.0
+    covered = (st > ref / 3.0).astype(int)
     ext = np.concatenate([covered, covered])
     window = np.array([ext[i : i + half].sum() for i in range(nb)])
-    i0 = int(np.argmax(window))
-    # several windows may tie (the arc is a little longer than 180° where the rim ellipse
-    # touches the circle); start from the middle of the tied ones, then take the mean direction
-    # of the points within ±105° of it, which is symmetric about the dome's axis
-    ties = np.flatnonzero(window == window[i0])
-    tie_dirs = (ties + half / 2.0) * (2 * math.pi / nb)
-    mean = math.atan2(float(np.sin(tie_dirs).sum()), float(np.cos(tie_dirs).sum()))
-    for _ in range(4):
-        near = np.cos(angles - mean) > math.cos(math.radians(105.0))
-        if not near.any():
-            return 0.0, 0.0, 0.0
-        mean = math.atan2(float(np.sin(angles[near]).sum()), float(np.cos(angles[near]).sum()))
-    other_cov = float(covered.sum() - window[i0]) / half
-    return float(window[i0]) * 360.0 / nb, mean + math.pi, other_cov
+    ties = np.flatnonzero(window == window.max())
+    # middle of the (circular) run of tied windows that contains the first maximum
+    run = [int(ties[0])]
+    while (run[-1] + 1) % nb in set(ties.tolist()) and len(run) < nb:
+        run.append((run[-1] + 1) % nb)
+    while (run[0] - 1) % nb in set(ties.tolist()) and len(run) < nb:
+        run.insert(0, (run[0] - 1) % nb)
+    start = run[len(run) // 2] if len(run) % 2 else (run[len(run) // 2 - 1] + run[len(run) // 2]) / 2.0
+    dome_dir = (float(start) + half / 2.0) * (2 * math.pi / nb)
+    in_win = ((np.arange(nb) - round(float(start))) % nb) < half
+    span = float(covered[in_win].sum()) * 360.0 / nb
+    other_cov = float(covered[~in_win].sum()) / half
+    dome_step = float(np.median(st[in_win & (covered > 0)])) if covered[in_win].any() else 0.0
+    return span, dome_dir + math.pi, other_cov, dome_step
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,45 +292,39 @@ def _crop(image: NDArray[np.float32], box: Box, margin: float) -> tuple[NDArray[
     return image[y0:y1, x0:x1], x0, y0
 
 
-def _metal_mask(roi: NDArray[np.float32], inner: tuple[int, int, int, int]) -> NDArray[np.uint8] | None:
-    """Binary mask of the metal blob (cup ∪ head ∪ neck) that dominates the cup box.
+def _edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
+    """Thin edge pixels (Canny) of the region, (x, y) integer coordinates.
 
-    Metal is the brightest thing on the image; the threshold sits half-way between the metal
-    level (a high percentile inside the box, which the cup fills) and the surrounding bone/soft
-    tissue (the median of the margin around the box).
+    Edges rather than an intensity threshold: after a radiograph's tone mapping and unsharp
+    masking the metal need not be brighter than every bit of bone or soft tissue around it,
+    but its outline is always a strong, locally straight-or-circular step. Canny's thresholds
+    come from the region's own gradient distribution, so contrast and windowing do not matter.
     """
-    ix0, iy0, ix1, iy1 = inner
-    inside = roi[iy0:iy1, ix0:ix1]
-    if inside.size < 25:
-        return None
-    ring = np.ones(roi.shape, dtype=bool)
-    ring[iy0:iy1, ix0:ix1] = False
-    hi = float(np.percentile(inside, 90))
-    lo = float(np.median(roi[ring])) if ring.sum() > 50 else float(np.percentile(roi, 10))
-    if hi - lo < 0.05:
-        return None
-    mask = (roi > (hi + lo) / 2.0).astype(np.uint8)
-    n, labels, _stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n < 2:
-        return None
-    in_box = np.bincount(labels[iy0:iy1, ix0:ix1].ravel(), minlength=n)
-    in_box[0] = 0
-    best = int(np.argmax(in_box))
-    blob = (labels == best).astype(np.uint8)
-    # fill holes: the inside of the rim, seen through one wall only, can fall below threshold
-    padded = np.pad(blob, 1)
-    ff = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
-    cv2.floodFill(padded, ff, (0, 0), 2)
-    holes = (padded[1:-1, 1:-1] == 0).astype(np.uint8)
-    return np.asarray(np.maximum(blob, holes), dtype=np.uint8)
+    lo, hi = np.percentile(smooth, [0.5, 99.5])
+    if hi - lo < 1e-6:
+        return np.zeros((0, 2), dtype=np.int32)
+    u8 = np.clip((smooth - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    gx = cv2.Sobel(u8, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(u8, cv2.CV_32F, 0, 1, ksize=3)
+    mag = np.hypot(gx, gy)
+    t_hi = float(np.percentile(mag, EDGE_PERCENTILE))
+    if t_hi <= 1e-3:
+        return np.zeros((0, 2), dtype=np.int32)
+    edges = cv2.Canny(u8, 0.4 * t_hi, t_hi, L2gradient=True)
+    ys, xs = np.nonzero(edges)
+    h, w = smooth.shape
+    keep = (xs > 1) & (ys > 1) & (xs < w - 2) & (ys < h - 2)
+    return np.column_stack([xs[keep], ys[keep]]).astype(np.int32)
 
 
-def _subpixel_edges(smooth: NDArray[np.float32], contour: NDArray[np.int32]) -> tuple[FloatArray, FloatArray]:
+def _subpixel_edges(
+    smooth: NDArray[np.float32], contour: NDArray[np.int32]
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Move each contour pixel to the gradient-magnitude maximum along the local normal.
 
     The threshold contour is quantised to whole pixels and sits wherever the threshold happens
     to cut the edge profile; the gradient maximum is the edge itself, to a tenth of a pixel.
-    Returns points and outward unit normals.
+    Returns points, outward unit normals and edge strengths (gradient magnitude).
     """
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
@@ -321,7 +347,7 @@ def _subpixel_edges(smooth: NDArray[np.float32], contour: NDArray[np.int32]) -> 
     off = np.where(np.abs(den) > 1e-12, 0.5 * (f0 - f2) / np.where(np.abs(den) > 1e-12, den, 1), 0.0)
     s = steps[k] + np.clip(off, -0.5, 0.5) * 0.25
     out = np.column_stack([p[:, 0] + nx * s, p[:, 1] + ny * s])
-    return out[ok], np.column_stack([nx, ny])[ok]
+    return out[ok], np.column_stack([nx, ny])[ok], f1[ok]
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,12 +355,95 @@ def _subpixel_edges(smooth: NDArray[np.float32], contour: NDArray[np.int32]) -> 
 # --------------------------------------------------------------------------------------------
 
 
+def _step(img: NDArray[np.float32], p: FloatArray, n: FloatArray, delta: float) -> FloatArray:
+    """Intensity just inside minus just outside points ``p`` with outward normals ``n``."""
+    inside = p - delta * n
+    outside = p + delta * n
+    both = np.concatenate([inside, outside]).astype(np.float32)
+    count = len(both)
+    width = 1024  # cv2.remap maps must stay below 32767 in each dimension
+    pad = (-count) % width
+    both = np.concatenate([both, np.zeros((pad, 2), np.float32)]).reshape(-1, width, 2)
+    v = cv2.remap(img, both[..., 0], both[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    v = np.asarray(v, dtype=np.float64).ravel()[:count]
+    return v[: len(p)] - v[len(p) :]
+
+
+def _open_half(
+    cx: float, cy: float, a: float, b: FloatArray, theta: FloatArray, u: FloatArray, t: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Points and outward unit normals of the open half of ellipses (broadcast over b, theta)."""
+    m = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
+    v = np.stack([-np.sin(theta), np.cos(theta)], axis=-1)
+    v = np.where(((v @ u) < 0)[..., None], -v, v)
+    xp = a * np.cos(t)
+    yp = b[..., None] * np.sin(t)
+    nx = np.cos(t) / a
+    ny = np.sin(t)[None, :] / b[..., None] if b.ndim else np.sin(t) / b
+    pts = np.array([cx, cy]) + xp[..., None] * m[..., None, :] + yp[..., None] * v[..., None, :]
+    nrm = nx[..., None] * m[..., None, :] + ny[..., None] * v[..., None, :]
+    nrm = nrm / np.linalg.norm(nrm, axis=-1, keepdims=True)
+    return pts, nrm
+
+
+def _search_rim(
+    smooth: NDArray[np.float32], cx: float, cy: float, R: float, theta0: float, u: FloatArray, step: float
+) -> tuple[float, float]:
+    """Axis ratio and angle of the open-half ellipse best supported by edges (grid search)."""
+    t = np.linspace(0.1 * math.pi, 0.9 * math.pi, 48)
+    ks = np.arange(0.01, 0.9, 0.01)
+    ths = theta0 + np.radians(np.arange(-10.0, 10.01, 1.0))
+    K, TH = np.meshgrid(ks, ths, indexing="ij")
+    pts, nrm = _open_half(cx, cy, R, (K * R).ravel(), TH.ravel(), u, t)
+    d = _step(smooth, pts.reshape(-1, 2), nrm.reshape(-1, 2), 1.5).reshape(len(K.ravel()), len(t))
+    score = np.clip(d / step, 0.0, 1.0).sum(axis=1)
+    i = int(np.argmax(score))
+    return float(K.ravel()[i]), float(TH.ravel()[i])
+
+
+def _rim_points(
+    gx: NDArray[np.float32],
+    gy: NDArray[np.float32],
+    params: FloatArray,
+    u: FloatArray,
+    search: float,
+    min_grad: float,
+    stems: Sequence[tuple[float, float, float, float]],
+    R: float,
+) -> FloatArray:
+    """Edge points near the open half of an ellipse: along each normal, the sub-pixel maximum of
+    the outward intensity drop, kept when it is a real step (≥ ``min_grad`` per pixel)."""
+    cx, cy, a, b, th = (float(v) for v in params)
+    t = np.linspace(0.03 * math.pi, 0.97 * math.pi, 160)
+    pts, nrm = _open_half(cx, cy, abs(a), np.array(abs(b) + 1e-6), np.array(th), u, t)
+    pts, nrm = pts.reshape(-1, 2), nrm.reshape(-1, 2)
+    steps = np.arange(-search, search + 1e-9, 0.25)
+    mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
+    my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
+    sgx = cv2.remap(gx, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sgy = cv2.remap(gy, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    prof = -(np.asarray(sgx, np.float64) * nrm[:, 0:1] + np.asarray(sgy, np.float64) * nrm[:, 1:2])
+    k = np.clip(np.argmax(prof, axis=1), 1, len(steps) - 2)
+    rows = np.arange(len(pts))
+    f0, f1, f2 = prof[rows, k - 1], prof[rows, k], prof[rows, k + 1]
+    den = f0 - 2 * f1 + f2
+    off = np.where(np.abs(den) > 1e-12, 0.5 * (f0 - f2) / np.where(np.abs(den) > 1e-12, den, 1.0), 0.0)
+    sft = steps[k] + np.clip(off, -0.5, 0.5) * 0.25
+    out = pts + nrm * sft[:, None]
+    keep = f1 >= min_grad
+    for x0, y0, x1, y1 in stems:
+        inside = (out[:, 0] >= x0) & (out[:, 0] <= x1) & (out[:, 1] >= y0) & (out[:, 1] <= y1)
+        far = np.hypot(out[:, 0] - cx, out[:, 1] - cy) > 1.02 * R
+        keep &= ~(inside & far)
+    return np.asarray(out[keep], dtype=np.float64)
+
+
 def fit_cup_ellipse(
     image: NDArray[np.float32],
     cup_box: Box,
     *,
     stem_boxes: Sequence[Box] = (),
-    margin: float = 0.15,
+    margin: float = 0.3,
     seed: int = 0,
 ) -> CupFit:
     """Find the dome circle and the rim ellipse of the cup inside ``cup_box``.
@@ -349,34 +458,17 @@ def fit_cup_ellipse(
         return CupFit(None, None, refusal_reason="cup box too small")
     roi, ox, oy = _crop(img, cup_box, margin)
     smooth = np.asarray(cv2.GaussianBlur(roi, (0, 0), 1.0), dtype=np.float32)
-    inner = (
-        max(round(cup_box.x0) - ox, 0),
-        max(round(cup_box.y0) - oy, 0),
-        min(round(cup_box.x1) - ox, roi.shape[1]),
-        min(round(cup_box.y1) - oy, roi.shape[0]),
-    )
-    mask = _metal_mask(smooth, inner)
-    if mask is None:
-        return CupFit(None, None, refusal_reason="no metal cup found in the cup box")
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return CupFit(None, None, refusal_reason="no metal cup found in the cup box")
-    contour = max(contours, key=cv2.contourArea).reshape(-1, 2)
-    # contour pixels on the crop border are where the blob was cut, not edges
-    h, w = roi.shape
-    keep = (contour[:, 0] > 0) & (contour[:, 1] > 0) & (contour[:, 0] < w - 1) & (contour[:, 1] < h - 1)
-    pts, _normals = _subpixel_edges(smooth, contour[keep])
+    pts, normals, strength = _subpixel_edges(smooth, _edge_pixels(smooth))
     if len(pts) < 30:
-        return CupFit(None, None, refusal_reason="cup outline too short")
+        return CupFit(None, None, refusal_reason="no cup outline found in the cup box")
 
     size = max(cup_box.width, cup_box.height)
     rng = np.random.default_rng(seed)
-    circ = _ransac_circle(pts, 0.25 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
+    circ = _ransac_circle(pts, normals, strength, 0.4 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
     if circ is None:
         return CupFit(None, None, refusal_reason="dome outline not found")
-    ccx, ccy, R, dome_in = circ
-    dome_ang = np.arctan2(pts[dome_in, 1] - ccy, pts[dome_in, 0] - ccx)
-    span, gap_dir, other_cov = _dome_arc(dome_ang, R)
+    ccx, ccy, R, _dome_in = circ
+    span, gap_dir, other_cov, dome_step = _dome_side(smooth, ccx, ccy, R)
     base = CupFit(
         None, None, dome_centre=Point(ccx + ox, ccy + oy), dome_radius_px=R, dome_span_deg=span
     )
@@ -386,52 +478,41 @@ def fit_cup_ellipse(
         return _refuse(base, "outline is a full circle: rim not distinguishable from the dome")
     u = np.array([math.cos(gap_dir), math.sin(gap_dir)])  # towards the open side
 
-    # candidate rim points: on the open side, inside the dome circle, not on a stem outside it
-    rel = pts - np.array([ccx, ccy])
-    dist = np.hypot(rel[:, 0], rel[:, 1])
-    cand = (~dome_in) & (dist < R + 0.5) & (rel @ u > -0.15 * R)
-    for sb in stem_boxes:
-        in_stem = (
-            (pts[:, 0] + ox >= sb.x0) & (pts[:, 0] + ox <= sb.x1) & (pts[:, 1] + oy >= sb.y0) & (pts[:, 1] + oy <= sb.y1)
-        )
-        cand &= ~(in_stem & (dist > 0.9 * R))
-    cp = pts[cand]
-    if len(cp) < MIN_RIM_POINTS:
-        return _refuse(base, "rim outline not visible")
-
-    # coarse search: axis ratio × a few degrees either side of the dome's estimate of the axis
+    # The rim is searched for in the image itself, not among detected edge pixels: on the open
+    # side the rays cross a single wall of the shell, so the rim edge can be much weaker than
+    # the head's or the dome's and would not survive a global edge threshold. Every hypothesis
+    # (axis ratio k, axis angle θ) with the dome's centre and radius is scored by how much of its
+    # open half sits on a bright-inside/dark-outside step; the dome's own edge contrast sets
+    # what "a step" is, so windowing and tone mapping do not matter.
+    gx = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, dtype=np.float32)
+    gy = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0, dtype=np.float32)
+    if dome_step <= 1e-4:
+        return _refuse(base, "no contrast at the cup outline")
     theta0 = gap_dir + math.pi / 2.0
+    k_best, th_best = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
+    params = np.array([ccx, ccy, R, k_best * R, th_best])
+    stems = [(sb.x0 - ox, sb.y0 - oy, sb.x1 - ox, sb.y1 - oy) for sb in stem_boxes]
     tol = max(1.0, 0.012 * R)
-    ks = np.arange(0.02, 0.9, 0.01)
-    best = (-1, 0.0, theta0)
-    for dth in np.radians(np.arange(-6.0, 6.01, 1.0)):
-        d = np.abs(ellipse_distance(cp[None, :, :], ccx, ccy, R, ks[:, None] * R, theta0 + dth))
-        score = (d < tol).sum(axis=1)
-        i = int(np.argmax(score))
-        if score[i] > best[0]:
-            best = (int(score[i]), float(ks[i]), float(theta0 + dth))
-    params = np.array([ccx, ccy, R, best[1] * R, best[2]])
-    # robust refinement of all five parameters; the dome circle enters as a soft prior on the
-    # centre and the semi-major axis (they are the same sphere seen twice)
-    for window in (4.0 * tol, 2.5 * tol):
-        sel = cp[np.abs(ellipse_distance(cp, *params)) < window]
-        if len(sel) < MIN_RIM_POINTS:
+    rim = np.zeros((0, 2))
+    for search in (4.0, 2.5):
+        rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R)
+        if len(rim) < MIN_RIM_POINTS:
             break
-        w_prior = math.sqrt(len(sel)) / 3.0
+        w_prior = math.sqrt(len(rim)) / 3.0
 
-        def resid(q: FloatArray, sel: FloatArray = sel, w_prior: float = w_prior) -> FloatArray:
+        def resid(q: FloatArray, sel: FloatArray = rim, w_prior: float = w_prior) -> FloatArray:
             r = ellipse_distance(sel, q[0], q[1], q[2], q[3], q[4])
             prior = w_prior * np.array([q[0] - ccx, q[1] - ccy, q[2] - R])
             return np.concatenate([r, prior])
 
         sol = least_squares(resid, params, method="trf", loss="soft_l1", f_scale=0.5 * tol, max_nfev=100)
         params = sol.x
-    inl = np.abs(ellipse_distance(cp, *params)) < tol
+    if len(rim):
+        rim = rim[np.abs(ellipse_distance(rim, *params)) < tol]
     cx, cy, a, b, th = (float(v) for v in params)
     a, b = abs(a), abs(b)
     if b > a:
         a, b, th = b, a, th + math.pi / 2
-    rim = cp[inl]
     if len(rim) < MIN_RIM_POINTS:
         return _refuse(base, "too few points on the rim ellipse")
     rms = float(np.sqrt(np.mean(ellipse_distance(rim, cx, cy, a, b, th) ** 2)))
