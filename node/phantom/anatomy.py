@@ -342,7 +342,7 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
 
     # teardrop: U-shaped sheet medial to the socket
     xt = sx * (hw - r_in - 6.5)
-    zb = -0.72 * Rh
+    zb = -0.72 * 0.5 * (p.right.head_radius_mm + p.left.head_radius_mm)  # level teardrops
     w_td = 3.6
     bottom = arc_points(np.array([xt, 0.0, zb + w_td]), np.array([0.0, 0.0, -1.0]), lat, w_td, -90.0, 90.0, 9)
     med_limb = np.array([[xt - sx * w_td, 0.0, zb + w_td + 20.0]])
@@ -535,7 +535,8 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
     marks.neck_axis[side] = hd
 
     if cup is not None:
-        prims += build_tha(p, side, cup, H, sd, hd, T, cut if cut is not None else T, marks)
+        pelvic_parts, femoral_parts = build_tha(p, side, cup, H, sd, hd, T, cut if cut is not None else T, marks)
+        prims += femoral_parts
 
     # pose: rotate about the (possibly prosthetic) head centre
     centre = marks.head_centre[side]
@@ -553,14 +554,17 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
         R = rot_axis(np.array([1.0, 0.0, 0.0]), -2 * pose.flexion_deg) @ R
     T_pose = Rigid.about(centre, R)
     marks.femur_pose[side] = T_pose
-    if np.allclose(R, np.eye(3)):
-        return prims
-    return [q.transformed(T_pose) for q in prims]
+    if not np.allclose(R, np.eye(3)):
+        prims = [q.transformed(T_pose) for q in prims]
+    if cup is not None:
+        prims += pelvic_parts  # the shell (and its screws) stays with the pelvis
+    return prims
 
 
 def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F64, T: F64,
-              cut: F64, marks: Landmarks) -> list[Primitive]:
-    """Acetabular shell (+ screws), liner, head ball, stem (+ cement, cerclage)."""
+              cut: F64, marks: Landmarks) -> tuple[list[Primitive], list[Primitive]]:
+    """Acetabular shell (+ screws) and liner (pelvic parts); head ball, stem (+ cement, cerclage)
+    (femoral parts, posed with the femur)."""
     prims: list[Primitive] = []
     s = side.value
     sx = side_sign(side)
@@ -571,7 +575,7 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
     prims.append(sphere(C, Rc, m.TITANIUM, f"metal:cup:{s}", face))
     prims.append(sphere(C, Rc - cup.shell_mm, -m.TITANIUM, f"metal:cup:{s}", face))
     # rim disc (zero attenuation): used for ground-truth masks of the cup opening
-    prims.append(cylinder(C - a * 0.05, C + a * 0.05, Rc, 0.0, tag=f"mask:cup_rim:{s}"))
+    prims.append(cylinder(C - a * 0.01, C + a * 0.01, Rc, 0.0, tag=f"mask:cup_rim:{s}"))
     if cup.liner == "ceramic":
         prims += shell(C, Rc - cup.shell_mm, cup.head_radius_mm + 0.3, m.CERAMIC, f"metal:liner:{s}", face)
     else:
@@ -581,7 +585,6 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
     wear_dir = unit(-a * 0.3 + up)
     B = C + wear_dir * cup.wear_mm
     head_mu = m.COCR if cup.head_material == "cocr" else m.CERAMIC * 1.3
-    prims.append(sphere(B, cup.head_radius_mm, head_mu, f"metal:head:{s}"))
     marks.head_centre[side] = B
     marks.head_radius[side] = cup.head_radius_mm
     marks.head_prosthetic[side] = True
@@ -610,6 +613,9 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
         screws.append(pts)
 
     # stem: prosthetic neck (trunnion), proximal body with medial flare, tapered distal body
+    pelvic = prims
+    prims = []
+    prims.append(sphere(B, cup.head_radius_mm, head_mu, f"metal:head:{s}"))
     stem_mu = m.TITANIUM if cup.stem_material == "titanium" else m.COCR
     neck_dir = -hd
     shoulder = B + neck_dir * cup.neck_length_mm
@@ -685,7 +691,7 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
         prims += tube(ring, 0.9, m.COCR, closed=True, tag=f"metal:cerclage{k}:{s}")
         cerclage.append(ring)
     marks.cups[side] = CupGeometry(C, a, Rc, B, cup.head_radius_mm, shell_pts, stem_pts_arr, screws, cerclage)
-    return prims
+    return pelvic, prims
 
 
 # ----------------------------------------------------------------------------------------------

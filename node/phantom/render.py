@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -79,11 +80,11 @@ def make_camera(spec: PhantomSpec, marks: Landmarks) -> Camera:
         assert spec.side is not None
         sx = side_sign(spec.side)
         H, _, hd, _ = femur_axes(p, spec.side)
-        target = H - hd * 18.0 + np.array([0.0, dx * 0.3, dz * 0.3])
         b = math.radians(g.lateral_beam_deg)
         d = np.array([sx * math.cos(b), 0.0, math.sin(b)])
         up = np.array([0.0, -1.0, 0.0])
         right = np.cross(up, -d)
+        target = H - hd * 18.0 + unit(right) * (dx * 0.3) + np.array([0.0, dz * 0.3, 0.0])
         oid = p.body_half_width_mm - p.hip_half_width_mm + g.table_gap_mm + 40.0
         cam = _camera_from(target, d, right, -up, spec, oid)
     else:
@@ -102,6 +103,11 @@ def make_camera(spec: PhantomSpec, marks: Landmarks) -> Camera:
 
 # ----------------------------------------------------------------------------------------------
 # Detector and processing
+
+
+def _sym_sample(a: NDArray[Any], step: int) -> NDArray[Any]:
+    """A sparse sample of ``a`` that is the same set for ``a`` and its left-right mirror image."""
+    return np.concatenate([a[::step, ::step].ravel(), a[::step, ::-1][:, ::step].ravel()])
 
 
 def _blur(img: F32, sigma_px: float) -> F32:
@@ -143,7 +149,8 @@ def collimation_mask(spec: PhantomSpec) -> NDArray[np.bool_]:
     lft, r, t, b = im.collimation
     if max(lft, r, t, b) <= 0 and im.collimation_rotation_deg == 0:
         return np.ones((h, w), dtype=bool)
-    pts = np.array([[lft * w, t * h], [(1 - r) * w, t * h], [(1 - r) * w, (1 - b) * h], [lft * w, (1 - b) * h]])
+    # corners in pixel-centre coordinates, so that mirrored margins give mirrored masks
+    pts = np.array([[lft * w, t * h], [(1 - r) * w, t * h], [(1 - r) * w, (1 - b) * h], [lft * w, (1 - b) * h]]) - 0.5
     c = pts.mean(axis=0)
     a = math.radians(im.collimation_rotation_deg)
     Rm = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -204,7 +211,7 @@ def expose(spec: PhantomSpec, L: F32, px_mm: float) -> Exposure:
     rows = np.linspace(-0.5, 0.5, h, dtype=np.float32)
     heel = (np.float32(1.0) + np.float32(im.heel) * rows)[:, None]
     primary = np.exp(-L) * heel * exposed
-    sub = primary[::8, ::8][exposed[::8, ::8]]
+    sub = _sym_sample(primary, 8)[_sym_sample(exposed, 8)]
     ref = float(np.median(sub)) if sub.size else 1.0
     ref = max(ref, 1e-6)
     scatter = _blur(primary, im.scatter_sigma_mm / px_mm) * np.float32(im.scatter_to_primary)
@@ -223,11 +230,11 @@ def expose(spec: PhantomSpec, L: F32, px_mm: float) -> Exposure:
     # presentation: dynamic range compression, window on the exposed field, edge enhancement,
     # tone curve (what CR/DX "for presentation" processing does)
     if im.drc_amount > 0:
-        clipped = np.minimum(logv, np.float32(np.percentile(logv[::4, ::4], 99.0)))
-        base = _blur(np.where(exposed, clipped, np.float32(np.median(clipped[::4, ::4]))).astype(np.float32),
+        clipped = np.minimum(logv, np.float32(np.percentile(_sym_sample(logv, 4), 99.0)))
+        base = _blur(np.where(exposed, clipped, np.float32(np.median(_sym_sample(clipped, 4)))).astype(np.float32),
                      im.drc_sigma_mm / px_mm)
         logv = logv - np.float32(im.drc_amount) * base
-    sample = logv[::4, ::4][exposed[::4, ::4]]
+    sample = _sym_sample(logv, 4)[_sym_sample(exposed, 4)]
     if sample.size < 16:
         sample = logv.ravel()
     lo, hi = np.percentile(sample, [0.5, 99.6])
@@ -245,7 +252,7 @@ def expose(spec: PhantomSpec, L: F32, px_mm: float) -> Exposure:
     if letter is not None:
         x = np.where(mk & ~exposed, np.float32(1.0), x)
     vmax = (1 << im.bits_stored) - 1
-    if im.photometric == "MONOCHROME1":
-        x = np.float32(1.0) - x
     pix = np.round(x * np.float32(vmax)).astype(np.uint16)
+    if im.photometric == "MONOCHROME1":
+        pix = (vmax - pix).astype(np.uint16)
     return Exposure(pix, exposed, letter, L)

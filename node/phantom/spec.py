@@ -119,8 +119,9 @@ class PhantomSpec:
         )
 
     def quiet(self) -> PhantomSpec:
-        """No noise, no marker, no heel effect, no grid lines: for exact tests."""
-        return replace(self, imaging=replace(self.imaging, noise=False, marker=False, heel=0.0, grid_lines=0.0))
+        """No noise, no marker, no heel effect, no grid lines, no bone texture: for exact tests."""
+        return replace(self, imaging=replace(self.imaging, noise=False, marker=False, heel=0.0, grid_lines=0.0,
+                                                   trabecular=0.0))
 
     def parallel(self) -> PhantomSpec:
         return replace(self, geometry=replace(self.geometry, projection="parallel"))
