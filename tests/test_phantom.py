@@ -120,7 +120,7 @@ def test_every_view_and_implant_combination_renders(view: View, implants: str) -
         else:
             assert cup.seen_inclination_deg is not None and cup.seen_anteversion_deg is not None
     assert all(b.label in DETECTOR_CLASSES and b.x1 > b.x0 and b.y1 > b.y0 for b in gt.boxes)
-    assert all(0 <= b.x0 and b.x1 <= gt.cols - 1 and 0 <= b.y0 and b.y1 <= gt.rows - 1 for b in gt.boxes)
+    assert all(b.x0 >= 0 and b.x1 <= gt.cols - 1 and b.y0 >= 0 and b.y1 <= gt.rows - 1 for b in gt.boxes)
     d = gt.to_dict()
     assert d["view"] == view.value and set(d["hips"]) == {"R", "L"}
 
@@ -168,7 +168,7 @@ def test_landmarks_are_where_the_anatomy_is() -> None:
     assert labels == sorted(["hip_joint_right", "hip_joint_left", "teardrop", "teardrop",
                              "ischial_tuberosity", "ischial_tuberosity"])
     td_mask = render_mask(spec, "bone:teardrop:R")
-    ys, xs = np.nonzero(td_mask)
+    ys, _xs = np.nonzero(td_mask)
     assert ys.max() == pytest.approx(td["R"].y, abs=1.5)
 
 
