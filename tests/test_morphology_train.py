@@ -136,3 +136,29 @@ def test_labels_csv_errors_name_row_and_column(tmp_path: Path, archive: Path) ->
     (archive / "short.csv").write_text("file,side\nimg0.dcm,R\n")
     with pytest.raises(ValueError, match="missing columns"):
         tm.folder_samples(archive, archive / "short.csv", tm.input_spec(32), 0.15)
+
+
+def test_phantom_one_epoch_smoke_and_hardware_exclusion(tmp_path: Path) -> None:
+    """Tiny phantom set straight from the generator → 1 epoch → export → the node's runtime."""
+    spec = tm.input_spec(64)
+    joints = list(tm.phantom_joints(3, seed=11, size=256, implants="bilateral"))
+    assert len(joints) == 6 and all(tm.has_hardware(j, 0.15) for j in joints)
+    assert tm.phantom_samples(3, 11, spec, 0.15, size=256, implants="bilateral") == []
+
+    samples = tm.phantom_samples(4, 12, spec, 0.15, size=256, implants="none")
+    assert len(samples) == 8
+    assert {s.side for s in samples} == {"R", "L"} and len({s.group for s in samples}) == 4
+    assert all(set(np.unique(s.labels)) <= {0.0, 1.0} and s.sex_female in (0.0, 1.0) for s in samples)
+
+    parser = argparse.ArgumentParser()
+    tm.add_arguments(parser)
+    out = tmp_path / "models" / "morphology" / "0.0.2"
+    args = parser.parse_args(
+        ["--arch", "convnext_atto", "--size", "64", "--epochs", "1", "--batch-size", "4",
+         "--val-fraction", "0.5", "--threads", "1", "--out", str(out)]
+    )  # fmt: skip
+    _, model = tm.fit_and_export(samples, args, "4 phantoms", ["hipnode", "train", "morphology"])
+    ens = MorphologyEnsemble.load(ModelsConfig(root=tmp_path / "models", morphology=["morphology"]))
+    batch = np.stack([s.exact for s in samples])
+    onnx_probs, _ = ens.models[0].infer(batch)
+    assert np.abs(onnx_probs - tm.predict_torch(model, batch)).max() < 1e-4

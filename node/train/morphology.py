@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,8 @@ from node.infer.manifest import InputSpec, Manifest, OutputSpec
 from node.infer.morphology import (
     DEFAULT_MARGIN,
     FEATURES_OUTPUT,
+    HARDWARE_LABELS,
+    JOINT_LABELS,
     LOGITS_OUTPUT,
     OUTPUT_CLASSES,
     TASK,
@@ -216,23 +219,85 @@ def folder_samples(folder: Path, labels_csv: Path, spec: InputSpec, margin: floa
     return samples
 
 
-def phantom_joints(count: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Phantom joints from ``node.phantom``: dicts with image01, box, side, labels, sex, hardware, group.
+PHANTOM_VIEWS = ("ap_pelvis",)
+"""The paper's images are AP pelvis radiographs; both joints of each phantom are used."""
 
-    One generator call per image; the image is dropped once its joints are cut. Hardware-bearing
-    joints are yielded with ``hardware`` set so callers decide (training skips them).
+
+def _render_joints(job: tuple[int, int, int, str]) -> list[dict[str, Any]]:
+    """All joints of phantom ``index`` of stream ``seed`` (a picklable unit of work)."""
+    from node.phantom import render_index
+
+    seed, index, size, implants = job
+    img = render_index(seed, index, views=list(PHANTOM_VIEWS), implants=implants, size=size)
+    gt = img.truth
+    image01 = img.normalized()
+    hardware = [b for b in gt.boxes if b.label in HARDWARE_LABELS]
+    female = 1.0 if gt.sex == "F" else 0.0 if gt.sex == "M" else math.nan
+    out = []
+    for b in gt.boxes:
+        side = JOINT_LABELS.get(b.label)
+        if side is None or side not in gt.hips:
+            continue
+        hip = gt.hips[side]
+        out.append(
+            {
+                "image01": image01,
+                "box": b,
+                "side": side.value,
+                "labels": [float(bool(hip.flags.get(f, False))) for f in MORPHOLOGY_FLAGS],
+                "sex_female": female,
+                "implant": bool(hip.implant),
+                "hardware_boxes": hardware,
+                "group": f"phantom:{seed}:{index}",
+            }
+        )
+    return out
+
+
+def phantom_joints(
+    count: int, seed: int, size: int = 512, implants: str = "none", workers: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Joints of ``count`` AP-pelvis phantoms of stream ``seed`` with their ground truth.
+
+    Each yielded dict: ``image01`` (the whole 0..1 image), ``box`` (ground-truth joint box),
+    ``side``, ``labels`` (4 flags, 0/1), ``sex_female``, ``implant`` (that hip has an implant),
+    ``hardware_boxes`` (every cup / stem / screw / wire box of the image), ``group`` (the image:
+    both hips of one patient stay on one side of the split). Image ``i`` depends only on
+    ``(seed, i)``, so ``workers`` processes give the same joints in the same order.
     """
-    from node.phantom import generate_dataset  # type: ignore[attr-defined]
+    jobs = [(seed, i, size, implants) for i in range(count)]
+    if workers <= 1:
+        for job in jobs:
+            yield from _render_joints(job)
+        return
+    import multiprocessing as mp
 
-    for item in generate_dataset(count=count, seed=seed):
-        yield from item  # placeholder until the phantom API is known
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for joints in pool.imap(_render_joints, jobs, chunksize=4):
+            yield from joints
 
 
-def phantom_samples(count: int, seed: int, spec: InputSpec, margin: float) -> list[JointSample]:
+def has_hardware(joint: dict[str, Any], margin: float) -> bool:
+    """The paper's exclusion: an implanted hip, or any hardware box inside the joint crop."""
+    return (
+        bool(joint["implant"])
+        or hardware_in_region(crop_region(joint["box"], margin), joint["hardware_boxes"]) is not None
+    )
+
+
+def phantom_samples(
+    count: int,
+    seed: int,
+    spec: InputSpec,
+    margin: float,
+    size: int = 512,
+    implants: str = "none",
+    workers: int = 1,
+) -> list[JointSample]:
     samples: list[JointSample] = []
     skipped = 0
-    for j in phantom_joints(count, seed):
-        if j["hardware"]:
+    for j in phantom_joints(count, seed, size=size, implants=implants, workers=workers):
+        if has_hardware(j, margin):
             skipped += 1
             continue
         samples.append(
@@ -329,26 +394,15 @@ def build_model(arch: str, size: int, n_out: int = len(OUTPUT_CLASSES), dropout:
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney, ties counted half); NaN if one class is absent."""
+    """Area under the ROC curve (Mann–Whitney U, ties count half); NaN if a class is absent."""
+    from scipy.stats import rankdata
+
     y = np.asarray(y, dtype=bool)
-    pos, neg = p[y], p[~y]
-    if pos.size == 0 or neg.size == 0:
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
         return math.nan
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(allv.size, dtype=np.float64)
-    # average ranks over ties
-    i = 0
-    while i < allv.size:
-        j = i
-        while j + 1 < allv.size and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i : j + 1] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    r = np.empty_like(ranks)
-    r[order] = ranks
-    rank_pos = r[: pos.size].sum()
-    return float((rank_pos - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+    ranks = rankdata(np.asarray(p, dtype=np.float64))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -404,6 +458,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, default=None, help="labels CSV (default: <data>/labels.csv)")
     parser.add_argument("--images", type=int, default=600, help="phantom images to generate (2 joints each)")
     parser.add_argument("--phantom-seed", type=int, default=1, help="phantom generator seed")
+    parser.add_argument("--phantom-size", type=int, default=512, help="phantom image rows/columns")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering phantoms")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="pickle of prepared phantom joints (reused if present)"
+    )
     parser.add_argument("--arch", default="convnext_femto", help="timm architecture (paper: convnext_tiny)")
     parser.add_argument("--size", type=int, default=128, help="crop side in network pixels")
     parser.add_argument(
@@ -471,10 +530,30 @@ def evaluate_split(
 def load_samples(args: argparse.Namespace, spec: InputSpec) -> tuple[list[JointSample], str]:
     """Samples from ``--data`` and a one-line description of them for the manifest."""
     if args.data == "phantom":
-        samples = phantom_samples(args.images, args.phantom_seed, spec, args.margin)
+        cache = args.cache
+        key = f"phantom seed={args.phantom_seed} images={args.images} px={args.phantom_size} size={args.size} margin={args.margin}"
+        if cache is not None and cache.is_file():
+            with open(cache, "rb") as fh:
+                cached_key, samples = pickle.load(fh)
+            if cached_key != key:
+                raise SystemExit(f"{cache} holds {cached_key!r}, not {key!r}; delete it or change --cache")
+            log.info("loaded %d joints from %s", len(samples), cache)
+        else:
+            samples = phantom_samples(
+                args.images,
+                args.phantom_seed,
+                spec,
+                args.margin,
+                size=args.phantom_size,
+                workers=args.workers,
+            )
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with open(cache, "wb") as fh:
+                    pickle.dump((key, samples), fh, protocol=pickle.HIGHEST_PROTOCOL)
         text = (
-            f"synthetic phantoms from node.phantom: {args.images} images, seed {args.phantom_seed}, "
-            f"{len(samples)} hardware-free joint crops from ground-truth joint boxes"
+            f"synthetic AP-pelvis phantoms from node.phantom: {args.images} images of {args.phantom_size} px, "
+            f"seed {args.phantom_seed}, implants none; {len(samples)} joint crops from ground-truth joint boxes"
         )
         return samples, text
     folder = Path(args.data)
@@ -656,8 +735,50 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=Path("models"))
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--phantom-seed", type=int, default=987654)
+    parser.add_argument("--phantom-size", type=int, default=512)
+    parser.add_argument(
+        "--implants", default="random", help="phantom implant mode (implanted hips are skipped)"
+    )
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="pickle of the evaluation crops (reused if present)"
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="only render and cache the crops (--cache)"
+    )
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="crop margin for --prepare-only")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def evaluation_crops(
+    args: argparse.Namespace, margin: float
+) -> tuple[list[np.ndarray], list[list[float]], int]:
+    """Run-time crops (ground-truth joint boxes) and labels of the evaluation phantoms."""
+    key = f"eval seed={args.phantom_seed} images={args.images} px={args.phantom_size} implants={args.implants} margin={margin}"
+    if args.cache is not None and args.cache.is_file():
+        with open(args.cache, "rb") as fh:
+            cached_key, (crops, labels, skipped) = pickle.load(fh)
+        if cached_key != key:
+            raise SystemExit(f"{args.cache} holds {cached_key!r}, not {key!r}")
+    else:
+        crops, labels, skipped = [], [], 0
+        for j in phantom_joints(
+            args.images,
+            args.phantom_seed,
+            size=args.phantom_size,
+            implants=args.implants,
+            workers=args.workers,
+        ):
+            if has_hardware(j, margin):
+                skipped += 1
+                continue
+            crops.append(crop_joint(j["image01"], j["box"], margin))
+            labels.append(j["labels"])
+        if args.cache is not None:
+            with open(args.cache, "wb") as fh:
+                pickle.dump((key, (crops, labels, skipped)), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return crops, labels, skipped
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -667,15 +788,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = ModelsConfig(root=args.root, morphology=list(args.models))
     ensemble = MorphologyEnsemble.load(cfg)
-    crops, labels = [], []
-    skipped = 0
-    for j in phantom_joints(args.images, args.phantom_seed):
-        region = crop_region(j["box"], ensemble.margin)
-        if j["hardware"] or hardware_in_region(region, j.get("hardware_boxes", [])) is not None:
-            skipped += 1
-            continue
-        crops.append(crop_joint(j["image01"], j["box"], ensemble.margin))
-        labels.append(j["labels"])
+    crops, labels, skipped = evaluation_crops(args, ensemble.margin)
     t = time.monotonic()
     probs = ensemble.probabilities(crops)
     infer_ms = (time.monotonic() - t) * 1000.0 / max(1, len(crops))
@@ -728,6 +841,10 @@ def _cli(argv: Sequence[str]) -> int:
         p = argparse.ArgumentParser(prog="python -m node.train.morphology evaluate")
         add_evaluate_arguments(p)
         a = p.parse_args(argv[1:])
+        if a.prepare_only:
+            crops, _, skipped = evaluation_crops(a, a.margin)
+            print(f"prepared {len(crops)} joints ({skipped} skipped for hardware) in {a.cache}")
+            return 0
         result = evaluate(a)
         print_evaluation(result)
         if a.json:
