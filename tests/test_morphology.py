@@ -27,6 +27,7 @@ from node.infer.morphology import (
     crop_joint,
     crop_region,
     normalise_heatmap,
+    score_image,
     select_joint_crops,
 )
 from node.train.morphology import INPUT_NAME, auroc, binary_metrics, input_spec, youden_threshold
@@ -242,3 +243,24 @@ def test_single_member_uses_its_own_thresholds(tmp_path: Path) -> None:
     write_toy_model(tmp_path / "morphology" / "2.0.0", w, b, t)
     ens = MorphologyEnsemble.load(cfg_for(tmp_path, ["morphology"]))
     assert ens.thresholds == pytest.approx(t)
+
+
+def test_score_image_scores_free_joints_and_refuses_hardware(tmp_path: Path) -> None:
+    w, b = toy_weights()
+    write_toy_model(tmp_path / "morphology" / "1.0.0", w, b)
+    ens = MorphologyEnsemble.load(cfg_for(tmp_path, ["morphology"]))
+    image = np.full((300, 500), 0.2, np.float32)
+    image[100:140, 60:100] = 0.9  # bright spot in the right joint
+    boxes = [
+        Box(40, 80, 160, 200, "hip_joint_right", 0.9),
+        Box(340, 80, 460, 200, "hip_joint_left", 0.9),
+        Box(350, 90, 420, 160, "cup", 0.8),
+    ]
+    results = {r.side: r for r in score_image(ens, image, boxes)}
+    right, left = results[Side.RIGHT], results[Side.LEFT]
+    assert left.flags == [] and left.heatmaps == {} and left.refusal_reason is not None
+    assert [f.name for f in right.flags] == list(MORPHOLOGY_FLAGS) and right.refusal_reason is None
+    hm = right.heatmaps["ischial_spine_sign"]
+    assert hm.shape == (int(right.region.height), int(right.region.width))
+    r, c = np.unravel_index(int(np.argmax(hm)), hm.shape)
+    assert 90 <= right.region.y0 + r <= 150 and 50 <= right.region.x0 + c <= 110

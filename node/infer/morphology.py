@@ -459,3 +459,42 @@ class MorphologyEnsemble:
             sex = float(probs_mean[i, sex_idx]) if sex_idx is not None else None
             out.append(CropPrediction(flags, maps, sex))
         return out
+
+
+@dataclass
+class JointResult:
+    """Morphology of one hip on one image: flags + heatmaps, or the reason there are none.
+
+    ``heatmaps`` are in the coordinates of ``region`` (a square in image pixels that may reach
+    past the image border): pixel (r, c) of a heatmap lies at image (region.y0 + r, region.x0 + c).
+    """
+
+    side: Side
+    joint_box: Box
+    region: Box
+    flags: list[MorphologyFlag] = field(default_factory=list)
+    heatmaps: dict[str, FloatArray] = field(default_factory=dict)
+    sex_female_probability: float | None = None
+    refusal_reason: str | None = None
+
+
+def score_image(
+    ensemble: MorphologyEnsemble, image01: npt.NDArray[Any], boxes: Sequence[Box], heatmaps: bool = True
+) -> list[JointResult]:
+    """Crop the detector's joints (hardware-bearing ones refused), score them in one batch."""
+    joints = select_joint_crops(image01, boxes, ensemble.margin)
+    usable = [j for j in joints if j.crop is not None]
+    preds = ensemble.predict_with_heatmaps([j.crop for j in usable if j.crop is not None], heatmaps=heatmaps)
+    by_id = {id(j): p for j, p in zip(usable, preds, strict=True)}
+    out: list[JointResult] = []
+    for j in joints:
+        pred = by_id.get(id(j))
+        if pred is None:
+            out.append(JointResult(j.side, j.joint_box, j.region, refusal_reason=j.refusal_reason))
+        else:
+            out.append(
+                JointResult(
+                    j.side, j.joint_box, j.region, pred.flags, pred.heatmaps, pred.sex_female_probability
+                )
+            )
+    return out
