@@ -13,6 +13,7 @@ keywords touched are listed in ``GroundTruth.corrupted_tags``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -33,7 +34,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    generate_uid,
 )
 
 from node.domain import Side, View
@@ -75,7 +75,10 @@ _VIEW_CODES = {
 
 
 def uid(seed: int, *parts: object) -> UID:
-    return generate_uid(prefix=None, entropy_srcs=["hipnode-phantom", str(seed), *map(str, parts)])
+    """Deterministic UID under 2.25 (a UUID-derived root) from the seed and the image's place."""
+    text = "|".join(["hipnode-phantom", str(seed), *map(str, parts)])
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big")
+    return UID(f"2.25.{value}")
 
 
 @dataclass(frozen=True)
@@ -315,11 +318,12 @@ def encode(ds: Dataset, syntax: str) -> Dataset:
     if syntax == "jpegls-near":
         kwargs["jls_error"] = 2
     if syntax == "j2k-lossy":
-        kwargs["j2k_cr"] = [10]
+        kwargs["j2k_psnr"] = [55.0]  # "visually lossless"
+    raw = int(ds.Rows) * int(ds.Columns) * 2
     ds.compress(ts, encoding_plugin="", **kwargs)
     if syntax in LOSSY:
         ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = "10" if syntax == "j2k-lossy" else "3"
+        ds.LossyImageCompressionRatio = f"{raw / max(len(ds.PixelData), 1):.2f}"
         ds.LossyImageCompressionMethod = "ISO_15444_1" if syntax == "j2k-lossy" else "ISO_14495_1"
     return ds
 
