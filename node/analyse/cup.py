@@ -241,8 +241,10 @@ def _ransac_circle(
     tol: float,
     rng: np.random.Generator,
     iters: int = 600,
-) -> tuple[float, float, float, NDArray[np.bool_]] | None:
-    """Circle supported by the most edge points (the dome); vectorised over all hypotheses.
+    keep: int = 4,
+) -> list[tuple[float, float, float]]:
+    """Up to ``keep`` distinct circles best supported by edge points (dome candidates), best
+    first; vectorised over all hypotheses.
 
     A point supports a circle only if it lies on it *and* its edge faces outwards (bright
     inside, dark outside): the dome is a bright disc's edge, which rules out most bone edges
@@ -251,7 +253,7 @@ def _ransac_circle(
     """
     n = len(p)
     if n < 10:
-        return None
+        return []
     idx = rng.integers(0, n, size=(iters, 3))
     a, b, c = p[idx[:, 0]], p[idx[:, 1]], p[idx[:, 2]]
     d = 2 * (a[:, 0] * (b[:, 1] - c[:, 1]) + b[:, 0] * (c[:, 1] - a[:, 1]) + c[:, 0] * (a[:, 1] - b[:, 1]))
@@ -263,7 +265,7 @@ def _ransac_circle(
     r = np.hypot(a[:, 0] - ux, a[:, 1] - uy)
     ok &= (r >= r_min) & (r <= r_max)
     if not ok.any():
-        return None
+        return []
     ux, uy, r = ux[ok], uy[ok], r[ok]
     dx = p[None, :, 0] - ux[:, None]
     dy = p[None, :, 1] - uy[:, None]
@@ -271,29 +273,38 @@ def _ransac_circle(
     facing = (dx * normals[None, :, 0] + dy * normals[None, :, 1]) > 0.8 * rad
     ok_pts = (np.abs(rad - r[:, None]) < tol) & facing
     counts = (ok_pts * strength[None, :]).sum(axis=1)
-    best = int(np.argmax(counts))
-    inl = ok_pts[best]
-    cx, cy, rr = float(ux[best]), float(uy[best]), float(r[best])
-    for _ in range(3):
-        if inl.sum() < 5:
+    out: list[tuple[float, float, float]] = []
+    for best in np.argsort(-counts):
+        if len(out) >= keep or counts[best] <= 0:
             break
-        cx, cy, rr = _circle_lsq(p[inl])
-        ddx, ddy = p[:, 0] - cx, p[:, 1] - cy
-        rad1 = np.hypot(ddx, ddy)
-        inl = (np.abs(rad1 - rr) < tol) & ((ddx * normals[:, 0] + ddy * normals[:, 1]) > 0.8 * rad1)
-    return cx, cy, rr, inl
+        inl = ok_pts[best]
+        cx, cy, rr = float(ux[best]), float(uy[best]), float(r[best])
+        for _ in range(3):
+            if inl.sum() < 5:
+                break
+            cx, cy, rr = _circle_lsq(p[inl])
+            ddx, ddy = p[:, 0] - cx, p[:, 1] - cy
+            rad1 = np.hypot(ddx, ddy)
+            inl = (np.abs(rad1 - rr) < tol) & ((ddx * normals[:, 0] + ddy * normals[:, 1]) > 0.8 * rad1)
+        if all(math.hypot(cx - qx, cy - qy) > 0.1 * rr or abs(rr - qr) > 0.1 * rr for qx, qy, qr in out):
+            out.append((cx, cy, rr))
+    return out
 
 
-def _dome_side(smooth: NDArray[np.float32], cx: float, cy: float, R: float) -> tuple[float, float, float, float]:
+def _dome_side(
+    smooth: NDArray[np.float32], cx: float, cy: float, R: float, open_hint: FloatArray | None = None
+) -> tuple[float, float, float, float]:
     """Which half of the fitted circle is the dome: (span of the dome arc in deg, direction of
     the open side in rad, fraction of the open half-circle that also shows an edge, typical
     edge contrast of the dome).
 
     The circle is sampled every 5°; a sector shows the dome outline when the intensity drops
-    across the circle by at least a third of the circle's typical drop. The dome is the
+    across the circle by at least half of the circle's typical drop. The dome is the
     half-circle with the most such sectors (ties: the middle one), so stretches of dome that
     fade against overlapping bone or screws do not tilt it. A silhouette whose other half is
     also on the circle is a full disc (a head without a cup, or a cup seen end-on).
+    With ``open_hint`` (on an AP the cup opens laterally and inferiorly) only half-circles whose
+    open side lies within 65° of it are considered.
     """
     nb, half = 72, 36
     ang = (np.arange(nb) + 0.5) * (2 * math.pi / nb)
@@ -302,9 +313,13 @@ def _dome_side(smooth: NDArray[np.float32], cx: float, cy: float, R: float) -> t
     ref = float(np.percentile(st, 75))
     if ref <= 1e-6:
         return 0.0, 0.0, 0.0, 0.0
-    covered = (st > ref / 3.0).astype(int)
+    covered = (st > 0.5 * ref).astype(int)
     ext = np.concatenate([covered, covered])
     window = np.array([ext[i : i + half].sum() for i in range(nb)])
+    if open_hint is not None:
+        open_dirs = (np.arange(nb) + half / 2.0) * (2 * math.pi / nb) + math.pi
+        ok = np.cos(open_dirs - math.atan2(open_hint[1], open_hint[0])) > math.cos(math.radians(65.0))
+        window = np.where(ok, window, -1)
     ties = np.flatnonzero(window == window.max())
     # middle of the (circular) run of tied windows that contains the first maximum
     run = [int(ties[0])]
@@ -490,13 +505,16 @@ def fit_cup_ellipse(
     cup_box: Box,
     *,
     stem_boxes: Sequence[Box] = (),
+    open_hint: tuple[float, float] | None = None,
     margin: float = 0.3,
     seed: int = 0,
 ) -> CupFit:
     """Find the dome circle and the rim ellipse of the cup inside ``cup_box``.
 
     Deterministic (seeded RANSAC). Returns a ``CupFit`` whose ``refusal_reason`` says why no
-    ellipse is given when the evidence is not good enough.
+    ellipse is given when the evidence is not good enough. ``open_hint``: the direction the
+    cup is expected to open towards (laterally and inferiorly on an AP), used to tell the dome
+    half of the outline from the open half when the image alone is ambiguous.
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
@@ -511,11 +529,34 @@ def fit_cup_ellipse(
 
     size = max(cup_box.width, cup_box.height)
     rng = np.random.default_rng(seed)
-    circ = _ransac_circle(pts, normals, strength, 0.4 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
-    if circ is None:
+    circles = _ransac_circle(pts, normals, strength, 0.4 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
+    if not circles:
         return CupFit(None, None, refusal_reason="dome outline not found")
-    ccx, ccy, R, _dome_in = circ
-    span, gap_dir, other_cov, dome_step = _dome_side(smooth, ccx, ccy, R)
+    gx = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, dtype=np.float32)
+    gy = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0, dtype=np.float32)
+    stems = [(sb.x0 - ox, sb.y0 - oy, sb.x1 - ox, sb.y1 - oy) for sb in stem_boxes]
+    # Several circles may be plausible domes (the head, a cement mantle, bone): each is tried
+    # with the full shell model (dome half + rim half) and the one the image supports best wins.
+    hint = None if open_hint is None else np.asarray(open_hint, dtype=np.float64)
+    fits = [_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint) for c in circles]
+    good = [f for f in fits if f.refusal_reason is None]
+    pool = good or fits
+    return max(pool, key=lambda f: (f.quality, f.rim_coverage, f.dome_span_deg))
+
+
+def _fit_from_circle(
+    smooth: NDArray[np.float32],
+    gx: NDArray[np.float32],
+    gy: NDArray[np.float32],
+    circle: tuple[float, float, float],
+    offset: tuple[int, int],
+    stems: Sequence[tuple[float, float, float, float]],
+    open_hint: FloatArray | None,
+) -> CupFit:
+    """The rim ellipse that goes with one dome circle (ROI coordinates in, image coordinates out)."""
+    ccx, ccy, R = circle
+    ox, oy = offset
+    span, gap_dir, other_cov, dome_step = _dome_side(smooth, ccx, ccy, R, open_hint)
     base = CupFit(
         None, None, dome_centre=Point(ccx + ox, ccy + oy), dome_radius_px=R, dome_span_deg=span
     )
@@ -531,14 +572,11 @@ def fit_cup_ellipse(
     # (axis ratio k, axis angle θ) with the dome's centre and radius is scored by how much of its
     # open half sits on a bright-inside/dark-outside step; the dome's own edge contrast sets
     # what "a step" is, so windowing and tone mapping do not matter.
-    gx = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, dtype=np.float32)
-    gy = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0, dtype=np.float32)
     if dome_step <= 1e-4:
         return _refuse(base, "no contrast at the cup outline")
     theta0 = gap_dir + math.pi / 2.0
     k_best, th_best = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
     params = np.array([ccx, ccy, R, k_best * R, th_best])
-    stems = [(sb.x0 - ox, sb.y0 - oy, sb.x1 - ox, sb.y1 - oy) for sb in stem_boxes]
     tol = max(1.0, 0.012 * R)
     rim = np.zeros((0, 2))
     for search in (4.0, 2.5):
@@ -730,7 +768,13 @@ def measure_cup(
     ref = reference if reference is not None else horizontal_line(int(image.shape[1]))
     flagged = ref.method == HORIZONTAL and not lateral_view
     ref_pts = ref.as_points()
-    fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes)
+    hint: tuple[float, float] | None = None
+    if not lateral_view:
+        hx, hy = ref.unit
+        lat = (-hx, -hy) if side is Side.RIGHT else (hx, hy)
+        inf = (-hy, hx)
+        hint = (lat[0] + inf[0], lat[1] + inf[1])
+    fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint)
 
     def refuse(reason: str) -> CupMeasurement:
         return CupMeasurement(
