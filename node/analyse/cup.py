@@ -452,9 +452,9 @@ def _search_rim(
     smooth: NDArray[np.float32], cx: float, cy: float, R: float, theta0: float, u: FloatArray, step: float
 ) -> tuple[float, float]:
     """Axis ratio and angle of the open-half ellipse best supported by edges (grid search)."""
-    t = np.linspace(0.1 * math.pi, 0.9 * math.pi, 48)
+    t = np.linspace(0.1 * math.pi, 0.9 * math.pi, 36)
     ks = np.arange(0.01, 0.9, 0.01)
-    ths = theta0 + np.radians(np.arange(-10.0, 10.01, 1.0))
+    ths = theta0 + np.radians(np.arange(-10.0, 10.01, 2.0))
     K, TH = np.meshgrid(ks, ths, indexing="ij")
     pts, nrm = _open_half(cx, cy, R, (K * R).ravel(), TH.ravel(), u, t)
     d = _step(smooth, pts.reshape(-1, 2), nrm.reshape(-1, 2), 1.5).reshape(len(K.ravel()), len(t))
@@ -538,7 +538,11 @@ def fit_cup_ellipse(
     # Several circles may be plausible domes (the head, a cement mantle, bone): each is tried
     # with the full shell model (dome half + rim half) and the one the image supports best wins.
     hint = None if open_hint is None else np.asarray(open_hint, dtype=np.float64)
-    fits = [_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint) for c in circles]
+    fits: list[CupFit] = []
+    for i, c in enumerate(circles):
+        if i >= 2 and any(f.refusal_reason is None for f in fits):
+            break  # the two strongest circles had a measurable cup; weaker ones are clutter
+        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint))
     good = [f for f in fits if f.refusal_reason is None]
     pool = good or fits
     return max(pool, key=lambda f: (f.quality, f.rim_coverage, f.dome_span_deg))
