@@ -36,7 +36,14 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from node.config import Config
-from node.receive.storage import InstanceStore, OutOfResources, StoredFile, relative_path, uid_digest
+from node.receive.storage import (
+    InstanceStore,
+    OutOfResources,
+    StagedFile,
+    StoredFile,
+    relative_path,
+    uid_digest,
+)
 from node.registry.db import Database
 from node.registry.ingest import IngestOutcome, record_instance
 
@@ -419,14 +426,23 @@ class StoreHandler:
             self.stats.rejected += 1
             log.warning("C-STORE from %s@%s without a dataset", calling_ae, peer_host)
             return _response(StoreStatus.CANNOT_UNDERSTAND, "no dataset")
+        staged: StagedFile | None = getattr(raw, "staged", None)
         buf = raw.getbuffer()
         try:
-            return self._store(buf, req, calling_ae, peer_host, transfer_syntax)
+            return self._store(buf, req, calling_ae, peer_host, transfer_syntax, staged)
         finally:
             buf.release()
+            if staged is not None:
+                staged.discard()  # no-op once committed; removes it on every other path
 
     def _store(
-        self, buf: memoryview, req: Any, calling_ae: str, peer_host: str, transfer_syntax: str
+        self,
+        buf: memoryview,
+        req: Any,
+        calling_ae: str,
+        peer_host: str,
+        transfer_syntax: str,
+        staged: StagedFile | None = None,
     ) -> Dataset:
         sop_hash = uid_digest(str(req.AffectedSOPInstanceUID))[:12]
         try:
@@ -468,13 +484,25 @@ class StoreHandler:
             str(header.SeriesInstanceUID),
             str(header.SOPInstanceUID),
         )
-        sha256 = hashlib.sha256(buf).hexdigest()
-        meta = file_meta_bytes(str(header.SOPClassUID), sop, transfer_syntax, calling_ae)
+        if staged is not None and not (staged.ok and staged.size == size):
+            if staged.error is not None:
+                log.warning(
+                    "instance %s: streaming to disk failed (%s); writing from memory", sop_hash, staged.error
+                )
+            staged.discard()
+            staged = None
+        # Streamed: written and hashed while it arrived (its File Meta came from the C-STORE
+        # command, whose SOP Class/Instance read_header just proved equal to the dataset's).
+        sha256 = staged.hexdigest() if staged is not None else hashlib.sha256(buf).hexdigest()
         rel = relative_path(study, series, sop, sha256)
         lock = self._locks[hash(sop) % len(self._locks)]
         with lock:
             try:
-                stored = self.store.write(rel, (meta, buf))
+                if staged is not None:
+                    stored = self.store.commit_staged(staged, rel)
+                else:
+                    meta = file_meta_bytes(str(header.SOPClassUID), sop, transfer_syntax, calling_ae)
+                    stored = self.store.write(rel, (meta, buf))
             except OutOfResources as exc:
                 self.stats.failed += 1
                 log.error("C-STORE failed (0xA700), instance %s: %s", sop_hash, exc.strerror)

@@ -15,6 +15,8 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
 from pydicom.uid import (
@@ -39,12 +41,20 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom._handlers import standard_dimse_recv_handler
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from node.config import Config
-from node.receive.handlers import AssociationGate, StoreHandler, guard_requests, handle_echo
-from node.receive.storage import InstanceStore
+from node.receive.handlers import (
+    AssociationGate,
+    StoreHandler,
+    file_meta_bytes,
+    guard_requests,
+    handle_echo,
+)
+from node.receive.storage import InstanceStore, StagedFile
 from node.registry.db import Database
 
 log = logging.getLogger(__name__)
@@ -245,6 +255,89 @@ class _FastAssociationSocket(AssociationSocket):
             self._wake_r.close()
 
 
+# --------------------------------------------------------------------------------------------
+# Streaming C-STORE datasets to disk while they arrive
+#
+# pynetdicom collects a dataset's fragments in a BytesIO (in the DUL thread) and hands it to
+# the C-STORE handler only when complete; the handler then hashed it and wrote it, while the
+# sender waited for the answer. Here the BytesIO is replaced by one that also appends every
+# fragment to a temp file on the storage filesystem and feeds a SHA-256, so by the time the
+# handler runs the bytes are already written (and their writeback started); the handler still
+# validates the header first and only then fsyncs, renames, records and answers. The in-memory
+# copy stays: header validation reads it, and it is the fallback if streaming fails.
+# --------------------------------------------------------------------------------------------
+
+
+class _TeeBuffer(BytesIO):
+    """A DIMSE message's dataset buffer that also streams a C-STORE dataset to a
+    :class:`StagedFile`, opened at the first dataset fragment (the command is decoded by then)."""
+
+    def __init__(
+        self, open_staged: Callable[[DIMSEMessage], StagedFile | None], message: DIMSEMessage
+    ) -> None:
+        super().__init__()
+        self._open_staged = open_staged
+        self._message: DIMSEMessage | None = message
+        self.staged: StagedFile | None = None
+
+    def write(self, data: Any, /) -> int:
+        n = super().write(data)
+        message = self._message
+        if message is not None:
+            self._message = None
+            try:
+                self.staged = self._open_staged(message)
+            except Exception:
+                log.exception("cannot stage the incoming dataset; it will be written from memory")
+        if self.staged is not None:
+            self.staged.feed(data)
+        return n
+
+
+class _StreamingDIMSE(DIMSEServiceProvider):
+    """DIMSE provider whose incoming messages collect datasets in a :class:`_TeeBuffer`."""
+
+    _hipnode_open_staged: Callable[[DIMSEMessage], StagedFile | None]
+
+    def receive_primitive(self, primitive: Any) -> None:
+        if self.message is None:
+            message = DIMSEMessage()
+            message.data_set = _TeeBuffer(self._hipnode_open_staged, message)
+            self.message = message
+        super().receive_primitive(primitive)
+
+
+class _Stager:
+    """Opens a :class:`StagedFile` for each C-STORE-RQ dataset of one association and removes
+    those never committed when the association ends (abort, kill, unanswered requests)."""
+
+    def __init__(self, store: InstanceStore, assoc: Any) -> None:
+        self.store = store
+        self.assoc = assoc
+        self.live: list[StagedFile] = []
+
+    def __call__(self, message: DIMSEMessage) -> StagedFile | None:
+        command = message.command_set
+        if command is None or command.get("CommandField") != 0x0001:  # C-STORE-RQ only
+            return None
+        sop_class = str(command.get("AffectedSOPClassUID") or "").strip()
+        sop_instance = str(command.get("AffectedSOPInstanceUID") or "").strip()
+        cx = self.assoc._accepted_cx.get(message.context_id)
+        if not sop_class or not sop_instance or cx is None:
+            return None  # the handler / request guard answers these from memory
+        calling_ae = str(self.assoc.requestor.ae_title).strip()
+        meta = file_meta_bytes(sop_class, sop_instance, str(cx.transfer_syntax[0]), calling_ae)
+        self.live = [s for s in self.live if not s.done]
+        staged = self.store.stage(meta)
+        self.live.append(staged)
+        return staged
+
+    def discard_all(self) -> None:
+        for staged in self.live:
+            staged.discard()
+        self.live.clear()
+
+
 class _RequestHandler(RequestHandler):
     """Creates each acceptor association with the tuned transport (see above) and with our
     request guard ahead of pynetdicom's DIMSE debug logger: that logger raises on a C-STORE
@@ -259,6 +352,13 @@ class _RequestHandler(RequestHandler):
             assoc.unbind(evt.EVT_DIMSE_RECV, h[0])
             assoc.bind(evt.EVT_DIMSE_RECV, h[0], h[1])  # re-bound last, after guard_requests
         wake_w: socket.socket | None = None
+        stager: _Stager | None = None
+        store = getattr(self.server, "hipnode_store", None)
+        if getattr(self.server, "hipnode_tuned_transport", False) and isinstance(store, InstanceStore):
+            stager = _Stager(store, assoc)
+            dimse: Any = assoc.dimse
+            dimse.__class__ = _StreamingDIMSE
+            dimse._hipnode_open_staged = stager
         if getattr(self.server, "hipnode_tuned_transport", False):
             dul = assoc.dul
             wake_r, wake_w = socket.socketpair()
@@ -278,6 +378,8 @@ class _RequestHandler(RequestHandler):
         finally:
             if wake_w is not None:
                 wake_w.close()
+            if stager is not None:
+                stager.discard_all()
 
 
 class Receiver:
@@ -323,6 +425,7 @@ class Receiver:
             request_handler=_RequestHandler,
         )
         server.hipnode_tuned_transport = self.tuned_transport
+        server.hipnode_store = self.store
         thread = threading.Thread(target=server.serve_forever, name="hipnode-receive-accept", daemon=True)
         thread.start()
         self.ae._servers.append(server)  # so AE.shutdown() stops it, as with AE.start_server()

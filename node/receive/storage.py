@@ -15,11 +15,16 @@ never overwrite each other and an identical re-send lands on the identical file.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import logging
 import os
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,28 @@ log = logging.getLogger(__name__)
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _TMP_SUFFIX = ".part"
+#: Staging folder under the root for files streamed while an instance is still arriving.
+STAGING_DIR = ".incoming"
+#: Start writeback of a streamed file every this many bytes, so the fsync before the answer
+#: finds most pages already on their way to the disk.
+WRITEBACK_STEP = 2 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc ``sync_file_range`` (Linux), or None. Only ever used as a hint: durability comes
+    from the fsync before the answer, never from this."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return,unused-ignore]
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 class OutOfResources(OSError):
@@ -64,6 +91,103 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view.release()
 
 
+class StagedFile:
+    """A temp file in the staging folder, filled and hashed fragment by fragment while the
+    instance is still arriving (so writing and hashing overlap with the network instead of
+    delaying the answer). It starts with the File Meta Information; the dataset follows.
+
+    Fed by the association's DUL thread, committed or discarded by its reactor thread; a lock
+    keeps a late ``feed`` from writing to a descriptor that ``discard`` closed (and the kernel
+    may have handed to another file). A write error is kept in :attr:`error` and the file
+    removed: the handler then falls back to writing from memory and reports that outcome.
+    """
+
+    def __init__(self, directory: Path, prefix: bytes, *, writeback: bool) -> None:
+        self.path = directory / f".{uuid.uuid4().hex}{_TMP_SUFFIX}"
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._hash = hashlib.sha256()
+        self._lock = threading.Lock()
+        self._writeback = writeback and _sync_file_range is not None
+        self.size = 0  # dataset bytes (the prefix excluded), as hashed
+        self.error: OSError | None = None
+        self.done = False
+        self._offset = 0
+        self._flushed = 0
+        try:
+            _write_all(self._fd, prefix)
+        except OSError:
+            self.discard()
+            raise
+        self._offset = len(prefix)
+
+    @property
+    def file_size(self) -> int:
+        """Bytes in the file: File Meta Information plus the dataset fed so far."""
+        return self._offset
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self._fd is not None and not self.done
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Append dataset bytes (called once per received fragment)."""
+        with self._lock:
+            fd = self._fd
+            if fd is None or self.error is not None:
+                return
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                self.error = exc
+                self._close_and_unlink()
+                return
+            self._hash.update(data)
+            n = len(data)
+            self.size += n
+            self._offset += n
+            if self._writeback and self._offset - self._flushed >= WRITEBACK_STEP:
+                assert _sync_file_range is not None
+                _sync_file_range(fd, self._flushed, self._offset - self._flushed, _SYNC_FILE_RANGE_WRITE)
+                self._flushed = self._offset
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def sync_and_close(self, *, fsync: bool) -> None:
+        """fdatasync (the size is metadata needed to read the data back, so it is included)
+        and close; raises ``OSError`` (the file is then removed)."""
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise self.error or OSError(errno.EBADF, "staged file already closed")
+            try:
+                if fsync:
+                    os.fdatasync(fd)
+            except OSError:
+                self._close_and_unlink()
+                raise
+            self._fd = None
+            os.close(fd)
+
+    def _close_and_unlink(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            log.exception("could not remove staged file %s", self.path)
+
+    def discard(self) -> None:
+        """Remove the temp file (no-op once committed or discarded). Idempotent."""
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+            self._close_and_unlink()
+
+
 class InstanceStore:
     """Writes received instances durably; one per process, shared by every association thread."""
 
@@ -72,8 +196,34 @@ class InstanceStore:
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        self.staging = self.root / STAGING_DIR
+        self.staging.mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+
+    def stage(self, prefix: bytes) -> StagedFile:
+        """A new streamed temp file on the storage filesystem (so the final rename is atomic)."""
+        return StagedFile(self.staging, prefix, writeback=self.fsync)
+
+    def commit_staged(self, staged: StagedFile, relative: Path) -> StoredFile:
+        """Durably move a completely fed :class:`StagedFile` to ``relative``: fdatasync, rename,
+        fsync the directory. Same errors and clean-up as :meth:`write`."""
+        final = self.root / relative
+        size = staged.file_size
+        try:
+            staged.sync_and_close(fsync=self.fsync)
+            self._ensure_dir(final.parent)
+            existed = final.exists()
+            os.replace(staged.path, final)
+            staged.done = True
+            if self.fsync:
+                self._fsync_dir(final.parent)
+        except OSError as exc:
+            staged.discard()
+            if exc.errno in _OUT_OF_SPACE:
+                raise OutOfResources(exc.errno, f"filesystem full while writing: {exc.strerror}") from exc
+            raise
+        return StoredFile(relative=relative, absolute=final, size=size, existed=existed)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from node.domain import InstanceState, SeriesState
-from node.registry.events import record_event
-from node.registry.models import Instance, Patient, Series, Study, utcnow
+from node.registry.models import Event, Instance, Patient, Series, Study, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -68,45 +68,99 @@ def _text(header: Dataset, keyword: str, max_len: int) -> str:
     return text.strip().strip("\x00")[:max_len]
 
 
-def _get_patient(session: Session, header: Dataset) -> Patient:
+# Core statements built once (SQLAlchemy caches their compiled form): one ingest is a handful
+# of indexed statements on one connection, without the ORM unit of work. No ORM objects are
+# loaded, so nothing in the caller's session can go stale.
+_P = cast(Table, Patient.__table__)
+_ST = cast(Table, Study.__table__)
+_SE = cast(Table, Series.__table__)
+_I = cast(Table, Instance.__table__)
+_E = cast(Table, Event.__table__)
+_LATEST_INSTANCE = (
+    select(_I.c.id, _I.c.version, _I.c.sha256, _I.c.series_pk)
+    .where(_I.c.sop_instance_uid == bindparam("sop_uid"))
+    .order_by(_I.c.version.desc())
+    .limit(1)
+)
+_SERIES_BY_UID = select(_SE.c.id, _SE.c.state, _SE.c.generation).where(_SE.c.series_uid == bindparam("uid"))
+_SERIES_STATE = select(_SE.c.state).where(_SE.c.id == bindparam("pk"))
+_STUDY_BY_UID = select(_ST.c.id).where(_ST.c.study_uid == bindparam("uid"))
+_PATIENT_BY_ID = select(_P.c.id).where(
+    _P.c.patient_id == bindparam("pid"), _P.c.issuer == bindparam("issuer")
+)
+_TOUCH_SERIES = (
+    update(_SE)
+    .where(_SE.c.id == bindparam("pk"))
+    .values(last_received_at=bindparam("now"), complete_after=bindparam("complete_after"))
+)
+_REOPEN_SERIES = (
+    update(_SE)
+    .where(_SE.c.id == bindparam("pk"))
+    .values(
+        state=SeriesState.REOPENED.value,
+        last_received_at=bindparam("now"),
+        complete_after=bindparam("complete_after"),
+    )
+)
+_SUPERSEDE = update(_I).where(_I.c.id == bindparam("pk")).values(superseded=True)
+_INSERT_EVENT = insert(_E)
+
+
+def _insert(conn: Connection, table: Table, values: dict[str, Any]) -> int:
+    pk = conn.execute(insert(table), values).inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def _event(conn: Connection, entity: str, entity_pk: int, kind: str, **detail: Any) -> None:
+    """Same row as :func:`node.registry.events.record_event`, on the Core path."""
+    conn.execute(
+        _INSERT_EVENT,
+        {"at": utcnow(), "entity": entity, "entity_pk": entity_pk, "kind": kind, "detail": detail or None},
+    )
+
+
+def _get_patient(conn: Connection, header: Dataset) -> int:
     patient_id = _text(header, "PatientID", 64)
     issuer = _text(header, "IssuerOfPatientID", 64)
-    patient = session.scalars(
-        select(Patient).where(Patient.patient_id == patient_id, Patient.issuer == issuer)
-    ).first()
-    if patient is None:
-        patient = Patient(
-            patient_id=patient_id,
-            issuer=issuer,
-            name=_text(header, "PatientName", 324),
-            birth_date=_text(header, "PatientBirthDate", 8),
-            sex=_text(header, "PatientSex", 16),
-        )
-        session.add(patient)
-        session.flush()
-    return patient
+    pk = conn.execute(_PATIENT_BY_ID, {"pid": patient_id, "issuer": issuer}).scalar()
+    if pk is not None:
+        return int(pk)
+    return _insert(
+        conn,
+        _P,
+        {
+            "patient_id": patient_id,
+            "issuer": issuer,
+            "name": _text(header, "PatientName", 324),
+            "birth_date": _text(header, "PatientBirthDate", 8),
+            "sex": _text(header, "PatientSex", 16),
+        },
+    )
 
 
-def _get_study(session: Session, header: Dataset, study_uid: str) -> Study:
-    study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-    if study is None:
-        study = Study(
-            study_uid=study_uid,
-            patient_pk=_get_patient(session, header).id,
-            study_date=_text(header, "StudyDate", 8),
-            study_time=_text(header, "StudyTime", 16),
-            accession_number=_text(header, "AccessionNumber", 16),
-            study_id=_text(header, "StudyID", 16),
-            referring_physician=_text(header, "ReferringPhysicianName", 324),
-            description=_text(header, "StudyDescription", 64),
-        )
-        session.add(study)
-        session.flush()
-    return study
+def _get_study(conn: Connection, header: Dataset, study_uid: str) -> int:
+    pk = conn.execute(_STUDY_BY_UID, {"uid": study_uid}).scalar()
+    if pk is not None:
+        return int(pk)
+    return _insert(
+        conn,
+        _ST,
+        {
+            "study_uid": study_uid,
+            "patient_pk": _get_patient(conn, header),
+            "study_date": _text(header, "StudyDate", 8),
+            "study_time": _text(header, "StudyTime", 16),
+            "accession_number": _text(header, "AccessionNumber", 16),
+            "study_id": _text(header, "StudyID", 16),
+            "referring_physician": _text(header, "ReferringPhysicianName", 324),
+            "description": _text(header, "StudyDescription", 64),
+        },
+    )
 
 
 def _touch_series(
-    session: Session,
+    conn: Connection,
     header: Dataset,
     *,
     study_uid: str,
@@ -114,38 +168,40 @@ def _touch_series(
     calling_ae: str,
     now: datetime,
     complete_after: datetime,
-) -> tuple[Series, str | None]:
-    """Get or create the series and move it along the state machine for one new instance."""
-    series = session.scalars(select(Series).where(Series.series_uid == series_uid)).first()
-    if series is None:
-        series = Series(
-            series_uid=series_uid,
-            study_pk=_get_study(session, header, study_uid).id,
-            modality=_text(header, "Modality", 16),
-            body_part=_text(header, "BodyPartExamined", 64),
-            description=_text(header, "SeriesDescription", 64),
-            series_number=_text(header, "SeriesNumber", 12),
-            calling_ae=calling_ae[:16],
-            state=SeriesState.OPEN.value,
-            first_received_at=now,
-            last_received_at=now,
-            complete_after=complete_after,
+) -> tuple[int, str, str | None]:
+    """Get or create the series and move it along the state machine for one new instance.
+    Returns its primary key, its state afterwards and the transition (if any)."""
+    row = conn.execute(_SERIES_BY_UID, {"uid": series_uid}).first()
+    if row is None:
+        pk = _insert(
+            conn,
+            _SE,
+            {
+                "series_uid": series_uid,
+                "study_pk": _get_study(conn, header, study_uid),
+                "modality": _text(header, "Modality", 16),
+                "body_part": _text(header, "BodyPartExamined", 64),
+                "description": _text(header, "SeriesDescription", 64),
+                "series_number": _text(header, "SeriesNumber", 12),
+                "calling_ae": calling_ae[:16],
+                "state": SeriesState.OPEN.value,
+                "first_received_at": now,
+                "last_received_at": now,
+                "complete_after": complete_after,
+                "generation": 0,
+            },
         )
-        session.add(series)
-        session.flush()
-        record_event(session, "series", series.id, "opened", calling_ae=calling_ae)
-        return series, "opened"
+        _event(conn, "series", pk, "opened", calling_ae=calling_ae)
+        return pk, SeriesState.OPEN.value, "opened"
 
-    transition: str | None = None
-    if series.state == SeriesState.COMPLETE.value:
-        series.state = SeriesState.REOPENED.value
-        transition = "reopened"
-        record_event(
-            session, "series", series.id, "reopened", generation=series.generation, calling_ae=calling_ae
-        )
-    series.last_received_at = now
-    series.complete_after = complete_after
-    return series, transition
+    pk, state, generation = int(row.id), str(row.state), row.generation
+    params = {"pk": pk, "now": now, "complete_after": complete_after}
+    if state == SeriesState.COMPLETE.value:
+        conn.execute(_REOPEN_SERIES, params)
+        _event(conn, "series", pk, "reopened", generation=generation, calling_ae=calling_ae)
+        return pk, SeriesState.REOPENED.value, "reopened"
+    conn.execute(_TOUCH_SERIES, params)
+    return pk, state, None
 
 
 def record_instance(
@@ -182,16 +238,12 @@ def record_instance(
         if not value:
             raise ValueError(f"header: {name} is required")
 
-    latest = session.scalars(
-        select(Instance)
-        .where(Instance.sop_instance_uid == sop_uid)
-        .order_by(Instance.version.desc())
-        .limit(1)
-    ).first()
+    conn = session.connection()
+    latest = conn.execute(_LATEST_INSTANCE, {"sop_uid": sop_uid}).first()
 
     if latest is not None and latest.sha256 == sha256:
-        record_event(
-            session,
+        _event(
+            conn,
             "instance",
             latest.id,
             "duplicate_received",
@@ -199,19 +251,19 @@ def record_instance(
             calling_ae=calling_ae,
             peer_host=peer_host,
         )
-        series = session.get(Series, latest.series_pk)
+        state = conn.execute(_SERIES_STATE, {"pk": latest.series_pk}).scalar()
         return IngestOutcome(
             kind=IngestKind.DUPLICATE,
-            instance_pk=latest.id,
-            series_pk=latest.series_pk,
-            version=latest.version,
-            series_state=series.state if series is not None else "",
+            instance_pk=int(latest.id),
+            series_pk=int(latest.series_pk),
+            version=int(latest.version),
+            series_state=str(state) if state is not None else "",
             series_transition=None,
         )
 
     complete_after = now + timedelta(seconds=quiet_period_s)
-    series, transition = _touch_series(
-        session,
+    series_pk, series_state, transition = _touch_series(
+        conn,
         header,
         study_uid=study_uid,
         series_uid=series_uid,
@@ -223,47 +275,50 @@ def record_instance(
     version = 1
     kind = IngestKind.NEW
     if latest is not None:
-        latest.superseded = True
-        version = latest.version + 1
+        conn.execute(_SUPERSEDE, {"pk": latest.id})
+        version = int(latest.version) + 1
         kind = IngestKind.NEW_VERSION
 
-    instance = Instance(
-        sop_instance_uid=sop_uid,
-        version=version,
-        sop_class_uid=sop_class,
-        series_pk=series.id,
-        transfer_syntax=str(transfer_syntax),
-        path=str(path),
-        size=size,
-        sha256=sha256,
-        calling_ae=calling_ae[:16],
-        peer_host=peer_host[:64],
-        instance_number=_text(header, "InstanceNumber", 12),
-        received_at=now,
-        state=InstanceState.RECEIVED.value,
-        superseded=False,
+    instance_pk = _insert(
+        conn,
+        _I,
+        {
+            "sop_instance_uid": sop_uid,
+            "version": version,
+            "sop_class_uid": sop_class,
+            "series_pk": series_pk,
+            "transfer_syntax": str(transfer_syntax),
+            "path": str(path),
+            "size": size,
+            "sha256": sha256,
+            "calling_ae": calling_ae[:16],
+            "peer_host": peer_host[:64],
+            "instance_number": _text(header, "InstanceNumber", 12),
+            "received_at": now,
+            "state": InstanceState.RECEIVED.value,
+            "screen_reason": None,
+            "superseded": False,
+        },
     )
-    session.add(instance)
-    session.flush()
     if latest is None:
-        record_event(session, "instance", instance.id, "received", version=1, calling_ae=calling_ae)
+        _event(conn, "instance", instance_pk, "received", version=1, calling_ae=calling_ae)
     else:
-        record_event(
-            session,
+        _event(
+            conn,
             "instance",
-            instance.id,
+            instance_pk,
             "new_version",
             version=version,
             supersedes=latest.id,
             previous_sha256=latest.sha256,
             calling_ae=calling_ae,
         )
-        record_event(session, "instance", latest.id, "superseded", by=instance.id)
+        _event(conn, "instance", latest.id, "superseded", by=instance_pk)
     return IngestOutcome(
         kind=kind,
-        instance_pk=instance.id,
-        series_pk=series.id,
+        instance_pk=instance_pk,
+        series_pk=series_pk,
         version=version,
-        series_state=series.state,
+        series_state=series_state,
         series_transition=transition,
     )
