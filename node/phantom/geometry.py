@@ -441,49 +441,65 @@ class Renderer:
         jj = jj - np.float32(j0)
         shape = (i1 - i0, j1 - j0)
         big = np.float32(1e9)
+        ni, nj = shape
         if p.Q is not None:
             Q = p.Q
             A = _as_grid(_poly2(_bilinear(d, d, Q), ii, jj), *shape)
             B = _as_grid(_poly2(2.0 * _bilinear(d, o, Q), ii, jj), *shape)
             C = _poly2(_bilinear(o, o, Q), ii, jj)
-            A = np.maximum(A, np.float32(1e-12))
-            disc = B * B - np.float32(4.0) * A * C
+            np.maximum(A, np.float32(1e-12), out=A)
+            disc = B * B
+            disc -= np.float32(4.0) * A * C if not isinstance(C, float) else A * np.float32(4.0 * C)
             np.maximum(disc, 0.0, out=disc)
-            half = np.sqrt(disc)
-            inv2a = np.float32(0.5) / A
-            t1 = (-B - half) * inv2a
-            t2 = (-B + half) * inv2a
-            # rays that miss: zero-length interval
-            miss = disc <= 0
-            t2[miss] = t1[miss]
+            np.sqrt(disc, out=disc)
+            inv = np.reciprocal(A, out=A)
+            if not len(p.planes):
+                length = disc
+                length *= inv
+                if self.d_len is not None:
+                    length *= self.d_len[i0:i1, j0:j1]
+                return length
+            inv *= np.float32(0.5)
+            disc *= inv  # half chord in t
+            B *= inv
+            np.negative(B, out=B)  # mid point in t
+            t1 = B - disc
+            t2 = B
+            t2 += disc
         else:
             t1 = np.full(shape, -big, dtype=np.float32)
             t2 = np.full(shape, big, dtype=np.float32)
         for row in p.planes:
             n3 = row[:3]
-            nd = _poly2(np.array([n3 @ d[0][:3], n3 @ d[1][:3], n3 @ d[2][:3], 0, 0, 0]), ii, jj)
-            no = _poly2(np.array([n3 @ o[0][:3] - row[3], n3 @ o[1][:3], n3 @ o[2][:3], 0, 0, 0]), ii, jj)
-            if isinstance(nd, float):
-                if abs(nd) < 1e-12:
-                    if isinstance(no, float):
-                        if no > 0:
-                            t2 = t1.copy()
-                    else:
-                        t2 = np.where(no > 0, t1, t2)
-                    continue
-                bound = -np.asarray(no, np.float32) / np.float32(nd)
-                if nd > 0:
-                    t2 = np.minimum(t2, bound)
+            cnd = np.array([n3 @ d[0][:3], n3 @ d[1][:3], n3 @ d[2][:3], 0, 0, 0])
+            cno = np.array([n3 @ o[0][:3] - row[3], n3 @ o[1][:3], n3 @ o[2][:3], 0, 0, 0])
+            # n·d is affine in (j, i): its extremes over the box are at the corners
+            corners = [cnd[0] + cnd[1] * jc + cnd[2] * ic for jc in (0, nj - 1) for ic in (0, ni - 1)]
+            lo, hi = min(corners), max(corners)
+            if lo > 1e-9 or hi < -1e-9:
+                # one-sided everywhere: bound = (n·o - h) / (-(n·d))
+                bound = _as_grid(_poly2(cno, ii, jj), *shape)
+                bound /= _as_grid(_poly2(-cnd, ii, jj), *shape)
+                if lo > 0:
+                    np.minimum(t2, bound, out=t2)
                 else:
-                    t1 = np.maximum(t1, bound)
-            else:
-                nd_arr = _as_grid(nd, *shape)
-                safe = np.where(np.abs(nd_arr) < 1e-12, np.float32(1e-12), nd_arr)
-                bound = -_as_grid(no, *shape) / safe
-                pos = nd_arr > 0
-                t2 = np.where(pos, np.minimum(t2, bound), t2)
-                t1 = np.where(pos, t1, np.maximum(t1, bound))
-        length = t2 - t1
+                    np.maximum(t1, bound, out=t1)
+                continue
+            nd = _poly2(cnd, ii, jj)
+            no = _poly2(cno, ii, jj)
+            if isinstance(nd, float):
+                # rays parallel to the plane: inside or outside as a whole
+                outside = _as_grid(no, *shape) > 0
+                t2 = np.where(outside, t1, t2)
+                continue
+            nd_arr = _as_grid(nd, *shape)
+            safe = np.where(np.abs(nd_arr) < 1e-12, np.float32(1e-12), nd_arr)
+            bound = -_as_grid(no, *shape) / safe
+            pos = nd_arr > 0
+            t2 = np.where(pos, np.minimum(t2, bound), t2)
+            t1 = np.where(pos, t1, np.maximum(t1, bound))
+        length = t2
+        length -= t1
         np.maximum(length, 0.0, out=length)
         if self.d_len is not None:
             length *= self.d_len[i0:i1, j0:j1]
