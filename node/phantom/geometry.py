@@ -494,7 +494,7 @@ class Renderer:
                 continue
             nd_arr = _as_grid(nd, *shape)
             safe = np.where(np.abs(nd_arr) < 1e-12, np.float32(1e-12), nd_arr)
-            bound = -_as_grid(no, *shape) / safe
+            bound = np.asarray(-_as_grid(no, *shape) / safe, dtype=np.float32)
             pos = nd_arr > 0
             t2 = np.where(pos, np.minimum(t2, bound), t2)
             t1 = np.where(pos, t1, np.maximum(t1, bound))
