@@ -88,3 +88,38 @@ def test_detector_one_epoch_exports_and_runtime_matches_torch(phantoms: list, tm
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     boxes = runtime.detect(images)
     assert len(boxes) == 3
+
+
+def test_labels_csv_parsing_and_site_folder(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from node.train.data import LabelError, folder_samples, read_labels
+
+    chest = get_testdata_file("RG1_UNCR.dcm")
+    ct = get_testdata_file("CT_small.dcm")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text(
+        "file,view,side,implant_right,implant_left,boxes\n"
+        f"{chest},other,,,,\n"
+        f"{ct},other,,,,\n"
+        "a.dcm,ap_pelvis,,1,no,hip_joint_right 1 2 30 40; cup 5 6 20 25\n"
+        "b.dcm,lateral_hip,L,,0,\n"
+    )
+    rows = read_labels(csv_path)
+    assert rows[2].view is View.AP_PELVIS and rows[2].path == tmp_path / "a.dcm"
+    assert rows[2].boxes is not None and [b.label for b in rows[2].boxes] == ["hip_joint_right", "cup"]
+    from node.domain import Side
+
+    assert rows[2].implant == {Side.RIGHT: True, Side.LEFT: False}
+    assert rows[3].side is Side.LEFT and rows[3].implant == {Side.LEFT: False}
+    # only the CR chest passes the node's screening (CT is screened out, a.dcm/b.dcm do not exist)
+    csv_path.write_text(f"file,view\n{chest},other\n{ct},other\n")
+    samples = list(folder_samples(csv_path))
+    assert len(samples) == 1 and samples[0].view is View.OTHER and samples[0].boxes is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,view,side\nx.dcm,ap_hip,\n")
+    with pytest.raises(LabelError, match="needs side"):
+        read_labels(bad)
+    bad.write_text("file,view,boxes\nx.dcm,other,femur 1 2 3 4\n")
+    with pytest.raises(LabelError, match="bad box"):
+        read_labels(bad)
