@@ -7,7 +7,9 @@ ONNX models through ``node.infer`` at batch 1; then batched throughput at the co
 size. Reported: median / p90 per stage, triage + detect per radiograph against the 100 ms
 target, and inference time / decode time measured in the same run.
 
-Run: ``python -m benchmarks.bench_infer`` (writes ``benchmarks/results/infer.json``).
+Run: ``python -m benchmarks.bench_infer`` (writes ``benchmarks/results/infer.json``);
+``BENCH_THREADS`` (default 2) sets onnxruntime intra-op threads, ``BENCH_MODELS_ROOT`` the models
+folder (default ``models``).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def _stats(ms: list[float]) -> dict[str, float]:
 def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     repeats = 5 if quick else 20
     threads = int(os.environ.get("BENCH_THREADS", "2"))
-    cfg = ModelsConfig(intra_op_threads=threads, inter_op_threads=1)
+    root = Path(os.environ.get("BENCH_MODELS_ROOT", "models"))
+    cfg = ModelsConfig(root=root, intra_op_threads=threads, inter_op_threads=1)
     triage = TriageModel.load(cfg.triage or "triage", cfg)
     detector = DetectorModel.load(cfg.detector or "detector", cfg)
     screening = ScreeningConfig()
