@@ -232,7 +232,7 @@ def _circle_lsq(p: FloatArray) -> tuple[float, float, float]:
     return cx, cy, math.sqrt(max(k + cx * cx + cy * cy, 0.0))
 
 
-def _ransac_circle(
+def ransac_circles(
     p: FloatArray,
     normals: FloatArray,
     strength: FloatArray,
@@ -351,7 +351,7 @@ def _crop(image: NDArray[np.float32], box: Box, margin: float) -> tuple[NDArray[
     return image[y0:y1, x0:x1], x0, y0
 
 
-def _edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
+def edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
     """Thin edge pixels (Canny) of the region, (x, y) integer coordinates.
 
     Edges rather than an intensity threshold: after a radiograph's tone mapping and unsharp
@@ -376,7 +376,7 @@ def _edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
     return np.column_stack([xs[keep], ys[keep]]).astype(np.int32)
 
 
-def _subpixel_edges(
+def subpixel_edges(
     smooth: NDArray[np.float32], contour: NDArray[np.int32]
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Move each contour pixel to the gradient-magnitude maximum along the local normal.
@@ -523,13 +523,13 @@ def fit_cup_ellipse(
         return CupFit(None, None, refusal_reason="cup box too small")
     roi, ox, oy = _crop(img, cup_box, margin)
     smooth = np.asarray(cv2.GaussianBlur(roi, (0, 0), 1.0), dtype=np.float32)
-    pts, normals, strength = _subpixel_edges(smooth, _edge_pixels(smooth))
+    pts, normals, strength = subpixel_edges(smooth, edge_pixels(smooth))
     if len(pts) < 30:
         return CupFit(None, None, refusal_reason="no cup outline found in the cup box")
 
     size = max(cup_box.width, cup_box.height)
     rng = np.random.default_rng(seed)
-    circles = _ransac_circle(pts, normals, strength, 0.4 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
+    circles = ransac_circles(pts, normals, strength, 0.4 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
     if not circles:
         return CupFit(None, None, refusal_reason="dome outline not found")
     gx = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, dtype=np.float32)
