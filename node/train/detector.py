@@ -212,7 +212,7 @@ def train_yolo(
         pretrained=False,
         amp=False,
         plots=False,
-        val=True,
+        val=False,  # validated below through onnxruntime; per-epoch NMS on CPU costs minutes
         project=str(workdir),
         name="run",
         exist_ok=True,
