@@ -13,7 +13,7 @@ structure that gets a detector box.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from node.phantom.geometry import (
     ellipsoid,
     fibonacci_sphere,
     frame_from_z,
+    frustum,
     polyhedron,
     rot_axis,
     sphere,
@@ -480,34 +481,52 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
     ri = ro * 0.55
     tag = f"bone:femur:{s}"
 
-    # shaft (diaphysis) and proximal metaphysis
-    top = T + sd * 38.0
+    # shaft (diaphysis)
+    top = T + sd * 55.0
     prims.append(cylinder(top, top + sd * 520.0, (ro, ro * 0.95), m.CORTICAL, lat, tag))
     prims.append(cylinder(top, top + sd * 520.0, (ri, ri * 0.95), -m.CORTICAL + m.CANCELLOUS * 0.4, lat, tag))
-    # metaphysis: widening cone approximated by two ellipsoids clipped at the shaft top
-    met_R = frame_from_z(-sd, lat)
-    clip_top = [(top, sd)]
-    prims += bone_ellipsoid(T + sd * 8.0, (ro * 1.55, ro * 1.3, 48.0), met_R, tag, 2.2, clip_top)
-    # greater trochanter
-    gt_c = T - sd * 16.0 + lat * (ro * 0.9) + post * 4.0
-    prims += bone_ellipsoid(gt_c, (12.0, 17.0, 22.0), frame_from_z(-sd, lat), f"bone:trochanter:{s}", 1.8)
+    # metaphysis: a funnel (truncated elliptic cone) from the trochanteric region to the shaft
+    ml = unit(lat - sd * float(lat @ sd))
+    f_top = T - sd * 8.0 + ml * 3.0
+    wide = (ro * 1.85, ro * 1.45)
+    narrow = ro / wide[0]
+    prims.append(frustum(f_top, top, wide, narrow, m.CORTICAL * 0.75, ml, tag))
+    prims.append(frustum(f_top, top, (wide[0] - 2.0, wide[1] - 2.0), (ri + 1.0) / (wide[0] - 2.0),
+                         -m.CORTICAL * 0.75 + m.CANCELLOUS, ml, tag))
+    # rounded top of the funnel (same cross-section at the joint: no seam)
+    cap_R = np.stack([ml, unit(np.cross(-sd, ml)), -sd], axis=1)
+    above = [(f_top, sd)]
+    prims.append(ellipsoid(f_top, (wide[0], wide[1], 22.0), m.CORTICAL * 0.75, cap_R, tag, above))
+    prims.append(ellipsoid(f_top, (wide[0] - 2.0, wide[1] - 2.0, 20.0), -m.CORTICAL * 0.75 + m.CANCELLOUS, cap_R, tag,
+                           above))
+    # greater trochanter: cancellous with a thin cortex, soft outline
+    gt_c = T - sd * 14.0 + lat * (ro * 0.95) + post * 4.0
+    gt_R = frame_from_z(-sd, lat)
+    prims += soft_ellipsoid(gt_c, (12.0, 16.0, 21.0), m.CANCELLOUS * 1.3, gt_R, f"bone:trochanter:{s}")
+    prims.append(ellipsoid(gt_c, (12.0, 16.0, 21.0), m.CORTICAL * 0.35, gt_R, f"bone:trochanter:{s}",
+                           [(gt_c - sd * 2.0, sd)]))
+    prims.append(ellipsoid(gt_c, (10.8, 14.8, 19.8), -m.CORTICAL * 0.35, gt_R, f"bone:trochanter:{s}",
+                           [(gt_c - sd * 2.0, sd)]))
     # lesser trochanter (posteromedial)
     lt_dir = unit(-lat * 0.8 + post * 0.6)
-    lt_c = T + sd * 40.0 + lt_dir * (ro * 0.95)
-    prims += bone_ellipsoid(lt_c, (9.0, 7.0, 12.0), frame_from_z(-sd, lt_dir), f"bone:trochanter:{s}", 1.5)
-    # neck: elliptic cylinder, taller than deep
+    lt_c = T + sd * 40.0 + lt_dir * (ro * 1.0)
+    prims += bone_ellipsoid(lt_c, (8.0, 6.5, 12.0), frame_from_z(-sd, lt_dir), f"bone:trochanter:{s}", 1.2,
+                            cortical=m.CORTICAL * 0.7)
+    # neck: elliptic frustum widening towards the trochanters, taller than deep
     r_si = Rh * 0.72
     r_ap = Rh * 0.62
     neck_hint = unit(np.cross(hd, post))  # in the coronal plane, perpendicular to the neck
     neck_start = H - hd * math.sqrt(max(Rh**2 - r_si**2, 1.0))
-    neck_end = T - hd * 6.0
+    neck_end = T - hd * 4.0
     cut = None
     if cup is not None:
         L_nt = float(np.linalg.norm(H - T))
         cut = T + hd * (L_nt * 0.38)
         neck_start = cut
-    prims += bone_tube(neck_start, neck_end, (r_si, r_ap), f"bone:neck:{s}", 2.4, hint=neck_hint,
-                       n0=hd, n1=-hd)
+    flare = 1.3
+    prims.append(frustum(neck_start, neck_end, (r_si, r_ap), flare, m.CORTICAL, neck_hint, f"bone:neck:{s}"))
+    prims.append(frustum(neck_start, neck_end, (r_si - 2.2, r_ap - 2.2), flare * (r_si + 1.0) / r_si,
+                         -m.CORTICAL + m.CANCELLOUS, neck_hint, f"bone:neck:{s}"))
     if cup is None:
         # native head with a cortical shell
         prims += shell(H, Rh, Rh - 1.4, m.CORTICAL * 0.8, f"bone:head:{s}")
@@ -724,14 +743,15 @@ def build_soft_tissue(p: PatientParams, poses: dict[Side, FemurPose], marks: Lan
             continue
         r = p.thigh_radius_mm
         top = np.array([sx * (p.hip_half_width_mm + 8.0), yc - 5.0, 40.0])
-        bot = top + np.array([-sx * 45.0, 0.0, -600.0])
-        below = [(np.array([0.0, 0.0, z_fold]), -fold_n)]
+        bot = top + np.array([-sx * 30.0, 0.0, -600.0])
+        below = [(np.array([0.0, 0.0, z_fold]), -fold_n), own]
+        # thighs taper distally (wide at the buttock crease: a soft fold, not a step)
         parts = [
-            cylinder(top, bot, (r, r * 0.92), m.SOFT + m.FAT, tag=f"soft:thigh:{side.value}", clip=below,
-                     smooth=True),
-            cylinder(top, bot, (r - 0.6 * f, (r - 0.6 * f) * 0.92), m.MUSCLE - m.FAT, tag=f"soft:thigh:{side.value}",
-                     clip=below, smooth=True),
+            frustum(top, bot, (r * 1.25, r * 1.15), 0.7, m.SOFT + m.FAT, tag=f"soft:thigh:{side.value}", clip=below),
+            frustum(top, bot, ((r - 0.6 * f) * 1.25, (r - 0.6 * f) * 1.15), 0.7, m.MUSCLE - m.FAT,
+                    tag=f"soft:thigh:{side.value}", clip=below),
         ]
+        parts = [replace(q, smooth=True) for q in parts]
         T_pose = marks.femur_pose.get(side)
         if T_pose is not None:
             parts = [q.transformed(T_pose) for q in parts]

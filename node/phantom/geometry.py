@@ -112,6 +112,7 @@ class Primitive:
     corners: F64  # (m, 3) points whose convex hull contains the primitive
     tag: str = ""
     smooth: bool = False  # large, smooth: may be rendered at reduced resolution
+    cone: bool = False  # Q is an (indefinite) elliptic cone; the planes keep one nappe
 
     def transformed(self, T: Rigid) -> Primitive:
         Q = None
@@ -212,6 +213,39 @@ def cylinder(
             cs.append(_box_corners(p + sgn * ext * d, M))
     corners = np.concatenate(cs)
     return Primitive(Q, _planes(rows), mu, corners, tag, smooth)
+
+
+def frustum(
+    p0: Sequence[float] | F64,
+    p1: Sequence[float] | F64,
+    radii0: tuple[float, float],
+    scale1: float,
+    mu: float,
+    hint: Sequence[float] | F64 = (1.0, 0.0, 0.0),
+    tag: str = "",
+    clip: Sequence[tuple[Sequence[float] | F64, Sequence[float] | F64]] = (),
+) -> Primitive:
+    """Truncated elliptic cone from ``p0`` (semi-axes ``radii0``) to ``p1`` (``scale1`` × those)."""
+    if abs(scale1 - 1.0) < 1e-6:
+        return cylinder(p0, p1, radii0, mu, hint, tag, clip=clip)
+    a0 = np.asarray(p0, dtype=np.float64)
+    a1 = np.asarray(p1, dtype=np.float64)
+    ax = a1 - a0
+    L = float(np.linalg.norm(ax))
+    d = ax / L
+    F = frame_from_z(ax, hint)
+    za = -L / (scale1 - 1.0)  # apex position along the axis from p0
+    apex = a0 + d * za
+    M = F @ np.diag([1.0 / radii0[0] ** 2, 1.0 / radii0[1] ** 2, -1.0 / za**2]) @ F.T
+    Q = np.zeros((4, 4))
+    Q[:3, :3] = M
+    Q[:3, 3] = Q[3, :3] = -M @ apex
+    Q[3, 3] = apex @ M @ apex
+    rows = [(-d, float(-d @ a0)), (d, float(d @ a1))]
+    rows += [(np.asarray(n, float), float(np.asarray(n, float) @ np.asarray(q, float))) for q, n in clip]
+    corners = np.concatenate([_box_corners(a0, F @ np.diag([radii0[0], radii0[1], 0.0])),
+                              _box_corners(a1, F @ np.diag([radii0[0] * scale1, radii0[1] * scale1, 0.0]))])
+    return Primitive(Q, _planes(rows), mu, corners, tag, False, True)
 
 
 def polyhedron(planes: Sequence[tuple[Sequence[float] | F64, Sequence[float] | F64]], corners: F64,
@@ -442,6 +476,8 @@ class Renderer:
         shape = (i1 - i0, j1 - j0)
         big = np.float32(1e9)
         ni, nj = shape
+        if p.cone:
+            return self._cone_chord(p, o, d, ii, jj, shape, (i0, i1, j0, j1))
         if p.Q is not None:
             Q = p.Q
             A = _as_grid(_poly2(_bilinear(d, d, Q), ii, jj), *shape)
@@ -493,15 +529,56 @@ class Renderer:
                 t2 = np.where(outside, t1, t2)
                 continue
             nd_arr = _as_grid(nd, *shape)
-            safe = np.where(np.abs(nd_arr) < 1e-12, np.float32(1e-12), nd_arr)
-            bound = np.asarray(-_as_grid(no, *shape) / safe, dtype=np.float32)
-            pos = nd_arr > 0
-            t2 = np.where(pos, np.minimum(t2, bound), t2)
-            t1 = np.where(pos, t1, np.maximum(t1, bound))
+            no_arr = _as_grid(no, *shape)
+            par = np.abs(nd_arr) < 1e-12
+            bound = np.asarray(-no_arr / np.where(par, np.float32(1.0), nd_arr), dtype=np.float32)
+            t2 = np.where(nd_arr > 1e-12, np.minimum(t2, bound), t2)
+            t1 = np.where(nd_arr < -1e-12, np.maximum(t1, bound), t1)
+            t2 = np.where(par & (no_arr > 0), t1, t2)
         length = t2
         length -= t1
         np.maximum(length, 0.0, out=length)
         if self.d_len is not None:
+            length *= self.d_len[i0:i1, j0:j1]
+        return length
+
+    def _slab(self, p: Primitive, o: tuple[F64, F64, F64], d: tuple[F64, F64, F64], ii: F32, jj: F32,
+              shape: tuple[int, int]) -> tuple[F32, F32]:
+        t1 = np.full(shape, -1e9, dtype=np.float32)
+        t2 = np.full(shape, 1e9, dtype=np.float32)
+        for row in p.planes:
+            n3 = row[:3]
+            nd = _as_grid(_poly2(np.array([n3 @ d[0][:3], n3 @ d[1][:3], n3 @ d[2][:3], 0, 0, 0]), ii, jj), *shape)
+            no = _as_grid(_poly2(np.array([n3 @ o[0][:3] - row[3], n3 @ o[1][:3], n3 @ o[2][:3], 0, 0, 0]), ii, jj),
+                          *shape)
+            par = np.abs(nd) < 1e-12
+            bound = np.asarray(-no / np.where(par, np.float32(1.0), nd), dtype=np.float32)
+            t2 = np.where(nd > 1e-12, np.minimum(t2, bound), t2)
+            t1 = np.where(nd < -1e-12, np.maximum(t1, bound), t1)
+            t2 = np.where(par & (no > 0), np.float32(-1e9), t2)
+        return t1, t2
+
+    def _cone_chord(self, p: Primitive, o: tuple[F64, F64, F64], d: tuple[F64, F64, F64], ii: F32, jj: F32,
+                    shape: tuple[int, int], box: tuple[int, int, int, int]) -> F32:
+        """Chord through one nappe of an elliptic cone cut by planes (a convex frustum)."""
+        assert p.Q is not None
+        s1, s2 = self._slab(p, o, d, ii, jj, shape)
+        A = _as_grid(_poly2(_bilinear(d, d, p.Q), ii, jj), *shape)
+        B = _as_grid(_poly2(2.0 * _bilinear(d, o, p.Q), ii, jj), *shape)
+        C = _as_grid(_poly2(_bilinear(o, o, p.Q), ii, jj), *shape)
+        disc = B * B - np.float32(4.0) * A * C
+        sq = np.sqrt(np.maximum(disc, 0.0))
+        a2 = np.where(np.abs(A) < 1e-12, np.float32(1e-12), A) * np.float32(2.0)
+        r1 = (-B - sq) / a2
+        r2 = (-B + sq) / a2
+        lo, hi = np.minimum(r1, r2), np.maximum(r1, r2)
+        pos = A > 0
+        len_pos = np.maximum(np.minimum(s2, hi) - np.maximum(s1, lo), 0.0)
+        len_neg = np.maximum(np.minimum(s2, lo) - s1, 0.0) + np.maximum(s2 - np.maximum(s1, hi), 0.0)
+        length = np.where(disc > 0, np.where(pos, len_pos, len_neg),
+                          np.where(pos, np.float32(0.0), np.maximum(s2 - s1, 0.0))).astype(np.float32)
+        if self.d_len is not None:
+            i0, i1, j0, j1 = box
             length *= self.d_len[i0:i1, j0:j1]
         return length
 

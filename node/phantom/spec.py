@@ -318,7 +318,7 @@ def sample_imaging(rng: np.random.Generator, view: View, side: Side | None) -> I
 
 def sample_geometry(rng: np.random.Generator, view: View) -> GeometryParams:
     fov = {
-        View.AP_PELVIS: (370.0, 430.0),
+        View.AP_PELVIS: (400.0, 440.0),
         View.AP_HIP: (220.0, 290.0),
         View.LATERAL_HIP: (220.0, 280.0),
         View.OBLIQUE_HIP: (230.0, 300.0),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -119,10 +119,20 @@ def _ray_interval(p: Primitive, o: F64, d: F64) -> tuple[float, float]:
                 return 0.0, 0.0
         else:
             disc = B * B - 4 * A * C
-            if disc <= 0:
+            if p.cone and A < 0:
+                # the inside of the nappe is outside the roots; the planes keep one piece
+                if disc > 0:
+                    r = math.sqrt(disc)
+                    lo, hi = sorted(((-B - r) / (2 * A), (-B + r) / (2 * A)))
+                    s1, s2 = _ray_interval(replace(p, Q=None, cone=False), o, d)
+                    if min(s2, lo) > s1:
+                        return s1, min(s2, lo)
+                    return max(s1, hi), s2
+            elif disc <= 0:
                 return 0.0, 0.0
-            r = math.sqrt(disc)
-            t1, t2 = (-B - r) / (2 * A), (-B + r) / (2 * A)
+            else:
+                r = math.sqrt(disc)
+                t1, t2 = (-B - r) / (2 * A), (-B + r) / (2 * A)
     for row in p.planes:
         nd = float(row[:3] @ d)
         no = float(row[:3] @ o) - row[3]
