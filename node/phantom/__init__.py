@@ -66,7 +66,41 @@ at the top-left pixel centre; on AP-like views the patient's right is on the ima
 
 Exactness: all of the above is computed from the 3D model and the same camera that renders the
 image; ``render_mask(spec, "mask:cup_rim:R")`` gives the rendered cup-opening disc so a fitted
-ellipse can be compared with ``cup.ellipse``.
+ellipse can be compared with ``cup.ellipse``. In parallel mode with a neutral pelvis the seen
+angles equal the true ones (tests fit ``cv2.fitEllipse`` to the rim mask: within 0.2°).
+
+How it is made (modules): ``geometry`` — analytic primitives (ellipsoids, elliptic cylinders,
+truncated elliptic cones, convex polyhedra, each ∩ half-spaces; half-shells and mitred swept
+tubes are built from them) with additive attenuation, and an exact closed-form ray-sum
+renderer (point source or parallel rays, float32, per-primitive bounding boxes, large smooth
+soft tissue at ¼ resolution); ``anatomy`` — pelvis (iliac wings and crests, acetabula with
+sourcil and teardrop, ilioischial line, brim, sacrum with foramina, L3–L5, pubis, rami,
+ischia, tuberosities, spines), proximal femora (head, flared neck, trochanteric funnel,
+trochanters, shaft with medullary canal), cortical/cancellous bone, fat/muscle envelope, bowel
+gas, THA (shell, liner, ball, tapered stem, optional cement, screws, cerclage); ``other`` —
+chest, knee, hand, abdomen; ``render`` — cameras per view and the detector/processing chain;
+``truth`` — ground truth; ``dicom`` / ``cli`` — files; ``gallery`` — ``docs/phantoms.png``.
+
+Realism knobs (``ImagingParams``, drawn at random by ``sample_spec``): kVp (bone/metal/soft
+contrast), dose (quantum noise), scatter-to-primary ratio and kernel, heel effect, detector
+blur, dynamic-range compression, unsharp masking, tone curve and gamma, collimation (with
+rotation; shutter white or black), burned-in lead L/R marker, trabecular texture, grid lines,
+10–16 bits stored, MONOCHROME1/2; ``GeometryParams``: SID 1000–1150 mm (chest 1500–1830),
+detector field, table gap, pelvic tilt/rotation/obliquity, lateral beam angle; detector matrix
+any size, or ``rows=0`` for native 0.139–0.2 mm pixels. ``spec.quiet()`` turns off noise,
+marker, heel, texture and grid; ``spec.parallel()`` selects parallel rays; ``spec.mirrored()``
+exchanges left and right (the image mirrors exactly).
+
+CLI: ``hipnode phantom --count N --out DIR [--views …] [--implants …] [--seed S] [--size N|RxC|native]
+[--transfer-syntax explicit|implicit|deflate|rle|jpegls|jpegls-near|j2k|j2k-lossy] [--modality
+mixed|CR|DX] [--unreliable-fraction F] [--workers W]`` writes CR / DX-for-presentation files
+grouped in studies and series plus ``DIR/ground_truth.jsonl`` (see ``node.phantom.cli``).
+
+Known differences from clinical films (see the gallery): bones are smooth analytic solids with
+a faint synthetic trabecular texture, so outlines are cleaner and more geometric than real
+bone; overlapping primitives leave some internal edges; the sacrum, rami and iliac wings are
+simplified; the cross-table lateral is the least convincing view; soft tissue has no bowel
+pattern beyond gas bubbles, no skin folds beyond the gluteal crease; implants are generic.
 """
 
 from __future__ import annotations

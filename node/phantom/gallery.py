@@ -96,7 +96,7 @@ def _tile(label: str, spec: PhantomSpec) -> NDArray[np.uint8]:
         y0 = min(max(cy - TILE // 2, 0), u8.shape[0] - TILE)
         x0 = min(max(cx - TILE // 2, 0), u8.shape[1] - TILE)
         u8 = u8[y0:y0 + TILE, x0:x0 + TILE]
-    u8 = cv2.resize(u8, (TILE, TILE), interpolation=cv2.INTER_AREA)
+    u8 = np.asarray(cv2.resize(u8, (TILE, TILE), interpolation=cv2.INTER_AREA), dtype=np.uint8)
     bar = np.full((22, TILE), 30, np.uint8)
     cv2.putText(bar, label, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, 235, 1, cv2.LINE_AA)
     return np.concatenate([u8, bar], axis=0)
