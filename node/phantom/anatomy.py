@@ -214,11 +214,28 @@ def soft_ellipsoid(center: F64, axes: tuple[float, float, float], mu: float, R: 
 
 def bone_tube(p0: F64, p1: F64, radii: tuple[float, float], tag: str, cortex_mm: float = 2.0,
               hint: F64 | tuple[float, float, float] = (1.0, 0.0, 0.0),
-              n0: F64 | None = None, n1: F64 | None = None) -> list[Primitive]:
+              n0: F64 | None = None, n1: F64 | None = None, caps: bool = False) -> list[Primitive]:
+    """Cortical tube with cancellous core; ``caps`` rounds the (perpendicular) ends."""
     inner = (max(radii[0] - cortex_mm, 0.5), max(radii[1] - cortex_mm, 0.5))
-    return [
+    out = [
         cylinder(p0, p1, radii, m.CORTICAL, hint, tag, n0, n1),
         cylinder(p0, p1, inner, m.CANCELLOUS_FROM_CORTICAL, hint, tag, n0, n1),
+    ]
+    if caps:
+        out += round_caps(p0, p1, radii, m.CORTICAL, hint, tag)
+        out += round_caps(p0, p1, inner, m.CANCELLOUS_FROM_CORTICAL, hint, tag)
+    return out
+
+
+def round_caps(p0: F64, p1: F64, radii: tuple[float, float], mu: float,
+               hint: F64 | tuple[float, float, float], tag: str) -> list[Primitive]:
+    """Half-ellipsoid caps matching an elliptic cylinder's cross-section at both ends."""
+    d = unit(np.asarray(p1, float) - np.asarray(p0, float))
+    F = frame_from_z(d, hint)
+    rc = min(radii)
+    return [
+        ellipsoid(p0, (radii[0], radii[1], rc), mu, F, tag, [(p0, d)]),
+        ellipsoid(p1, (radii[0], radii[1], rc), mu, F, tag, [(p1, -d)]),
     ]
 
 
@@ -405,7 +422,7 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     brim_x = float(np.interp(z_sp, lat_pts[:, 2], np.abs(lat_pts[:, 0]))) if len(lat_pts) > 1 else hw - 30.0
     spine_base = np.array([sx * (brim_x + 16.0), 46.0, z_sp])
     prims += bone_tube(np.array([sx * 56.0, 58.0, 30.0]), spine_base + np.array([0.0, 0.0, -4.0]), (8.0, 6.0),
-                       f"bone:column:{s}", 2.0)
+                       f"bone:column:{s}", 2.0, caps=True)
     # ischial spine: cone-like ellipsoid pointing medially
     sd = unit(np.array([-sx, 0.15, -0.05]))
     L = max(hp.spine_length_mm, 2.0)
@@ -420,17 +437,19 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     tub_R = frame_from_z([sx * 0.15, 0.1, 1.0])
     marks.tuberosity[side] = (tub_c, tub_R, np.asarray(tub_ax))
     prims += bone_tube(H + np.array([sx * 4.0, 16.0, -18.0]), tub_c + np.array([0.0, 0.0, 4.0]), (10.0, 12.0),
-                       f"bone:ischium:{s}", 1.8, hint=lat)
+                       f"bone:ischium:{s}", 1.8, hint=lat, caps=True)
     prims += bone_ellipsoid(tub_c, tub_ax, tub_R, f"bone:tuberosity:{s}", 1.6, cortical=m.CORTICAL * 0.8)
     # superior pubic ramus, inferior (ischiopubic) ramus
     sup0 = H + np.array([-sx * 14.0, -16.0, -10.0])
     sup1 = pubic_body + np.array([sx * 4.0, 0.0, 8.0])
-    prims += bone_tube(sup0, sup1, (7.5, 9.0), f"bone:ramus:{s}", 1.6, hint=(0.0, 0.0, 1.0))
+    prims += bone_tube(sup0, sup1, (7.5, 9.0), f"bone:ramus:{s}", 1.6, hint=(0.0, 0.0, 1.0), caps=True)
     inf0 = pubic_body + np.array([sx * 1.0, 2.0, -12.0])
     inf1 = tub_c + np.array([-sx * 8.0, -6.0, -2.0])
     mid = 0.5 * (inf0 + inf1) + np.array([sx * sub * 0.3, 0.0, -6.0])
     prims += tube(np.stack([inf0, mid, inf1]), (5.0, 6.5), m.CORTICAL * 0.6, hint=(0.0, 0.0, 1.0),
                   tag=f"bone:ramus:{s}")
+    prims += round_caps(inf0, mid, (5.0, 6.5), m.CORTICAL * 0.6, (0.0, 0.0, 1.0), f"bone:ramus:{s}")[:1]
+    prims += round_caps(mid, inf1, (5.0, 6.5), m.CORTICAL * 0.6, (0.0, 0.0, 1.0), f"bone:ramus:{s}")[1:]
     # joint region points (for the hip_joint box)
     marks.joint_points[side] = np.concatenate([
         ellipsoid_points(H, (r_in + 6.0, r_in + 6.0, r_in + 6.0), None, 200),
