@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from node.domain import View
 from node.phantom import materials as m
 from node.phantom.anatomy import CupSpec
-from node.phantom.geometry import Camera, line_integral, mask
+from node.phantom.geometry import Camera, Renderer, line_integral, mask
 from node.phantom.render import build_scene, expose, make_camera, trabecular_texture
 from node.phantom.spec import PhantomSpec, sample_spec
 from node.phantom.truth import GroundTruth, compute_truth
@@ -57,8 +57,9 @@ def render(spec: PhantomSpec) -> PhantomImage:
     prims = [p for p in scene.prims if p.mu != 0.0]
     bone = [p for p in prims if p.tag.startswith("bone")]
     rest = [p for p in prims if not p.tag.startswith("bone")]
-    L = line_integral(cam, rest, coarse=4, mu_scale=mu_scale)
-    L_bone = line_integral(cam, bone, coarse=4, mu_scale=mu_scale)
+    r = Renderer(cam)
+    L = line_integral(cam, rest, coarse=4, mu_scale=mu_scale, renderer=r)
+    L_bone = line_integral(cam, bone, coarse=4, mu_scale=mu_scale, renderer=r)
     L += L_bone * (np.float32(1.0) + trabecular_texture(spec, cam.pixel_mm))
     ex = expose(spec, L, cam.pixel_mm)
     neutral = neutral_ap_camera(spec) if spec.view in (View.LATERAL_HIP,) else None

@@ -599,11 +599,12 @@ def _as_grid(x: F32 | float, rows: int, cols: int) -> F32:
 
 
 def line_integral(cam: Camera, prims: Sequence[Primitive], coarse: int = 4,
-                  mu_scale: dict[str, float] | None = None) -> F32:
+                  mu_scale: dict[str, float] | None = None, renderer: Renderer | None = None) -> F32:
     """∫ mu dl for every pixel. Primitives flagged ``smooth`` are rendered ``coarse`` times
-    coarser and upsampled (they are large and featureless: the body envelope)."""
+    coarser and upsampled (they are large and featureless: the body envelope). Pass a
+    ``renderer`` of the same camera to reuse its per-pixel ray lengths."""
     acc = np.zeros((cam.rows, cam.cols), dtype=np.float32)
-    r = Renderer(cam)
+    r = renderer if renderer is not None and renderer.cam is cam else Renderer(cam)
     smooth = [p for p in prims if p.smooth]
     sharp = [p for p in prims if not p.smooth]
     scale = mu_scale or {}
