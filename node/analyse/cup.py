@@ -72,6 +72,7 @@ MIN_RIM_COVERAGE = 0.3
 MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
+MIN_BOX_IOU = 0.6
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ class CupFit:
     liaw_sin: float | None = None
     quality: float = 0.0
     refusal_reason: str | None = None
+    dome_contrast: float = 0.0  # median intensity drop across the dome outline
+    box_iou: float = 0.0  # overlap of the modelled silhouette's bounding box with the cup box
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,35 +435,54 @@ def _step(img: NDArray[np.float32], p: FloatArray, n: FloatArray, delta: float) 
 
 
 def _open_half(
-    cx: float, cy: float, a: float, b: FloatArray, theta: FloatArray, u: FloatArray, t: FloatArray
+    cx: float, cy: float, a: FloatArray, b: FloatArray, theta: FloatArray, u: FloatArray, t: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
-    """Points and outward unit normals of the open half of ellipses (broadcast over b, theta)."""
-    m = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
+    """Points and outward unit normals of the open half of H ellipses sharing a centre.
+
+    ``a``, ``b``, ``theta``: shape (H,); ``t``: (T,) parametric angles in (0, π) → (H, T, 2).
+    """
+    a = np.atleast_1d(np.asarray(a, dtype=np.float64))[:, None]
+    b = np.atleast_1d(np.asarray(b, dtype=np.float64))[:, None]
+    theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
+    m = np.stack([np.cos(theta), np.sin(theta)], axis=-1)[:, None, :]
     v = np.stack([-np.sin(theta), np.cos(theta)], axis=-1)
-    v = np.where(((v @ u) < 0)[..., None], -v, v)
-    xp = a * np.cos(t)
-    yp = b[..., None] * np.sin(t)
-    nx = np.cos(t) / a
-    ny = np.sin(t)[None, :] / b[..., None] if b.ndim else np.sin(t) / b
-    pts = np.array([cx, cy]) + xp[..., None] * m[..., None, :] + yp[..., None] * v[..., None, :]
-    nrm = nx[..., None] * m[..., None, :] + ny[..., None] * v[..., None, :]
+    v = np.where(((v @ u) < 0)[:, None], -v, v)[:, None, :]
+    ct, st = np.cos(t)[None, :], np.sin(t)[None, :]
+    pts = np.array([cx, cy]) + (a * ct)[..., None] * m + (b * st)[..., None] * v
+    nrm = (ct / a)[..., None] * m + (st / b)[..., None] * v
     nrm = nrm / np.linalg.norm(nrm, axis=-1, keepdims=True)
     return pts, nrm
 
 
 def _search_rim(
     smooth: NDArray[np.float32], cx: float, cy: float, R: float, theta0: float, u: FloatArray, step: float
-) -> tuple[float, float]:
-    """Axis ratio and angle of the open-half ellipse best supported by edges (grid search)."""
+) -> tuple[float, float, float]:
+    """Semi-major axis, axis ratio and angle of the open-half ellipse best supported by edges.
+
+    Grid search in two stages: (axis ratio × angle) with the dome's radius, then (semi-major ×
+    axis ratio) at the best angle — the second because around a cemented cup the brightest
+    circle may be the cement mantle, a few millimetres outside the metal rim.
+    """
     t = np.linspace(0.1 * math.pi, 0.9 * math.pi, 36)
+
+    def score(a: FloatArray, b: FloatArray, th: FloatArray) -> FloatArray:
+        pts, nrm = _open_half(cx, cy, a, b, th, u, t)
+        d = _step(smooth, pts.reshape(-1, 2), nrm.reshape(-1, 2), 1.5).reshape(len(a), len(t))
+        return np.asarray(np.clip(d / step, 0.0, 1.0).sum(axis=1), dtype=np.float64)
+
     ks = np.arange(0.01, 0.9, 0.01)
     ths = theta0 + np.radians(np.arange(-10.0, 10.01, 2.0))
-    K, TH = np.meshgrid(ks, ths, indexing="ij")
-    pts, nrm = _open_half(cx, cy, R, (K * R).ravel(), TH.ravel(), u, t)
-    d = _step(smooth, pts.reshape(-1, 2), nrm.reshape(-1, 2), 1.5).reshape(len(K.ravel()), len(t))
-    score = np.clip(d / step, 0.0, 1.0).sum(axis=1)
-    i = int(np.argmax(score))
-    return float(K.ravel()[i]), float(TH.ravel()[i])
+    K, TH = (g.ravel() for g in np.meshgrid(ks, ths, indexing="ij"))
+    sc = score(np.full(len(K), R), K * R, TH)
+    i = int(np.argmax(sc))
+    k1, th1 = float(K[i]), float(TH[i])
+    scales = np.arange(0.76, 1.021, 0.02)
+    S, K2 = (g.ravel() for g in np.meshgrid(scales, ks, indexing="ij"))
+    sc2 = score(S * R, K2 * S * R, np.full(len(S), th1))
+    j = int(np.argmax(sc2))
+    if sc2[j] > 1.1 * sc[i]:
+        return float(S[j] * R), float(K2[j]), th1
+    return R, k1, th1
 
 
 def _rim_points(
@@ -477,7 +499,7 @@ def _rim_points(
     the outward intensity drop, kept when it is a real step (≥ ``min_grad`` per pixel)."""
     cx, cy, a, b, th = (float(v) for v in params)
     t = np.linspace(0.03 * math.pi, 0.97 * math.pi, 160)
-    pts, nrm = _open_half(cx, cy, abs(a), np.array(abs(b) + 1e-6), np.array(th), u, t)
+    pts, nrm = _open_half(cx, cy, np.array([abs(a)]), np.array([abs(b) + 1e-6]), np.array([th]), u, t)
     pts, nrm = pts.reshape(-1, 2), nrm.reshape(-1, 2)
     steps = np.arange(-search, search + 1e-9, 0.25)
     mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
@@ -542,10 +564,13 @@ def fit_cup_ellipse(
     for i, c in enumerate(circles):
         if i >= 2 and any(f.refusal_reason is None for f in fits):
             break  # the two strongest circles had a measurable cup; weaker ones are clutter
-        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint))
+        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box))
     good = [f for f in fits if f.refusal_reason is None]
     pool = good or fits
-    return max(pool, key=lambda f: (f.quality, f.rim_coverage, f.dome_span_deg))
+    # the metal's own outline is the strongest half-circle edge in the region: a bone or cement
+    # outline that happens to support a rim-like curve loses on contrast
+    # and the silhouette it implies must fill the detector's box
+    return max(pool, key=lambda f: f.quality * f.dome_contrast * min(1.0, f.dome_span_deg / 170.0) * f.box_iou**2)
 
 
 def _fit_from_circle(
@@ -556,13 +581,15 @@ def _fit_from_circle(
     offset: tuple[int, int],
     stems: Sequence[tuple[float, float, float, float]],
     open_hint: FloatArray | None,
+    box: Box,
 ) -> CupFit:
     """The rim ellipse that goes with one dome circle (ROI coordinates in, image coordinates out)."""
     ccx, ccy, R = circle
     ox, oy = offset
     span, gap_dir, other_cov, dome_step = _dome_side(smooth, ccx, ccy, R, open_hint)
     base = CupFit(
-        None, None, dome_centre=Point(ccx + ox, ccy + oy), dome_radius_px=R, dome_span_deg=span
+        None, None, dome_centre=Point(ccx + ox, ccy + oy), dome_radius_px=R, dome_span_deg=span,
+        dome_contrast=dome_step,
     )
     if span < MIN_DOME_SPAN_DEG:
         return _refuse(base, f"dome outline too short ({span:.0f}° of arc)")
@@ -579,8 +606,8 @@ def _fit_from_circle(
     if dome_step <= 1e-4:
         return _refuse(base, "no contrast at the cup outline")
     theta0 = gap_dir + math.pi / 2.0
-    k_best, th_best = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
-    params = np.array([ccx, ccy, R, k_best * R, th_best])
+    a_best, k_best, th_best = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
+    params = np.array([ccx, ccy, a_best, k_best * a_best, th_best])
     tol = max(1.0, 0.012 * R)
     rim = np.zeros((0, 2))
     for search in (4.0, 2.5):
@@ -588,7 +615,7 @@ def _fit_from_circle(
         if len(rim) < MIN_RIM_POINTS:
             break
         w_prior = math.sqrt(len(rim)) / 3.0
-        params = fit_ellipse_geometric(rim, params, (ccx, ccy, R), w_prior, 0.5 * tol)
+        params = fit_ellipse_geometric(rim, params, (ccx, ccy, a_best), w_prior, 0.5 * tol)
     if len(rim):
         rim = rim[np.abs(ellipse_distance(rim, *params)) < tol]
     cx, cy, a, b, th = (float(v) for v in params)
@@ -623,16 +650,39 @@ def _fit_from_circle(
         dome_span_deg=span,
         liaw_sin=liaw,
         quality=quality,
+        dome_contrast=dome_step,
+        box_iou=_silhouette_iou(ell, (float(v[0]), float(v[1])), ell.semi_major, box),
     )
     if rms > MAX_RIM_RMS_PX:
         return _refuse(fit, f"rim ellipse fit residual too large ({rms:.2f} px)")
+    if fit.box_iou < MIN_BOX_IOU:
+        return _refuse(fit, f"cup outline does not match the cup box (IoU {fit.box_iou:.2f})")
     if coverage < MIN_RIM_COVERAGE:
         return _refuse(fit, f"too little of the rim visible ({coverage:.0%})")
-    if abs(a - R) > 0.08 * R:
+    if not 0.74 * R <= a <= 1.06 * R:
         return _refuse(fit, "rim ellipse does not match the dome radius")
     if quality < MIN_QUALITY:
         return _refuse(fit, f"fit quality too low ({quality:.2f})")
     return fit
+
+
+def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box) -> float:
+    """IoU of the box around the modelled shell silhouette (dome half-circle of radius R plus
+    the open half of the rim ellipse) with the detector's cup box, in image pixels."""
+    u = np.asarray(opening)
+    base = math.atan2(-u[1], -u[0])
+    ang = base + np.radians(np.linspace(-90.0, 90.0, 61))
+    dome = np.column_stack([e.cx + R * np.cos(ang), e.cy + R * np.sin(ang)])
+    rim = ellipse_points(e, np.linspace(0, 2 * math.pi, 121))
+    rim = rim[(rim - np.array([e.cx, e.cy])) @ u >= 0]
+    pts = np.concatenate([dome, rim])
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    ix = max(0.0, min(x1, box.x1) - max(x0, box.x0))
+    iy = max(0.0, min(y1, box.y1) - max(y0, box.y0))
+    inter = ix * iy
+    union = (x1 - x0) * (y1 - y0) + box.width * box.height - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _refuse(fit: CupFit, reason: str) -> CupFit:
@@ -648,6 +698,8 @@ def _refuse(fit: CupFit, reason: str) -> CupFit:
         liaw_sin=fit.liaw_sin,
         quality=fit.quality,
         refusal_reason=reason,
+        dome_contrast=fit.dome_contrast,
+        box_iou=fit.box_iou,
     )
 
 
