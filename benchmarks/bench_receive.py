@@ -86,6 +86,15 @@ def _dir_bytes(folder: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _send(port: int, inputs: Path, called_ae: str) -> float:
     env = dict(os.environ, TCP_NODELAY="1")
     cmd = [
@@ -120,7 +129,9 @@ def _run_receiver(
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         _wait_port(port, proc)
+        cpu0 = _cpu_s(proc.pid)
         elapsed = _send(port, inputs, called_ae)
+        cpu1 = _cpu_s(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -143,6 +154,10 @@ def _run_receiver(
         "img_per_s": round(n / elapsed, 2),
         "mb_per_s": round(sent_bytes / elapsed / 1e6, 1),
         "sync_after_s": round(sync_after, 3),
+        # CPU the receiver used while receiving: steadier than wall time on a busy machine.
+        "receiver_cpu_ms_per_img": round((cpu1 - cpu0) * 1000 / n, 1)
+        if cpu0 is not None and cpu1 is not None
+        else None,
         "files_written": files,
     }
     shutil.rmtree(out, ignore_errors=True)
@@ -216,6 +231,7 @@ def run(results_dir: Path, quick: bool = False, reps: int | None = None) -> dict
             print(
                 f"rep {rep + 1}/{reps} {name:20s} {result['instances']:4d} img in {result['seconds']:7.2f} s  "
                 f"{result['img_per_s']:7.2f} img/s  {result['mb_per_s']:7.1f} MB/s  "
+                f"cpu {result['receiver_cpu_ms_per_img']} ms/img  "
                 f"(sync after {result['sync_after_s']:.2f} s, load {load:.1f})",
                 flush=True,
             )
@@ -228,6 +244,9 @@ def run(results_dir: Path, quick: bool = False, reps: int | None = None) -> dict
             "img_per_s": round(n / med, 2),
             "mb_per_s": round(sent_bytes / med / 1e6, 1),
             "sync_after_s": round(_median([r["sync_after_s"] for r in runs if r["receiver"] == name]), 3),
+            "receiver_cpu_ms_per_img": round(
+                _median([r["receiver_cpu_ms_per_img"] or 0.0 for r in runs if r["receiver"] == name]), 1
+            ),
         }
 
     def paired(ours: str) -> list[float]:
@@ -260,7 +279,7 @@ def run(results_dir: Path, quick: bool = False, reps: int | None = None) -> dict
     for name, row in medians.items():
         print(
             f"  {name:20s} {row['img_per_s']:7.2f} img/s  {row['mb_per_s']:7.1f} MB/s  "
-            f"(sync after {row['sync_after_s']:.2f} s)"
+            f"cpu {row['receiver_cpu_ms_per_img']:6.1f} ms/img  (sync after {row['sync_after_s']:.2f} s)"
         )
     print(
         f"ours / DCMTK storescp = {ratio:.2f}x with fsync (per rep {summary['ratio_per_rep']}), "

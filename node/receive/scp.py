@@ -40,9 +40,11 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom._handlers import standard_dimse_recv_handler
+from pynetdicom._handlers import standard_dimse_recv_handler, standard_pdu_recv_handler
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -299,6 +301,18 @@ class _StreamingDIMSE(DIMSEServiceProvider):
 
     _hipnode_open_staged: Callable[[DIMSEMessage], StagedFile | None]
 
+    def get_msg(self, block: bool = False) -> Any:
+        """The association reactor polls ``get_msg(block=False)`` after a 1 ms nap, so a
+        finished C-STORE waited up to a nap (longer on a busy machine) and an idle association
+        woke 1000 times a second; here that poll waits on the queue itself, for at most
+        ``_IDLE_WAIT_S`` so the reactor's release/abort/timeout checks stay prompt."""
+        if block:
+            return super().get_msg(block=True)
+        try:
+            return self.msg_queue.get(block=True, timeout=_IDLE_WAIT_S)
+        except queue.Empty:
+            return None, None
+
     def receive_primitive(self, primitive: Any) -> None:
         if self.message is None:
             message = DIMSEMessage()
@@ -338,6 +352,95 @@ class _Stager:
         self.live.clear()
 
 
+class _PDataPDU:
+    """A received P-DATA-TF PDU reduced to what the state machine uses (``to_primitive``):
+    its PDVs are memoryviews into the one buffer the PDU was read into, so a fragment is not
+    copied again until it is appended to the message (pynetdicom's own decoding copies each
+    fragment four times: bytes(), PDU slice, PDV slice, and ``data[1:]``)."""
+
+    __slots__ = ("pdvs",)
+
+    def __init__(self, pdvs: list[tuple[int, memoryview]]) -> None:
+        self.pdvs = pdvs
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        primitive._presentation_data_value_list = self.pdvs  # type: ignore[assignment]
+        return primitive
+
+
+def _split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
+    """PDV items of a P-DATA-TF body (after the 6-byte PDU header), or None if malformed."""
+    pdvs: list[tuple[int, memoryview]] = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            return None
+        length = int.from_bytes(body[offset : offset + 4], "big")
+        if length < 2 or offset + 4 + length > end:
+            return None
+        pdvs.append((body[offset + 4], body[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return pdvs or None
+
+
+class _FastDUL(DULServiceProvider):
+    """DUL whose P-DATA-TF PDUs are read with one ``recv_into`` and split without copies (see
+    :class:`_PDataPDU`). Every other PDU, and every PDU when someone listens to EVT_DATA_RECV
+    or (beyond pynetdicom's no-op standard logger) EVT_PDU_RECV, takes pynetdicom's own path."""
+
+    def _pdata_fast_path(self) -> bool:
+        assoc = self.assoc
+        if assoc.get_handlers(evt.EVT_DATA_RECV):
+            return False
+        handlers: Any = assoc.get_handlers(evt.EVT_PDU_RECV)
+        return all(h[0] is standard_pdu_recv_handler for h in handlers)
+
+    def _read_pdu_data(self) -> None:
+        sock: Any = self.socket
+        try:
+            header = bytes(sock.recv(6))
+        except (OSError, TimeoutError):
+            log.error("connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if len(header) != 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, pdu_length = header[0], int.from_bytes(header[2:6], "big")
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            log.error("unknown PDU type received 0x%02X", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = sock.recv(pdu_length)
+        except (OSError, TimeoutError):
+            log.error("connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            log.error("the received PDU is shorter than expected (%d of %d bytes)", len(body), pdu_length)
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and self._pdata_fast_path():
+            pdvs = _split_pdvs(memoryview(body))
+            if pdvs is None:
+                log.error("malformed P-DATA-TF PDU (%d bytes)", pdu_length)
+                self.event_queue.put("Evt19")
+                return
+            self.event_queue.put("Evt10")
+            self._recv_pdu.put(_PDataPDU(pdvs))  # type: ignore[arg-type]
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header) + body)
+        except Exception:
+            log.exception("unable to decode the received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+
 class _RequestHandler(RequestHandler):
     """Creates each acceptor association with the tuned transport (see above) and with our
     request guard ahead of pynetdicom's DIMSE debug logger: that logger raises on a C-STORE
@@ -361,6 +464,7 @@ class _RequestHandler(RequestHandler):
             dimse._hipnode_open_staged = stager
         if getattr(self.server, "hipnode_tuned_transport", False):
             dul = assoc.dul
+            dul.__class__ = _FastDUL
             wake_r, wake_w = socket.socketpair()
             wake_r.setblocking(False)
             wake_w.setblocking(False)
