@@ -117,9 +117,13 @@ from node.phantom.spec import (
 )
 from node.phantom.truth import CupTruth, GroundTruth, HipTruth
 
+# Bumped whenever the same (seed, index, size) renders different pixels or truth: key caches on it.
+PHANTOM_VERSION = "3"
+
 __all__ = [
     "IMPLANT_MODES",
     "OTHER_KINDS",
+    "PHANTOM_VERSION",
     "CupSpec",
     "CupTruth",
     "FemurPose",
