@@ -136,57 +136,44 @@ def _start_threads(cfg: Config, db: Any, stop: threading.Event, workers: list[An
     return threads
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
+    """Run the receiver and/or workers + dispatcher until SIGTERM/SIGINT.
+
+    Series completion and the stale-job sweeper run in every process: both are atomic, so a
+    receiver and several workers running them at once still queue one job per generation.
+    """
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     db = _database(cfg)
+    built = _build_workers(cfg, db, workers) if workers else []
     stop = _stop_event()
-    server = _start_receiver(cfg, db)
+    server = _start_receiver(cfg, db) if receiver else None
     scheduler = _start_scheduler(cfg, db)
-    log.info("receiver %s listening on %s:%d", cfg.node.ae_title, cfg.node.host, cfg.node.port)
+    threads = _start_threads(cfg, db, stop, built) if built else []
+    parts = ([f"receiver {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}"] if receiver else []) + (
+        [f"{workers} worker(s) and a dispatcher"] if workers else []
+    )
+    log.info("hipnode running: %s", ", ".join(parts))
     stop.wait()
+    if server is not None:
+        _stop_receiver(server)
     scheduler.shutdown(wait=False)
-    _stop_receiver(server)
+    for t in threads:
+        t.join(timeout=cfg.jobs.lease_s)
     db.dispose()
     return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    return _serve(args, receiver=True, workers=0)
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    _setup_logging(cfg.log_level)
-    db = _database(cfg)
-    workers = _build_workers(cfg, db, args.workers)
-    stop = _stop_event()
-    scheduler = _start_scheduler(cfg, db)
-    threads = _start_threads(cfg, db, stop, workers)
-    log.info("%d worker(s) and a dispatcher running", args.workers)
-    stop.wait()
-    scheduler.shutdown(wait=False)
-    for t in threads:
-        t.join(timeout=cfg.jobs.lease_s)
-    db.dispose()
-    return 0
+    return _serve(args, receiver=False, workers=args.workers)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    _setup_logging(cfg.log_level)
-    db = _database(cfg)
-    workers = _build_workers(cfg, db, args.workers)
-    stop = _stop_event()
-    server = _start_receiver(cfg, db)
-    scheduler = _start_scheduler(cfg, db)
-    threads = _start_threads(cfg, db, stop, workers)
-    log.info(
-        "hipnode running: AE %s on %s:%d, %d worker(s)", cfg.node.ae_title, cfg.node.host, cfg.node.port, args.workers
-    )
-    stop.wait()
-    _stop_receiver(server)
-    scheduler.shutdown(wait=False)
-    for t in threads:
-        t.join(timeout=cfg.jobs.lease_s)
-    db.dispose()
-    return 0
+    return _serve(args, receiver=True, workers=args.workers)
 
 
 # --------------------------------------------------------------------------- tools
