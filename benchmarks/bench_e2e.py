@@ -255,7 +255,10 @@ class Registry:
 
     def event_at(self, entity: str, pk: int, kind: str) -> float | None:
         row = self.one(
-            "SELECT at FROM event WHERE entity=? AND entity_pk=? AND kind=? ORDER BY id LIMIT 1", entity, pk, kind
+            "SELECT at FROM event WHERE entity=? AND entity_pk=? AND kind=? ORDER BY id LIMIT 1",
+            entity,
+            pk,
+            kind,
         )
         return _epoch(row["at"]) if row is not None else None
 
@@ -283,7 +286,9 @@ _FINAL_DELIVERY = ("visible", "failed")
 
 def progress(reg: Registry, sop_uid: str) -> Progress:
     p = Progress()
-    inst = reg.one("SELECT id, series_pk FROM instance WHERE sop_instance_uid=? ORDER BY version DESC", sop_uid)
+    inst = reg.one(
+        "SELECT id, series_pk FROM instance WHERE sop_instance_uid=? ORDER BY version DESC", sop_uid
+    )
     if inst is None:
         return p
     p.instance_pk, p.series_pk = int(inst["id"]), int(inst["series_pk"])
@@ -443,7 +448,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     means = {s: out["stages_s"][s]["mean"] for s in NODE_STAGES}
     beyond = out["beyond_quiet_s"]["mean"]
     out["dominant_stage"] = max(means, key=lambda s: means[s])
-    out["share_of_beyond_quiet_mean"] = {s: round(v / beyond, 3) if beyond > 0 else None for s, v in means.items()}
+    out["share_of_beyond_quiet_mean"] = {
+        s: round(v / beyond, 3) if beyond > 0 else None for s, v in means.items()
+    }
     return out
 
 
@@ -562,7 +569,11 @@ def run(results_dir: Path, quick: bool = False, *, no_models: bool = False) -> d
             "storescu_env": {"TCP_NODELAY": "1"},
             "orthanc_env": {"TCP_NODELAY": "1"},
             "watch_interval_s": WATCH_INTERVAL_S,
-            "study": {"view": "AP pelvis", "implants": "THA (bilateral every 3rd, else unilateral)", "rows": ROWS},
+            "study": {
+                "view": "AP pelvis",
+                "implants": "THA (bilateral every 3rd, else unilateral)",
+                "rows": ROWS,
+            },
             "sequential": "next study sent only after the previous job, SR and SC deliveries and read-backs finished",
             "warmup_studies_not_counted": 1,
         },
