@@ -552,6 +552,10 @@ def fit_cup_ellipse(
     size = max(cup_box.width, cup_box.height)
     rng = np.random.default_rng(seed)
     circles = ransac_circles(pts, normals, strength, 0.4 * size, 0.8 * size, tol=max(0.8, 0.01 * size), rng=rng)
+    if open_hint is not None:
+        boxed = _circle_from_box(smooth, cup_box, (ox, oy), np.asarray(open_hint, dtype=np.float64))
+        if boxed is not None:
+            circles = [boxed, *circles[:3]]
     if not circles:
         return CupFit(None, None, refusal_reason="dome outline not found")
     gx = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, dtype=np.float32)
@@ -570,7 +574,38 @@ def fit_cup_ellipse(
     # the metal's own outline is the strongest half-circle edge in the region: a bone or cement
     # outline that happens to support a rim-like curve loses on contrast
     # and the silhouette it implies must fill the detector's box
-    return max(pool, key=lambda f: f.quality * f.dome_contrast * min(1.0, f.dome_span_deg / 170.0) * f.box_iou**2)
+    return max(pool, key=lambda f: f.quality * f.dome_contrast * f.box_iou**4)
+
+
+def _circle_from_box(
+    smooth: NDArray[np.float32], box: Box, offset: tuple[int, int], open_hint: FloatArray
+) -> tuple[float, float, float] | None:
+    """Dome circle from the cup box: the dome half-circle reaches the box's superior and medial
+    edges (for any inclination between 0° and 90° both extreme points lie on the dome), so the
+    circle is tangent to them and only its radius is free; the radius is the one whose dome
+    half shows the strongest outline. Independent of RANSAC, it holds when the dome edge is
+    faint or crowded by cement, screws and bone."""
+    ox, oy = offset
+    medial_right = open_hint[0] < 0  # opens towards the image left → medial edge is the right one
+    top = box.y0 - oy if open_hint[1] > 0 else box.y1 - oy
+    side_x = (box.x1 if medial_right else box.x0) - ox
+    size = max(box.width, box.height)
+    radii = np.arange(0.42 * size, 0.76 * size, 0.5)
+    sx = -1.0 if medial_right else 1.0
+    sy = 1.0 if open_hint[1] > 0 else -1.0
+    cx = side_x + sx * radii
+    cy = top + sy * radii
+    dome_dir = math.atan2(-open_hint[1], -open_hint[0])
+    ang = dome_dir + np.radians(np.linspace(-80.0, 80.0, 33))
+    nrm = np.column_stack([np.cos(ang), np.sin(ang)])
+    p = np.stack([cx[:, None] + radii[:, None] * nrm[None, :, 0], cy[:, None] + radii[:, None] * nrm[None, :, 1]], -1)
+    n = np.broadcast_to(nrm[None], p.shape)
+    st = _step(smooth, p.reshape(-1, 2), n.reshape(-1, 2), 1.5).reshape(len(radii), -1)
+    score = np.median(st, axis=1)
+    i = int(np.argmax(score))
+    if score[i] <= 0:
+        return None
+    return float(cx[i]), float(cy[i]), float(radii[i])
 
 
 def _fit_from_circle(
@@ -614,7 +649,7 @@ def _fit_from_circle(
         rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R)
         if len(rim) < MIN_RIM_POINTS:
             break
-        w_prior = math.sqrt(len(rim)) / 3.0
+        w_prior = math.sqrt(len(rim))
         params = fit_ellipse_geometric(rim, params, (ccx, ccy, a_best), w_prior, 0.5 * tol)
     if len(rim):
         rim = rim[np.abs(ellipse_distance(rim, *params)) < tol]
@@ -744,6 +779,11 @@ def cup_axis_perspective(
     that λ1 ≥ λ2 > 0 > λ3, the planes that cut the cone in a circle have normals
     ±√((λ1−λ2)/(λ1−λ3))·e1 + √((λ2−λ3)/(λ1−λ3))·e3. Of the two, the one whose in-plane part
     points to the open side while facing the source is the anteverted cup.
+
+    A cup off the central ray is seen obliquely by δ ≈ 3–6° (its offset / SID). When the rim is
+    nearly edge-on to that ray (true anteversion below ~2δ) *both* solutions face the source and
+    the image cannot tell them apart (they differ by sub-pixel amounts); the more anteverted one
+    is returned, as cups are usually anteverted 10–25°. This costs up to ~2δ on such cups.
     """
     C = ellipse_conic(e)
     H = np.array([[1.0, 0.0, principal.x / focal_px], [0.0, 1.0, principal.y / focal_px], [0.0, 0.0, 1.0 / focal_px]])

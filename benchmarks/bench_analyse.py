@@ -1,0 +1,197 @@
+"""Analysis benchmark: cup angles and dysplasia angles against phantom ground truth, and time.
+
+Cups: freshly generated AP pelvis phantoms with a cup on both sides, inclination U(25°, 65°),
+anteversion U(0°, 35°), point-source projection, noise, the femoral stems overlapping the cup
+opening. The ground-truth cup, stem, teardrop and ischial-tuberosity boxes/points of the phantom
+stand in for the detector, so this measures the geometry alone. Two pelvis poses:
+
+* ``neutral``: no pelvic tilt or rotation about the long axis (obliquity, an in-plane rotation,
+  stays random and is undone by the inter-teardrop line). The phantom's truth is relative to the
+  pelvis; a single AP cannot see sagittal pelvic tilt, so this is the condition of the bar.
+* ``posed``: the phantom's own random pelvic tilt/rotation, for information.
+
+Angles are compared with the generator's true radiographic (Murray) values and, for reference,
+with its "seen" values (Lewinnek on the projected rim, no divergent-beam correction).
+Time per radiograph = both cups measured, on one CPU core (no rendering).
+
+Run: ``python -m benchmarks.bench_analyse [--quick] [--rows N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.analyse.cup import ProjectionGeometry, measure_cup
+from node.analyse.dysplasia import measure_dysplasia
+from node.analyse.reference import reference_from_points
+from node.domain import Side, View
+from node.phantom import render, sample_spec
+
+SEED = 51_000
+
+
+def _mae(errors: list[float]) -> float | None:
+    return round(float(np.mean(np.abs(errors))), 3) if errors else None
+
+
+def _bias(errors: list[float]) -> float | None:
+    return round(float(np.mean(errors)), 3) if errors else None
+
+
+def cup_trial(n_images: int, rows: int, *, neutral: bool, seed: int = SEED) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    e_inc: list[float] = []
+    e_ant: list[float] = []
+    e_liaw: list[float] = []
+    e_seen_inc: list[float] = []
+    e_seen_ant: list[float] = []
+    refusals: dict[str, int] = {}
+    per_image_s: list[float] = []
+    n_cups = 0
+    for i in range(n_images):
+        spec = sample_spec(seed + i, view=View.AP_PELVIS, implants="bilateral", rows=rows)
+        cups = {
+            s: None if c is None else replace(c, inclination_deg=float(rng.uniform(25, 65)),
+                                              anteversion_deg=float(rng.uniform(0, 35)))
+            for s, c in spec.implants.items()
+        }
+        spec = replace(spec, implants=cups)
+        if neutral:
+            spec = replace(spec, geometry=replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0))
+        img = render(spec)
+        gt = img.truth
+        x = img.normalized()
+        lm = gt.landmarks
+        ref = reference_from_points(
+            list(lm.get("teardrop_inferior", {}).values()),
+            list(lm.get("ischial_tuberosity_inferior", {}).values()),
+            image_width=gt.cols,
+        )
+        geo = ProjectionGeometry(spec.geometry.sid_mm) if gt.projection == "point" else None
+        stems = [b for b in gt.boxes if b.label == "stem"]
+        t_image = 0.0
+        for side in gt.imaged_sides:
+            cup = gt.hips[side].cup
+            if cup is None:
+                continue
+            boxes = [b for b in gt.boxes if b.label == "cup" and b.x0 <= cup.ellipse.cx <= b.x1
+                     and b.y0 <= cup.ellipse.cy <= b.y1]
+            if not boxes:
+                continue
+            n_cups += 1
+            t0 = time.perf_counter()
+            m = measure_cup(x, boxes[0], side, gt.view, reference=ref, pixel_spacing_mm=gt.imager_pixel_spacing_mm,
+                            geometry=geo, stem_boxes=stems)
+            t_image += time.perf_counter() - t0
+            if m.inclination_deg is None or m.anteversion_deg is None:
+                key = (m.refusal_reason or "refused").split(" (")[0]
+                refusals[key] = refusals.get(key, 0) + 1
+                continue
+            e_inc.append(m.inclination_deg - cup.inclination_deg)
+            e_ant.append(m.anteversion_deg - cup.anteversion_deg)
+            if m.anteversion_liaw_deg is not None:
+                e_liaw.append(m.anteversion_liaw_deg - cup.anteversion_deg)
+            if cup.seen_inclination_deg is not None and cup.seen_anteversion_deg is not None:
+                e_seen_inc.append(m.inclination_deg - cup.seen_inclination_deg)
+                e_seen_ant.append(m.anteversion_deg - cup.seen_anteversion_deg)
+        per_image_s.append(t_image)
+    n_ref = sum(refusals.values())
+    return {
+        "pelvis": "neutral" if neutral else "posed",
+        "rows": rows,
+        "images": n_images,
+        "cups": n_cups,
+        "refused": n_ref,
+        "refused_fraction": round(n_ref / n_cups, 4) if n_cups else None,
+        "refusal_reasons": refusals,
+        "inclination_mae_deg": _mae(e_inc),
+        "inclination_bias_deg": _bias(e_inc),
+        "inclination_p95_abs_deg": round(float(np.percentile(np.abs(e_inc), 95)), 3) if e_inc else None,
+        "anteversion_mae_deg": _mae(e_ant),
+        "anteversion_bias_deg": _bias(e_ant),
+        "anteversion_p95_abs_deg": round(float(np.percentile(np.abs(e_ant), 95)), 3) if e_ant else None,
+        "liaw_anteversion_mae_deg": _mae(e_liaw),
+        "vs_seen_inclination_mae_deg": _mae(e_seen_inc),
+        "vs_seen_anteversion_mae_deg": _mae(e_seen_ant),
+        "time_per_radiograph_ms_median": round(1000 * statistics.median(per_image_s), 1) if per_image_s else None,
+        "time_per_radiograph_ms_p90": round(1000 * float(np.percentile(per_image_s, 90)), 1) if per_image_s else None,
+        "bar": {
+            "inclination_mae_le_1deg": bool(e_inc) and float(np.mean(np.abs(e_inc))) <= 1.0,
+            "anteversion_mae_le_1deg": bool(e_ant) and float(np.mean(np.abs(e_ant))) <= 1.0,
+            "refused_le_2pct": bool(n_cups) and n_ref / n_cups <= 0.02,
+        },
+    }
+
+
+def dysplasia_trial(n_images: int, rows: int, seed: int = SEED + 7_000) -> dict[str, Any]:
+    e_lce: list[float] = []
+    e_ton: list[float] = []
+    n_hips = n_lce = n_ton = 0
+    times: list[float] = []
+    for i in range(n_images):
+        spec = sample_spec(seed + i, view=View.AP_PELVIS, implants="none", rows=rows)
+        img = render(spec)
+        gt = img.truth
+        x = img.normalized()
+        ref = reference_from_points(list(gt.landmarks.get("teardrop_inferior", {}).values()), [], image_width=gt.cols)
+        for side in (Side.RIGHT, Side.LEFT):
+            label = "hip_joint_right" if side is Side.RIGHT else "hip_joint_left"
+            boxes = [b for b in gt.boxes if b.label == label]
+            truth = gt.hips[side].measures
+            if not boxes or truth.get("lateral_centre_edge_deg") is None:
+                continue
+            n_hips += 1
+            t0 = time.perf_counter()
+            m = measure_dysplasia(x, boxes[0], side, reference=ref)
+            times.append(time.perf_counter() - t0)
+            if m.lce_deg is not None:
+                n_lce += 1
+                e_lce.append(m.lce_deg - float(truth["lateral_centre_edge_deg"] or math.nan))
+            if m.tonnis_deg is not None and truth.get("tonnis_deg") is not None:
+                n_ton += 1
+                e_ton.append(m.tonnis_deg - float(truth["tonnis_deg"] or math.nan))
+    return {
+        "hips": n_hips,
+        "lce_measured": n_lce,
+        "lce_mae_deg": _mae(e_lce),
+        "lce_bias_deg": _bias(e_lce),
+        "tonnis_measured": n_ton,
+        "tonnis_mae_deg": _mae(e_ton),
+        "time_per_hip_ms_median": round(1000 * statistics.median(times), 1) if times else None,
+    }
+
+
+def run(results_dir: Path, quick: bool = False, rows: int = 1024) -> dict[str, Any]:
+    n = 20 if quick else 100
+    out: dict[str, Any] = {
+        "cups_neutral_pelvis": cup_trial(n, rows, neutral=True),
+        "cups_posed_pelvis": cup_trial(max(n // 4, 5), rows, neutral=False),
+        "dysplasia": dysplasia_trial(max(n // 5, 4), rows),
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "analyse.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rows", type=int, default=1024)
+    p.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    a = p.parse_args(argv)
+    print(json.dumps(run(a.out, quick=a.quick, rows=a.rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
