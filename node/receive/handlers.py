@@ -427,13 +427,49 @@ class StoreHandler:
             log.warning("C-STORE from %s@%s without a dataset", calling_ae, peer_host)
             return _response(StoreStatus.CANNOT_UNDERSTAND, "no dataset")
         staged: StagedFile | None = getattr(raw, "staged", None)
+        if staged is not None:
+            try:
+                return self._store_staged(staged, req, calling_ae, peer_host, transfer_syntax)
+            finally:
+                staged.discard()  # no-op once committed; removes it on every other path
         buf = raw.getbuffer()
         try:
-            return self._store(buf, req, calling_ae, peer_host, transfer_syntax, staged)
+            return self._store(buf, req, calling_ae, peer_host, transfer_syntax)
         finally:
             buf.release()
-            if staged is not None:
-                staged.discard()  # no-op once committed; removes it on every other path
+
+    def _store_staged(
+        self, staged: StagedFile, req: Any, calling_ae: str, peer_host: str, transfer_syntax: str
+    ) -> Dataset:
+        """A dataset streamed to a staged file while it arrived (see ``scp._TeeBuffer``): it is
+        validated through a read-only map of that file, then committed like any other."""
+        sop_hash = uid_digest(str(req.AffectedSOPInstanceUID))[:12]
+        try:
+            if staged.error is not None:
+                raise staged.error
+            mapped = staged.map_dataset()
+        except OSError as exc:
+            self.stats.failed += 1
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                log.error("C-STORE failed (0xA700), instance %s: %s", sop_hash, exc.strerror)
+                return _response(StoreStatus.OUT_OF_RESOURCES, "storage full")
+            log.error("C-STORE failed (0xC010), instance %s: cannot write file: %s", sop_hash, exc)
+            return _response(StoreStatus.STORAGE_FAILURE, "cannot write file")
+        try:
+            view = memoryview(mapped)
+            try:
+                data = view[staged.prefix_size :]
+                try:
+                    return self._store(data, req, calling_ae, peer_host, transfer_syntax, staged)
+                finally:
+                    data.release()
+            finally:
+                view.release()
+        finally:
+            try:
+                mapped.close()
+            except BufferError:  # a view still referenced (e.g. by a traceback): GC closes it
+                log.debug("staged map of instance %s closed later", sop_hash)
 
     def _store(
         self,
@@ -485,12 +521,7 @@ class StoreHandler:
             str(header.SOPInstanceUID),
         )
         if staged is not None and not (staged.ok and staged.size == size):
-            if staged.error is not None:
-                log.warning(
-                    "instance %s: streaming to disk failed (%s); writing from memory", sop_hash, staged.error
-                )
-            staged.discard()
-            staged = None
+            raise AssertionError("staged file and dataset differ")  # pragma: no cover
         # Streamed: written and hashed while it arrived (its File Meta came from the C-STORE
         # command, whose SOP Class/Instance read_header just proved equal to the dataset's).
         sha256 = staged.hexdigest() if staged is not None else hashlib.sha256(buf).hexdigest()

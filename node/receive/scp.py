@@ -265,8 +265,9 @@ class _FastAssociationSocket(AssociationSocket):
 # sender waited for the answer. Here the BytesIO is replaced by one that also appends every
 # fragment to a temp file on the storage filesystem and feeds a SHA-256, so by the time the
 # handler runs the bytes are already written (and their writeback started); the handler still
-# validates the header first and only then fsyncs, renames, records and answers. The in-memory
-# copy stays: header validation reads it, and it is the fallback if streaming fails.
+# validates the header first (through a read-only map of the staged file: no copy) and only
+# then fsyncs, renames, records and answers. A streamed dataset is not kept in memory, so a
+# write error while streaming is answered as a storage failure (0xA700 for a full disk).
 # --------------------------------------------------------------------------------------------
 
 
@@ -283,17 +284,18 @@ class _TeeBuffer(BytesIO):
         self.staged: StagedFile | None = None
 
     def write(self, data: Any, /) -> int:
-        n = super().write(data)
         message = self._message
         if message is not None:
             self._message = None
             try:
                 self.staged = self._open_staged(message)
             except Exception:
-                log.exception("cannot stage the incoming dataset; it will be written from memory")
-        if self.staged is not None:
-            self.staged.feed(data)
-        return n
+                log.exception("cannot stage the incoming dataset; it will be kept in memory")
+        if self.staged is None:
+            return super().write(data)
+        # Streamed datasets are not also kept in memory: the handler maps the staged file.
+        self.staged.feed(data)
+        return len(data)
 
 
 class _StreamingDIMSE(DIMSEServiceProvider):

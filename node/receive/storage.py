@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import threading
 import uuid
@@ -36,7 +37,7 @@ _TMP_SUFFIX = ".part"
 STAGING_DIR = ".incoming"
 #: Start writeback of a streamed file every this many bytes, so the fsync before the answer
 #: finds most pages already on their way to the disk.
-WRITEBACK_STEP = 2 * 1024 * 1024
+WRITEBACK_STEP = 512 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -104,7 +105,8 @@ class StagedFile:
 
     def __init__(self, directory: Path, prefix: bytes, *, writeback: bool) -> None:
         self.path = directory / f".{uuid.uuid4().hex}{_TMP_SUFFIX}"
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        # Read access too: the handler validates the header through a read-only map.
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         self._hash = hashlib.sha256()
         self._lock = threading.Lock()
         self._writeback = writeback and _sync_file_range is not None
@@ -119,6 +121,7 @@ class StagedFile:
             self.discard()
             raise
         self._offset = len(prefix)
+        self.prefix_size = len(prefix)
 
     @property
     def file_size(self) -> int:
@@ -152,6 +155,14 @@ class StagedFile:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+    def map_dataset(self) -> mmap.mmap:
+        """A read-only map of the whole file (the dataset starts at :attr:`prefix_size`):
+        the page-cache pages themselves, so validating the header copies nothing."""
+        with self._lock:
+            if self._fd is None:
+                raise self.error or OSError(errno.EBADF, "staged file already closed")
+            return mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
 
     def sync_and_close(self, *, fsync: bool) -> None:
         """fdatasync (the size is metadata needed to read the data back, so it is included)
