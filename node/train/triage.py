@@ -55,6 +55,7 @@ ARCH_CHOICES = (
     "resnet18",
 )
 MEAN, STD = 0.5, 0.25
+IMPLANT_WEIGHT = 3.0  # implant is a local detail learnt later than the global view: weigh it up
 
 
 def input_spec(size: int) -> InputSpec:
@@ -133,7 +134,9 @@ def loss_fn(
         loss = loss + F.cross_entropy(logits["side"][has_side], side[has_side])
     known = implant >= 0
     if known.any():
-        loss = loss + F.binary_cross_entropy_with_logits(logits["implant"][known], implant[known])
+        loss = loss + IMPLANT_WEIGHT * F.binary_cross_entropy_with_logits(
+            logits["implant"][known], implant[known]
+        )
     return loss
 
 
@@ -171,6 +174,56 @@ def metrics(pred: dict[str, np.ndarray], t: Tensors, implant_threshold: float = 
     return {k: round(v, 5) for k, v in out.items()}
 
 
+def _triage_net_class() -> type:
+    import torch
+    from torch import nn
+
+    from node.train.common import build_backbone
+
+    class TriageNet(nn.Module):  # type: ignore[misc]
+        """timm feature map pooled three ways: whole image, image-left half, image-right half.
+
+        "Implant on the patient's right" is a statement about *where* in the image the metal is
+        (image left on AP-like views); a globally pooled vector has to smuggle position through
+        padding artefacts, the half-image pools state it directly. Heads see all three pools.
+        """
+
+        def __init__(self, arch: str, in_chans: int = 1, dropout: float = 0.1):
+            super().__init__()
+            self.backbone, _ = build_backbone(arch, in_chans)
+            self.backbone.eval()
+            with torch.no_grad():
+                width = int(self.backbone.forward_features(torch.zeros(1, in_chans, 64, 64)).shape[1])
+            self.backbone.train()
+            self.arch = arch
+            self.dropout = nn.Dropout(dropout)
+            self.heads = nn.ModuleDict({name: nn.Linear(3 * width, n) for name, (n, _) in heads().items()})
+
+        def logits(self, x: Any) -> dict[str, Any]:
+            f = self.backbone.forward_features(x)
+            half = f.shape[3] // 2
+            pooled = torch.cat(
+                [f.mean((2, 3)), f[..., :half].mean((2, 3)), f[..., f.shape[3] - half :].mean((2, 3))], 1
+            )
+            pooled = self.dropout(pooled)
+            return {name: head(pooled) for name, head in self.heads.items()}
+
+        def forward(self, x: Any) -> tuple[Any, ...]:
+            z = self.logits(x)
+            return (torch.softmax(z["view"], 1), torch.softmax(z["side"], 1), torch.sigmoid(z["implant"]))
+
+    return TriageNet
+
+
+def build_model(arch: str, head: str = "sided") -> Any:
+    """``sided``: TriageNet (half-image pools); ``global``: ``common.MultiHead`` (pooled vector)."""
+    if head == "global":
+        from node.train.common import MultiHead
+
+        return MultiHead(arch, 1, heads())
+    return _triage_net_class()(arch, 1)
+
+
 def train(
     train_t: Tensors,
     val_t: Tensors,
@@ -180,14 +233,13 @@ def train(
     lr: float,
     seed: int,
     log_every_s: float = 30.0,
+    head: str = "sided",
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """Train from scratch; returns the model (eval mode) and its validation metrics."""
     import torch
 
-    from node.train.common import MultiHead
-
     seed_everything(seed)
-    model = MultiHead(arch, 1, heads())
+    model = build_model(arch, head)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
     steps_per_epoch = max(1, math.ceil(len(train_t) / batch_size))
     total = max(1, epochs * steps_per_epoch)
@@ -235,6 +287,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--head", choices=("sided", "global"), default="sided", help="pooling for the heads (see TriageNet)"
+    )
     p.add_argument(
         "--out", type=Path, default=Path("models/triage"), help="model folder; a version folder is made in it"
     )
@@ -288,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
     train_t, val_t = to_tensors(train_samples, args.size), to_tensors(val_samples, args.size)
     del train_samples, val_samples
     log.info("data ready in %.0f s: %d train, %d val", time.monotonic() - t0, len(train_t), len(val_t))
-    model, val = train(train_t, val_t, args.arch, args.epochs, args.batch, args.lr, args.seed)
+    model, val = train(train_t, val_t, args.arch, args.epochs, args.batch, args.lr, args.seed, head=args.head)
     out_dir = Path(args.out) / args.version
     check = (val_t.x if len(val_t) else train_t.x)[:8]
     diff = export(model, args.size, out_dir, check)
