@@ -445,6 +445,7 @@ class StoreHandler:
         validated through a read-only map of that file, then committed like any other."""
         sop_hash = uid_digest(str(req.AffectedSOPInstanceUID))[:12]
         try:
+            staged.finish()
             if staged.error is not None:
                 raise staged.error
             mapped = staged.map_dataset()

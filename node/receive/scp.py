@@ -430,6 +430,15 @@ class _FastDUL(DULServiceProvider):
                 log.error("malformed P-DATA-TF PDU (%d bytes)", pdu_length)
                 self.event_queue.put("Evt19")
                 return
+            if (
+                self.state_machine.current_state == "Sta6"
+                and self.event_queue.empty()
+                and not self.assoc.get_handlers(evt.EVT_FSM_TRANSITION)
+            ):
+                # Exactly what the state machine does for Evt10 in Sta6 (action DT-2, state
+                # unchanged), without two queue round trips per PDU.
+                self.assoc.dimse.receive_primitive(_PDataPDU(pdvs).to_primitive())
+                return
             self.event_queue.put("Evt10")
             self._recv_pdu.put(_PDataPDU(pdvs))  # type: ignore[arg-type]
             return

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import mmap
 import os
+import queue
 import threading
 import uuid
 from collections.abc import Callable
@@ -97,13 +98,16 @@ class StagedFile:
     instance is still arriving (so writing and hashing overlap with the network instead of
     delaying the answer). It starts with the File Meta Information; the dataset follows.
 
-    Fed by the association's DUL thread, committed or discarded by its reactor thread; a lock
-    keeps a late ``feed`` from writing to a descriptor that ``discard`` closed (and the kernel
-    may have handed to another file). A write error is kept in :attr:`error` and the file
-    removed: the handler then falls back to writing from memory and reports that outcome.
+    The association's DUL thread calls :meth:`feed` with each fragment (an immutable buffer);
+    with ``background`` a helper thread does the write, the hash and the writeback hint, so
+    receiving the next fragment overlaps with storing this one (two cores at work instead of
+    one). The reactor thread calls :meth:`finish` (waits for every fed fragment to be
+    stored), then commits or discards. A lock keeps a late write from touching a descriptor
+    that ``discard`` closed (and the kernel may have handed to another file). A write error is
+    kept in :attr:`error` and the file removed; the handler answers it as a storage failure.
     """
 
-    def __init__(self, directory: Path, prefix: bytes, *, writeback: bool) -> None:
+    def __init__(self, directory: Path, prefix: bytes, *, writeback: bool, background: bool = True) -> None:
         self.path = directory / f".{uuid.uuid4().hex}{_TMP_SUFFIX}"
         # Read access too: the handler validates the header through a read-only map.
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
@@ -115,6 +119,9 @@ class StagedFile:
         self.done = False
         self._offset = 0
         self._flushed = 0
+        self._feeding = True
+        self._queue: queue.SimpleQueue[bytes | memoryview | None] | None = None
+        self._worker: threading.Thread | None = None
         try:
             _write_all(self._fd, prefix)
         except OSError:
@@ -122,6 +129,10 @@ class StagedFile:
             raise
         self._offset = len(prefix)
         self.prefix_size = len(prefix)
+        if background:
+            self._queue = queue.SimpleQueue()
+            self._worker = threading.Thread(target=self._drain, name="hipnode-stage", daemon=True)
+            self._worker.start()
 
     @property
     def file_size(self) -> int:
@@ -133,7 +144,30 @@ class StagedFile:
         return self.error is None and self._fd is not None and not self.done
 
     def feed(self, data: bytes | memoryview) -> None:
-        """Append dataset bytes (called once per received fragment)."""
+        """Append dataset bytes (called once per received fragment; ``data`` must not change
+        afterwards). Ignored once :meth:`finish` or :meth:`discard` was called."""
+        if not self._feeding:
+            return
+        if self._queue is not None:
+            self._queue.put(data)
+        else:
+            self._append(data)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            self._append(item)
+
+    def finish(self) -> None:
+        """Stop feeding and wait until every fed fragment is written and hashed. Idempotent."""
+        self._feeding = False
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            worker.join()
+
+    def _append(self, data: bytes | memoryview) -> None:
         with self._lock:
             fd = self._fd
             if fd is None or self.error is not None:
@@ -154,11 +188,13 @@ class StagedFile:
                 self._flushed = self._offset
 
     def hexdigest(self) -> str:
+        self.finish()
         return self._hash.hexdigest()
 
     def map_dataset(self) -> mmap.mmap:
         """A read-only map of the whole file (the dataset starts at :attr:`prefix_size`):
         the page-cache pages themselves, so validating the header copies nothing."""
+        self.finish()
         with self._lock:
             if self._fd is None:
                 raise self.error or OSError(errno.EBADF, "staged file already closed")
@@ -167,6 +203,7 @@ class StagedFile:
     def sync_and_close(self, *, fsync: bool) -> None:
         """fdatasync (the size is metadata needed to read the data back, so it is included)
         and close; raises ``OSError`` (the file is then removed)."""
+        self.finish()
         with self._lock:
             fd = self._fd
             if fd is None:
@@ -192,6 +229,7 @@ class StagedFile:
 
     def discard(self) -> None:
         """Remove the temp file (no-op once committed or discarded). Idempotent."""
+        self.finish()
         with self._lock:
             if self.done:
                 return
