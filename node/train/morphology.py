@@ -46,7 +46,7 @@ import pickle
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,11 @@ class JointSample:
     context: np.ndarray  # (C, C) float16, 0..1 image values around the joint, CONTEXT_MARGIN
     labels: np.ndarray  # (4,) float32, NaN = unknown
     sex_female: float  # 1.0 / 0.0 / NaN
+
+
+def astuple_shallow(sample: JointSample) -> tuple[Any, ...]:
+    """Field values in declaration order (``dataclasses.astuple`` would deep-copy the arrays)."""
+    return tuple(getattr(sample, f.name) for f in fields(sample))
 
 
 def input_spec(size: int) -> InputSpec:
@@ -534,9 +539,10 @@ def load_samples(args: argparse.Namespace, spec: InputSpec) -> tuple[list[JointS
         key = f"phantom seed={args.phantom_seed} images={args.images} px={args.phantom_size} size={args.size} margin={args.margin}"
         if cache is not None and cache.is_file():
             with open(cache, "rb") as fh:
-                cached_key, samples = pickle.load(fh)
+                cached_key, rows = pickle.load(fh)
             if cached_key != key:
                 raise SystemExit(f"{cache} holds {cached_key!r}, not {key!r}; delete it or change --cache")
+            samples = [JointSample(*row) for row in rows]
             log.info("loaded %d joints from %s", len(samples), cache)
         else:
             samples = phantom_samples(
@@ -550,7 +556,10 @@ def load_samples(args: argparse.Namespace, spec: InputSpec) -> tuple[list[JointS
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 with open(cache, "wb") as fh:
-                    pickle.dump((key, samples), fh, protocol=pickle.HIGHEST_PROTOCOL)
+                    # plain tuples, not JointSample: the cache must load whether this module
+                    # ran as ``__main__`` or as ``node.train.morphology``
+                    rows = [astuple_shallow(x) for x in samples]
+                    pickle.dump((key, rows), fh, protocol=pickle.HIGHEST_PROTOCOL)
         text = (
             f"synthetic AP-pelvis phantoms from node.phantom: {args.images} images of {args.phantom_size} px, "
             f"seed {args.phantom_seed}, implants none; {len(samples)} joint crops from ground-truth joint boxes"
@@ -618,43 +627,57 @@ def fit_and_export(
     best_score, best_state, best_epoch = -1.0, None, 0
     deadline = t0 + args.time_limit_min * 60.0 if args.time_limit_min > 0 else math.inf
     epochs_run = 0
-    for epoch in range(args.epochs):
-        model.train()
-        order = rng.permutation(train_idx)
-        t_ep, loss_sum = time.monotonic(), 0.0
-        for b in range(steps_per_epoch):
-            chunk = [samples[i] for i in order[b * args.batch_size : (b + 1) * args.batch_size]]
-            if not chunk:
-                continue
-            x = torch.from_numpy(np.stack([augment(s, spec, args.margin, rng) for s in chunk]))
-            y = torch.from_numpy(np.stack([s.labels for s in chunk]))
-            sx = torch.tensor([s.sex_female for s in chunk], dtype=torch.float32)
-            logits, _ = model(x)
-            loss = _loss(logits, y, sx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach())
-        epochs_run = epoch + 1
-        probs = predict_torch(model, val_x)
-        metrics = evaluate_split(probs, val_samples, dict.fromkeys(MORPHOLOGY_FLAGS, 0.5))
-        aucs = [metrics[f]["auroc"] for f in MORPHOLOGY_FLAGS]
-        score = float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else 0.0
-        log.info(
-            "epoch %d/%d loss %.4f val AUROC %s (%.0fs)",
-            epoch + 1,
-            args.epochs,
-            loss_sum / steps_per_epoch,
-            " ".join(f"{a:.3f}" for a in aucs),
-            time.monotonic() - t_ep,
+    stopped_early = False
+    try:
+        for epoch in range(args.epochs):
+            model.train()
+            order = rng.permutation(train_idx)
+            t_ep, loss_sum = time.monotonic(), 0.0
+            for b in range(steps_per_epoch):
+                chunk = [samples[i] for i in order[b * args.batch_size : (b + 1) * args.batch_size]]
+                if not chunk:
+                    continue
+                x = torch.from_numpy(np.stack([augment(s, spec, args.margin, rng) for s in chunk]))
+                y = torch.from_numpy(np.stack([s.labels for s in chunk]))
+                sx = torch.tensor([s.sex_female for s in chunk], dtype=torch.float32)
+                logits, _ = model(x)
+                loss = _loss(logits, y, sx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach())
+                if (b + 1) % max(1, steps_per_epoch // 4) == 0:
+                    log.info(
+                        "epoch %d step %d/%d loss %.4f", epoch + 1, b + 1, steps_per_epoch, loss_sum / (b + 1)
+                    )
+            epochs_run = epoch + 1
+            probs = predict_torch(model, val_x)
+            metrics = evaluate_split(probs, val_samples, dict.fromkeys(MORPHOLOGY_FLAGS, 0.5))
+            aucs = [metrics[f]["auroc"] for f in MORPHOLOGY_FLAGS]
+            score = float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else 0.0
+            log.info(
+                "epoch %d/%d loss %.4f val AUROC %s (%.0fs)",
+                epoch + 1,
+                args.epochs,
+                loss_sum / steps_per_epoch,
+                " ".join(f"{a:.3f}" for a in aucs),
+                time.monotonic() - t_ep,
+            )
+            if score > best_score:
+                best_score, best_epoch = score, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if time.monotonic() > deadline:
+                log.warning("time limit reached after epoch %d", epoch + 1)
+                stopped_early = True
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGINT: keep what was learnt. The best epoch so far is exported and the
+        # manifest says the run was stopped, so nobody mistakes it for the full schedule.
+        stopped_early = True
+        log.warning(
+            "interrupted during epoch %d; exporting the best epoch so far (%d)", epochs_run + 1, best_epoch
         )
-        if score > best_score:
-            best_score, best_epoch = score, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if time.monotonic() > deadline:
-            log.warning("time limit reached after epoch %d", epoch + 1)
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -694,6 +717,7 @@ def fit_and_export(
             "training_joints": len(train_idx),
             "best_epoch": best_epoch,
             "epochs_run": epochs_run,
+            "stopped_early": stopped_early,
             "onnx_vs_torch_max_abs_diff": float(f"{max_diff:.3g}"),
         },
         thresholds=thresholds,
