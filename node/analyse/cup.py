@@ -485,6 +485,49 @@ def _search_rim(
     return R, k1, th1
 
 
+def _edge_levels(smooth: NDArray[np.float32], pts: FloatArray, nrm: FloatArray) -> FloatArray:
+    """Outward offsets from each edge point (a gradient maximum) to where the intensity has
+    fallen to 80 %, 50 % and 20 % of the way from the outside level to the inside level:
+    shape (N, 3), NaN where the profile is not a clean bright-inside step."""
+    if len(pts) == 0:
+        return np.zeros((0, 3))
+    steps = np.arange(-4.0, 7.01, 0.25)
+    mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
+    my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
+    prof = np.asarray(cv2.remap(smooth, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), np.float64)
+    inside = prof[:, steps <= -3.0].mean(axis=1)
+    outside = prof[:, steps >= 5.0].mean(axis=1)
+    out = np.full((len(pts), 3), np.nan)
+    rows = np.arange(len(pts))
+    for j, level in enumerate((0.8, 0.5, 0.2)):
+        thr = outside + level * (inside - outside)
+        below = prof < thr[:, None]
+        below[:, steps < -3.0] = False
+        k = np.argmax(below, axis=1)
+        ok = below.any(axis=1) & (inside > outside) & (k > 0)
+        k = np.clip(k, 1, len(steps) - 1)
+        f_in, f_out = prof[rows, k - 1], prof[rows, k]
+        frac = np.clip((f_in - thr) / np.where(f_in - f_out > 1e-9, f_in - f_out, 1.0), 0.0, 1.0)
+        out[:, j] = np.where(ok, steps[k - 1] + frac * 0.25, np.nan)
+    return out
+
+
+def _ramp_shift(levels: FloatArray, step_width: float) -> FloatArray:
+    """Per-point outward shift to the outer boundary of an edge.
+
+    A blurred step's boundary is its 50 % point. Near the rim of a metal shell the rays cross
+    a wedge of metal that thickens from zero at the outer rim inwards, so the intensity ramps up
+    over a few pixels and the 50 % point lies half a ramp inside the true outer rim — more the
+    more the opening faces the beam. The ramp's width is the edge's 20–80 % distance beyond that
+    of a plain blurred step (``step_width``, measured on the dome, whose tangential rays make a
+    step); a linear ramp's 20–80 % distance is 0.6 of its width.
+    """
+    width = levels[:, 2] - levels[:, 0]
+    ramp = float(np.nanmedian(width)) - step_width if np.isfinite(width).any() else 0.0
+    shift = levels[:, 1] + max(ramp, 0.0) / 0.6 / 2.0
+    return np.where(np.isfinite(shift), np.clip(shift, -2.0, 6.0), 0.0)
+
+
 def _rim_points(
     gx: NDArray[np.float32],
     gy: NDArray[np.float32],
@@ -494,6 +537,8 @@ def _rim_points(
     min_grad: float,
     stems: Sequence[tuple[float, float, float, float]],
     R: float,
+    smooth: NDArray[np.float32] | None = None,
+    step_width: float = 0.0,
 ) -> FloatArray:
     """Edge points near the open half of an ellipse: along each normal, the sub-pixel maximum of
     the outward intensity drop, kept when it is a real step (≥ ``min_grad`` per pixel)."""
@@ -515,6 +560,9 @@ def _rim_points(
     sft = steps[k] + np.clip(off, -0.5, 0.5) * 0.25
     out = pts + nrm * sft[:, None]
     keep = f1 >= min_grad
+    if smooth is not None and keep.any():
+        lv = _edge_levels(smooth, out[keep], nrm[keep])
+        out[keep] = out[keep] + nrm[keep] * _ramp_shift(lv, step_width)[:, None]
     for x0, y0, x1, y1 in stems:
         inside = (out[:, 0] >= x0) & (out[:, 0] <= x1) & (out[:, 1] >= y0) & (out[:, 1] <= y1)
         far = np.hypot(out[:, 0] - cx, out[:, 1] - cy) > 1.02 * R
@@ -622,6 +670,14 @@ def _fit_from_circle(
     ccx, ccy, R = circle
     ox, oy = offset
     span, gap_dir, other_cov, dome_step = _dome_side(smooth, ccx, ccy, R, open_hint)
+    # the dome circle sits on gradient maxima too: move it to the foot of its edge, like the rim
+    dd = gap_dir + math.pi + np.radians(np.linspace(-70.0, 70.0, 29))
+    dn = np.column_stack([np.cos(dd), np.sin(dd)])
+    dl = _edge_levels(smooth, np.array([ccx, ccy]) + R * dn, dn)
+    if np.isfinite(dl[:, 1]).any():
+        R = R + float(np.nanmedian(dl[:, 1]))
+    dw = dl[:, 2] - dl[:, 0]
+    dome_width = float(np.nanmedian(dw)) if np.isfinite(dw).any() else 0.0
     base = CupFit(
         None, None, dome_centre=Point(ccx + ox, ccy + oy), dome_radius_px=R, dome_span_deg=span,
         dome_contrast=dome_step,
@@ -646,7 +702,7 @@ def _fit_from_circle(
     tol = max(1.0, 0.012 * R)
     rim = np.zeros((0, 2))
     for search in (4.0, 2.5):
-        rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R)
+        rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R, smooth, dome_width)
         if len(rim) < MIN_RIM_POINTS:
             break
         w_prior = math.sqrt(len(rim))

@@ -207,6 +207,8 @@ def measure_dysplasia(
     clear_med = len(beyond_med) > 0 and float(np.median(beyond_med)) <= MAX_BEYOND_MEDIAL * top_resp
     lce = None if (hi == len(phis) - 1 or not clear_lat) else lateral_centre_edge_deg(centre, lateral_edge, ref, side)
     ton = None if (lo == 0 or lce is None or not clear_med) else tonnis_deg(medial_edge, lateral_edge, ref, side)
+    if ton is not None and (not -20.0 <= ton <= 45.0 or math.degrees(phis[hi] - phis[lo]) < 25.0):
+        ton = None  # an implausible slope or too short an arc: the medial end was not the sourcil's
     reason = None
     if lce is None:
         reason = "lateral edge of the sourcil not found"
