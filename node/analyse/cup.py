@@ -73,6 +73,11 @@ MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
 MIN_BOX_IOU = 0.6
+# Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
+# implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
+MIN_INCLINATION_DEG = 5.0
+MAX_INCLINATION_DEG = 85.0
+MAX_ANTEVERSION_DEG = 50.0
 
 
 @dataclass(frozen=True)
@@ -966,8 +971,10 @@ def measure_cup(
             quality=fit.quality,
         )
     ri, ra = angles_from_axis(n, ref, side)
-    if ri < -5.0 or ri > 95.0:
+    if ri < MIN_INCLINATION_DEG or ri > MAX_INCLINATION_DEG:
         return refuse(f"cup opening points the wrong way for the {side.name.lower()} hip (side mislabelled?)")
+    if ra > MAX_ANTEVERSION_DEG or ra < -MAX_ANTEVERSION_DEG:
+        return refuse("rim nearly circular: not distinguishable from the dome or a head")
     return CupMeasurement(
         side=side,
         inclination_deg=round(ri, 2),
