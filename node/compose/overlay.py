@@ -467,15 +467,18 @@ def build_sc(
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:
-    """The source's Patient Orientation when it is a valid biped pair, else None (unknown).
+    """The source's Patient Orientation when it is a valid biped pair of single letters, else
+    None (unknown).
 
-    A resized overlay keeps the orientation: scaling does not flip or rotate."""
+    A resized overlay keeps the orientation: scaling does not flip or rotate. Oblique values
+    such as ``HL`` (valid in the source) are dropped: highdicom's SC accepts one letter per
+    direction, and a wrong single letter would be worse than none."""
     value = source.get("PatientOrientation")
     if not value or len(value) != 2:
         return None
     row, col = str(value[0]), str(value[1])
     allowed = set("AFHLPR")
-    if not row or not col or not set(row) <= allowed or not set(col) <= allowed:
+    if len(row) != 1 or len(col) != 1 or not {row, col} <= allowed:
         return None
     return row, col
 
