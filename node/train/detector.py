@@ -194,12 +194,21 @@ def _export_module(yolo_model: Any) -> Any:
 
 
 def train_yolo(
-    dataset_yaml: Path, arch: str, size: int, epochs: int, batch: int, seed: int, workdir: Path, threads: int
+    dataset_yaml: Path,
+    arch: str,
+    size: int,
+    epochs: int,
+    batch: int,
+    seed: int,
+    workdir: Path,
+    threads: int,
+    init: Path | None = None,
 ) -> Any:
     """Run ultralytics training on CPU, offline, deterministic; returns the best DetectionModel."""
     from ultralytics import YOLO
 
-    yolo = YOLO(resolve_arch(arch, workdir), task="detect")
+    workdir = workdir.resolve()  # ultralytics nests a relative project under its runs_dir
+    yolo = YOLO(str(init) if init is not None else resolve_arch(arch, workdir), task="detect")
     yolo.train(
         data=str(dataset_yaml),
         epochs=epochs,
@@ -209,7 +218,7 @@ def train_yolo(
         workers=min(2, threads) if threads else 2,
         seed=seed,
         deterministic=True,
-        pretrained=False,
+        pretrained=init is not None,
         amp=False,
         plots=False,
         val=False,  # validated below through onnxruntime; per-epoch NMS on CPU costs minutes
@@ -236,8 +245,15 @@ def train_yolo(
         cos_lr=True,
         close_mosaic=0,
     )
-    best = workdir / "run" / "weights" / "best.pt"
-    last = workdir / "run" / "weights" / "last.pt"
+    save_dir = Path(getattr(yolo.trainer, "save_dir", workdir / "run"))
+    return load_weights(save_dir / "weights")
+
+
+def load_weights(weights_dir: Path) -> Any:
+    """The DetectionModel from ``best.pt`` (or ``last.pt``) of an ultralytics run."""
+    from ultralytics import YOLO
+
+    best, last = weights_dir / "best.pt", weights_dir / "last.pt"
     return YOLO(str(best if best.exists() else last)).model
 
 
@@ -258,6 +274,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model folder; a version folder is made in it",
     )
     p.add_argument("--version", default="1.0.0")
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="start from these ultralytics weights (best.pt of an earlier run) instead of from scratch",
+    )
     p.add_argument("--workdir", type=Path, help="keep the YOLO dataset and runs here (default: temporary)")
 
 
@@ -310,11 +331,31 @@ def train_and_export(
         (ds / "data.yaml").write_text(f"path: {ds}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
         log.info("YOLO dataset: %d train / %d val images (%s)", n_train, n_val, ds)
         net = train_yolo(
-            ds / "data.yaml", args.arch, args.size, args.epochs, args.batch, args.seed, workdir, args.threads
+            ds / "data.yaml",
+            args.arch,
+            args.size,
+            args.epochs,
+            args.batch,
+            args.seed,
+            workdir,
+            args.threads,
+            args.init,
         )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    return export_and_validate(net, args, train_samples, val_samples, description, t0)
+
+
+def export_and_validate(
+    net: Any,
+    args: argparse.Namespace,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    description: str,
+    t0: float,
+) -> tuple[Any, Path, dict[str, float]]:
+    """Export a trained DetectionModel to ``args.out/args.version``, check it, validate, manifest."""
     module = _export_module(net)
     out_dir = Path(args.out) / args.version
     onnx_path = export_onnx(module, out_dir / "model.onnx", "image", [OUTPUT], (1, 3, args.size, args.size))
@@ -322,7 +363,9 @@ def train_and_export(
     check, _ = make_batch(check_images, input_spec(args.size))
     # Box coordinates are in network pixels (up to ``size``): float32 rounding scales with them.
     diff = compare_onnx(module, onnx_path, check, [OUTPUT], atol=max(1e-4, 1e-6 * args.size))
-    extra = {"seed": args.seed, "epochs": args.epochs, "batch": args.batch}
+    extra: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "batch": args.batch}
+    if getattr(args, "init", None) is not None:
+        extra["init"] = str(args.init)
     write_model(
         build_manifest(args.arch, args.size, args.version, description, command_line(), {}, extra), out_dir
     )
