@@ -71,7 +71,7 @@ from node.infer.morphology import (
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-CONTEXT_MARGIN = 0.35
+CONTEXT_EXTRA = 0.2
 """Training crops are cut with a wider margin and then re-cropped with jitter, so augmentation
 can shift and scale the window without returning to the full radiograph (which would not fit in
 memory for thousands of images)."""
@@ -92,7 +92,7 @@ class JointSample:
     group: str  # split unit (patient or image): both hips of a patient on one side of the split
     side: str
     exact: np.ndarray  # (1, S, S) float32, prepared exactly as the node prepares it
-    context: np.ndarray  # (C, C) float16, 0..1 image values around the joint, CONTEXT_MARGIN
+    context: np.ndarray  # (C, C) float16, 0..1 image values around the joint, context_margin()
     labels: np.ndarray  # (4,) float32, NaN = unknown
     sex_female: float  # 1.0 / 0.0 / NaN
 
@@ -119,7 +119,12 @@ def input_spec(size: int) -> InputSpec:
 
 
 def context_size(size: int, margin: float) -> int:
-    return int(math.ceil(size * (1.0 + 2.0 * CONTEXT_MARGIN) / (1.0 + 2.0 * margin) / 8.0) * 8)
+    return int(math.ceil(size * (1.0 + 2.0 * context_margin(margin)) / (1.0 + 2.0 * margin) / 8.0) * 8)
+
+
+def context_margin(margin: float) -> float:
+    """Margin of the stored context crop: the run-time margin plus ``CONTEXT_EXTRA``."""
+    return margin + CONTEXT_EXTRA
 
 
 def make_sample(
@@ -138,7 +143,7 @@ def make_sample(
 
     exact = prepare_crop(crop_joint(image01, box, margin), spec)
     ctx_px = context_size(spec.height, margin)
-    ctx = crop_joint(image01, box, CONTEXT_MARGIN).astype(np.float32)
+    ctx = crop_joint(image01, box, context_margin(margin)).astype(np.float32)
     interp = cv2.INTER_AREA if ctx.shape[0] > ctx_px else cv2.INTER_LINEAR
     ctx = cv2.resize(ctx, (ctx_px, ctx_px), interpolation=interp).astype(np.float16)
     return JointSample(
@@ -342,7 +347,7 @@ def augment(sample: JointSample, spec: InputSpec, margin: float, rng: np.random.
     """A jittered re-crop of the context (±10 % scale, ±6 % shift), flip, gamma, noise."""
     ctx = sample.context.astype(np.float32)
     n = ctx.shape[0]
-    nominal = n * (1.0 + 2.0 * margin) / (1.0 + 2.0 * CONTEXT_MARGIN)
+    nominal = n * (1.0 + 2.0 * margin) / (1.0 + 2.0 * context_margin(margin))
     side = nominal * rng.uniform(0.9, 1.1)
     cx = n / 2.0 + rng.uniform(-0.06, 0.06) * nominal
     cy = n / 2.0 + rng.uniform(-0.06, 0.06) * nominal
