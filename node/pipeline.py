@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from node import __version__
 from node.analyse.cup import ProjectionGeometry, measure_cup
+from node.analyse.dysplasia import measure_dysplasia
 from node.analyse.reference import reference_from_boxes
 from node.compose import ReportReference, build_sc, build_sr, sr_uids
 from node.config import Config
@@ -318,6 +319,11 @@ class Pipeline:
                     stem_boxes=stems,
                     geometry=geometry,
                 )
+            if not hip.implant_present and hip.joint_box is not None and triage.view in AP_VIEWS:
+                # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.
+                dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)
+                hip.lateral_centre_edge_deg = dys.lce_deg
+                hip.tonnis_deg = dys.tonnis_deg
             if side in morph_by_side and triage.view in AP_VIEWS:
                 crop, pred = morph_by_side[side]
                 hip.morphology = pred.flags
