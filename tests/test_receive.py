@@ -26,7 +26,7 @@ from tests.test_receive_support import RunningReceiver, running_receiver, scu_ae
 
 
 def _pydicom_data_dir() -> Path:
-    import data_store  # type: ignore[import-untyped]  # the ``pydicom-data`` distribution
+    import data_store  # type: ignore[import-untyped,unused-ignore]  # the ``pydicom-data`` distribution
 
     return Path(data_store.__file__).parent / "data"
 

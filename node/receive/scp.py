@@ -430,15 +430,9 @@ class _FastDUL(DULServiceProvider):
                 log.error("malformed P-DATA-TF PDU (%d bytes)", pdu_length)
                 self.event_queue.put("Evt19")
                 return
-            if (
-                self.state_machine.current_state == "Sta6"
-                and self.event_queue.empty()
-                and not self.assoc.get_handlers(evt.EVT_FSM_TRANSITION)
-            ):
-                # Exactly what the state machine does for Evt10 in Sta6 (action DT-2, state
-                # unchanged), without two queue round trips per PDU.
-                self.assoc.dimse.receive_primitive(_PDataPDU(pdvs).to_primitive())
-                return
+            # Through the state machine's queue as usual: dispatching straight to DIMSE here
+            # leaves the DUL's event queue empty, and its loop then yields the CPU (sleep(0))
+            # once per PDU, which on a busy machine cost more than the queue round trip.
             self.event_queue.put("Evt10")
             self._recv_pdu.put(_PDataPDU(pdvs))  # type: ignore[arg-type]
             return

@@ -99,9 +99,8 @@ class StagedFile:
     delaying the answer). It starts with the File Meta Information; the dataset follows.
 
     The association's DUL thread calls :meth:`feed` with each fragment (an immutable buffer);
-    with ``background`` a helper thread does the write, the hash and the writeback hint, so
-    receiving the next fragment overlaps with storing this one (two cores at work instead of
-    one). The reactor thread calls :meth:`finish` (waits for every fed fragment to be
+    with ``background`` one helper thread writes (and hints writeback) and another hashes, so
+    receiving, writing and hashing a fragment overlap (all three release the GIL). The reactor thread calls :meth:`finish` (waits for every fed fragment to be
     stored), then commits or discards. A lock keeps a late write from touching a descriptor
     that ``discard`` closed (and the kernel may have handed to another file). A write error is
     kept in :attr:`error` and the file removed; the handler answers it as a storage failure.
@@ -122,6 +121,8 @@ class StagedFile:
         self._feeding = True
         self._queue: queue.SimpleQueue[bytes | memoryview | None] | None = None
         self._worker: threading.Thread | None = None
+        self._hash_queue: queue.SimpleQueue[bytes | memoryview | None] | None = None
+        self._hasher: threading.Thread | None = None
         try:
             _write_all(self._fd, prefix)
         except OSError:
@@ -131,8 +132,11 @@ class StagedFile:
         self.prefix_size = len(prefix)
         if background:
             self._queue = queue.SimpleQueue()
+            self._hash_queue = queue.SimpleQueue()
             self._worker = threading.Thread(target=self._drain, name="hipnode-stage", daemon=True)
+            self._hasher = threading.Thread(target=self._drain_hash, name="hipnode-hash", daemon=True)
             self._worker.start()
+            self._hasher.start()
 
     @property
     def file_size(self) -> int:
@@ -148,24 +152,34 @@ class StagedFile:
         afterwards). Ignored once :meth:`finish` or :meth:`discard` was called."""
         if not self._feeding:
             return
-        if self._queue is not None:
+        if self._queue is not None and self._hash_queue is not None:
             self._queue.put(data)
+            self._hash_queue.put(data)
         else:
             self._append(data)
+            self._hash.update(data)
 
     def _drain(self) -> None:
         assert self._queue is not None
         while (item := self._queue.get()) is not None:
             self._append(item)
 
+    def _drain_hash(self) -> None:
+        assert self._hash_queue is not None
+        while (item := self._hash_queue.get()) is not None:
+            self._hash.update(item)  # releases the GIL: runs beside the writer and the receiver
+
     def finish(self) -> None:
         """Stop feeding and wait until every fed fragment is written and hashed. Idempotent."""
         self._feeding = False
         worker, self._worker = self._worker, None
-        if worker is not None:
-            assert self._queue is not None
+        hasher, self._hasher = self._hasher, None
+        if worker is not None and hasher is not None:
+            assert self._queue is not None and self._hash_queue is not None
             self._queue.put(None)
+            self._hash_queue.put(None)
             worker.join()
+            hasher.join()
 
     def _append(self, data: bytes | memoryview) -> None:
         with self._lock:
@@ -178,7 +192,6 @@ class StagedFile:
                 self.error = exc
                 self._close_and_unlink()
                 return
-            self._hash.update(data)
             n = len(data)
             self.size += n
             self._offset += n

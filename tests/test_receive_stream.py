@@ -1,0 +1,115 @@
+"""Streaming receive: datasets written and hashed into a staged file while they arrive.
+
+Unit checks of :class:`node.receive.storage.StagedFile` (content, digest, clean-up, write
+errors) and one end-to-end check that a write failure while streaming is never acknowledged.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.receive import storage
+from node.receive.storage import InstanceStore
+from tests.dicom_factory import make_image, write
+from tests.test_receive import stored_instances, storescu
+from tests.test_receive_support import running_receiver
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_staged_file_content_digest_and_commit(tmp_path: Path, background: bool) -> None:
+    store = InstanceStore(tmp_path / "root", min_free_mb=0)
+    prefix = b"P" * 300
+    data = os.urandom(3 * storage.WRITEBACK_STEP + 12345)
+    staged = storage.StagedFile(store.staging, prefix, writeback=True, background=background)
+    view = memoryview(data)
+    for start in range(0, len(data), 131072):
+        staged.feed(view[start : start + 131072])
+    assert staged.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert staged.size == len(data)
+    mapped = staged.map_dataset()
+    try:
+        assert mapped[staged.prefix_size : staged.prefix_size + 64] == data[:64]
+    finally:
+        mapped.close()
+    rel = Path("ab", "study", "series", "x.dcm")
+    stored = store.commit_staged(staged, rel)
+    assert stored.size == len(prefix) + len(data)
+    assert (store.root / rel).read_bytes() == prefix + data
+    assert list(store.staging.iterdir()) == []
+    staged.discard()  # no-op after commit
+    assert (store.root / rel).exists()
+
+
+def test_staged_file_write_error_is_kept_and_file_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InstanceStore(tmp_path / "root", min_free_mb=0)
+    staged = store.stage(b"meta")
+    real = storage._write_all
+
+    def full(fd: int, data: bytes | memoryview) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "_write_all", full)
+    staged.feed(b"x" * 1000)
+    staged.finish()
+    monkeypatch.setattr(storage, "_write_all", real)
+    assert staged.error is not None and staged.error.errno == errno.ENOSPC
+    assert not staged.ok
+    assert list(store.staging.iterdir()) == []
+    staged.feed(b"late")  # ignored after finish
+    staged.discard()
+    staged.discard()
+
+
+def test_stale_staged_files_removed_at_start(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "root", min_free_mb=0)
+    staged = store.stage(b"meta")
+    staged.feed(b"half an instance")
+    staged.finish()
+    os.close(staged._fd or -1)  # as if the process died here: the file stays
+    assert store.remove_stale_temp_files() == 1
+    assert list(store.staging.iterdir()) == []
+
+
+def test_write_failure_while_streaming_is_never_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = storage._write_all
+
+    def failing_in_stage_thread(fd: int, data: bytes | memoryview) -> None:
+        if threading.current_thread().name == "hipnode-stage":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    f = write(make_image(seed=31), tmp_path / "in" / "a.dcm")
+    with running_receiver(tmp_path) as rx:
+        monkeypatch.setattr(storage, "_write_all", failing_in_stage_thread)
+        out = storescu(rx.port, f)
+        assert "Received Store Response (Refused: OutOfResources)" in out, out  # 0xA700
+        assert stored_instances(rx) == []
+        assert not [p for p in rx.root.rglob("*") if p.is_file()]
+        monkeypatch.setattr(storage, "_write_all", real)
+        out = storescu(rx.port, f)
+        assert "Received Store Response (Success)" in out, out
+        [inst] = stored_instances(rx)
+        stored = rx.root / inst.path
+        sent = pydicom.dcmread(f)
+        got = pydicom.dcmread(stored)
+        assert got.SOPInstanceUID == sent.SOPInstanceUID
+        assert got.file_meta.SourceApplicationEntityTitle == "MODALITY"
+        assert inst.sha256 == hashlib.sha256(stored.read_bytes()[len(_meta_prefix(stored)) :]).hexdigest()
+
+
+def _meta_prefix(path: Path) -> bytes:
+    """Preamble + DICM + File Meta group of a Part 10 file."""
+    data = path.read_bytes()
+    group_len = int.from_bytes(data[140:144], "little")  # (0002,0000) UL value
+    return data[: 144 + group_len]
