@@ -473,7 +473,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="pickle of prepared phantom joints (reused if present)"
     )
-    parser.add_argument("--arch", default="convnext_femto", help="timm architecture (paper: convnext_tiny)")
+    parser.add_argument(
+        "--arch",
+        default="mobilenetv3_small_100",
+        help="timm architecture: convnext_tiny as in the paper (GPU), mobilenetv3_small_100 / convnext_atto on a CPU",
+    )
     parser.add_argument("--size", type=int, default=128, help="crop side in network pixels")
     parser.add_argument(
         "--margin", type=float, default=DEFAULT_MARGIN, help="crop margin (fraction of box side)"
@@ -484,7 +488,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (on a shared CPU more threads can be slower)"
+    )
     parser.add_argument(
         "--time-limit-min", type=float, default=0.0, help="stop training after this (0 = none)"
     )
