@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 
 from node.analyse.reference import HORIZONTAL, ReferenceLine, horizontal_line
 from node.domain import Box, CupMeasurement, Ellipse, Point, Side, View
@@ -202,32 +201,49 @@ def fit_ellipse_geometric(
     """Robust orthogonal-distance ellipse fit (cx, cy, a, b, θ) with a soft prior on centre and
     semi-major axis.
 
-    Alternates exact foot-point correspondences with a Gauss–Newton step on the signed
-    distances along the ellipse normals at those points (soft-ℓ1 loss, scale ``scale``): the
-    same minimum as a direct orthogonal fit at a small fraction of the cost.
+    Alternates exact foot-point correspondences with Gauss–Newton steps on the signed
+    distances along the ellipse normals at those points (soft-ℓ1 loss, scale ``scale``, by
+    iteratively reweighted least squares): the same minimum as a direct orthogonal fit at a
+    small fraction of the cost.
     """
     q = np.asarray(params, dtype=np.float64).copy()
+    pr0 = np.asarray(prior, dtype=np.float64)
     for _ in range(4):
         xr, yr = _to_frame(pts, q[0], q[1], q[4])
         fx, fy, _ = _foot(xr, yr, q[2], q[3])
         t = np.arctan2(fy / max(abs(q[3]), 1e-9), fx / max(abs(q[2]), 1e-9))
         ct, st = np.cos(t), np.sin(t)
-
-        def resid(v: FloatArray, ct: FloatArray = ct, st: FloatArray = st) -> FloatArray:
-            c, s = math.cos(v[4]), math.sin(v[4])
-            ex, ey = v[2] * ct, v[3] * st
-            px = v[0] + c * ex - s * ey
-            py = v[1] + s * ex + c * ey
-            nx_l, ny_l = ct * v[3], st * v[2]  # normal in the ellipse frame ∝ (b cos t, a sin t)
+        # Gauss–Newton on the soft-ℓ1 objective by iteratively reweighted least squares, with the
+        # analytic Jacobian of the residual along the (momentarily fixed) normals: ~20× cheaper
+        # than a finite-difference trust-region solver for the same minimum.
+        for _ in range(6):
+            c, s_ = math.cos(q[4]), math.sin(q[4])
+            ex, ey = q[2] * ct, q[3] * st
+            px = q[0] + c * ex - s_ * ey
+            py = q[1] + s_ * ex + c * ey
+            nx_l, ny_l = ct * q[3], st * q[2]
             nn = np.hypot(nx_l, ny_l) + 1e-12
-            nx = (c * nx_l - s * ny_l) / nn
-            ny = (s * nx_l + c * ny_l) / nn
+            nx = (c * nx_l - s_ * ny_l) / nn
+            ny = (s_ * nx_l + c * ny_l) / nn
             r = (pts[:, 0] - px) * nx + (pts[:, 1] - py) * ny
-            pr = w_prior * np.array([v[0] - prior[0], v[1] - prior[1], v[2] - prior[2]])
-            return np.concatenate([r, pr])
-
-        sol = least_squares(resid, q, method="trf", loss="soft_l1", f_scale=scale, max_nfev=20)
-        q = sol.x
+            J = np.empty((len(r) + 3, 5))
+            J[: len(r), 0] = -nx
+            J[: len(r), 1] = -ny
+            J[: len(r), 2] = -(nx * c * ct + ny * s_ * ct)
+            J[: len(r), 3] = -(-nx * s_ * st + ny * c * st)
+            J[: len(r), 4] = -(nx * (-s_ * ex - c * ey) + ny * (c * ex - s_ * ey))
+            J[len(r) :] = 0.0
+            J[len(r) :, :3] = w_prior * np.eye(3)
+            res = np.concatenate([r, w_prior * (q[:3] - pr0)])
+            w = 1.0 / np.sqrt(np.sqrt(1.0 + (res / scale) ** 2))  # √ of the soft-ℓ1 IRLS weight
+            Jw, rw = J * w[:, None], res * w
+            try:
+                dq = np.linalg.solve(Jw.T @ Jw + 1e-9 * np.eye(5), -(Jw.T @ rw))
+            except np.linalg.LinAlgError:
+                break
+            q = q + dq
+            if float(np.abs(dq).max()) < 1e-4:
+                break
     return q
 
 
@@ -250,6 +266,7 @@ def ransac_circles(
     rng: np.random.Generator,
     iters: int = 600,
     keep: int = 4,
+    max_score_points: int = 700,
 ) -> list[tuple[float, float, float]]:
     """Up to ``keep`` distinct circles best supported by edge points (dome candidates), best
     first; vectorised over all hypotheses.
@@ -275,17 +292,23 @@ def ransac_circles(
     if not ok.any():
         return []
     ux, uy, r = ux[ok], uy[ok], r[ok]
-    dx = p[None, :, 0] - ux[:, None]
-    dy = p[None, :, 1] - uy[:, None]
+    # hypotheses are scored on a fixed subsample of the edge points (the ranking of long arcs
+    # does not need them all); the chosen ones are refined on every point
+    sub = np.sort(rng.choice(n, size=max_score_points, replace=False)) if n > max_score_points else np.arange(n)
+    ps, ns = p[sub], normals[sub]
+    dx = ps[None, :, 0] - ux[:, None]
+    dy = ps[None, :, 1] - uy[:, None]
     rad = np.hypot(dx, dy)
-    facing = (dx * normals[None, :, 0] + dy * normals[None, :, 1]) > 0.8 * rad
+    facing = (dx * ns[None, :, 0] + dy * ns[None, :, 1]) > 0.8 * rad
     ok_pts = (np.abs(rad - r[:, None]) < tol) & facing
-    counts = (ok_pts * strength[None, :]).sum(axis=1)
+    counts = ok_pts.astype(np.float64) @ strength[sub]
     out: list[tuple[float, float, float]] = []
     for best in np.argsort(-counts):
         if len(out) >= keep or counts[best] <= 0:
             break
-        inl = ok_pts[best]
+        bdx, bdy = p[:, 0] - ux[best], p[:, 1] - uy[best]
+        brad = np.hypot(bdx, bdy)
+        inl = (np.abs(brad - r[best]) < tol) & ((bdx * normals[:, 0] + bdy * normals[:, 1]) > 0.8 * brad)
         cx, cy, rr = float(ux[best]), float(uy[best]), float(r[best])
         for _ in range(3):
             if inl.sum() < 5:
