@@ -209,6 +209,7 @@ def fit_ellipse_geometric(
     q = np.asarray(params, dtype=np.float64).copy()
     pr0 = np.asarray(prior, dtype=np.float64)
     for _ in range(4):
+        q_start = q.copy()
         xr, yr = _to_frame(pts, q[0], q[1], q[4])
         fx, fy, _ = _foot(xr, yr, q[2], q[3])
         t = np.arctan2(fy / max(abs(q[3]), 1e-9), fx / max(abs(q[2]), 1e-9))
@@ -244,6 +245,8 @@ def fit_ellipse_geometric(
             q = q + dq
             if float(np.abs(dq).max()) < 1e-4:
                 break
+        if float(np.abs(q - q_start).max()) < 1e-3:
+            break  # the foot points no longer move
     return q
 
 
@@ -498,14 +501,24 @@ def _search_rim(
         d = _step(smooth, pts.reshape(-1, 2), nrm.reshape(-1, 2), 1.5).reshape(len(a), len(t))
         return np.asarray(np.clip(d / step, 0.0, 1.0).sum(axis=1), dtype=np.float64)
 
-    ks = np.arange(0.01, 0.9, 0.01)
+    # coarse-to-fine: axis ratio every 0.03, then every 0.01 around the best (each stage ~⅓
+    # of the full 0.01 grid's hypotheses; the score is smooth on the 0.03 scale)
     ths = theta0 + np.radians(np.arange(-10.0, 10.01, 2.0))
-    K, TH = (g.ravel() for g in np.meshgrid(ks, ths, indexing="ij"))
+    K, TH = (g.ravel() for g in np.meshgrid(np.arange(0.01, 0.9, 0.03), ths, indexing="ij"))
+    sc = score(np.full(len(K), R), K * R, TH)
+    i = int(np.argmax(sc))
+    k0 = float(K[i])
+    K, TH = (g.ravel() for g in np.meshgrid(np.clip(k0 + np.arange(-0.04, 0.041, 0.01), 0.01, 0.9), ths, indexing="ij"))
     sc = score(np.full(len(K), R), K * R, TH)
     i = int(np.argmax(sc))
     k1, th1 = float(K[i]), float(TH[i])
     scales = np.arange(0.76, 1.021, 0.02)
-    S, K2 = (g.ravel() for g in np.meshgrid(scales, ks, indexing="ij"))
+    S, K2 = (g.ravel() for g in np.meshgrid(scales, np.arange(0.01, 0.9, 0.03), indexing="ij"))
+    sc2 = score(S * R, K2 * S * R, np.full(len(S), th1))
+    j = int(np.argmax(sc2))
+    S, K2 = (g.ravel() for g in np.meshgrid(
+        np.clip(S[j] + np.arange(-0.02, 0.021, 0.02), 0.76, 1.02),
+        np.clip(K2[j] + np.arange(-0.02, 0.021, 0.01), 0.01, 0.9), indexing="ij"))
     sc2 = score(S * R, K2 * S * R, np.full(len(S), th1))
     j = int(np.argmax(sc2))
     if sc2[j] > 1.1 * sc[i]:
