@@ -369,7 +369,23 @@ class Pipeline:
         salt = hashlib.sha256(
             "|".join(sorted(f"{s.sop_instance_uid}:{s.sha256}" for s in ctx.sources)).encode()
         ).hexdigest()
-        produced: list[tuple[Dataset, ResultKind, str | None, dict[str, Any]]] = []
+        view = _series_view(findings)
+        destinations = route(
+            self.cfg, calling_ae=ctx.calling_ae, modality=ctx.modality, body_part=ctx.body_part, view=view
+        )
+        counts = {"sr": 0, "sc": 0, "deliveries": 0}
+
+        def store(ds: Dataset, kind: ResultKind, source: str | None, payload: dict[str, Any]) -> None:
+            """Write one result and queue its deliveries in its own transaction, so the SR is
+            on its way to the PACS while the (slower, JPEG 2000) overlays are still encoding."""
+            rel = self._write(ds)
+            with self.db.session() as s:
+                result = self._upsert_result(s, ctx, rel, ds, kind, source, payload, predecessor)
+                if kind is ResultKind.SR:
+                    self._record_measurements(s, ctx, result, findings)
+                counts["deliveries"] += len(enqueue_deliveries(s, result.id, destinations))
+            counts[kind.value] += 1
+
         if self.cfg.outputs.sr:
             headers = [s.header for s in with_pixels if s.header is not None]
             uids = sr_uids(ctx.series_uid, [str(h.SOPInstanceUID) for h in headers], models, salt=salt)
@@ -385,7 +401,7 @@ class Pipeline:
                 software_version=__version__,
                 uids=uids,
             )
-            produced.append((sr, ResultKind.SR, None, _payload(findings)))
+            store(sr, ResultKind.SR, None, _payload(findings))
         if self.cfg.outputs.sc:
             for src in with_pixels:
                 assert src.findings is not None and src.header is not None
@@ -402,20 +418,7 @@ class Pipeline:
                     software_version=__version__,
                     salt=src.sha256,
                 )
-                produced.append((sc, ResultKind.SC, src.sop_instance_uid, {}))
-        written = [(self._write(ds), ds, kind, source, payload) for ds, kind, source, payload in produced]
-        view = _series_view(findings)
-        destinations = route(
-            self.cfg, calling_ae=ctx.calling_ae, modality=ctx.modality, body_part=ctx.body_part, view=view
-        )
-        counts = {"sr": 0, "sc": 0, "deliveries": 0}
-        with self.db.session() as s:
-            for rel, ds, kind, source, payload in written:
-                result = self._upsert_result(s, ctx, rel, ds, kind, source, payload, predecessor)
-                counts[kind.value] += 1
-                if kind is ResultKind.SR:
-                    self._record_measurements(s, ctx, result, findings)
-                counts["deliveries"] += len(enqueue_deliveries(s, result.id, destinations))
+                store(sc, ResultKind.SC, src.sop_instance_uid, {})
         return counts
 
     def _write(self, ds: Dataset) -> str:
