@@ -65,6 +65,10 @@ def _stop_event() -> threading.Event:
     def _handler(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s received: stopping", signal.Signals(signum).name)
         stop.set()
+        from node import wake
+
+        wake.notify(wake.JOBS)
+        wake.notify(wake.DELIVERIES)
 
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)

@@ -54,6 +54,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from node import wake
 from node.config import Config, Destination, RouteMatch
 from node.domain import DeliveryState
 from node.registry import Database, Delivery, Event, Result, record_event, utcnow
@@ -539,8 +540,8 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch pass failed")
                 n = 0
-            if n == 0:
-                stop_event.wait(self.cfg.dispatch.interval_s)
+            if n == 0 and not stop_event.is_set():
+                wake.wait(wake.DELIVERIES, self.cfg.dispatch.interval_s)
         log.info("dispatcher %s stopped", self.worker_id)
 
     # ---------------------------------------------------------------- claim

@@ -24,7 +24,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node import __version__
+from node import __version__, wake
 from node.analyse.cup import ProjectionGeometry, measure_cup
 from node.analyse.dysplasia import measure_dysplasia
 from node.analyse.reference import reference_from_boxes
@@ -385,6 +385,7 @@ class Pipeline:
                     self._record_measurements(s, ctx, result, findings)
                 counts["deliveries"] += len(enqueue_deliveries(s, result.id, destinations))
             counts[kind.value] += 1
+            wake.notify(wake.DELIVERIES)
 
         if self.cfg.outputs.sr:
             headers = [s.header for s in with_pixels if s.header is not None]

@@ -28,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from node import wake
 from node.config import Config
 from node.domain import SeriesState
 from node.jobs import RetryPolicy, enqueue_job, naive_utc, supersede_queued, sweep_stale
@@ -65,6 +66,7 @@ def complete_due_series(db: Database, cfg: Config, now: datetime | None = None) 
         job_pk = _complete_one(db, cfg, series_pk, now)
         if job_pk is not None:
             queued.append(job_pk)
+            wake.notify(wake.JOBS)
     return queued
 
 

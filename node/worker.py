@@ -27,6 +27,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
+from node import wake
 from node.config import Config
 from node.domain import JobState
 from node.jobs import ClaimedJob, RetryPolicy, claim_job, fail_job, finish_job, heartbeat, release_job
@@ -181,8 +182,8 @@ class Worker:
                 # Database unreachable or similar: keep the process alive and try again.
                 log.exception("worker %s: claim/record failed", self.worker_id)
                 worked = False
-            if not worked:
-                stop_event.wait(self.cfg.jobs.poll_interval_s)
+            if not worked and not stop_event.is_set():
+                wake.wait(wake.JOBS, self.cfg.jobs.poll_interval_s)
         log.info("worker %s stopped", self.worker_id)
 
 
@@ -201,6 +202,7 @@ def install_stop_handlers(
             raise SystemExit(128 + signum)
         log.info("%s: finishing the current job, then stopping", signal.Signals(signum).name)
         stop_event.set()
+        wake.notify(wake.JOBS)  # do not sleep out a poll interval before stopping
 
     for sig in signals:
         signal.signal(sig, _handle)
