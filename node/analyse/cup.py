@@ -564,8 +564,11 @@ def _ramp_shift(levels: FloatArray, step_width: float) -> FloatArray:
     step); a linear ramp's 20–80 % distance is 0.6 of its width.
     """
     width = levels[:, 2] - levels[:, 0]
-    ramp = float(np.nanmedian(width)) - step_width if np.isfinite(width).any() else 0.0
-    shift = levels[:, 1] + max(ramp, 0.0) / 0.6 / 2.0
+    w_med = float(np.nanmedian(width)) if np.isfinite(width).any() else 0.0
+    # blur and ramp widen the edge in quadrature (both are near-Gaussian/linear spreads of
+    # comparable size), not additively: subtracting widths underestimates a narrow ramp
+    ramp = math.sqrt(max(w_med * w_med - step_width * step_width, 0.0))
+    shift = levels[:, 1] + ramp / 0.6 / 2.0
     return np.where(np.isfinite(shift), np.clip(shift, -2.0, 6.0), 0.0)
 
 
