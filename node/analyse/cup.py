@@ -487,8 +487,9 @@ def _open_half(
 
 def _search_rim(
     smooth: NDArray[np.float32], cx: float, cy: float, R: float, theta0: float, u: FloatArray, step: float
-) -> tuple[float, float, float]:
-    """Semi-major axis, axis ratio and angle of the open-half ellipse best supported by edges.
+) -> list[tuple[float, float, float]]:
+    """Semi-major axis, axis ratio and angle of the open-half ellipse best supported by edges:
+    the best hypothesis first, then the runner-up of the other stage when there is one.
 
     Grid search in two stages: (axis ratio × angle) with the dome's radius, then (semi-major ×
     axis ratio) at the best angle — the second because around a cemented cup the brightest
@@ -503,27 +504,31 @@ def _search_rim(
 
     # coarse-to-fine: axis ratio every 0.03, then every 0.01 around the best (each stage ~⅓
     # of the full 0.01 grid's hypotheses; the score is smooth on the 0.03 scale)
+    # a rim nearly as round as the dome would be refused anyway (MAX_ANTEVERSION_DEG); leaving
+    # those ratios out keeps the femoral head — a bright disc concentric with the shell, about
+    # 0.7 of its radius — from posing as a wide-open rim in the reduced-radius stage
+    k_max = math.sin(math.radians(MAX_ANTEVERSION_DEG + 3.0))
     ths = theta0 + np.radians(np.arange(-10.0, 10.01, 2.0))
-    K, TH = (g.ravel() for g in np.meshgrid(np.arange(0.01, 0.9, 0.03), ths, indexing="ij"))
+    K, TH = (g.ravel() for g in np.meshgrid(np.arange(0.01, k_max, 0.03), ths, indexing="ij"))
     sc = score(np.full(len(K), R), K * R, TH)
     i = int(np.argmax(sc))
     k0 = float(K[i])
-    K, TH = (g.ravel() for g in np.meshgrid(np.clip(k0 + np.arange(-0.04, 0.041, 0.01), 0.01, 0.9), ths, indexing="ij"))
+    K, TH = (g.ravel() for g in np.meshgrid(np.clip(k0 + np.arange(-0.04, 0.041, 0.01), 0.01, k_max), ths, indexing="ij"))
     sc = score(np.full(len(K), R), K * R, TH)
     i = int(np.argmax(sc))
     k1, th1 = float(K[i]), float(TH[i])
     scales = np.arange(0.76, 1.021, 0.02)
-    S, K2 = (g.ravel() for g in np.meshgrid(scales, np.arange(0.01, 0.9, 0.03), indexing="ij"))
+    S, K2 = (g.ravel() for g in np.meshgrid(scales, np.arange(0.01, k_max, 0.03), indexing="ij"))
     sc2 = score(S * R, K2 * S * R, np.full(len(S), th1))
     j = int(np.argmax(sc2))
     S, K2 = (g.ravel() for g in np.meshgrid(
         np.clip(S[j] + np.arange(-0.02, 0.021, 0.02), 0.76, 1.02),
-        np.clip(K2[j] + np.arange(-0.02, 0.021, 0.01), 0.01, 0.9), indexing="ij"))
+        np.clip(K2[j] + np.arange(-0.02, 0.021, 0.01), 0.01, k_max), indexing="ij"))
     sc2 = score(S * R, K2 * S * R, np.full(len(S), th1))
     j = int(np.argmax(sc2))
     if sc2[j] > 1.1 * sc[i]:
-        return float(S[j] * R), float(K2[j]), th1
-    return R, k1, th1
+        return [(float(S[j] * R), float(K2[j]), th1), (R, k1, th1)]
+    return [(R, k1, th1)]
 
 
 def _edge_levels(smooth: NDArray[np.float32], pts: FloatArray, nrm: FloatArray) -> FloatArray:
@@ -741,7 +746,39 @@ def _fit_from_circle(
     if dome_step <= 1e-4:
         return _refuse(base, "no contrast at the cup outline")
     theta0 = gap_dir + math.pi / 2.0
-    a_best, k_best, th_best = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
+    # a hypothesis from the reduced-radius stage (cement mantle) that does not hold up — too few
+    # rim points, a major axis that does not match the dome — falls back to the dome's radius
+    hyps = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
+    first: CupFit | None = None
+    for a_best, k_best, th_best in hyps:
+        fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
+                       dome_width, span, (ox, oy), box)
+        if fit.refusal_reason is None:
+            return fit
+        first = first or fit
+    assert first is not None
+    return first
+
+
+def _rim_fit(
+    smooth: NDArray[np.float32],
+    gx: NDArray[np.float32],
+    gy: NDArray[np.float32],
+    dome: tuple[float, float, float],
+    hyp: tuple[float, float, float],
+    u: FloatArray,
+    base: CupFit,
+    stems: Sequence[tuple[float, float, float, float]],
+    dome_step: float,
+    dome_width: float,
+    span: float,
+    offset: tuple[int, int],
+    box: Box,
+) -> CupFit:
+    """Rim points and the robust ellipse fit from one search hypothesis (ROI coordinates)."""
+    ccx, ccy, R = dome
+    a_best, k_best, th_best = hyp
+    ox, oy = offset
     params = np.array([ccx, ccy, a_best, k_best * a_best, th_best])
     tol = max(1.0, 0.012 * R)
     rim = np.zeros((0, 2))
