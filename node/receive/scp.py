@@ -9,6 +9,8 @@ records a reason instead).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import queue
 import select
@@ -491,6 +493,30 @@ class _RequestHandler(RequestHandler):
                 stager.discard_all()
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _keep_freed_pdu_buffers() -> bool:
+    """Ask glibc to keep freed memory for reuse (Linux/glibc only; process-wide).
+
+    Every PDU is read into a fresh ~128 KiB buffer (8 MB per DX image). With glibc's default
+    thresholds those buffers come from mmap or are trimmed off the heap when freed, so each
+    image faulted in (and the kernel zeroed) new pages: measured over 500 images, 300-1000
+    minor faults per image and receiver CPU per image doubling once the page cache was under
+    pressure. With buffers up to 4 MiB served from the heap and up to 256 MiB of free heap
+    kept, the same pages are reused."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
+    )
+
+
 class Receiver:
     """A running (or ready) receiver: the AE, its server, its store and counters."""
 
@@ -515,6 +541,8 @@ class Receiver:
 
     def start(self, *, block: bool = False) -> Any:
         """Listen on ``cfg.node.host:port``. Blocks until :meth:`stop` when ``block``."""
+        if self.tuned_transport:
+            _keep_freed_pdu_buffers()
         self.store.remove_stale_temp_files()
         node = self.cfg.node
         log.info(
