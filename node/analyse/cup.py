@@ -77,6 +77,12 @@ MIN_BOX_IOU = 0.6
 MIN_INCLINATION_DEG = 5.0
 MAX_INCLINATION_DEG = 85.0
 MAX_ANTEVERSION_DEG = 50.0
+# After a refusal on an AP the rim is searched again among ellipses no rounder than this
+# (minor/major; ≈ 38° of anteversion as seen): the femoral head's outline is about 0.5–0.75 of
+# the shell's radius and, concentric with it, can pass for a rim that open. The axis may then stray
+# up to ±36° (not ±10°) from the dome gap: a head or stem filling the open side tilts the gap too.
+RETRY_MAX_RATIO = 0.62
+RETRY_MIN_QUALITY = 0.4  # a second try must clear a higher bar than MIN_QUALITY
 
 
 @dataclass(frozen=True)
@@ -486,7 +492,14 @@ def _open_half(
 
 
 def _search_rim(
-    smooth: NDArray[np.float32], cx: float, cy: float, R: float, theta0: float, u: FloatArray, step: float
+    smooth: NDArray[np.float32],
+    cx: float,
+    cy: float,
+    R: float,
+    theta0: float,
+    u: FloatArray,
+    step: float,
+    k_max: float = math.sin(math.radians(MAX_ANTEVERSION_DEG + 3.0)),
 ) -> list[tuple[float, float, float]]:
     """Semi-major axis, axis ratio and angle of the open-half ellipse best supported by edges:
     the best hypothesis first, then the runner-up of the other stage when there is one.
@@ -505,10 +518,12 @@ def _search_rim(
     # coarse-to-fine: axis ratio every 0.03, then every 0.01 around the best (each stage ~⅓
     # of the full 0.01 grid's hypotheses; the score is smooth on the 0.03 scale)
     # a rim nearly as round as the dome would be refused anyway (MAX_ANTEVERSION_DEG); leaving
-    # those ratios out keeps the femoral head — a bright disc concentric with the shell, about
-    # 0.7 of its radius — from posing as a wide-open rim in the reduced-radius stage
-    k_max = math.sin(math.radians(MAX_ANTEVERSION_DEG + 3.0))
-    ths = theta0 + np.radians(np.arange(-10.0, 10.01, 2.0))
+    # those ratios (> k_max) out keeps the femoral head — a bright disc concentric with the
+    # shell, about 0.7 of its radius — from posing as a wide-open rim in the reduced-radius stage
+    # the dome's gap fixes the axis to ±10°; a retry (k_max below the head's ratio) widens that,
+    # as a head or stem filling the open side can also tilt the gap
+    span = 10.0 if k_max > RETRY_MAX_RATIO else 36.0
+    ths = theta0 + np.radians(np.arange(-span, span + 0.01, 2.0))
     K, TH = (g.ravel() for g in np.meshgrid(np.arange(0.01, k_max, 0.03), ths, indexing="ij"))
     sc = score(np.full(len(K), R), K * R, TH)
     i = int(np.argmax(sc))
@@ -627,6 +642,7 @@ def fit_cup_ellipse(
     open_hint: tuple[float, float] | None = None,
     margin: float = 0.3,
     seed: int = 0,
+    max_ratio: float | None = None,
 ) -> CupFit:
     """Find the dome circle and the rim ellipse of the cup inside ``cup_box``.
 
@@ -665,7 +681,7 @@ def fit_cup_ellipse(
     for i, c in enumerate(circles):
         if i >= 2 and any(f.refusal_reason is None for f in fits):
             break  # the two strongest circles had a measurable cup; weaker ones are clutter
-        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box))
+        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box, max_ratio))
     good = [f for f in fits if f.refusal_reason is None]
     pool = good or fits
     # the metal's own outline is the strongest half-circle edge in the region: a bone or cement
@@ -714,6 +730,7 @@ def _fit_from_circle(
     stems: Sequence[tuple[float, float, float, float]],
     open_hint: FloatArray | None,
     box: Box,
+    max_ratio: float | None = None,
 ) -> CupFit:
     """The rim ellipse that goes with one dome circle (ROI coordinates in, image coordinates out)."""
     ccx, ccy, R = circle
@@ -748,7 +765,8 @@ def _fit_from_circle(
     theta0 = gap_dir + math.pi / 2.0
     # a hypothesis from the reduced-radius stage (cement mantle) that does not hold up — too few
     # rim points, a major axis that does not match the dome — falls back to the dome's radius
-    hyps = _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step)
+    hyps = (_search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step) if max_ratio is None
+            else _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, max_ratio))
     first: CupFit | None = None
     for a_best, k_best, th_best in hyps:
         fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
@@ -997,10 +1015,8 @@ def measure_cup(
     untrustworthy fit comes back with no numbers and a ``refusal_reason``.
     """
     lateral_view = view in (View.LATERAL_HIP,)
-    method = WOO_MORREY if lateral_view else LEWINNEK
     ref = reference if reference is not None else horizontal_line(int(image.shape[1]))
     flagged = ref.method == HORIZONTAL and not lateral_view
-    ref_pts = ref.as_points()
     hint: tuple[float, float] | None = None
     if not lateral_view:
         hx, hy = ref.unit
@@ -1008,6 +1024,32 @@ def measure_cup(
         inf = (-hy, hx)
         hint = (lat[0] + inf[0], lat[1] + inf[1])
     fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint)
+    m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
+    if m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
+        # The usual culprit is the femoral head: a bright disc concentric with the shell whose
+        # outline reads as a wide-open rim. Search again for rims flatter than any head outline
+        # could be; keep that answer only when it passes every check and a higher quality bar.
+        retry = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, max_ratio=RETRY_MAX_RATIO)
+        m2 = _measure_fit(retry, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
+        if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
+            return m2
+    return m
+
+
+def _measure_fit(
+    fit: CupFit,
+    image: NDArray[np.float32],
+    side: Side,
+    view: View,
+    ref: ReferenceLine,
+    flagged: bool,
+    pixel_spacing_mm: float | None,
+    geometry: ProjectionGeometry | None,
+) -> CupMeasurement:
+    """Angles (or the refusal) from one fit; see ``measure_cup``."""
+    lateral_view = view in (View.LATERAL_HIP,)
+    method = WOO_MORREY if lateral_view else LEWINNEK
+    ref_pts = ref.as_points()
 
     def refuse(reason: str) -> CupMeasurement:
         return CupMeasurement(
