@@ -76,14 +76,12 @@ def test_study_to_pacs_and_back(tmp_path: Path, orthanc: OrthancServer, make_nod
     sent = node.storescu(*files)
     assert sent.returncode == 0, sent.stderr
 
-    srs = wait_for(
-        lambda: (lambda s: s if len(s) == 2 else None)(_orthanc_objects(orthanc, SR_CLASS)),
-        240,
-        "two SRs in Orthanc",
-        interval_s=2,
-    )
-    scs = _orthanc_objects(orthanc, SC_CLASS)
-    assert len(scs) == 2, f"expected one SC per source image, got {len(scs)}"
+    def delivered() -> tuple[list[pydicom.Dataset], list[pydicom.Dataset]] | None:
+        srs, scs = _orthanc_objects(orthanc, SR_CLASS), _orthanc_objects(orthanc, SC_CLASS)
+        return (srs, scs) if len(srs) >= 2 and len(scs) >= 2 else None
+
+    srs, scs = wait_for(delivered, 240, "two SRs and two SCs in Orthanc", interval_s=2)
+    assert len(srs) == 2 and len(scs) == 2, "one SR per series and one SC per source image"
 
     for sr in srs:
         assert str(sr.StudyInstanceUID) == str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -115,6 +113,15 @@ def test_study_to_pacs_and_back(tmp_path: Path, orthanc: OrthancServer, make_nod
     time.sleep(4)  # > quiet period + a worker poll: a wrongly queued job would have run by now
     assert node.status()["jobs"] == jobs_before
     assert len(_orthanc_objects(orthanc, SR_CLASS)) == 2
+
+    # The operator's tools against the same PACS.
+    echo_pacs = node.cli("echo", "pacs")
+    assert echo_pacs.returncode == 0, echo_pacs.stdout + echo_pacs.stderr
+    sent_by_cli = node.cli("send", str(files[0]), "pacs")
+    assert sent_by_cli.returncode == 0 and "1 sent, 0 failed" in sent_by_cli.stdout, sent_by_cli.stdout
+    status = node.status()
+    assert status["deliveries"].get("visible", 0) == 4, status["deliveries"]  # read back by C-FIND
+    assert status["destinations"]["pacs"]["failed"] == 0
 
     # Every object we emitted validates.
     results = sorted((node.var / "results").rglob("*.dcm"))
