@@ -16,13 +16,16 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 from sqlalchemy import func, select
 
+from node.config import load_config
 from node.registry.db import Database
-from node.registry.models import Instance
+from node.registry.models import Instance, Job, Series, utcnow
+from node.series import complete_due_series
 from tests.conftest import free_port, wait_port
 from tests.dicom_factory import make_image, split_part10
 from tests.test_receive_support import scu_ae, send_raw
@@ -137,6 +140,13 @@ def test_sigkill_mid_stream_loses_no_acknowledged_instance(tmp_path: Path) -> No
             assert s.scalar(select(func.count()).select_from(Instance)) == COUNT
             assert s.scalar(select(func.count(func.distinct(Instance.sop_instance_uid)))) == COUNT
             assert s.scalar(select(func.count()).select_from(Instance).where(Instance.version > 1)) == 0
+            n_series = s.scalar(select(func.count()).select_from(Series))
+        # Each completed series yields exactly one job, however often completion runs.
+        later = utcnow() + timedelta(hours=1)
+        first = complete_due_series(db, load_config(cfg_path), now=later)
+        assert complete_due_series(db, load_config(cfg_path), now=later) == []
+        with db.session() as s:
+            assert len(first) == n_series == s.scalar(select(func.count()).select_from(Job))
         db.dispose()
     finally:
         proc.send_signal(signal.SIGTERM)
