@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.compose import read_report
+from node.compose import predecessor_uids, read_report
 from node.domain import Side, View
 from node.phantom import CupSpec, render, sample_spec
 from node.phantom.api import PhantomImage
@@ -130,3 +130,60 @@ def test_study_to_pacs_and_back(tmp_path: Path, orthanc: OrthancServer, make_nod
         run = subprocess.run([tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True)
         errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
+
+
+def _ap_pelvis(rng: np.random.Generator, cups: dict[Side, CupSpec], patient: Any = None) -> PhantomImage:
+    spec = _neutral(sample_spec(rng, view=View.AP_PELVIS, implants=cups, rows=768, sex="M", patient=patient))
+    return render(spec)
+
+
+@pytest.mark.slow
+def test_late_image_amends_and_follow_up_reports_change(
+    tmp_path: Path,
+    orthanc: OrthancServer,
+    make_node: Any,  # noqa: F811
+) -> None:
+    """A late image re-opens the series and yields an amended SR naming its predecessor; a
+    follow-up study of the same patient states the change in cup angles since the prior."""
+    node: NodeProcess = make_node(orthanc)
+    rng = np.random.default_rng(77)
+    cups = {Side.RIGHT: CupSpec(40.0, 15.0), Side.LEFT: CupSpec(47.0, 20.0)}
+    first = _ap_pelvis(rng, cups)
+    info = make_study_info(77, 1, "M", rng, modality="CR")
+    info = dataclasses.replace(info, study_date="20240105")
+
+    def write(img: PhantomImage, study_info: Any, instance: int, name: str) -> Path:
+        path = tmp_path / name
+        path.write_bytes(to_bytes(build_dataset(img, study_info, 1, instance, rng)))
+        return path
+
+    assert node.storescu(write(first, info, 1, "a1.dcm")).returncode == 0
+    (sr1,) = wait_for(lambda: _orthanc_objects(orthanc, SR_CLASS) or None, 240, "first SR", interval_s=2)
+
+    # A late image in the same series, after the quiet period closed it.
+    late = _ap_pelvis(rng, cups)
+    assert node.storescu(write(late, info, 2, "a2.dcm")).returncode == 0
+    srs = wait_for(
+        lambda: (lambda s: s if len(s) == 2 else None)(_orthanc_objects(orthanc, SR_CLASS)), 240, "amended SR", 2
+    )
+    (amended,) = [s for s in srs if s.SOPInstanceUID != sr1.SOPInstanceUID]
+    assert predecessor_uids(amended) == [str(sr1.SOPInstanceUID)]
+    assert amended.SeriesInstanceUID == sr1.SeriesInstanceUID  # same SR series, a new instance
+
+    # A follow-up study of the same patient (new study, later date, cups seen again).
+    follow = dataclasses.replace(info, study=2, study_date="20250310", accession="A0770000002")
+    assert node.storescu(write(_ap_pelvis(rng, cups, patient=first.spec.patient), follow, 1, "b1.dcm")).returncode == 0
+
+    def follow_up_sr() -> pydicom.Dataset | None:
+        for ds in _orthanc_objects(orthanc, SR_CLASS):
+            if str(ds.StudyInstanceUID) == str(follow.study_uid):
+                return ds
+        return None
+
+    report = wait_for(follow_up_sr, 240, "follow-up SR", interval_s=2)
+    groups = {g.side: g for g in read_report(report) if g.side is not None}
+    for side in (Side.RIGHT, Side.LEFT):
+        g = groups[side]
+        assert g.prior_study_date == "20240105", side
+        assert g.change_in_inclination_deg is not None and g.change_in_anteversion_deg is not None, side
+        assert abs(g.change_in_inclination_deg) < 2.0 and abs(g.change_in_anteversion_deg) < 2.0  # same cups
