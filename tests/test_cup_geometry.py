@@ -53,7 +53,7 @@ def _sphere_chord(S: NDArray[np.float64], d: NDArray[np.float64], C: NDArray[np.
 
 
 def _clip_len(t0: NDArray[np.float64], t1: NDArray[np.float64], lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.clip(np.minimum(t1, hi) - np.maximum(t0, lo), 0.0, None)
+    return np.asarray(np.clip(np.minimum(t1, hi) - np.maximum(t0, lo), 0.0, None), dtype=np.float64)
 
 
 def render_cup(
@@ -115,7 +115,7 @@ def render_cup(
         p2 = (p1[0] + lat * 0.2 * radius_px, p1[1] + radius_px * 3)
         cv2.line(band, (round(c2[0]), round(c2[1])), (round(p1[0]), round(p1[1])), 1.0, round(0.35 * radius_px))
         cv2.line(band, (round(p1[0]), round(p1[1])), (round(p2[0]), round(p2[1])), 1.0, round(0.45 * radius_px))
-        band = cv2.GaussianBlur(band, (0, 0), 0.7)
+        band = np.asarray(cv2.GaussianBlur(band, (0, 0), 0.7), dtype=np.float32)
         metal = 1.0 - (1.0 - metal) * (1.0 - 0.9 * band)
     bg = 0.25 + 0.1 * np.sin(xx / 37.0) * np.cos(yy / 53.0)
     img = bg + (0.97 - bg) * metal
@@ -271,7 +271,7 @@ def test_refuses_a_plain_disc() -> None:
     """A ball with no rim (e.g. a head without cup) has no ellipse to measure."""
     img = np.full((200, 200), 0.25, np.float32)
     cv2.circle(img, (100, 100), 50, 0.95, -1)
-    img = cv2.GaussianBlur(img, (0, 0), 0.8)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 0.8), dtype=np.float32)
     m = measure_cup(img, Box(45, 45, 155, 155), Side.RIGHT, View.AP_PELVIS, reference=None)
     assert m.inclination_deg is None and m.refusal_reason
 

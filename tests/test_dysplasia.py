@@ -62,7 +62,7 @@ def draw_hip(side: Side, lce_deg: float, medial_deg: float = 35.0, noise: float 
 
     arc(-70.0, 80.0, 0.33, 3)  # the rest of the acetabular rim, faint
     arc(-medial_deg, lce_deg, 0.75, 2)  # the sourcil
-    img = cv2.GaussianBlur(img, (0, 0), 1.0) + rng.normal(0, noise, img.shape).astype(np.float32)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 1.0) + rng.normal(0, noise, img.shape), dtype=np.float32)
     return np.clip(img, 0, 1).astype(np.float32), Box(100, 120, 300, 330, label="hip_joint")
 
 
@@ -86,6 +86,6 @@ def test_measure_drawn_hip(side: Side, lce: float) -> None:
 def test_refuses_without_roof() -> None:
     img = np.full((400, 400), 0.25, np.float32)
     cv2.circle(img, (200, 220), 70, 0.55, -1, lineType=cv2.LINE_AA)
-    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 1.0), dtype=np.float32)
     m = measure_dysplasia(img, Box(100, 120, 300, 330), Side.LEFT, reference=None)
     assert m.lce_deg is None and m.tonnis_deg is None and m.refusal_reason
