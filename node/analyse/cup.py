@@ -83,6 +83,9 @@ MAX_ANTEVERSION_DEG = 50.0
 # up to ±36° (not ±10°) from the dome gap: a head or stem filling the open side tilts the gap too.
 RETRY_MAX_RATIO = 0.62
 RETRY_MIN_QUALITY = 0.4  # a second try must clear a higher bar than MIN_QUALITY
+# Anteversion beyond this is outside the usual range of implanted cups and is where the head's
+# outline (axis ratio ≥ ~0.6) lands: such a result is searched again as after a refusal.
+SUSPECT_ANTEVERSION_DEG = 40.0
 
 
 @dataclass(frozen=True)
@@ -1036,10 +1039,12 @@ def measure_cup(
         hint = (lat[0] + inf[0], lat[1] + inf[1])
     fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint)
     m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
-    if m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
-        # The usual culprit is the femoral head: a bright disc concentric with the shell whose
-        # outline reads as a wide-open rim. Search again for rims flatter than any head outline
-        # could be; keep that answer only when it passes every check and a higher quality bar.
+    suspect = m.anteversion_deg is not None and m.anteversion_deg > SUSPECT_ANTEVERSION_DEG
+    if (m.refusal_reason is not None or suspect) and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
+        # The usual culprit of a refusal, or of a very open rim, is the femoral head: a bright
+        # disc concentric with the shell whose outline reads as a wide-open rim. Search again for
+        # rims flatter than any head outline could be; keep that answer only when it passes
+        # every check and a higher quality bar, else keep the first answer (or refusal).
         retry = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, max_ratio=RETRY_MAX_RATIO)
         m2 = _measure_fit(retry, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
