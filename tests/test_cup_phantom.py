@@ -33,7 +33,7 @@ def test_phantom_inclination_bar(trial: dict[str, Any]) -> None:
 # Regression guards, not the issue's bar. Issue 5's bar is: inclination MAE ≤ 1.0°, anteversion
 # MAE ≤ 1.0°, refusals ≤ 2 % (judged on 200 fresh cups by ``benchmarks/bench_analyse.py``, which
 # prints the bar and whether it is met). The anteversion bar is NOT met yet (200-cup bench:
-# 1.93°); the refusal bar is met on the bench (1 %) but 40 cups are too few to hold it to 2 %.
+# 1.76°); the refusal bar is met on the bench (1 %) but 40 cups are too few to hold it to 2 %.
 # On this 40-cup sample the code achieved anteversion MAE 1.70° and 0 refusals of 40 when these
 # guards were set; they allow a small margin over that so that a regression fails the suite.
 ANTEVERSION_GUARD_DEG = 2.0  # issue bar: 1.0° (not met yet)
