@@ -61,7 +61,7 @@ import pytest  # noqa: E402  (tests' helpers report a missing tool with pytest.f
 import requests  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.conftest import OrthancServer, free_port, tool  # noqa: E402
+from tests.conftest import OrthancServer, free_port, make_orthanc, tool  # noqa: E402
 from tests.node_proc import NodeProcess, node_config  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work" / "e2e"
@@ -146,29 +146,7 @@ def make_studies(count: int, first: int = 0) -> list[StudyFile]:
 
 def start_orthanc(workdir: Path) -> OrthancServer:
     """Orthanc as the tests' fixture starts it (``OrthancServer`` sets ``TCP_NODELAY=1``)."""
-    (workdir / "db").mkdir(parents=True)
-    server = OrthancServer(aet="ORTHANC", dicom_port=free_port(), http_port=free_port(), workdir=workdir)
-    config = {
-        "Name": "hipnode-bench-pacs",
-        "StorageDirectory": str(workdir / "db"),
-        "IndexDirectory": str(workdir / "db"),
-        "HttpServerEnabled": True,
-        "HttpPort": server.http_port,
-        "DicomPort": server.dicom_port,
-        "DicomAet": server.aet,
-        "DicomServerEnabled": True,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowEcho": True,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowFind": True,
-        "UnknownSopClassAccepted": True,
-        "Plugins": [],
-        "StorageCompression": False,
-        "OverwriteInstances": False,
-    }
-    (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+    server = make_orthanc(workdir, name="hipnode-bench-pacs")
     _tool("Orthanc")
     server.start()
     return server

@@ -117,14 +117,15 @@ class OrthancServer:
         return r.content
 
 
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
-    """Start Orthanc (storage in a temp dir, AE ORTHANC) and stop it after the test."""
-    workdir = tmp_path / "orthanc"
+def make_orthanc(workdir: Path, name: str = "hipnode-test-pacs") -> OrthancServer:
+    """An Orthanc on free loopback ports with its storage and config in ``workdir`` (not started).
+
+    Shared by the tests' fixture and the end-to-end benchmark, so both talk to the same PACS.
+    """
     (workdir / "db").mkdir(parents=True)
     server = OrthancServer(aet="ORTHANC", dicom_port=free_port(), http_port=free_port(), workdir=workdir)
     config = {
-        "Name": "hipnode-test-pacs",
+        "Name": name,
         "StorageDirectory": str(workdir / "db"),
         "IndexDirectory": str(workdir / "db"),
         "HttpServerEnabled": True,
@@ -143,8 +144,14 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
         "StorageCompression": False,
         "OverwriteInstances": False,
     }
-    config = {k: v for k, v in config.items() if v is not None}
     (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+    return server
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    """Start Orthanc (storage in a temp dir, AE ORTHANC) and stop it after the test."""
+    server = make_orthanc(tmp_path / "orthanc")
     server.start()
     try:
         yield server
