@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -108,18 +109,13 @@ class Models:
             raise ModelUnavailable(f"cannot load the configured models from {m.root}: {exc}") from exc
 
     def infos(self) -> list[ModelInfo]:
-        out = [CUP_GEOMETRY]
-        if self.triage is not None:
-            mf = self.triage.model.manifest
-            out.append(ModelInfo(f"hipnode-{mf.name}", mf.version))
-        if self.detector is not None:
-            mf = self.detector.model.manifest
-            out.append(ModelInfo(f"hipnode-{mf.name}", mf.version))
+        """Every contributing model and algorithm (IHE AIR); they also enter the output UIDs."""
+        sessions = [m.model for m in (self.triage, self.detector) if m is not None]
         if self.morphology is not None:
-            for member in self.morphology.models:
-                mf = member.model.manifest
-                out.append(ModelInfo(f"hipnode-{mf.name}", mf.version))
-        return out
+            sessions += [member.model for member in self.morphology.models]
+        return [CUP_GEOMETRY] + [
+            ModelInfo(f"hipnode-{s.manifest.name}", s.manifest.version) for s in sessions
+        ]
 
 
 def _best(boxes: list[Box], label: str) -> Box | None:
@@ -141,7 +137,7 @@ def _float_tag(ds: Dataset, keyword: str) -> float | None:
         value = ds.get(keyword)
         if value is None or value == "":
             return None
-        if isinstance(value, list | tuple) or (hasattr(value, "__len__") and not isinstance(value, str)):
+        if isinstance(value, MultiValue | list | tuple):  # e.g. ImagerPixelSpacing (row, column)
             value = value[0]
         return float(value)
     except (TypeError, ValueError, IndexError):
