@@ -48,6 +48,12 @@ from node.domain import (
     View,
 )
 from node.infer.detector import DetectorModel
+from node.infer.fusion import (
+    IMPLANT_THRESHOLD,
+    SideAssigner,
+    hardware_score,
+    implant_score,
+)
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
 from node.infer.triage import TriageModel, TriageResult
 from node.pixels import Radiograph, load_radiograph, metadata_mismatches
@@ -58,7 +64,6 @@ log = logging.getLogger(__name__)
 
 CUP_GEOMETRY = ModelInfo(name="hipnode-cup-geometry", version=__version__)
 HARDWARE = ("cup", "stem", "other_hardware")
-SIDE_JOINT_LABEL = {Side.RIGHT: "hip_joint_right", Side.LEFT: "hip_joint_left"}
 AP_VIEWS = (View.AP_PELVIS, View.AP_HIP)
 
 
@@ -116,20 +121,6 @@ class Models:
         return [CUP_GEOMETRY] + [
             ModelInfo(f"hipnode-{s.manifest.name}", s.manifest.version) for s in sessions
         ]
-
-
-def _best(boxes: list[Box], label: str) -> Box | None:
-    found = [b for b in boxes if b.label == label]
-    return max(found, key=lambda b: b.score) if found else None
-
-
-def _side_of_box(box: Box, joints: dict[Side, Box], image_width: int) -> Side:
-    """Patient side of a structure on an AP-like image: the nearer hip joint, else the image
-    half (the patient's right is displayed on the image's left)."""
-    c = box.centre
-    if joints:
-        return min(joints, key=lambda s: abs(joints[s].centre.x - c.x) + abs(joints[s].centre.y - c.y))
-    return Side.RIGHT if c.x < image_width / 2.0 else Side.LEFT
 
 
 def _float_tag(ds: Dataset, keyword: str) -> float | None:
@@ -278,11 +269,8 @@ class Pipeline:
         findings.boxes = boxes
         image = radiograph.image01
         width = int(image.shape[1])
-        joints = {s: b for s in Side if (b := _best(boxes, SIDE_JOINT_LABEL[s])) is not None}
-        single = triage.imaged_sides[0] if len(triage.imaged_sides) == 1 else None
-
-        def side_of(box: Box) -> Side:
-            return single if single is not None else _side_of_box(box, joints, width)
+        side_of = SideAssigner(boxes, triage.imaged_sides, width)
+        joints = side_of.joints
 
         cups: dict[Side, Box] = {}
         for b in sorted((b for b in boxes if b.label == "cup"), key=lambda b: -b.score):
@@ -301,8 +289,13 @@ class Pipeline:
 
         for side in triage.imaged_sides:
             hip = HipFindings(side=side, joint_box=joints.get(side))
-            hip.implant_probability = triage.implant_probability.get(side)
-            hip.implant_present = triage.implant_present(side)
+            # Implant: detector hardware boxes confirmed by the triage head (node.infer.fusion).
+            score = implant_score(
+                triage.implant_probability.get(side),
+                hardware_score(boxes, side, side_of) if self.models.detector is not None else None,
+            )
+            hip.implant_probability = score
+            hip.implant_present = None if score is None else score >= IMPLANT_THRESHOLD
             hip.cup_box = cups.get(side)
             if hip.implant_present and hip.cup_box is not None:
                 hip.cup = measure_cup(

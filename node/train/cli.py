@@ -171,6 +171,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from node.config import ModelsConfig, ScreeningConfig
     from node.domain import View
     from node.infer.detector import DetectorModel
+    from node.infer.fusion import IMPLANT_THRESHOLD, SideAssigner, hardware_score, implant_score
     from node.infer.triage import TriageModel
     from node.pixels import load_radiograph
     from node.train.data import phantom_samples
@@ -191,18 +192,21 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if s.side is not None and s.view is not View.AP_PELVIS
     ]
     side_ok = [r.imaged_sides == (s.side,) for r, s in side_pairs]
-    implant_ok = []
-    for r, s in zip(res, samples, strict=True):
+    boxes = detector.detect(images)
+    implant_ok, implant_triage_ok = [], []
+    for r, s, bx in zip(res, samples, boxes, strict=True):
+        assign = SideAssigner(bx, r.imaged_sides, s.image01.shape[1])
         for side, truth in s.implant.items():
             if side in s.imaged_sides:
                 got = r.implant_probability.get(side)
-                implant_ok.append(got is not None and (got >= r.implant_threshold) == truth)
+                implant_triage_ok.append(got is not None and (got >= r.implant_threshold) == truth)
+                fused = implant_score(got, hardware_score(bx, side, assign))
+                implant_ok.append(fused is not None and (fused >= IMPLANT_THRESHOLD) == truth)
     per_view = {}
     for v in View:
         idx = [i for i, s in enumerate(samples) if s.view is v]
         if idx:
             per_view[v.value] = {"n": len(idx), "accuracy": round(sum(view_ok[i] for i in idx) / len(idx), 4)}
-    boxes = detector.detect(images)
     det = detector_metrics(boxes, [s.boxes or [] for s in samples])
     real = {}
     screening = ScreeningConfig()
@@ -235,6 +239,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "side_n": len(side_ok),
         "implant_accuracy": round(sum(implant_ok) / max(1, len(implant_ok)), 4),
         "implant_n": len(implant_ok),
+        "implant_accuracy_triage_alone": round(sum(implant_triage_ok) / max(1, len(implant_triage_ok)), 4),
         "per_view": per_view,
         "cup_recall_iou50": det.get("cup_recall"),
         "cup_n": det.get("cup_n"),
