@@ -278,7 +278,11 @@ class Pipeline:
         stems = [b for b in boxes if b.label == "stem"]
         reference = reference_from_boxes(boxes, image_width=width) if triage.view in AP_VIEWS else None
         spacing, geometry = _geometry(ds)
-        crops = {c.side: c for c in select_joint_crops(image, boxes)} if self.models.morphology else {}
+        crops = (
+            {c.side: c for c in select_joint_crops(image, boxes, self.models.morphology.margin)}
+            if self.models.morphology is not None
+            else {}
+        )  # the crop margin the model was trained with
         morph_input = [c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides]
         morph = (
             self.models.morphology.predict_with_heatmaps([c.crop for c in morph_input if c.crop is not None])
