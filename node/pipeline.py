@@ -267,67 +267,17 @@ class Pipeline:
             findings.screen_detail = f"classified as other (p={triage.view_probability:.3f})"
             return findings
         findings.boxes = boxes
-        image = radiograph.image01
-        width = int(image.shape[1])
-        side_of = SideAssigner(boxes, triage.imaged_sides, width)
-        joints = side_of.joints
-
-        cups: dict[Side, Box] = {}
-        for b in sorted((b for b in boxes if b.label == "cup"), key=lambda b: -b.score):
-            cups.setdefault(side_of(b), b)
-        stems = [b for b in boxes if b.label == "stem"]
-        reference = reference_from_boxes(boxes, image_width=width) if triage.view in AP_VIEWS else None
         spacing, geometry = _geometry(ds)
-        crops = (
-            {c.side: c for c in select_joint_crops(image, boxes, self.models.morphology.margin)}
-            if self.models.morphology is not None
-            else {}
-        )  # the crop margin the model was trained with
-        morph_input = [c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides]
-        morph = (
-            self.models.morphology.predict_with_heatmaps([c.crop for c in morph_input if c.crop is not None])
-            if self.models.morphology is not None and morph_input
-            else []
+        findings.hips, heatmaps = analyse_hips(
+            radiograph.image01,
+            triage,
+            boxes,
+            morphology=self.models.morphology,
+            detector_ran=self.models.detector is not None,
+            pixel_spacing_mm=spacing,
+            geometry=geometry,
         )
-        morph_by_side = {c.side: (c, p) for c, p in zip(morph_input, morph, strict=True)}
-
-        for side in triage.imaged_sides:
-            hip = HipFindings(side=side, joint_box=joints.get(side))
-            # Implant: detector hardware boxes confirmed by the triage head (node.infer.fusion).
-            score = implant_score(
-                triage.implant_probability.get(side),
-                hardware_score(boxes, side, side_of) if self.models.detector is not None else None,
-            )
-            hip.implant_probability = score
-            hip.implant_present = None if score is None else score >= IMPLANT_THRESHOLD
-            hip.cup_box = cups.get(side)
-            if hip.implant_present and hip.cup_box is not None:
-                hip.cup = measure_cup(
-                    image,
-                    hip.cup_box,
-                    side,
-                    triage.view,
-                    reference=reference,
-                    pixel_spacing_mm=spacing,
-                    stem_boxes=stems,
-                    geometry=geometry,
-                )
-            if not hip.implant_present and hip.joint_box is not None and triage.view in AP_VIEWS:
-                # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.
-                dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)
-                hip.lateral_centre_edge_deg = dys.lce_deg
-                hip.tonnis_deg = dys.tonnis_deg
-            if side in morph_by_side and triage.view in AP_VIEWS:
-                crop, pred = morph_by_side[side]
-                hip.morphology = pred.flags
-                for flag in pred.flags:
-                    if flag.present and flag.name in pred.heatmaps:
-                        src.heatmaps[f"{flag.name.replace('_', ' ')} {side.value}"] = _place_heatmap(
-                            pred.heatmaps[flag.name], crop.region, image.shape
-                        )
-            elif side in crops and crops[side].refusal_reason:
-                hip.morphology_refusal = crops[side].refusal_reason
-            findings.hips.append(hip)
+        src.heatmaps.update(heatmaps)
         return findings
 
     def _record_instance_states(self, ctx: _Context) -> None:
@@ -548,6 +498,87 @@ class Pipeline:
                         anteversion_deg=cup.anteversion_deg,
                     )
                 )
+
+
+def analyse_hips(
+    image: np.ndarray,
+    triage: TriageResult,
+    boxes: list[Box],
+    *,
+    morphology: MorphologyEnsemble | None,
+    detector_ran: bool,
+    pixel_spacing_mm: float | None = None,
+    geometry: ProjectionGeometry | None = None,
+) -> tuple[list[HipFindings], dict[str, np.ndarray]]:
+    """Everything measured per imaged hip once view, side and boxes are known.
+
+    Implant (detector confirmed by triage), cup angles on implanted hips, LCE/Tönnis and the
+    morphology flags (with heatmaps, placed on the whole image) on native hips of AP views.
+    A module function rather than a method so that ``benchmarks/bench_analyse.py`` times exactly
+    the node's analysis, not a copy of it.
+    """
+    width = int(image.shape[1])
+    side_of = SideAssigner(boxes, triage.imaged_sides, width)
+    joints = side_of.joints
+    ap_view = triage.view in AP_VIEWS
+    cups: dict[Side, Box] = {}
+    for b in sorted((b for b in boxes if b.label == "cup"), key=lambda b: -b.score):
+        cups.setdefault(side_of(b), b)
+    stems = [b for b in boxes if b.label == "stem"]
+    reference = reference_from_boxes(boxes, image_width=width) if ap_view else None
+    # Morphology only on AP views (the paper's setting); crops with the model's own margin.
+    crops = (
+        {c.side: c for c in select_joint_crops(image, boxes, morphology.margin)}
+        if morphology is not None and ap_view
+        else {}
+    )
+    morph_input = [c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides]
+    morph = (
+        morphology.predict_with_heatmaps([c.crop for c in morph_input if c.crop is not None])
+        if morphology is not None and morph_input
+        else []
+    )
+    morph_by_side = {c.side: (c, p) for c, p in zip(morph_input, morph, strict=True)}
+    heatmaps: dict[str, np.ndarray] = {}
+    hips: list[HipFindings] = []
+    for side in triage.imaged_sides:
+        hip = HipFindings(side=side, joint_box=joints.get(side))
+        # Implant: detector hardware boxes confirmed by the triage head (node.infer.fusion).
+        score = implant_score(
+            triage.implant_probability.get(side),
+            hardware_score(boxes, side, side_of) if detector_ran else None,
+        )
+        hip.implant_probability = score
+        hip.implant_present = None if score is None else score >= IMPLANT_THRESHOLD
+        hip.cup_box = cups.get(side)
+        if hip.implant_present and hip.cup_box is not None:
+            hip.cup = measure_cup(
+                image,
+                hip.cup_box,
+                side,
+                triage.view,
+                reference=reference,
+                pixel_spacing_mm=pixel_spacing_mm,
+                stem_boxes=stems,
+                geometry=geometry,
+            )
+        if not hip.implant_present and hip.joint_box is not None and ap_view:
+            # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.
+            dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)
+            hip.lateral_centre_edge_deg = dys.lce_deg
+            hip.tonnis_deg = dys.tonnis_deg
+        if side in morph_by_side:
+            crop, pred = morph_by_side[side]
+            hip.morphology = pred.flags
+            for flag in pred.flags:
+                if flag.present and flag.name in pred.heatmaps:
+                    heatmaps[f"{flag.name.replace('_', ' ')} {side.value}"] = _place_heatmap(
+                        pred.heatmaps[flag.name], crop.region, image.shape
+                    )
+        elif side in crops and crops[side].refusal_reason:
+            hip.morphology_refusal = crops[side].refusal_reason
+        hips.append(hip)
+    return hips, heatmaps
 
 
 def _place_heatmap(heat: np.ndarray, region: Box, shape: tuple[int, ...]) -> np.ndarray:
