@@ -494,6 +494,59 @@ def _open_half(
     return pts, nrm
 
 
+def _head_circle(
+    smooth: NDArray[np.float32], cx: float, cy: float, R: float, gap_dir: float, dome_step: float
+) -> tuple[float, float, float] | None:
+    """The femoral head's outline on the open side of the shell, if one shows: (x, y, radius).
+
+    The prosthetic head is a bright disc nearly concentric with the shell (0.45–0.75 of its
+    radius). Where the rim is flatter than the head is round, the head bulges past the rim and
+    its outline is a strong bright-inside step on the open side — the same polarity and about
+    the same place as the rim, which it then outshines. Looked for along rays from the dome
+    centre across the open half: the radius where most rays show a step, then a circle fitted
+    to each ray's step nearest that radius. Only a *circle* over a long arc counts: the rim's
+    distance from the centre changes along the open half (from b at its apex to a at its
+    ends), so the rim does not pass for one.
+    """
+    phi = gap_dir + np.radians(np.linspace(-85.0, 85.0, 35))
+    d = np.column_stack([np.cos(phi), np.sin(phi)])
+    r = np.arange(0.38 * R, 0.85 * R, 0.5)
+    p = np.array([cx, cy]) + r[None, :, None] * d[:, None, :]
+    n = np.broadcast_to(d[:, None, :], p.shape)
+    st = _step(smooth, p.reshape(-1, 2), n.reshape(-1, 2), 1.5).reshape(len(phi), len(r))
+    hit = np.clip(st / (0.5 * dome_step), 0.0, 1.0)
+    support = hit.sum(axis=0)
+    j = int(np.argmax(support))
+    if support[j] < 8.0:
+        return None
+    # per ray, the strongest step within ±0.1 R of the peak radius (the head may sit a few
+    # pixels off the shell's centre, so its edge is not at one radius from it)
+    win = np.abs(r - r[j]) <= 0.1 * R
+    k = np.argmax(np.where(win[None, :], st, -np.inf), axis=1)
+    strong = st[np.arange(len(phi)), k] > 0.5 * dome_step
+    q = p[np.arange(len(phi)), k][strong]
+    if len(q) < 8:
+        return None
+    hx, hy, hr = _circle_lsq(q)
+    for _ in range(2):
+        inl = np.abs(np.hypot(q[:, 0] - hx, q[:, 1] - hy) - hr) < max(1.0, 0.015 * R)
+        if inl.sum() < 8:
+            return None
+        hx, hy, hr = _circle_lsq(q[inl])
+    arc = float(inl.sum()) * 5.0  # rays are 5° apart
+    if arc < 45.0 or not 0.4 * R <= hr <= 0.85 * R or math.hypot(hx - cx, hy - cy) > 0.15 * R:
+        return None
+    return hx, hy, hr
+
+
+def _off_head(pts: FloatArray, head: tuple[float, float, float] | None, tol: float) -> NDArray[np.bool_]:
+    """True for points that are not on the head's outline (all of them when there is no head)."""
+    if head is None:
+        return np.ones(pts.shape[:-1], dtype=bool)
+    hx, hy, hr = head
+    return np.asarray(np.abs(np.hypot(pts[..., 0] - hx, pts[..., 1] - hy) - hr) >= tol)
+
+
 def _search_rim(
     smooth: NDArray[np.float32],
     cx: float,
@@ -503,6 +556,7 @@ def _search_rim(
     u: FloatArray,
     step: float,
     k_max: float = math.sin(math.radians(MAX_ANTEVERSION_DEG + 3.0)),
+    head: tuple[float, float, float] | None = None,
 ) -> list[tuple[float, float, float]]:
     """Semi-major axis, axis ratio and angle of the open-half ellipse best supported by edges:
     the best hypothesis first, then the runner-up of the other stage when there is one.
@@ -512,10 +566,13 @@ def _search_rim(
     circle may be the cement mantle, a few millimetres outside the metal rim.
     """
     t = np.linspace(0.1 * math.pi, 0.9 * math.pi, 36)
+    head_tol = max(1.5, 0.02 * R)
 
     def score(a: FloatArray, b: FloatArray, th: FloatArray) -> FloatArray:
         pts, nrm = _open_half(cx, cy, a, b, th, u, t)
         d = _step(smooth, pts.reshape(-1, 2), nrm.reshape(-1, 2), 1.5).reshape(len(a), len(t))
+        # the head's outline is no evidence for a rim that happens to run along it
+        d = np.where(_off_head(pts, head, head_tol), d, 0.0)
         return np.asarray(np.clip(d / step, 0.0, 1.0).sum(axis=1), dtype=np.float64)
 
     # coarse-to-fine: axis ratio every 0.03, then every 0.01 around the best (each stage ~⅓
@@ -646,6 +703,7 @@ def fit_cup_ellipse(
     margin: float = 0.3,
     seed: int = 0,
     max_ratio: float | None = None,
+    camera: tuple[float, Point] | None = None,
 ) -> CupFit:
     """Find the dome circle and the rim ellipse of the cup inside ``cup_box``.
 
@@ -680,11 +738,12 @@ def fit_cup_ellipse(
     # Several circles may be plausible domes (the head, a cement mantle, bone): each is tried
     # with the full shell model (dome half + rim half) and the one the image supports best wins.
     hint = None if open_hint is None else np.asarray(open_hint, dtype=np.float64)
+    cam = None if camera is None else (camera[0], Point(camera[1].x - ox, camera[1].y - oy))
     fits: list[CupFit] = []
     for i, c in enumerate(circles):
         if i >= 2 and any(f.refusal_reason is None for f in fits):
             break  # the two strongest circles had a measurable cup; weaker ones are clutter
-        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box, max_ratio))
+        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box, max_ratio, cam))
     good = [f for f in fits if f.refusal_reason is None]
     pool = good or fits
     # the metal's own outline is the strongest half-circle edge in the region: a bone or cement
@@ -734,6 +793,7 @@ def _fit_from_circle(
     open_hint: FloatArray | None,
     box: Box,
     max_ratio: float | None = None,
+    camera: tuple[float, Point] | None = None,
 ) -> CupFit:
     """The rim ellipse that goes with one dome circle (ROI coordinates in, image coordinates out)."""
     ccx, ccy, R = circle
@@ -768,12 +828,13 @@ def _fit_from_circle(
     theta0 = gap_dir + math.pi / 2.0
     # a hypothesis from the reduced-radius stage (cement mantle) that does not hold up — too few
     # rim points, a major axis that does not match the dome — falls back to the dome's radius
-    hyps = (_search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step) if max_ratio is None
-            else _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, max_ratio))
+    head = _head_circle(smooth, ccx, ccy, R, gap_dir, dome_step)
+    hyps = (_search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, head=head) if max_ratio is None
+            else _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, max_ratio, head=head))
     first: CupFit | None = None
     for a_best, k_best, th_best in hyps:
         fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
-                       dome_width, span, (ox, oy), box)
+                       dome_width, span, (ox, oy), box, head, camera)
         if fit.refusal_reason is None:
             return fit
         first = first or fit
@@ -795,6 +856,8 @@ def _rim_fit(
     span: float,
     offset: tuple[int, int],
     box: Box,
+    head: tuple[float, float, float] | None = None,
+    camera: tuple[float, Point] | None = None,
 ) -> CupFit:
     """Rim points and the robust ellipse fit from one search hypothesis (ROI coordinates)."""
     ccx, ccy, R = dome
@@ -803,12 +866,21 @@ def _rim_fit(
     params = np.array([ccx, ccy, a_best, k_best * a_best, th_best])
     tol = max(1.0, 0.012 * R)
     rim = np.zeros((0, 2))
+    prior = (ccx, ccy, a_best)
     for search in (4.0, 2.5):
         rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R, smooth, dome_width)
+        rim = rim[_off_head(rim, head, tol)]
         if len(rim) < MIN_RIM_POINTS:
             break
         w_prior = math.sqrt(len(rim))
-        params = fit_ellipse_geometric(rim, params, (ccx, ccy, a_best), w_prior, 0.5 * tol)
+        params = fit_ellipse_geometric(rim, params, prior, w_prior, 0.5 * tol)
+        if camera is not None:
+            # under a point source the rim's centre and long axis are not the dome's (see
+            # rim_ellipse_prior): re-anchor them for the axis just found
+            e = Ellipse(params[0], params[1], max(abs(params[2]), abs(params[3])), min(abs(params[2]), abs(params[3])),
+                        math.degrees(params[4] + (math.pi / 2 if abs(params[3]) > abs(params[2]) else 0.0)))
+            n = cup_axis_perspective(e, (float(u[0]), float(u[1])), camera[0], camera[1])
+            prior = rim_ellipse_prior((ccx, ccy, a_best), n, camera[0], camera[1])
     if len(rim):
         rim = rim[np.abs(ellipse_distance(rim, *params)) < tol]
     cx, cy, a, b, th = (float(v) for v in params)
@@ -981,6 +1053,50 @@ def cup_axis_perspective(
     return best
 
 
+def _sphere_cone(direction: FloatArray, sin_alpha: float) -> FloatArray:
+    """Quadratic form of the cone of rays tangent to a sphere seen in ``direction`` (unit) under
+    the half-angle α: rᵀQr = 0 ⇔ the angle between r and the direction is α."""
+    return np.outer(direction, direction) - (1.0 - sin_alpha * sin_alpha) * np.eye(3)
+
+
+def rim_ellipse_prior(
+    dome: tuple[float, float, float], axis: FloatArray, focal_px: float, principal: Point
+) -> tuple[float, float, float]:
+    """Centre and semi-major axis of the rim ellipse that goes with a dome outline under a point
+    source, for a given cup axis: (cx, cy, a), in the dome's pixel coordinates.
+
+    On a parallel beam the rim ellipse shares the dome circle's centre and radius. Under a point
+    source it does not: the rim is a great circle of the shell's sphere, and a circle tilted
+    towards the source projects to an ellipse whose centre is pulled towards the central ray
+    (the near half is magnified more), by up to 1–1.5 px for an anteverted cup 10–15 cm off the
+    central ray, and whose long axis is ~0.5 % shorter than the sphere's outline. Tying the rim
+    to the dome's own centre and radius then skews the rim fit: the centre is dragged to the open
+    side and the minor axis shrinks (anteversion −0.5…−1° at 20–35°). The sphere is recovered
+    from its outline (direction and angular radius; the distance does not matter), the rim circle
+    through its centre perpendicular to ``axis`` is projected exactly.
+    """
+    cx, cy, r = dome
+    K = np.array([[focal_px, 0.0, principal.x], [0.0, focal_px, principal.y], [0.0, 0.0, 1.0]])
+    Kinv = np.linalg.inv(K)
+    tx, ty, tr = cx, cy, r
+    d = np.zeros(3)
+    sin_a = 0.0
+    for _ in range(3):
+        ray = Kinv @ np.array([tx, ty, 1.0])
+        d = ray / np.linalg.norm(ray)
+        sin_a = math.sin(math.atan(tr / (focal_px * np.linalg.norm(ray))))
+        sil = conic_to_ellipse(Kinv.T @ _sphere_cone(d, sin_a) @ Kinv)
+        # the outline is a (very nearly circular) ellipse: match its centre and mean radius
+        tx, ty = tx + cx - sil.cx, ty + cy - sil.cy
+        tr = tr + r - 0.5 * (sil.semi_major + sil.semi_minor)
+    n = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    X = d  # the sphere's centre at unit distance; its radius is then sin α
+    h = float(n @ X)
+    Q = h * h * np.eye(3) - h * (np.outer(n, X) + np.outer(X, n)) + (1.0 - sin_a * sin_a) * np.outer(n, n)
+    rim = conic_to_ellipse(Kinv.T @ Q @ Kinv)
+    return rim.cx, rim.cy, rim.semi_major
+
+
 def angles_from_axis(n: FloatArray, reference: ReferenceLine, side: Side) -> tuple[float, float]:
     """Radiographic inclination and anteversion (Murray) of a cup axis on an AP image.
 
@@ -1037,7 +1153,11 @@ def measure_cup(
         lat = (-hx, -hy) if side is Side.RIGHT else (hx, hy)
         inf = (-hy, hx)
         hint = (lat[0] + inf[0], lat[1] + inf[1])
-    fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint)
+    camera = None
+    if geometry is not None and pixel_spacing_mm:
+        pp = geometry.principal_point or Point((image.shape[1] - 1) / 2.0, (image.shape[0] - 1) / 2.0)
+        camera = (geometry.source_image_distance_mm / pixel_spacing_mm, pp)
+    fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera)
     m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     suspect = m.anteversion_deg is not None and m.anteversion_deg > SUSPECT_ANTEVERSION_DEG
     if (m.refusal_reason is not None or suspect) and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
@@ -1045,7 +1165,8 @@ def measure_cup(
         # disc concentric with the shell whose outline reads as a wide-open rim. Search again for
         # rims flatter than any head outline could be; keep that answer only when it passes
         # every check and a higher quality bar, else keep the first answer (or refusal).
-        retry = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, max_ratio=RETRY_MAX_RATIO)
+        retry = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, max_ratio=RETRY_MAX_RATIO,
+                                camera=camera)
         m2 = _measure_fit(retry, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
             return m2
