@@ -86,6 +86,9 @@ RETRY_MIN_QUALITY = 0.4  # a second try must clear a higher bar than MIN_QUALITY
 # Anteversion beyond this is outside the usual range of implanted cups and is where the head's
 # outline (axis ratio ≥ ~0.6) lands: such a result is searched again as after a refusal.
 SUSPECT_ANTEVERSION_DEG = 40.0
+# Below this minor semi-axis (px) the back half of the rim is too close to the open half to be
+# told from it along a normal: it is not used.
+BACK_RIM_MIN_PX = 5.0
 
 
 @dataclass(frozen=True)
@@ -663,13 +666,24 @@ def _rim_points(
     R: float,
     smooth: NDArray[np.float32] | None = None,
     step_width: float = 0.0,
+    back: bool = False,
 ) -> FloatArray:
     """Edge points near the open half of an ellipse: along each normal, the sub-pixel maximum of
-    the outward intensity drop, kept when it is a real step (≥ ``min_grad`` per pixel)."""
+    the outward intensity drop, kept when it is a real step (≥ ``min_grad`` per pixel).
+
+    With ``back`` also the back half of the rim, seen through the dome. The open half alone
+    leaves the ellipse's centre along the minor axis to the dome's prior (its two ends fix only
+    the long axis, and its apex fixes centre + minor axis together); the back half's apex fixes
+    centre − minor axis, so both come from the rim itself."""
     cx, cy, a, b, th = (float(v) for v in params)
     t = np.linspace(0.03 * math.pi, 0.97 * math.pi, 160)
+    if back and abs(b) >= BACK_RIM_MIN_PX:
+        t = np.concatenate([t, t + math.pi])
     pts, nrm = _open_half(cx, cy, np.array([abs(a)]), np.array([abs(b) + 1e-6]), np.array([th]), u, t)
     pts, nrm = pts.reshape(-1, 2), nrm.reshape(-1, 2)
+    # the back half of the rim is seen through the shell: one wall inside the ellipse, two
+    # outside it, so the intensity drops *into* the ellipse there: search along inward normals
+    nrm = np.where((t > math.pi)[:, None], -nrm, nrm)
     steps = np.arange(-search, search + 1e-9, 0.25)
     mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
     my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
@@ -776,7 +790,7 @@ def _circle_from_box(
     p = np.stack([cx[:, None] + radii[:, None] * nrm[None, :, 0], cy[:, None] + radii[:, None] * nrm[None, :, 1]], -1)
     n = np.broadcast_to(nrm[None], p.shape)
     st = _step(smooth, p.reshape(-1, 2), n.reshape(-1, 2), 1.5).reshape(len(radii), -1)
-    score = np.median(st, axis=1)
+    score = np.percentile(st, 25, axis=1)
     i = int(np.argmax(score))
     if score[i] <= 0:
         return None
@@ -868,7 +882,7 @@ def _rim_fit(
     rim = np.zeros((0, 2))
     prior = (ccx, ccy, a_best)
     for search in (4.0, 2.5):
-        rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R, smooth, dome_width)
+        rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R, smooth, dome_width, True)
         rim = rim[_off_head(rim, head, tol)]
         if len(rim) < MIN_RIM_POINTS:
             break
