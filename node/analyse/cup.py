@@ -89,6 +89,12 @@ SUSPECT_ANTEVERSION_DEG = 40.0
 # Below this minor semi-axis (px) the back half of the rim is too close to the open half to be
 # told from it along a normal: it is not used.
 BACK_RIM_MIN_PX = 5.0
+# Weight of the dome's prior on the rim ellipse's centre and long axis, relative to the rim
+# points (1: as much as all of them together). The dome's centre is itself uncertain by about a
+# pixel (bone, screws and the head's halo cross its outline) and that error goes straight into
+# the minor axis, so the rim's own evidence (both ends, the apex, the back half) must be able
+# to outvote it; with no prior at all a short or thin rim drifts.
+PRIOR_SCALE = 0.5
 
 
 @dataclass(frozen=True)
@@ -886,7 +892,7 @@ def _rim_fit(
         rim = rim[_off_head(rim, head, tol)]
         if len(rim) < MIN_RIM_POINTS:
             break
-        w_prior = math.sqrt(len(rim))
+        w_prior = PRIOR_SCALE * math.sqrt(len(rim))
         params = fit_ellipse_geometric(rim, params, prior, w_prior, 0.5 * tol)
         if camera is not None:
             # under a point source the rim's centre and long axis are not the dome's (see
@@ -1099,7 +1105,10 @@ def rim_ellipse_prior(
         ray = Kinv @ np.array([tx, ty, 1.0])
         d = ray / np.linalg.norm(ray)
         sin_a = math.sin(math.atan(tr / (focal_px * np.linalg.norm(ray))))
-        sil = conic_to_ellipse(Kinv.T @ _sphere_cone(d, sin_a) @ Kinv)
+        try:
+            sil = conic_to_ellipse(Kinv.T @ _sphere_cone(d, sin_a) @ Kinv)
+        except (ValueError, np.linalg.LinAlgError):
+            return cx, cy, r
         # the outline is a (very nearly circular) ellipse: match its centre and mean radius
         tx, ty = tx + cx - sil.cx, ty + cy - sil.cy
         tr = tr + r - 0.5 * (sil.semi_major + sil.semi_minor)
@@ -1107,7 +1116,12 @@ def rim_ellipse_prior(
     X = d  # the sphere's centre at unit distance; its radius is then sin α
     h = float(n @ X)
     Q = h * h * np.eye(3) - h * (np.outer(n, X) + np.outer(X, n)) + (1.0 - sin_a * sin_a) * np.outer(n, n)
-    rim = conic_to_ellipse(Kinv.T @ Q @ Kinv)
+    try:
+        rim = conic_to_ellipse(Kinv.T @ Q @ Kinv)
+    except (ValueError, np.linalg.LinAlgError):
+        return cx, cy, r  # a degenerate axis (rim seen exactly edge-on from the source): no better prior
+    if not (math.isfinite(rim.cx) and math.isfinite(rim.cy) and math.isfinite(rim.semi_major)):
+        return cx, cy, r
     return rim.cx, rim.cy, rim.semi_major
 
 
