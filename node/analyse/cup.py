@@ -71,7 +71,7 @@ MIN_RIM_COVERAGE = 0.3
 MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
-MIN_BOX_IOU = 0.6
+MIN_BOX_IOU = 0.7
 # Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
 # implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
 MIN_INCLINATION_DEG = 5.0
@@ -769,7 +769,7 @@ def fit_cup_ellipse(
     # the metal's own outline is the strongest half-circle edge in the region: a bone or cement
     # outline that happens to support a rim-like curve loses on contrast
     # and the silhouette it implies must fill the detector's box
-    return max(pool, key=lambda f: f.quality * f.dome_contrast * f.box_iou**4)
+    return max(pool, key=lambda f: f.quality * f.dome_contrast * f.box_iou**8)
 
 
 def _circle_from_box(
