@@ -749,7 +749,7 @@ def fit_cup_ellipse(
     if open_hint is not None:
         boxed = _circle_from_box(smooth, cup_box, (ox, oy), np.asarray(open_hint, dtype=np.float64))
         if boxed is not None:
-            circles = [boxed, *circles[:3]]
+            circles = [_refine_circle(pts, normals, boxed, max(0.8, 0.01 * size)), *circles[:3]]
     if not circles:
         return CupFit(None, None, refusal_reason="dome outline not found")
     gx = np.asarray(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, dtype=np.float32)
@@ -770,6 +770,29 @@ def fit_cup_ellipse(
     # outline that happens to support a rim-like curve loses on contrast
     # and the silhouette it implies must fill the detector's box
     return max(pool, key=lambda f: f.quality * f.dome_contrast * f.box_iou**8)
+
+
+def _refine_circle(
+    p: FloatArray, normals: FloatArray, circle: tuple[float, float, float], tol: float
+) -> tuple[float, float, float]:
+    """A circle refitted to the outward-facing edge points on it, as RANSAC's circles are.
+
+    The circle from the box is tangent to two box edges with the best-supported radius; the box
+    is a few tenths of a pixel to a few pixels off the outline, and the rim ellipse is anchored
+    to this circle's centre. Starting with a wider band catches an outline a few pixels away.
+    """
+    cx, cy, r = circle
+    for band in (3.0 * tol, tol, tol):
+        dx, dy = p[:, 0] - cx, p[:, 1] - cy
+        rad = np.hypot(dx, dy)
+        inl = (np.abs(rad - r) < band) & ((dx * normals[:, 0] + dy * normals[:, 1]) > 0.8 * rad)
+        if inl.sum() < 20:
+            break
+        nx, ny, nr = _circle_lsq(p[inl])
+        if math.hypot(nx - circle[0], ny - circle[1]) > 0.1 * circle[2] or abs(nr - circle[2]) > 0.1 * circle[2]:
+            break  # drifted to another outline: keep the last good one
+        cx, cy, r = nx, ny, nr
+    return cx, cy, r
 
 
 def _circle_from_box(
