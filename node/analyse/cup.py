@@ -134,6 +134,7 @@ class CupFit:
     refusal_reason: str | None = None
     dome_contrast: float = 0.0  # median intensity drop across the dome outline
     box_iou: float = 0.0  # overlap of the modelled silhouette's bounding box with the cup box
+    gap_turn_deg: float = 0.0  # angle between the rim's minor axis and the dome's gap direction
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,12 +192,19 @@ def _foot(
     r0 = (e0 / e1) ** 2
     lo = z1 - 1.0
     hi = np.where(g < 0, 0.0, np.hypot(r0 * z0, z1) - 1.0)
-    for _ in range(34):
+    for _ in range(18):
         mid = 0.5 * (lo + hi)
         G = (r0 * z0 / (mid + r0)) ** 2 + (z1 / (mid + 1.0)) ** 2 - 1.0
         lo = np.where(G > 0, mid, lo)
         hi = np.where(G > 0, hi, mid)
+    # G is convex and decreasing on the bracket: Newton from its middle converges quadratically
+    # (bisection alone needs ~34 halvings for the long brackets of thin ellipses)
     sbar = 0.5 * (lo + hi)
+    for _ in range(3):
+        t0, t1 = r0 * z0 / (sbar + r0), z1 / (sbar + 1.0)
+        G = t0 * t0 + t1 * t1 - 1.0
+        dG = -2.0 * (t0 * t0 / (sbar + r0) + t1 * t1 / (sbar + 1.0))
+        sbar = np.clip(sbar - G / np.where(dG < -1e-300, dG, -1e-300), lo, hi)
     x0 = r0 * y0 / (sbar + r0)
     x1 = y1 / (sbar + 1.0)
     d = np.hypot(x0 - y0, x1 - y1)
@@ -316,13 +324,15 @@ def ransac_circles(
     # hypotheses are scored on a fixed subsample of the edge points (the ranking of long arcs
     # does not need them all); the chosen ones are refined on every point
     sub = np.sort(rng.choice(n, size=max_score_points, replace=False)) if n > max_score_points else np.arange(n)
-    ps, ns = p[sub], normals[sub]
-    dx = ps[None, :, 0] - ux[:, None]
-    dy = ps[None, :, 1] - uy[:, None]
+    # single precision for the (hypotheses × points) scoring arrays: half the memory traffic, and
+    # a few 1e-5 px of rounding do not matter against a tolerance of about a pixel
+    ps, ns = p[sub].astype(np.float32), normals[sub].astype(np.float32)
+    dx = ps[None, :, 0] - ux[:, None].astype(np.float32)
+    dy = ps[None, :, 1] - uy[:, None].astype(np.float32)
     rad = np.hypot(dx, dy)
-    facing = (dx * ns[None, :, 0] + dy * ns[None, :, 1]) > 0.8 * rad
-    ok_pts = (np.abs(rad - r[:, None]) < tol) & facing
-    counts = ok_pts.astype(np.float64) @ strength[sub]
+    facing = (dx * ns[None, :, 0] + dy * ns[None, :, 1]) > np.float32(0.8) * rad
+    ok_pts = (np.abs(rad - r[:, None].astype(np.float32)) < np.float32(tol)) & facing
+    counts = ok_pts.astype(np.float32) @ strength[sub].astype(np.float32)
     out: list[tuple[float, float, float]] = []
     for best in np.argsort(-counts):
         if len(out) >= keep or counts[best] <= 0:
@@ -960,6 +970,7 @@ def _rim_fit(
         quality=quality,
         dome_contrast=dome_step,
         box_iou=_silhouette_iou(ell, (float(v[0]), float(v[1])), ell.semi_major, box),
+        gap_turn_deg=math.degrees(math.acos(float(np.clip(v @ u, -1.0, 1.0)))),
     )
     if rms > MAX_RIM_RMS_PX:
         return _refuse(fit, f"rim ellipse fit residual too large ({rms:.2f} px)")
@@ -1008,6 +1019,7 @@ def _refuse(fit: CupFit, reason: str) -> CupFit:
         refusal_reason=reason,
         dome_contrast=fit.dome_contrast,
         box_iou=fit.box_iou,
+        gap_turn_deg=fit.gap_turn_deg,
     )
 
 
