@@ -599,10 +599,15 @@ def _search_rim(
     # a rim nearly as round as the dome would be refused anyway (MAX_ANTEVERSION_DEG); leaving
     # those ratios (> k_max) out keeps the femoral head — a bright disc concentric with the
     # shell, about 0.7 of its radius — from posing as a wide-open rim in the reduced-radius stage
-    # the dome's gap fixes the axis to ±10°; a retry (k_max below the head's ratio) widens that,
-    # as a head or stem filling the open side can also tilt the gap
-    span = 10.0 if k_max > RETRY_MAX_RATIO else 36.0
-    ths = theta0 + np.radians(np.arange(-span, span + 0.01, 2.0))
+    # the dome's gap fixes the axis to ±22°; a retry (k_max below the head's ratio) widens that to
+    # ±36°, as a head or stem filling the open side can also tilt the gap
+    if k_max > RETRY_MAX_RATIO:
+        # 2° steps within ±10° of the gap, 4° steps out to ±22°: a stem or bone across the dome
+        # tilts the gap by more than 10° in about one cup in twenty
+        offs = np.concatenate([np.arange(-22.0, -10.0, 4.0), np.arange(-10.0, 10.01, 2.0), np.arange(14.0, 22.01, 4.0)])
+    else:
+        offs = np.arange(-36.0, 36.01, 2.0)
+    ths = theta0 + np.radians(offs)
     K, TH = (g.ravel() for g in np.meshgrid(np.arange(0.01, k_max, 0.03), ths, indexing="ij"))
     sc = score(np.full(len(K), R), K * R, TH)
     i = int(np.argmax(sc))
