@@ -14,13 +14,28 @@ ellipse: it is the union of
 
 Both halves meet at the ends of the ellipse's major axis. Fitting an ellipse to the whole
 silhouette (the usual shortcut) therefore fits a half-disc and systematically overestimates the
-minor axis. Here the silhouette is split: a RANSAC circle fit finds the dome (it is the only
-long circular arc, ~180°), whose centre and radius fix the ellipse's centre and semi-major axis,
-and whose gap (the open side) fixes the direction of the minor axis. The remaining edge points on
-the open side are the candidate rim; the femoral head (a smaller concentric disc that may bulge
-past a flat rim) and the neck/stem edges do not lie on any ellipse with that centre and major
-axis, so a 1-D search over the axis ratio followed by a robust least-squares refinement of all
-five parameters ignores them.
+minor axis. Here the silhouette is split: the dome circle (tangent to the cup box's superior and
+medial edges, or found by RANSAC; refitted to the outward-facing edge points on it) gives a prior
+for the ellipse's centre and semi-major axis, and its gap (the open side) the direction of the
+minor axis to within ±22°. A grid search over axis ratio and angle scores open-half ellipses by
+the bright-inside step along them; a robust orthogonal-distance fit of all five parameters to the
+edge points near the best one follows, with the dome's prior at half the rim points' weight (the
+dome's centre is itself uncertain by about a pixel, and that error would go straight into the
+minor axis). The back half of the rim, seen through the dome (one wall inside the ellipse, two
+outside), joins the fit where it shows.
+
+The femoral head is a bright disc nearly concentric with the shell (0.45–0.75 of its radius).
+Where the rim is flatter than the head is round the head bulges past the rim and its outline,
+a stronger step of the same polarity, would pass for the rim: it is found (a circle over a long
+arc on the open side) and its outline is no evidence for the rim, neither in the search nor in
+the fit. Neck and stem edges do not lie on any ellipse near the dome's centre and major axis.
+
+Under a point source the rim ellipse is *not* centred on the dome circle: a circle tilted towards
+the source projects to an ellipse pulled towards the central ray (by up to 1–1.5 px for a cup
+10–15 cm off it) and ~0.5 % shorter than the sphere's outline. The prior is therefore the exact
+projection of the rim circle of the sphere that casts the dome outline, for the cup axis of the
+current fit (``rim_ellipse_prior``); tying the rim to the dome's own centre biased anteversion by
+−0.5…−1° at 20–35°.
 
 Angles
 ------
@@ -33,7 +48,11 @@ the longitudinal axis (perpendicular to the reference line) and the cup axis —
 exactly the angle of the ellipse's long axis against the reference line; radiographic
 anteversion is the angle between the cup axis and the coronal plane (Lewinnek: arcsin S/L).
 A single AP cannot tell anteversion from retroversion; like every AP method we report the
-anteverted solution. Liaw's construction (the rim's height above the long axis at one fifth of its
+anteverted solution. Nor can it, under a point source, tell apart the two anteverted readings of
+a nearly edge-on rim (anteversion below about twice the ray's obliquity at the cup, ~10° on an AP
+pelvis): the shell and its mirror image about the plane across the local ray cast the same image
+to a fraction of a pixel, and their mean is reported (``cup_axis_perspective``). With
+anteversion spread evenly over 0–35° that alone costs ~0.6° of mean absolute error (phantom). Liaw's construction (the rim's height above the long axis at one fifth of its
 length from the end) is measured on the raw rim edge points and reported alongside.
 
 On a cross-table lateral the cup face is seen nearly edge-on; Woo–Morrey version is the angle
