@@ -7,16 +7,23 @@ cannot see them; obliquity stays and is undone by the inter-teardrop line).
 The 200-cup figure, timing and the issue's bar (inclination and anteversion MAE ≤ 1.0°, refusals
 ≤ 2 %) live in ``benchmarks/bench_analyse.py``. Inclination is held to the bar here; anteversion
 and refusals only to regression guards at the achieved level (the anteversion bar is not met).
+
+Also here: the point-source model of where the rim ellipse lies relative to the dome outline,
+which the anteversion figures depend on, checked on an exactly projected circle and sphere.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from benchmarks.bench_analyse import cup_trial
+from node.analyse.cup import _circle_lsq, conic_to_ellipse, rim_ellipse_prior
+from node.domain import Point
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +39,15 @@ def test_phantom_inclination_bar(trial: dict[str, Any]) -> None:
 
 # Regression guards, not the issue's bar. Issue 5's bar is: inclination MAE ≤ 1.0°, anteversion
 # MAE ≤ 1.0°, refusals ≤ 2 % (judged on 200 fresh cups by ``benchmarks/bench_analyse.py``, which
-# prints the bar and whether it is met). The anteversion bar is NOT met yet (200-cup bench:
-# 1.76°); the refusal bar is met on the bench (1 %) but 40 cups are too few to hold it to 2 %.
-# On this 40-cup sample the code achieved anteversion MAE 1.70° and 0 refusals of 40 when these
-# guards were set; they allow a small margin over that so that a regression fails the suite.
-ANTEVERSION_GUARD_DEG = 2.0  # issue bar: 1.0° (not met yet)
+# prints the bar and whether it is met). The anteversion bar is NOT met yet (200-cup bench, seed
+# 51000: 1.35°; seeds 61000 and 81000: 1.04° and 1.20°). About 0.6° of that is not measurement
+# error: a nearly edge-on rim has two anteverted readings a point-source image cannot tell apart
+# (see ``cup_axis_perspective``), and their mean is off by half their separation. The refusal bar
+# is met on the bench (1 %) but 40 cups are too few to hold it to 2 %.
+# On this 40-cup sample the code achieved anteversion MAE 1.35° and 0 refusals of 40 when these
+# guards were set (1.70° before the point-source rim prior, the head-outline exclusion and the
+# wider axis search); they allow a small margin over that so that a regression fails the suite.
+ANTEVERSION_GUARD_DEG = 1.6  # issue bar: 1.0° (not met yet)
 REFUSAL_GUARD = 2 / 40  # issue bar: 2 %
 
 
@@ -60,3 +71,39 @@ def test_trial_is_reproducible() -> None:
     for k in ("cups", "refused", "inclination_mae_deg", "anteversion_mae_deg"):
         assert a[k] == b[k]
     assert a["cups"] == 4 and np.isfinite(a["time_per_radiograph_ms_median"])
+
+
+def _project(points: np.ndarray, focal: float) -> np.ndarray:
+    return np.asarray(focal * points[:, :2] / points[:, 2:3], dtype=np.float64)
+
+
+@pytest.mark.parametrize(("anteversion_deg", "side"), [(5.0, 1.0), (20.0, 1.0), (35.0, -1.0)])
+def test_rim_prior_matches_point_source_projection(anteversion_deg: float, side: float) -> None:
+    """The rim ellipse predicted from the dome outline and the cup axis is where a pinhole puts
+    the rim circle — and not where the dome's own centre and radius would put it (the test would
+    pass vacuously if the two coincided)."""
+    focal = 1100.0 / 0.34  # SID / pixel, pixels
+    centre = np.array([side * 110.0, 60.0, 880.0])  # mm, a hip ~13 cm off the central ray
+    radius = 26.0
+    v, i = math.radians(anteversion_deg), math.radians(45.0)
+    axis = np.array([side * math.sin(i) * math.cos(v), math.cos(i) * math.cos(v), -math.sin(v)])
+    # the rim circle, projected and fitted with a conic (exact: a projected circle is a conic)
+    e1 = np.cross(axis, [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    t = np.linspace(0.0, 2 * math.pi, 720, endpoint=False)
+    rim = _project(centre + radius * (np.cos(t)[:, None] * e1 + np.sin(t)[:, None] * e2), focal)
+    x, y = rim[:, 0], rim[:, 1]
+    _, _, vt = np.linalg.svd(np.column_stack([x * x, x * y, y * y, x, y, np.ones_like(x)]))
+    c = vt[-1]
+    truth = conic_to_ellipse(np.array([[c[0], c[1] / 2, c[3] / 2], [c[1] / 2, c[2], c[4] / 2],
+                                       [c[3] / 2, c[4] / 2, c[5]]]))
+    # the dome outline: the projected sphere's silhouette, measured as a circle
+    u = np.random.default_rng(0).normal(size=(100_000, 3))
+    u /= np.linalg.norm(u, axis=1)[:, None]
+    hull = cv2.convexHull(_project(centre + radius * u, focal).astype(np.float32)).reshape(-1, 2)
+    dome = _circle_lsq(hull.astype(np.float64))
+    cx, cy, a = rim_ellipse_prior(dome, axis, focal, Point(0.0, 0.0))
+    assert math.hypot(cx - truth.cx, cy - truth.cy) < 0.1
+    assert abs(a - truth.semi_major) < 0.1
+    assert math.hypot(dome[0] - truth.cx, dome[1] - truth.cy) + abs(dome[2] - truth.semi_major) > 0.4
