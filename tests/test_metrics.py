@@ -88,6 +88,16 @@ def test_gwet_ac1_worked_example() -> None:
     assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
 
 
+def test_gwet_ac1_and_kappa_match_the_published_pycm_example() -> None:
+    """The worked example of the PyCM documentation (README "Usage" section; Haghighi et al.,
+    JOSS 2018): 12 paired ratings in 3 classes, for which PyCM prints ``Kappa 0.35484`` and
+    ``Gwet_AC1 0.38931``. An independent implementation, published with its figures."""
+    actual = [2, 0, 2, 2, 0, 1, 1, 2, 2, 0, 1, 2]
+    predicted = [0, 0, 2, 1, 0, 2, 1, 0, 2, 0, 2, 2]
+    assert cohen_kappa(actual, predicted) == pytest.approx(0.35484, abs=5e-6)
+    assert gwet_ac1(actual, predicted) == pytest.approx(0.38931, abs=5e-6)
+
+
 def test_gwet_ac1_three_categories_by_hand() -> None:
     """3 categories, 10 subjects; A = 0 0 0 1 1 1 2 2 2 2, B = 0 0 1 1 1 2 2 2 2 0.
     pₐ = 7/10. A marginals (0.3, 0.3, 0.4), B (0.3, 0.3, 0.4) → π = (0.3, 0.3, 0.4);
