@@ -64,6 +64,7 @@ def write_toy_model(
     bias: np.ndarray,
     thresholds: dict[str, float] | None = None,
     manifest_weight: np.ndarray | None = None,
+    margin: float = 0.15,
 ) -> Path:
     from node.train.common import export_onnx, write_model
 
@@ -80,7 +81,7 @@ def write_toy_model(
         thresholds=thresholds or dict.fromkeys(MORPHOLOGY_FLAGS, 0.5),
         extra={
             "cam": {"weight": cam_w.tolist(), "bias": bias.tolist()},
-            "crop": {"margin": 0.15},
+            "crop": {"margin": margin},
         },
     )
     write_model(manifest, out)
@@ -235,6 +236,16 @@ def test_ensemble_averages_probabilities_and_thresholds(tmp_path: Path) -> None:
     ens2 = MorphologyEnsemble(ens.models, thresholds=dict.fromkeys(MORPHOLOGY_FLAGS, 0.99))
     assert not any(f.present for f in ens2.predict(crops[:1])[0])
     assert ens.predict([]) == []
+
+
+def test_ensemble_refuses_members_with_different_crop_margins(tmp_path: Path) -> None:
+    w, b = toy_weights()
+    write_toy_model(tmp_path / "m1" / "1.0.0", w, b, margin=0.15)
+    write_toy_model(tmp_path / "m2" / "1.0.0", w, b, margin=0.35)
+    with pytest.raises(MorphologyModelError, match="crop margin"):
+        MorphologyEnsemble.load(cfg_for(tmp_path, ["m1", "m2"]))
+    write_toy_model(tmp_path / "m3" / "1.0.0", w, b, margin=0.35)
+    assert MorphologyEnsemble.load(cfg_for(tmp_path, ["m2", "m3"])).margin == 0.35
 
 
 def test_single_member_uses_its_own_thresholds(tmp_path: Path) -> None:

@@ -389,6 +389,11 @@ class MorphologyEnsemble:
         if len(classes) != 1:
             raise MorphologyModelError(f"ensemble members disagree on outputs: {sorted(classes)}")
         self.classes = self.models[0].spec.classes
+        margins = {m.spec.margin for m in self.models}
+        if len(margins) != 1:
+            # the joint is cropped once for all members: a member trained on another margin would
+            # see crops it never learnt from
+            raise MorphologyModelError(f"ensemble members disagree on the crop margin: {sorted(margins)}")
         if thresholds is None:
             thresholds = {
                 f: float(np.mean([m.spec.thresholds[f] for m in self.models])) for f in MORPHOLOGY_FLAGS
