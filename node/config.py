@@ -180,7 +180,7 @@ class ModelsConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     triage: str | None = "triage"
     detector: str | None = "detector"
-    morphology: list[str] = ["morphology"]
+    morphology: list[str] = ["morphology", "morphology-seed1"]
 
 
 class OutputsConfig(_Strict):
