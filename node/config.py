@@ -181,6 +181,12 @@ class ModelsConfig(_Strict):
     triage: str | None = "triage"
     detector: str | None = "detector"
     morphology: list[str] = ["morphology", "morphology-seed1"]
+    min_view_probability: float = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="below this, the triage's most likely view is not trusted: the image is treated as not a hip radiograph",
+    )
 
 
 class OutputsConfig(_Strict):

@@ -264,7 +264,12 @@ class Pipeline:
         findings.metadata_mismatches = metadata_mismatches(ds, triage.view, triage.imaged_sides)
         if triage.view is View.OTHER:
             findings.screened_out = ScreenReason.NOT_HIP
-            findings.screen_detail = f"classified as other (p={triage.view_probability:.3f})"
+            findings.screen_detail = (
+                f"view uncertain ({triage.uncertain_view.value} at p={triage.view_probability:.3f}, "
+                f"below the minimum {self.cfg.models.min_view_probability:g}): treated as not a hip radiograph"
+                if triage.uncertain_view is not None
+                else f"classified as other (p={triage.view_probability:.3f})"
+            )
             return findings
         findings.boxes = boxes
         spacing, geometry = _geometry(ds)

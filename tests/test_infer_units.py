@@ -282,6 +282,18 @@ def test_decode_triage_views_sides_implants() -> None:
     assert other.imaged_sides == () and other.implant_probability == {}
 
 
+def test_decode_triage_rejects_an_uncertain_view_as_other() -> None:
+    view = np.array([[0.1, 0.1, 0.05, 0.45, 0.3], [0.05, 0.05, 0.0, 0.9, 0.0], [0.2, 0.2, 0.1, 0.1, 0.4]])
+    side = np.array([[0.5, 0.5], [0.2, 0.8], [0.5, 0.5]])
+    implant = np.zeros((3, 2))
+    unsure, sure, other = decode_triage(view, side, implant, min_view_probability=0.6)
+    assert unsure.view is View.OTHER and unsure.uncertain_view is View.OBLIQUE_HIP
+    assert unsure.imaged_sides == () and unsure.view_probability == pytest.approx(0.45)
+    assert sure.view is View.OBLIQUE_HIP and sure.uncertain_view is None
+    assert other.view is View.OTHER and other.uncertain_view is None  # "other" is never "uncertain"
+    assert decode_triage(view, side, implant)[0].view is View.OBLIQUE_HIP  # default: no rejection
+
+
 def test_decode_detector_maps_to_source_pixels() -> None:
     nc = len(DETECTOR_CLASSES)
     pred = np.zeros((4 + nc, 4), np.float32)

@@ -42,6 +42,9 @@ class TriageResult:
     side_probability: float | None  # confidence in the single imaged side; None when not applicable
     implant_probability: Mapping[Side, float]  # imaged sides only
     implant_threshold: float = 0.5
+    # set when the most likely view was below the minimum view probability and the image is
+    # therefore treated as "other" (open-set rejection): the view the model leaned to
+    uncertain_view: View | None = None
 
     def implant_present(self, side: Side) -> bool | None:
         p = self.implant_probability.get(side)
@@ -49,9 +52,20 @@ class TriageResult:
 
 
 def decode_triage(
-    view: np.ndarray, side: np.ndarray, implant: np.ndarray, implant_threshold: float = 0.5
+    view: np.ndarray,
+    side: np.ndarray,
+    implant: np.ndarray,
+    implant_threshold: float = 0.5,
+    min_view_probability: float = 0.0,
 ) -> list[TriageResult]:
-    """Turn the three probability arrays of a batch into results (pure, unit-testable)."""
+    """Turn the three probability arrays of a batch into results (pure, unit-testable).
+
+    A radiograph whose most likely view is below ``min_view_probability`` is treated as
+    "other" (``uncertain_view`` keeps the view it leaned to). The softmax has to pick one of
+    its five classes even for a radiograph unlike anything it was trained on; a low maximum is
+    the usual sign of such an input, and reporting hip findings on it would be worse than
+    reporting none.
+    """
     n = view.shape[0]
     if view.shape != (n, len(TRIAGE_VIEWS)) or side.shape != (n, 2) or implant.shape != (n, 2):
         raise ValueError(f"unexpected triage output shapes {view.shape}, {side.shape}, {implant.shape}")
@@ -59,6 +73,9 @@ def decode_triage(
     for i in range(n):
         k = int(np.argmax(view[i]))
         v = TRIAGE_VIEWS[k]
+        uncertain: View | None = None
+        if v is not View.OTHER and float(view[i, k]) < min_view_probability:
+            v, uncertain = View.OTHER, v
         side_p: float | None = None
         if v is View.AP_PELVIS:
             sides: tuple[Side, ...] = TRIAGE_SIDES
@@ -77,6 +94,7 @@ def decode_triage(
                 side_probability=side_p,
                 implant_probability={s: float(implant[i, TRIAGE_SIDES.index(s)]) for s in sides},
                 implant_threshold=implant_threshold,
+                uncertain_view=uncertain,
             )
         )
     return results
@@ -85,7 +103,7 @@ def decode_triage(
 class TriageModel:
     """A loaded triage model; ``predict`` batches any number of 0..1 images."""
 
-    def __init__(self, model: ModelSession, batch_size: int = 8) -> None:
+    def __init__(self, model: ModelSession, batch_size: int = 8, min_view_probability: float = 0.0) -> None:
         m = model.manifest
         if m.task != "triage":
             raise ManifestError(f"{m.label}: task is {m.task!r}, not 'triage'")
@@ -100,10 +118,15 @@ class TriageModel:
         self.model = model
         self.batch_size = batch_size
         self.implant_threshold = m.threshold("implant", 0.5)
+        self.min_view_probability = min_view_probability
 
     @classmethod
     def load(cls, name: str | Path, cfg: ModelsConfig) -> TriageModel:
-        return cls(load_model(name, cfg, task="triage"), batch_size=cfg.batch_size)
+        return cls(
+            load_model(name, cfg, task="triage"),
+            batch_size=cfg.batch_size,
+            min_view_probability=cfg.min_view_probability,
+        )
 
     @property
     def label(self) -> str:
@@ -123,4 +146,6 @@ class TriageModel:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[TriageResult]:
         p = self.probabilities(images)
-        return decode_triage(p["view"], p["side"], p["implant"], self.implant_threshold)
+        return decode_triage(
+            p["view"], p["side"], p["implant"], self.implant_threshold, self.min_view_probability
+        )
