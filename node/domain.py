@@ -10,6 +10,7 @@ patient's right side is displayed on the image's left.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -242,3 +243,15 @@ DETECTOR_CLASSES: tuple[str, ...] = (
     "teardrop",
     "ischial_tuberosity",
 )
+# detector labels of the two hip joints, by patient side
+JOINT_LABELS: dict[str, Side] = {"hip_joint_right": Side.RIGHT, "hip_joint_left": Side.LEFT}
+
+
+def best_joint_boxes(boxes: Iterable[Box]) -> dict[Side, Box]:
+    """The highest-scoring hip-joint box per side (the first one on a tie)."""
+    best: dict[Side, Box] = {}
+    for b in boxes:
+        side = JOINT_LABELS.get(b.label)
+        if side is not None and (side not in best or b.score > best[side].score):
+            best[side] = b
+    return best

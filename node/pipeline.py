@@ -63,7 +63,6 @@ from node.registry import Database, Instance, Job, Measurement, Result, Series, 
 log = logging.getLogger(__name__)
 
 CUP_GEOMETRY = ModelInfo(name="hipnode-cup-geometry", version=__version__)
-HARDWARE = ("cup", "stem", "other_hardware")
 AP_VIEWS = (View.AP_PELVIS, View.AP_HIP)
 
 

@@ -27,17 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from node.domain import Box, Side
+from node.domain import Box, Side, best_joint_boxes
 
-HARDWARE_LABELS: tuple[str, ...] = ("cup", "stem")
-SIDE_JOINT_LABEL: Mapping[Side, str] = {Side.RIGHT: "hip_joint_right", Side.LEFT: "hip_joint_left"}
+# an arthroplasty shows as a cup or a stem; screws and wires ("other_hardware") are not one
+ARTHROPLASTY_LABELS: tuple[str, ...] = ("cup", "stem")
 IMPLANT_THRESHOLD = 0.5
-
-
-def best_box(boxes: Sequence[Box], label: str) -> Box | None:
-    """The highest-scoring box with ``label``, or None."""
-    found = [b for b in boxes if b.label == label]
-    return max(found, key=lambda b: b.score) if found else None
 
 
 def side_of_box(box: Box, joints: Mapping[Side, Box], image_width: int) -> Side:
@@ -57,7 +51,7 @@ class SideAssigner:
     """
 
     def __init__(self, boxes: Sequence[Box], imaged_sides: Sequence[Side], image_width: int) -> None:
-        self.joints = {s: b for s in Side if (b := best_box(boxes, SIDE_JOINT_LABEL[s])) is not None}
+        self.joints = best_joint_boxes(boxes)
         self.single = imaged_sides[0] if len(imaged_sides) == 1 else None
         self.width = image_width
 
@@ -67,7 +61,7 @@ class SideAssigner:
 
 def hardware_score(boxes: Sequence[Box], side: Side, assign: SideAssigner) -> float:
     """Best cup or stem score among the boxes assigned to ``side`` (0.0 when none)."""
-    return max((b.score for b in boxes if b.label in HARDWARE_LABELS and assign(b) is side), default=0.0)
+    return max((b.score for b in boxes if b.label in ARTHROPLASTY_LABELS and assign(b) is side), default=0.0)
 
 
 def implant_score(triage_probability: float | None, hardware: float | None) -> float | None:

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.config import ModelsConfig
-from node.domain import MORPHOLOGY_FLAGS, Box, MorphologyFlag, Side
+from node.domain import MORPHOLOGY_FLAGS, Box, MorphologyFlag, Side, best_joint_boxes
 from node.infer.manifest import InputSpec, Manifest, ManifestError
 from node.infer.preprocess import prepare
 from node.infer.session import ModelSession, load_model
@@ -49,7 +49,6 @@ OUTPUT_CLASSES: tuple[str, ...] = (*MORPHOLOGY_FLAGS, SEX_OUTPUT)
 LOGITS_OUTPUT = "logits"
 FEATURES_OUTPUT = "features"
 
-JOINT_LABELS: dict[str, Side] = {"hip_joint_right": Side.RIGHT, "hip_joint_left": Side.LEFT}
 HARDWARE_LABELS: frozenset[str] = frozenset({"cup", "stem", "other_hardware"})
 
 DEFAULT_MARGIN = 0.15
@@ -153,11 +152,7 @@ def select_joint_crops(
     Takes the best-scoring ``hip_joint_right`` / ``hip_joint_left`` box per side; hardware is
     every ``cup`` / ``stem`` / ``other_hardware`` box, whichever side it was assigned to.
     """
-    best: dict[Side, Box] = {}
-    for b in boxes:
-        side = JOINT_LABELS.get(b.label)
-        if side is not None and (side not in best or b.score > best[side].score):
-            best[side] = b
+    best = best_joint_boxes(boxes)
     hardware = [b for b in boxes if b.label in HARDWARE_LABELS]
     out: list[JointCrop] = []
     for side in (Side.RIGHT, Side.LEFT):

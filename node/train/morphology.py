@@ -52,13 +52,12 @@ from typing import Any
 
 import numpy as np
 
-from node.domain import MORPHOLOGY_FLAGS, Box
+from node.domain import JOINT_LABELS, MORPHOLOGY_FLAGS, Box
 from node.infer.manifest import InputSpec, Manifest, OutputSpec
 from node.infer.morphology import (
     DEFAULT_MARGIN,
     FEATURES_OUTPUT,
     HARDWARE_LABELS,
-    JOINT_LABELS,
     LOGITS_OUTPUT,
     OUTPUT_CLASSES,
     TASK,
