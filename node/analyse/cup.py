@@ -64,6 +64,7 @@ Everything here is pure numpy/OpenCV on a float image; no DICOM.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ from node.analyse.reference import HORIZONTAL, ReferenceLine, horizontal_line
 from node.domain import Box, CupMeasurement, Ellipse, Point, Side, View
 
 FloatArray = NDArray[np.float64]
+
+log = logging.getLogger(__name__)
 
 LEWINNEK = "Lewinnek"
 LIAW = "Liaw"
@@ -457,6 +460,24 @@ def edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
     return np.column_stack([xs[keep], ys[keep]]).astype(np.int32)
 
 
+def sample_rows(img: NDArray[np.float32], mapx: NDArray[np.float32], mapy: NDArray[np.float32]) -> FloatArray:
+    """Bilinear samples of ``img`` at (``mapx``, ``mapy``), each of shape (N, S): one profile per row.
+
+    ``cv2.remap`` refuses maps of 32767 rows or more, and a cup on a full-resolution detector
+    image (0.14–0.2 mm pixels, ~300 px across) has that many edge pixels in its box: the rows
+    are sampled in blocks.
+    """
+    n = len(mapx)
+    if n == 0:
+        return np.zeros(mapx.shape, dtype=np.float64)
+    block = 16384
+    parts = [
+        cv2.remap(img, mapx[i : i + block], mapy[i : i + block], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        for i in range(0, n, block)
+    ]
+    return np.asarray(np.concatenate(parts, axis=0), dtype=np.float64).reshape(mapx.shape)
+
+
 def subpixel_edges(
     smooth: NDArray[np.float32], contour: NDArray[np.int32]
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -481,7 +502,7 @@ def subpixel_edges(
     steps = np.arange(-3.0, 3.0 + 1e-9, 0.25)
     mapx = (p[:, 0:1] + nx[:, None] * steps[None, :]).astype(np.float32)
     mapy = (p[:, 1:2] + ny[:, None] * steps[None, :]).astype(np.float32)
-    prof = cv2.remap(mag, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float64)
+    prof = sample_rows(mag, mapx, mapy)
     k = np.argmax(prof, axis=1)
     k = np.clip(k, 1, len(steps) - 2)
     rows = np.arange(len(p))
@@ -565,7 +586,13 @@ def _head_circle(
     q = p[np.arange(len(phi)), k][strong]
     if len(q) < 8:
         return None
-    hx, hy, hr = _circle_lsq(q)
+    # start from the dome's centre and the rays' median radius, not from a plain least-squares
+    # circle: a few rays that caught the rim or the neck instead drag that one off the head
+    rad = np.hypot(q[:, 0] - cx, q[:, 1] - cy)
+    start = np.abs(rad - np.median(rad)) < max(1.5, 0.03 * R)
+    if start.sum() < 8:
+        return None
+    hx, hy, hr = _circle_lsq(q[start])
     for _ in range(2):
         inl = np.abs(np.hypot(q[:, 0] - hx, q[:, 1] - hy) - hr) < max(1.0, 0.015 * R)
         if inl.sum() < 8:
@@ -578,11 +605,18 @@ def _head_circle(
 
 
 def _off_head(pts: FloatArray, head: tuple[float, float, float] | None, tol: float) -> NDArray[np.bool_]:
-    """True for points that are not on the head's outline (all of them when there is no head)."""
+    """True for points outside the head's disc and clear of its outline by ``tol`` (all of them
+    when there is no head).
+
+    Not just the outline: a prosthetic head is solid metal and leaves (next to) nothing of the
+    X-ray beam, so adding the shell's wall in front of or behind it changes nothing on the image
+    and the rim is invisible wherever it crosses the head. Any step found there is the head's
+    blurred edge, not the rim, and pulls a fit towards the head's outline.
+    """
     if head is None:
         return np.ones(pts.shape[:-1], dtype=bool)
     hx, hy, hr = head
-    return np.asarray(np.abs(np.hypot(pts[..., 0] - hx, pts[..., 1] - hy) - hr) >= tol)
+    return np.asarray(np.hypot(pts[..., 0] - hx, pts[..., 1] - hy) >= hr + tol)
 
 
 def _search_rim(
@@ -658,7 +692,7 @@ def _edge_levels(smooth: NDArray[np.float32], pts: FloatArray, nrm: FloatArray) 
     steps = np.arange(-4.0, 7.01, 0.25)
     mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
     my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
-    prof = np.asarray(cv2.remap(smooth, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), np.float64)
+    prof = sample_rows(smooth, mx, my)
     inside = prof[:, steps <= -3.0].mean(axis=1)
     outside = prof[:, steps >= 5.0].mean(axis=1)
     out = np.full((len(pts), 3), np.nan)
@@ -727,9 +761,9 @@ def _rim_points(
     steps = np.arange(-search, search + 1e-9, 0.25)
     mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
     my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
-    sgx = cv2.remap(gx, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    sgy = cv2.remap(gy, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    prof = -(np.asarray(sgx, np.float64) * nrm[:, 0:1] + np.asarray(sgy, np.float64) * nrm[:, 1:2])
+    sgx = sample_rows(gx, mx, my)
+    sgy = sample_rows(gy, mx, my)
+    prof = -(sgx * nrm[:, 0:1] + sgy * nrm[:, 1:2])
     k = np.clip(np.argmax(prof, axis=1), 1, len(steps) - 2)
     rows = np.arange(len(pts))
     f0, f1, f2 = prof[rows, k - 1], prof[rows, k], prof[rows, k + 1]
@@ -946,7 +980,7 @@ def _rim_fit(
     prior = (ccx, ccy, a_best)
     for search in (4.0, 2.5):
         rim = _rim_points(gx, gy, params, u, search, 0.3 * dome_step / 1.5, stems, R, smooth, dome_width, True)
-        rim = rim[_off_head(rim, head, tol)]
+        rim = rim[_off_head(rim, head, max(1.5, 0.02 * R))]
         if len(rim) < MIN_RIM_POINTS:
             break
         w_prior = PRIOR_SCALE * math.sqrt(len(rim))
@@ -1231,6 +1265,35 @@ def measure_cup(
     (focal length in pixels = SID / detector pixel spacing). Never raises on bad images: an
     untrustworthy fit comes back with no numbers and a ``refusal_reason``.
     """
+    try:
+        return _measure_cup(image, cup_box, side, view, reference=reference, pixel_spacing_mm=pixel_spacing_mm,
+                            stem_boxes=stem_boxes, geometry=geometry)
+    except Exception as exc:  # a bug here must cost one hip's angles, not the study's report
+        log.exception("cup fit failed on the %s hip", side.name.lower())
+        ref = reference if reference is not None else horizontal_line(int(np.shape(image)[1]))
+        return CupMeasurement(
+            side=side,
+            inclination_deg=None,
+            anteversion_deg=None,
+            inclination_reference=ref.method,
+            anteversion_method=WOO_MORREY if view is View.LATERAL_HIP else LEWINNEK,
+            reference_line=ref.as_points(),
+            refusal_reason=f"cup fit failed ({type(exc).__name__}); see the node log",
+        )
+
+
+def _measure_cup(
+    image: NDArray[np.float32],
+    cup_box: Box,
+    side: Side,
+    view: View,
+    *,
+    reference: ReferenceLine | None,
+    pixel_spacing_mm: float | None,
+    stem_boxes: Sequence[Box],
+    geometry: ProjectionGeometry | None,
+) -> CupMeasurement:
+    """``measure_cup`` without its guard against unexpected errors."""
     lateral_view = view in (View.LATERAL_HIP,)
     ref = reference if reference is not None else horizontal_line(int(image.shape[1]))
     flagged = ref.method == HORIZONTAL and not lateral_view
