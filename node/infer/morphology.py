@@ -173,6 +173,9 @@ def select_joint_crops(
     return out
 
 
+WINDOW_SAMPLE_PIXELS = 256 * 256
+
+
 def window_crop(crop: npt.NDArray[Any], low_pct: float, high_pct: float) -> FloatArray:
     """Map a crop to 0..1 by its own ``low_pct``–``high_pct`` percentile window.
 
@@ -182,7 +185,11 @@ def window_crop(crop: npt.NDArray[Any], low_pct: float, high_pct: float) -> Floa
     if crop.ndim != 2 or crop.size == 0:
         raise ValueError(f"crop must be a non-empty 2-D array, got shape {crop.shape}")
     x = np.asarray(crop, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(x, (low_pct, high_pct)))
+    # The window comes from a regular subsample of at most ~WINDOW_SAMPLE_PIXELS: a joint crop of a
+    # full-resolution detector image has ~10⁶ pixels and a full percentile of it cost more than the
+    # network. Crops up to 256 × 256 (every training crop) use every pixel, as before.
+    step = max(1, math.ceil(math.sqrt(x.size / WINDOW_SAMPLE_PIXELS)))
+    lo, hi = (float(v) for v in np.percentile(x[::step, ::step], (low_pct, high_pct)))
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
     out: FloatArray = np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
@@ -214,18 +221,38 @@ def class_activation_maps(features: FloatArray, weight: FloatArray) -> FloatArra
     return cams
 
 
+def minmax01(cam: FloatArray) -> FloatArray:
+    """Min–max to 0..1 on the CAM's own grid (zeros for a constant map)."""
+    lo, hi = float(cam.min()), float(cam.max())
+    if hi - lo <= 1e-12:
+        return np.zeros(cam.shape, dtype=np.float32)
+    out: FloatArray = ((cam - lo) / (hi - lo)).astype(np.float32)
+    return out
+
+
+def _resize_maps(maps: FloatArray, height: int, width: int) -> FloatArray:
+    """(N, K, h, w) maps → (N, K, height, width), bilinear."""
+    out: FloatArray = np.stack(
+        [[cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in per_crop] for per_crop in maps]
+    ).astype(np.float32)
+    return out
+
+
 def normalise_heatmap(cam: FloatArray, height: int, width: int) -> FloatArray:
     """One raw CAM (h, w) → (height, width) map in 0..1 (min–max, as in Zhou et al. 2016).
 
     Min–max shows *where* the evidence is relative to the rest of the crop; whether the flag is
     present is the probability's business. A constant map (no spatial preference) becomes zeros.
     """
-    up = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    lo, hi = float(up.min()), float(up.max())
+    up: FloatArray = np.asarray(
+        cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32
+    )
+    lo, hi, _, _ = cv2.minMaxLoc(up)  # one pass; crops of full-resolution images are ~10⁶ pixels
     if hi - lo <= 1e-12:
         return np.zeros((height, width), dtype=np.float32)
-    out: FloatArray = ((up - lo) / (hi - lo)).astype(np.float32)
-    return out
+    np.subtract(up, np.float32(lo), out=up)  # in place: no second crop-sized array
+    np.multiply(up, np.float32(1.0 / (hi - lo)), out=up)
+    return up
 
 
 def sigmoid(x: FloatArray) -> FloatArray:
@@ -425,22 +452,24 @@ class MorphologyEnsemble:
         if not crops:
             return []
         probs_all: list[FloatArray] = []
-        maps_all: list[list[dict[str, FloatArray]]] = []
+        maps_all: list[FloatArray] = []  # per member: (N, K, h, w) CAMs min–maxed on their own grid
+        batches: dict[InputSpec, FloatArray] = {}
         for m in self.models:
-            probs, cams = m.infer(m.prepare(crops))
+            spec = m.manifest.input
+            if spec not in batches:  # members with the same input share one prepared batch
+                batches[spec] = m.prepare(crops)
+            probs, cams = m.infer(batches[spec])
             probs_all.append(probs)
             if heatmaps:
                 maps_all.append(
-                    [
-                        {
-                            f: normalise_heatmap(cams[i, k], crops[i].shape[0], crops[i].shape[1])
-                            for k, f in enumerate(MORPHOLOGY_FLAGS)
-                        }
-                        for i in range(len(crops))
-                    ]
+                    np.stack([[minmax01(cams[i, k]) for k in range(len(MORPHOLOGY_FLAGS))] for i in range(len(crops))])
                 )
         probs_mean = np.mean(probs_all, axis=0)
         sex_idx = self.classes.index(SEX_OUTPUT) if SEX_OUTPUT in self.classes else None
+        if heatmaps and len({a.shape[2:] for a in maps_all}) > 1:
+            # members whose feature grids differ are averaged on the first one's grid
+            h, w = maps_all[0].shape[2:]
+            maps_all = [a if a.shape[2:] == (h, w) else _resize_maps(a, h, w) for a in maps_all]
         out: list[CropPrediction] = []
         for i, crop in enumerate(crops):
             flags = [
@@ -449,13 +478,11 @@ class MorphologyEnsemble:
             ]
             maps: dict[str, FloatArray] = {}
             if heatmaps:
-                for f in MORPHOLOGY_FLAGS:
-                    stacked = np.mean([member[i][f] for member in maps_all], axis=0).astype(np.float32)
-                    maps[f] = (
-                        normalise_heatmap(stacked, crop.shape[0], crop.shape[1])
-                        if len(maps_all) > 1
-                        else stacked
-                    )
+                # averaged on the feature grid, brought to the crop's size once per flag (each
+                # member's map was min–maxed first, so no member outweighs another by its scale)
+                for k, f in enumerate(MORPHOLOGY_FLAGS):
+                    stacked = np.mean([member[i, k] for member in maps_all], axis=0).astype(np.float32)
+                    maps[f] = normalise_heatmap(stacked, crop.shape[0], crop.shape[1])
             sex = float(probs_mean[i, sex_idx]) if sex_idx is not None else None
             out.append(CropPrediction(flags, maps, sex))
         return out
