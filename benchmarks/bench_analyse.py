@@ -266,8 +266,8 @@ def run(results_dir: Path, quick: bool = False, rows: int = 0) -> dict[str, Any]
     n = 20 if quick else 100
     out: dict[str, Any] = {
         "cups_neutral_pelvis": cup_trial(n, rows, neutral=True),
-        # the same seed down-sampled to 1024 rows (~0.4 mm pixels, coarser than any DR
-        # detector): how much of the error is resolution
+        # the same seed (same anatomy and cups; other noise draws) rendered at 1024 rows
+        # (~0.4 mm pixels, coarser than any DR detector): how much of the error is resolution
         "cups_neutral_pelvis_1024": cup_trial(n, LOW_ROWS, neutral=True),
         "cups_posed_pelvis": cup_trial(max(n // 4, 5), rows, neutral=False),
         "dysplasia": dysplasia_trial(max(n // 5, 4), rows),

@@ -89,3 +89,22 @@ def test_refuses_without_roof() -> None:
     img = np.asarray(cv2.GaussianBlur(img, (0, 0), 1.0), dtype=np.float32)
     m = measure_dysplasia(img, Box(100, 120, 300, 330), Side.LEFT, reference=None)
     assert m.lce_deg is None and m.tonnis_deg is None and m.refusal_reason
+
+
+@pytest.mark.parametrize("box_w", [600.0, 601.0, 602.5, 700.0])
+def test_head_found_at_full_resolution(box_w: float) -> None:
+    """A joint box of a full-resolution image (≥ 512 px) is searched at a reduced working scale;
+    the circle must come back in full-scale pixels, also when the box is not a whole number of
+    working pixels (INTER_AREA would then stretch, and the mapping back be off by ~1 px)."""
+    cx, cy, r = 401.3, 377.6, 150.0
+    img = np.full((800, 900), 0.2, np.float32)
+    yy, xx = np.mgrid[0:800, 0:900].astype(np.float32)
+    # anti-aliased disc: coverage from the signed distance to the true circle
+    img += np.clip(r - np.hypot(xx - cx, yy - cy) + 0.5, 0.0, 1.0) * 0.5
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 1.5), np.float32)
+    img += np.random.default_rng(3).normal(0.0, 0.01, img.shape).astype(np.float32)  # edge thresholds need texture
+    box = Box(cx - box_w / 2, cy - box_w / 2, cx + box_w / 2, cy + box_w / 2, label="hip_joint")
+    fitted = fit_femoral_head(img, box)
+    assert fitted is not None
+    fx, fy, fr, support = fitted
+    assert math.hypot(fx - cx, fy - cy) < 0.5 and abs(fr - r) < 0.75 and support > 0.9, fitted

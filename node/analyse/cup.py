@@ -454,7 +454,7 @@ def edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
     u8 = np.clip((smooth - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
     gx = cv2.Sobel(u8, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(u8, cv2.CV_32F, 0, 1, ksize=3)
-    mag = cv2.magnitude(gx, gy)
+    mag = np.hypot(gx, gy)
     t_hi = float(np.percentile(mag[::step, ::step], EDGE_PERCENTILE))
     if t_hi <= 1e-3:
         return np.zeros((0, 2), dtype=np.int32)
@@ -1284,6 +1284,7 @@ def measure_cup(
             anteversion_method=WOO_MORREY if view is View.LATERAL_HIP else LEWINNEK,
             reference_line=ref.as_points(),
             refusal_reason=f"cup fit failed ({type(exc).__name__}); see the node log",
+            flagged=ref.method == HORIZONTAL and view is not View.LATERAL_HIP,
         )
 
 

@@ -94,6 +94,9 @@ def fit_femoral_head(
     # HEAD_WORKING_PX (the sourcil, whose ends make the angles, is still traced at full scale).
     f = max(1, math.ceil(min(roi.shape) / HEAD_WORKING_PX))
     if f > 1:
+        # whole f × f blocks only, so that INTER_AREA averages exactly those blocks and the
+        # mapping back below is exact
+        roi = roi[: roi.shape[0] // f * f, : roi.shape[1] // f * f]
         roi = np.asarray(cv2.resize(roi, (roi.shape[1] // f, roi.shape[0] // f), interpolation=cv2.INTER_AREA),
                          dtype=np.float32)
     smooth = np.asarray(cv2.GaussianBlur(roi, (0, 0), 1.5), dtype=np.float32)
@@ -177,6 +180,9 @@ def measure_dysplasia(
         cx, cy, r, quality = fitted
     else:
         cx, cy, r = head
+    if not (math.isfinite(cx) and math.isfinite(cy) and math.isfinite(r) and r > 0):
+        return DysplasiaMeasurement(side, None, None, reference_method=ref.method,
+                                    refusal_reason="femoral head outline not found")
     lat, sup = _axes(ref, side)
     # rays from 60° medial to 80° lateral of the superior direction, every 2°
     phis = np.radians(np.arange(-60.0, 80.01, 2.0))

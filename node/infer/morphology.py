@@ -251,7 +251,7 @@ def normalise_heatmap(cam: FloatArray, height: int, width: int) -> FloatArray:
     if hi - lo <= 1e-12:
         return np.zeros((height, width), dtype=np.float32)
     np.subtract(up, np.float32(lo), out=up)  # in place: no second crop-sized array
-    np.multiply(up, np.float32(1.0 / (hi - lo)), out=up)
+    np.divide(up, np.float32(hi - lo), out=up)  # a division, not a rounded reciprocal: max is exactly 1
     return up
 
 
