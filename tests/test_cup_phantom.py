@@ -109,18 +109,18 @@ def test_rim_prior_matches_point_source_projection(anteversion_deg: float, side:
     assert math.hypot(dome[0] - truth.cx, dome[1] - truth.cy) + abs(dome[2] - truth.semi_major) > 0.4
 
 
-def test_sample_rows_takes_more_profiles_than_remap_allows() -> None:
+def test_sample_bilinear_takes_more_profiles_than_remap_allows() -> None:
     """``cv2.remap`` refuses maps of ≥ 32767 rows; a cup box on a full-resolution detector image
     has more edge pixels than that, and the fit raised instead of measuring (found on 0.15 mm
     phantoms, where every cup failed)."""
-    from node.analyse.cup import sample_rows
+    from node.imageops import sample_bilinear
 
     rng = np.random.default_rng(5)
     img = rng.random((64, 80), dtype=np.float32)
     n = 40_000
     mx = rng.uniform(0, 79, (n, 5)).astype(np.float32)
     my = rng.uniform(0, 63, (n, 5)).astype(np.float32)
-    got = sample_rows(img, mx, my)
+    got = sample_bilinear(img, mx, my)
     assert got.shape == (n, 5)
     x0, y0 = np.floor(mx).astype(int), np.floor(my).astype(int)
     fx, fy = mx - x0, my - y0

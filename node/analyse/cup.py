@@ -76,6 +76,7 @@ from numpy.typing import NDArray
 
 from node.analyse.reference import HORIZONTAL, ReferenceLine, horizontal_line
 from node.domain import Box, CupMeasurement, Ellipse, Point, Side, View
+from node.imageops import sample_bilinear, subsampled_percentile
 
 FloatArray = NDArray[np.float64]
 
@@ -94,7 +95,6 @@ MIN_RIM_COVERAGE = 0.3
 MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
-PERCENTILE_SAMPLE_PIXELS = 256 * 256
 MIN_BOX_IOU = 0.7
 # Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
 # implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
@@ -445,17 +445,14 @@ def edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
     but its outline is always a strong, locally straight-or-circular step. Canny's thresholds
     come from the region's own gradient distribution, so contrast and windowing do not matter.
     """
-    # percentiles from a regular subsample of at most ~PERCENTILE_SAMPLE_PIXELS: a cup box on a
-    # full-resolution detector image has ~4·10⁵ pixels; up to 256 × 256 every pixel is used
-    step = max(1, math.ceil(math.sqrt(smooth.size / PERCENTILE_SAMPLE_PIXELS)))
-    lo, hi = np.percentile(smooth[::step, ::step], [0.5, 99.5])
+    lo, hi = subsampled_percentile(smooth, [0.5, 99.5])
     if hi - lo < 1e-6:
         return np.zeros((0, 2), dtype=np.int32)
     u8 = np.clip((smooth - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
     gx = cv2.Sobel(u8, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(u8, cv2.CV_32F, 0, 1, ksize=3)
     mag = np.hypot(gx, gy)
-    t_hi = float(np.percentile(mag[::step, ::step], EDGE_PERCENTILE))
+    t_hi = float(subsampled_percentile(mag, EDGE_PERCENTILE))
     if t_hi <= 1e-3:
         return np.zeros((0, 2), dtype=np.int32)
     edges = cv2.Canny(u8, 0.4 * t_hi, t_hi, L2gradient=True)
@@ -463,24 +460,6 @@ def edge_pixels(smooth: NDArray[np.float32]) -> NDArray[np.int32]:
     h, w = smooth.shape
     keep = (xs > 1) & (ys > 1) & (xs < w - 2) & (ys < h - 2)
     return np.column_stack([xs[keep], ys[keep]]).astype(np.int32)
-
-
-def sample_rows(img: NDArray[np.float32], mapx: NDArray[np.float32], mapy: NDArray[np.float32]) -> FloatArray:
-    """Bilinear samples of ``img`` at (``mapx``, ``mapy``), each of shape (N, S): one profile per row.
-
-    ``cv2.remap`` refuses maps of 32767 rows or more, and a cup on a full-resolution detector
-    image (0.14–0.2 mm pixels, ~300 px across) has that many edge pixels in its box: the rows
-    are sampled in blocks.
-    """
-    n = len(mapx)
-    if n == 0:
-        return np.zeros(mapx.shape, dtype=np.float64)
-    block = 16384
-    parts = [
-        cv2.remap(img, mapx[i : i + block], mapy[i : i + block], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        for i in range(0, n, block)
-    ]
-    return np.asarray(np.concatenate(parts, axis=0), dtype=np.float64).reshape(mapx.shape)
 
 
 def subpixel_edges(
@@ -507,7 +486,7 @@ def subpixel_edges(
     steps = np.arange(-3.0, 3.0 + 1e-9, 0.25)
     mapx = (p[:, 0:1] + nx[:, None] * steps[None, :]).astype(np.float32)
     mapy = (p[:, 1:2] + ny[:, None] * steps[None, :]).astype(np.float32)
-    prof = sample_rows(mag, mapx, mapy)
+    prof = sample_bilinear(mag, mapx, mapy)
     k = np.argmax(prof, axis=1)
     k = np.clip(k, 1, len(steps) - 2)
     rows = np.arange(len(p))
@@ -526,15 +505,8 @@ def subpixel_edges(
 
 def _step(img: NDArray[np.float32], p: FloatArray, n: FloatArray, delta: float) -> FloatArray:
     """Intensity just inside minus just outside points ``p`` with outward normals ``n``."""
-    inside = p - delta * n
-    outside = p + delta * n
-    both = np.concatenate([inside, outside]).astype(np.float32)
-    count = len(both)
-    width = 1024  # cv2.remap maps must stay below 32767 in each dimension
-    pad = (-count) % width
-    both = np.concatenate([both, np.zeros((pad, 2), np.float32)]).reshape(-1, width, 2)
-    v = cv2.remap(img, both[..., 0], both[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    v = np.asarray(v, dtype=np.float64).ravel()[:count]
+    v = sample_bilinear(img, np.concatenate([p[:, 0] - delta * n[:, 0], p[:, 0] + delta * n[:, 0]]),
+                        np.concatenate([p[:, 1] - delta * n[:, 1], p[:, 1] + delta * n[:, 1]]))
     return v[: len(p)] - v[len(p) :]
 
 
@@ -697,7 +669,7 @@ def _edge_levels(smooth: NDArray[np.float32], pts: FloatArray, nrm: FloatArray) 
     steps = np.arange(-4.0, 7.01, 0.25)
     mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
     my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
-    prof = sample_rows(smooth, mx, my)
+    prof = sample_bilinear(smooth, mx, my)
     inside = prof[:, steps <= -3.0].mean(axis=1)
     outside = prof[:, steps >= 5.0].mean(axis=1)
     out = np.full((len(pts), 3), np.nan)
@@ -766,8 +738,8 @@ def _rim_points(
     steps = np.arange(-search, search + 1e-9, 0.25)
     mx = (pts[:, 0:1] + nrm[:, 0:1] * steps[None, :]).astype(np.float32)
     my = (pts[:, 1:2] + nrm[:, 1:2] * steps[None, :]).astype(np.float32)
-    sgx = sample_rows(gx, mx, my)
-    sgy = sample_rows(gy, mx, my)
+    sgx = sample_bilinear(gx, mx, my)
+    sgy = sample_bilinear(gy, mx, my)
     prof = -(sgx * nrm[:, 0:1] + sgy * nrm[:, 1:2])
     k = np.clip(np.argmax(prof, axis=1), 1, len(steps) - 2)
     rows = np.arange(len(pts))

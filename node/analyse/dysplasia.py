@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from node.analyse.cup import edge_pixels, ransac_circles, subpixel_edges
 from node.analyse.reference import ReferenceLine, horizontal_line
 from node.domain import Box, Point, Side
+from node.imageops import sample_bilinear
 
 FloatArray = NDArray[np.float64]
 
@@ -134,7 +135,7 @@ def _ridge_profile(
     def sample(dr: float) -> FloatArray:
         mx = (mapx + dirs[:, 0:1] * dr).astype(np.float32)
         my = (mapy + dirs[:, 1:2] * dr).astype(np.float32)
-        return np.asarray(cv2.remap(smooth, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), np.float64)
+        return sample_bilinear(smooth, mx, my)
 
     centre, inner, outer = sample(0.0), sample(-w), sample(w)
     resp = centre - 0.5 * (inner + outer)

@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from node.config import ModelsConfig
 from node.domain import MORPHOLOGY_FLAGS, Box, MorphologyFlag, Side, best_joint_boxes
+from node.imageops import subsampled_percentile
 from node.infer.manifest import InputSpec, Manifest, ManifestError
 from node.infer.preprocess import prepare
 from node.infer.session import ModelSession, load_model
@@ -173,9 +174,6 @@ def select_joint_crops(
     return out
 
 
-WINDOW_SAMPLE_PIXELS = 256 * 256
-
-
 def window_crop(crop: npt.NDArray[Any], low_pct: float, high_pct: float) -> FloatArray:
     """Map a crop to 0..1 by its own ``low_pct``–``high_pct`` percentile window.
 
@@ -185,11 +183,8 @@ def window_crop(crop: npt.NDArray[Any], low_pct: float, high_pct: float) -> Floa
     if crop.ndim != 2 or crop.size == 0:
         raise ValueError(f"crop must be a non-empty 2-D array, got shape {crop.shape}")
     x = np.asarray(crop, dtype=np.float32)
-    # The window comes from a regular subsample of at most ~WINDOW_SAMPLE_PIXELS: a joint crop of a
-    # full-resolution detector image has ~10⁶ pixels and a full percentile of it cost more than the
-    # network. Crops up to 256 × 256 (every training crop) use every pixel, as before.
-    step = max(1, math.ceil(math.sqrt(x.size / WINDOW_SAMPLE_PIXELS)))
-    lo, hi = (float(v) for v in np.percentile(x[::step, ::step], (low_pct, high_pct)))
+    # every pixel of crops up to 256 × 256 (all training crops); a subsample of larger ones
+    lo, hi = (float(v) for v in subsampled_percentile(x, (low_pct, high_pct)))
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
     out: FloatArray = np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
@@ -221,13 +216,21 @@ def class_activation_maps(features: FloatArray, weight: FloatArray) -> FloatArra
     return cams
 
 
+def _minmax_in_place(x: FloatArray) -> FloatArray:
+    """Min–max ``x`` (float32, 2-D) to 0..1 in place: exactly 0 and 1 at the extremes (a division,
+    not a rounded reciprocal); zeros for a constant map."""
+    lo, hi, _, _ = cv2.minMaxLoc(x)
+    if hi - lo <= 1e-12:
+        x.fill(0.0)
+        return x
+    np.subtract(x, np.float32(lo), out=x)
+    np.divide(x, np.float32(hi - lo), out=x)
+    return x
+
+
 def minmax01(cam: FloatArray) -> FloatArray:
     """Min–max to 0..1 on the CAM's own grid (zeros for a constant map)."""
-    lo, hi = float(cam.min()), float(cam.max())
-    if hi - lo <= 1e-12:
-        return np.zeros(cam.shape, dtype=np.float32)
-    out: FloatArray = ((cam - lo) / (hi - lo)).astype(np.float32)
-    return out
+    return _minmax_in_place(np.array(cam, dtype=np.float32))
 
 
 def _resize_maps(maps: FloatArray, height: int, width: int) -> FloatArray:
@@ -247,12 +250,7 @@ def normalise_heatmap(cam: FloatArray, height: int, width: int) -> FloatArray:
     up: FloatArray = np.asarray(
         cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32
     )
-    lo, hi, _, _ = cv2.minMaxLoc(up)  # one pass; crops of full-resolution images are ~10⁶ pixels
-    if hi - lo <= 1e-12:
-        return np.zeros((height, width), dtype=np.float32)
-    np.subtract(up, np.float32(lo), out=up)  # in place: no second crop-sized array
-    np.divide(up, np.float32(hi - lo), out=up)  # a division, not a rounded reciprocal: max is exactly 1
-    return up
+    return _minmax_in_place(up)  # in place: crops of full-resolution images are ~10⁶ pixels
 
 
 def sigmoid(x: FloatArray) -> FloatArray:
