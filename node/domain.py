@@ -186,6 +186,9 @@ class HipFindings:
     lateral_centre_edge_deg: float | None = None
     tonnis_deg: float | None = None
     morphology_refusal: str | None = None  # e.g. "hardware in joint region"
+    # what the SR must say beside the values: uncertainty and why, what was not assessed and
+    # why, a flag that disagrees with a measurement (one line each, in the SR as Comments)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -202,6 +205,10 @@ class ImageFindings:
     screen_detail: str = ""
     metadata_mismatches: list[str] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how it was read, untrusted spacing…
+    # set when the image looks unlike what the models were trained on: results are marked
+    # low confidence in the SR, with this reason
+    low_confidence: str | None = None
 
 
 @dataclass(frozen=True)

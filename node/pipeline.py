@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node import __version__, wake
 from node.analyse.cup import ProjectionGeometry, measure_cup
 from node.analyse.dysplasia import measure_dysplasia
+from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
 from node.analyse.reference import reference_from_boxes
 from node.compose import ReportReference, build_sc, build_sr, sr_uids
 from node.config import Config
@@ -56,7 +56,14 @@ from node.infer.fusion import (
 )
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
 from node.infer.triage import TriageModel, TriageResult
-from node.pixels import Radiograph, load_radiograph, metadata_mismatches
+from node.pixels import (
+    Radiograph,
+    float_tag,
+    load_radiograph,
+    metadata_mismatches,
+    patient_age_years,
+    pixel_spacing,
+)
 from node.receive.storage import uid_digest
 from node.registry import Database, Instance, Job, Measurement, Result, Series, Study, record_event
 
@@ -122,25 +129,14 @@ class Models:
         ]
 
 
-def _float_tag(ds: Dataset, keyword: str) -> float | None:
-    try:
-        value = ds.get(keyword)
-        if value is None or value == "":
-            return None
-        if isinstance(value, MultiValue | list | tuple):  # e.g. ImagerPixelSpacing (row, column)
-            value = value[0]
-        return float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _geometry(ds: Dataset) -> tuple[float | None, ProjectionGeometry | None]:
-    """Detector pixel spacing (mm) and the point-source geometry when the header states it."""
-    spacing = _float_tag(ds, "ImagerPixelSpacing") or _float_tag(ds, "PixelSpacing")
-    sid = _float_tag(ds, "DistanceSourceToDetector")
+def _geometry(ds: Dataset) -> tuple[float | None, ProjectionGeometry | None, str | None]:
+    """Detector pixel spacing (mm) and the point-source geometry when the header states them
+    credibly; the third item says why a stated spacing was not trusted (``node.pixels``)."""
+    spacing, note = pixel_spacing(ds)
+    sid = float_tag(ds, "DistanceSourceToDetector")
     if spacing and sid:
-        return spacing, ProjectionGeometry(source_image_distance_mm=sid)
-    return spacing, None
+        return spacing, ProjectionGeometry(source_image_distance_mm=sid), note
+    return spacing, None, note
 
 
 class Pipeline:
@@ -254,6 +250,7 @@ class Pipeline:
         findings = ImageFindings(
             sop_instance_uid=src.sop_instance_uid, sop_class_uid=str(ds.get("SOPClassUID", ""))
         )
+        findings.notes.extend(radiograph.notes)
         if triage is None:
             findings.screen_detail = "no triage model configured"
             return findings
@@ -271,7 +268,9 @@ class Pipeline:
             )
             return findings
         findings.boxes = boxes
-        spacing, geometry = _geometry(ds)
+        spacing, geometry, spacing_note = _geometry(ds)
+        if spacing_note:
+            findings.notes.append(spacing_note)
         findings.hips, heatmaps = analyse_hips(
             radiograph.image01,
             triage,
@@ -280,6 +279,7 @@ class Pipeline:
             detector_ran=self.models.detector is not None,
             pixel_spacing_mm=spacing,
             geometry=geometry,
+            patient_age_years=patient_age_years(ds),
         )
         src.heatmaps.update(heatmaps)
         return findings
@@ -513,6 +513,7 @@ def analyse_hips(
     detector_ran: bool,
     pixel_spacing_mm: float | None = None,
     geometry: ProjectionGeometry | None = None,
+    patient_age_years: float | None = None,
 ) -> tuple[list[HipFindings], dict[str, np.ndarray]]:
     """Everything measured per imaged hip once view, side and boxes are known.
 
@@ -536,7 +537,10 @@ def analyse_hips(
         if morphology is not None and ap_view
         else {}
     )
-    morph_input = [c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides]
+    child = patient_age_years is not None and patient_age_years < CHILD_AGE_YEARS
+    morph_input = [
+        c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides and not child
+    ]
     morph = (
         morphology.predict_with_heatmaps([c.crop for c in morph_input if c.crop is not None])
         if morphology is not None and morph_input
@@ -581,6 +585,14 @@ def analyse_hips(
                     )
         elif side in crops and crops[side].refusal_reason:
             hip.morphology_refusal = crops[side].refusal_reason
+        elif child and patient_age_years is not None and side in crops:
+            hip.morphology_refusal = child_note(patient_age_years)
+        hip.notes.extend(
+            gap_notes(hip, triage.view, detector_ran=detector_ran, morphology_configured=morphology is not None)
+        )
+        contradiction = dysplasia_consistency(hip)
+        if contradiction:
+            hip.notes.append(contradiction)
         hips.append(hip)
     return hips, heatmaps
 

@@ -9,6 +9,9 @@ up in the registry and in the SR):
    JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000) via pydicom's handlers (pylibjpeg,
    openjpeg, gdcm). Any failure (truncated, corrupt codestream) becomes ``UNDECODABLE``; a
    constant image becomes ``BLANK``.
+   Colour-encoded grey (RGB or YBR whose channels are equal or nearly so, as digitised films
+   and some exports are) is reduced to one grey channel here; a true colour image is
+   ``NOT_RADIOGRAPH`` with the channel difference in the detail (``colour_to_grey``).
 3. ``normalise`` — Modality LUT (rescale), window (the percentile window the models were
    trained with, or the stored VOI LUT / window for display), MONOCHROME1 inversion → float32
    0..1 where bone is bright.
@@ -30,6 +33,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from node.config import ScreeningConfig
@@ -71,6 +75,7 @@ class Radiograph:
     dataset: Dataset
     raw: np.ndarray  # stored values after the Modality LUT, float32 (rows, columns)
     image01: np.ndarray  # float32 0..1, bone bright, windowed for the models
+    notes: tuple[str, ...] = ()  # what was done to read it (e.g. colour-encoded grey), for the SR
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -129,7 +134,9 @@ def screen_metadata(ds: Dataset, cfg: ScreeningConfig) -> ScreenResult:
         )
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    grey = samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2")
+    colour = samples == 3 and photometric in COLOUR_PHOTOMETRICS  # grey or not: decided on the pixels
+    if not (grey or colour):
         return ScreenResult(
             ScreenReason.NOT_RADIOGRAPH,
             f"{photometric or 'no photometric interpretation'}, {samples} samples/pixel",
@@ -137,11 +144,57 @@ def screen_metadata(ds: Dataset, cfg: ScreeningConfig) -> ScreenResult:
     return ACCEPTED
 
 
+# Colour encodings a grey radiograph arrives in (digitised films, some exports, RGB JPEG 2000).
+COLOUR_PHOTOMETRICS = frozenset(
+    {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT"}
+)
+# Largest channel disagreement still called grey, as a fraction of the channel range: lossy
+# chroma subsampling and JPEG ringing leave a few grey levels between equal channels; a colour
+# photograph, a coloured overlay or a heat map disagree by tens of percent.
+GREY_TOLERANCE = 0.03
+
+
+def colour_to_grey(arr: np.ndarray, photometric: str) -> tuple[np.ndarray, str]:
+    """A 3-channel frame ``(rows, cols, 3)`` → ``(grey, note)`` when its channels carry one grey
+    value; ``PixelError(NOT_RADIOGRAPH)`` naming the disagreement when it is true colour.
+
+    Why not simply reject every colour image: digitised films and some archive exports store a
+    grey radiograph as RGB (or YBR) with equal channels, and the issue is their pixels, not the
+    encoding. YBR arrives either converted to RGB by the decoder (equal channels) or as
+    luminance plus two chroma channels at mid-range (chroma flat): both are grey.
+    """
+    a = arr.astype(np.float32, copy=False)
+    step = max(1, max(a.shape[0], a.shape[1]) // 512)
+    sub = a[::step, ::step]
+    span = float(sub.max() - sub.min()) or 1.0
+    channel_spread = sub.max(axis=2) - sub.min(axis=2)
+    spread = float(np.percentile(channel_spread, 99.0)) / span
+    if spread <= GREY_TOLERANCE:
+        grey = np.asarray(a.mean(axis=2), dtype=np.float32)
+        return grey, f"{photometric} with equal channels, analysed as grey"
+    if photometric.startswith("YBR"):
+        chroma = sub[..., 1:]
+        chroma_spread = float(np.percentile(np.abs(chroma - np.median(chroma)), 99.0)) / span
+        if chroma_spread <= GREY_TOLERANCE:
+            return np.ascontiguousarray(a[..., 0]), f"{photometric} with flat chroma, analysed as luminance"
+    raise PixelError(
+        ScreenReason.NOT_RADIOGRAPH,
+        f"true colour image ({photometric}): channels differ by {100.0 * spread:.0f} % of the range "
+        f"at the 99th percentile (grey tolerance {100.0 * GREY_TOLERANCE:g} %)",
+    )
+
+
 def decode(ds: Dataset) -> np.ndarray:
     """Stored values of the first frame after the Modality LUT, float32 ``(rows, columns)``.
 
-    Raises ``PixelError(UNDECODABLE)`` with the decoder's message on any failure.
+    Raises ``PixelError(UNDECODABLE)`` with the decoder's message on any failure, and
+    ``PixelError(NOT_RADIOGRAPH)`` for a true colour image (see ``decode_with_notes``).
     """
+    return decode_with_notes(ds)[0]
+
+
+def decode_with_notes(ds: Dataset) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``decode`` plus what was done to read the pixels (colour-encoded grey), for the SR."""
     try:
         arr = ds.pixel_array
     except Exception as exc:  # every decoder failure means the same thing here
@@ -152,8 +205,14 @@ def decode(ds: Dataset) -> np.ndarray:
             ScreenReason.UNDECODABLE, f"{type(exc).__name__} decoding {name}: {message}"
         ) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1 and arr.ndim == 3:
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1 and arr.ndim == (4 if samples == 3 else 3):
         arr = arr[0]
+    notes: tuple[str, ...] = ()
+    if samples == 3 and arr.ndim == 3 and arr.shape[2] == 3:
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        arr, note = colour_to_grey(arr, photometric)
+        notes = (note,)
     if arr.ndim != 2:
         raise PixelError(ScreenReason.NOT_RADIOGRAPH, f"pixel array has shape {arr.shape}, expected 2-D")
     rows, cols = int(ds.get("Rows", arr.shape[0])), int(ds.get("Columns", arr.shape[1]))
@@ -165,7 +224,7 @@ def decode(ds: Dataset) -> np.ndarray:
         raise PixelError(ScreenReason.UNDECODABLE, f"Modality LUT: {exc}") from None
     if not np.isfinite(out).all():
         raise PixelError(ScreenReason.UNDECODABLE, "non-finite values after the Modality LUT")
-    return out
+    return out, notes
 
 
 def screen_pixels(raw: np.ndarray) -> ScreenResult:
@@ -235,13 +294,60 @@ def load_radiograph(
         verdict = screen_metadata(ds, cfg)
         if not verdict.accepted:
             return None, verdict
-        raw = decode(ds)
+        raw, notes = decode_with_notes(ds)
     except PixelError as exc:
         return None, ScreenResult(exc.reason, exc.detail)
     verdict = screen_pixels(raw)
     if not verdict.accepted:
         return None, verdict
-    return Radiograph(ds, raw, normalise(ds, raw, window, low_pct, high_pct)), ACCEPTED
+    return Radiograph(ds, raw, normalise(ds, raw, window, low_pct, high_pct), notes), ACCEPTED
+
+
+# --- pixel spacing --------------------------------------------------------------------------
+
+# Detector pixels of projection radiography (CR / DX, digitised film) lie in this range; a value
+# outside it is not a calibration anybody measured.
+PLAUSIBLE_SPACING_MM = (0.025, 0.6)
+
+
+def float_tag(ds: Dataset, keyword: str) -> float | None:
+    """First value of a numeric header length (spacing, distance), ``None`` if absent or unusable."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, MultiValue | list | tuple):  # (row, column)
+            value = value[0]
+        out = float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return out if np.isfinite(out) and out > 0 else None  # a length: zero or negative is no value
+
+
+def pixel_spacing(ds: Dataset) -> tuple[float | None, str | None]:
+    """Pixel spacing in mm to use for millimetre-based corrections, or ``(None, why not)``.
+
+    Why be suspicious: exports and film digitisers often write ``PixelSpacing = 1\\1`` (or
+    another round number) as a placeholder, and millimetres derived from it would be wrong by
+    a factor of five or more without any sign. Imager Pixel Spacing (the detector's own) is
+    preferred; a Pixel Spacing of exactly 1 mm with no calibration type and no Imager Pixel
+    Spacing, or any value outside the range of real detectors, is reported, not used.
+    """
+    lo, hi = PLAUSIBLE_SPACING_MM
+    imager = float_tag(ds, "ImagerPixelSpacing")
+    if imager is not None:
+        if lo <= imager <= hi:
+            return imager, None
+        return None, f"Imager Pixel Spacing {imager:g} mm is outside {lo:g}-{hi:g} mm: not used for millimetres"
+    spacing = float_tag(ds, "PixelSpacing")
+    if spacing is None:
+        return None, None
+    calibrated = bool(str(ds.get("PixelSpacingCalibrationType", "") or "").strip())
+    if abs(spacing - 1.0) < 1e-6 and not calibrated:
+        return None, "Pixel Spacing 1 mm without calibration looks like a placeholder: not used for millimetres"
+    if not lo <= spacing <= hi:
+        return None, f"Pixel Spacing {spacing:g} mm is outside {lo:g}-{hi:g} mm: not used for millimetres"
+    return spacing, None
 
 
 # --- metadata hints -------------------------------------------------------------------------
@@ -302,3 +408,33 @@ def metadata_mismatches(ds: Dataset, view: View, imaged_sides: tuple[Side, ...])
     elif view is View.AP_PELVIS and tagged is not None:
         out.append(f"Laterality is {laterality} but the image was classified as an AP pelvis (both hips)")
     return out
+
+
+_AGE_UNITS = {"D": 1.0 / 365.25, "W": 7.0 / 365.25, "M": 1.0 / 12.0, "Y": 1.0}
+
+
+def _da(value: Any) -> tuple[int, int, int] | None:
+    """A DICOM DA as (year, month, day); ``None`` for anything malformed (archives hold
+    ``19500000``, ``2024-01-05`` and worse: a hint, never a reason to fail)."""
+    text = str(value or "").strip().replace("-", "").replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    y, m, d = int(text[:4]), int(text[4:6]), int(text[6:])
+    if not (1850 <= y <= 2200 and 1 <= m <= 12 and 1 <= d <= 31):
+        return None
+    return y, m, d
+
+
+def patient_age_years(ds: Dataset) -> float | None:
+    """Age at the study from Patient's Age (``006Y``, ``018M``…) or else birth and study dates;
+    ``None`` when the header does not say it credibly. Used only to decide whether adult
+    thresholds apply; the value is never logged."""
+    age = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(age) == 4 and age[:3].isdigit() and age[3] in _AGE_UNITS:
+        return int(age[:3]) * _AGE_UNITS[age[3]]
+    born = _da(ds.get("PatientBirthDate"))
+    studied = _da(ds.get("StudyDate")) or _da(ds.get("AcquisitionDate")) or _da(ds.get("ContentDate"))
+    if born is None or studied is None:
+        return None
+    years = (studied[0] - born[0]) + (studied[1] - born[1]) / 12.0 + (studied[2] - born[2]) / 365.25
+    return years if 0.0 <= years <= 130.0 else None

@@ -33,6 +33,7 @@ from node.pixels import (
     load_radiograph,
     metadata_mismatches,
     normalise,
+    pixel_spacing,
     read_dataset,
     screen_metadata,
 )
@@ -208,3 +209,88 @@ def test_metadata_mismatches_are_hints() -> None:
     assert metadata_mismatches(ds, View.OTHER, ()) == [
         "BodyPartExamined is HIP but the image was classified as not a hip radiograph"
     ]
+
+
+# --- colour-encoded grey and untrusted pixel spacing (issue 12) -------------------------------
+
+REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "ap_pelvis_paediatric"
+
+
+def _colour(grey: np.ndarray, photometric: str, tint: tuple[int, int, int] = (0, 0, 0)) -> Dataset:
+    """An 8-bit 3-sample DX dataset holding ``grey`` in every channel (+ ``tint`` per channel)."""
+    ds = _dx(rows=grey.shape[0], cols=grey.shape[1])
+    rgb = np.stack([np.clip(grey.astype(np.int16) + t, 0, 255) for t in tint], axis=-1).astype(np.uint8)
+    ds.SamplesPerPixel = 3
+    ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    return ds
+
+
+def _grey8(rows: int = 320, cols: int = 300) -> np.ndarray:
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    return (40 + 180 * np.exp(-((yy - rows / 2) ** 2 + (xx - cols / 3) ** 2) / (2 * 60.0**2))).astype(np.uint8)
+
+
+def test_published_real_radiographs_rgb_jpeg2000_are_read_as_grey() -> None:
+    """The real paediatric films (RGB-encoded grey, JPEG 2000, placeholder spacing) as published."""
+    files = sorted(REAL_DIR.glob("*.dcm"))
+    assert len(files) == 5, f"expected the 5 real radiographs under {REAL_DIR}"
+    for path in files:
+        ds = read_dataset(path)
+        assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3
+        rad, verdict = load_radiograph(path, CFG)
+        assert verdict.accepted, (path.name, verdict)
+        assert rad is not None and rad.raw.shape == (331, 331) and rad.raw.ndim == 2
+        np.testing.assert_array_equal(rad.raw, ds.pixel_array[..., 0].astype(np.float32))
+        assert any("analysed as grey" in n for n in rad.notes)
+        spacing, note = pixel_spacing(ds)
+        assert spacing is None and note is not None and "placeholder" in note
+
+
+def test_colour_encodings_of_grey_are_accepted_and_true_colour_is_not() -> None:
+    grey = _grey8()
+    rad, verdict = load_radiograph(_roundtrip(_colour(grey, "RGB")), CFG)
+    assert verdict.accepted and rad is not None and rad.raw.shape == grey.shape
+    np.testing.assert_array_equal(rad.raw, grey.astype(np.float32))
+    # grey in YBR: luminance plus both chroma channels at mid-range
+    ybr = _colour(grey, "YBR_FULL")
+    planes = np.frombuffer(ybr.PixelData, np.uint8).reshape(*grey.shape, 3).copy()
+    planes[..., 1:] = 128
+    ybr.PixelData = planes.tobytes()
+    rad, verdict = load_radiograph(_roundtrip(ybr), CFG)
+    assert verdict.accepted, verdict
+    assert rad is not None and float(np.abs(rad.raw - grey).max()) <= 1.0
+    # a nearly-grey digitisation (one grey level of channel jitter) is still grey
+    rad, verdict = load_radiograph(_roundtrip(_colour(grey, "RGB", (0, 1, -1))), CFG)
+    assert verdict.accepted
+    # a colour photograph / coloured heat map: channels differ by tens of percent
+    rad, verdict = load_radiograph(_roundtrip(_colour(grey, "RGB", (60, 0, -40))), CFG)
+    assert rad is None and verdict.reason is ScreenReason.NOT_RADIOGRAPH
+    assert "true colour" in verdict.detail and "%" in verdict.detail
+    # a photometric that is neither grey nor a colour encoding of grey
+    palette = _dx()
+    palette.PhotometricInterpretation = "PALETTE COLOR"
+    assert screen_metadata(palette, CFG).reason is ScreenReason.NOT_RADIOGRAPH
+
+
+def test_pixel_spacing_placeholders_are_stated_not_trusted() -> None:
+    ds = _dx()
+    assert pixel_spacing(ds) == (None, None)  # nothing stated: nothing to say
+    ds.PixelSpacing = [1.0, 1.0]
+    spacing, note = pixel_spacing(ds)
+    assert spacing is None and note and "placeholder" in note
+    ds.PixelSpacingCalibrationType = "GEOMETRY"  # someone calibrated it: implausible all the same
+    spacing, note = pixel_spacing(ds)
+    assert spacing is None and note and "outside" in note
+    ds = _dx()
+    ds.PixelSpacing = [0.148, 0.148]
+    assert pixel_spacing(ds) == (0.148, None)
+    ds.ImagerPixelSpacing = [0.16, 0.16]  # the detector's own spacing wins
+    assert pixel_spacing(ds) == (0.16, None)
+    ds.ImagerPixelSpacing = [0.0, 0.0]  # zero is no value: falls back to Pixel Spacing
+    assert pixel_spacing(ds) == (0.148, None)
+    ds.ImagerPixelSpacing = [2.5, 2.5]
+    spacing, note = pixel_spacing(ds)
+    assert spacing is None and note and "Imager Pixel Spacing" in note

@@ -379,6 +379,10 @@ def _image_group(
         content.append(_text(codes.COMMENT, detail))
     elif not image.hips:
         content.append(_text(codes.COMMENT, "Analysed; no hip joint found on this image"))
+    if image.low_confidence:
+        content.append(_text(codes.COMMENT, f"Low confidence: {image.low_confidence}"))
+    for note in image.notes:
+        content.append(_text(codes.COMMENT, note))
     for mismatch in image.metadata_mismatches:
         content.append(_text(codes.METADATA_MISMATCH, mismatch))
     content.append(_source_item(source))
@@ -420,6 +424,9 @@ def _side_group(
         measurements.append(_angle(codes.TONNIS_ANGLE, hip.tonnis_deg))
     if hip.morphology_refusal:
         comments.append(f"Morphology not assessed: {hip.morphology_refusal}")
+    if image.low_confidence:
+        comments.append(f"Low confidence: {image.low_confidence}")
+    comments.extend(hip.notes)
 
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(_side_label(number, hip.side), image.sop_instance_uid, hip.side.value),
