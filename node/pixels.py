@@ -413,9 +413,16 @@ def metadata_mismatches(ds: Dataset, view: View, imaged_sides: tuple[Side, ...])
 _AGE_UNITS = {"D": 1.0 / 365.25, "W": 7.0 / 365.25, "M": 1.0 / 12.0, "Y": 1.0}
 
 
-def _da(value: Any) -> tuple[int, int, int] | None:
+def _da(ds: Dataset, keyword: str) -> tuple[int, int, int] | None:
     """A DICOM DA as (year, month, day); ``None`` for anything malformed (archives hold
-    ``19500000``, ``2024-01-05`` and worse: a hint, never a reason to fail)."""
+    ``19500000``, ``2024-01-05`` and worse: a hint, never a reason to fail).
+
+    Read from the raw element bytes: letting pydicom convert a malformed date makes it log a
+    validation warning that quotes the value, and a birth date must never reach a log."""
+    elem = ds.get_item(keyword)
+    value = elem.value if elem is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
     text = str(value or "").strip().replace("-", "").replace(".", "")
     if len(text) != 8 or not text.isdigit():
         return None
@@ -432,8 +439,8 @@ def patient_age_years(ds: Dataset) -> float | None:
     age = str(ds.get("PatientAge", "") or "").strip().upper()
     if len(age) == 4 and age[:3].isdigit() and age[3] in _AGE_UNITS:
         return int(age[:3]) * _AGE_UNITS[age[3]]
-    born = _da(ds.get("PatientBirthDate"))
-    studied = _da(ds.get("StudyDate")) or _da(ds.get("AcquisitionDate")) or _da(ds.get("ContentDate"))
+    born = _da(ds, "PatientBirthDate")
+    studied = _da(ds, "StudyDate") or _da(ds, "AcquisitionDate") or _da(ds, "ContentDate")
     if born is None or studied is None:
         return None
     years = (studied[0] - born[0]) + (studied[1] - born[1]) / 12.0 + (studied[2] - born[2]) / 365.25
