@@ -48,6 +48,7 @@ from node.domain import (
     View,
 )
 from node.infer.detector import DetectorModel
+from node.infer.familiarity import low_confidence_reason
 from node.infer.fusion import (
     IMPLANT_THRESHOLD,
     SideAssigner,
@@ -280,6 +281,9 @@ class Pipeline:
             pixel_spacing_mm=spacing,
             geometry=geometry,
             patient_age_years=patient_age_years(ds),
+        )
+        findings.low_confidence = low_confidence_reason(
+            triage.view, triage.view_probability, boxes, detector_ran=self.models.detector is not None
         )
         src.heatmaps.update(heatmaps)
         return findings
@@ -627,6 +631,8 @@ def _payload(findings: SeriesFindings) -> dict[str, Any]:
                 "sop": image.sop_instance_uid,
                 "view": image.view.value if image.view else None,
                 "screened_out": image.screened_out.value if image.screened_out else None,
+                "low_confidence": image.low_confidence,
+                "notes": image.notes,
                 "hips": [
                     {
                         "side": h.side.value,
@@ -635,6 +641,12 @@ def _payload(findings: SeriesFindings) -> dict[str, Any]:
                         "anteversion_deg": h.cup.anteversion_deg if h.cup else None,
                         "refusal": h.cup.refusal_reason if h.cup else None,
                         "morphology": {f.name: round(f.probability, 4) for f in h.morphology},
+                        "implant_probability": h.implant_probability,
+                        "joint_box": None if h.joint_box is None else [
+                            round(v, 1) for v in (h.joint_box.x0, h.joint_box.y0, h.joint_box.x1, h.joint_box.y1)
+                        ],
+                        "lce_deg": h.lateral_centre_edge_deg,
+                        "notes": h.notes,
                     }
                     for h in image.hips
                 ],
