@@ -24,6 +24,13 @@ EXPECTED: dict[View, dict[str, int]] = {
     View.LATERAL_HIP: {"hip_joint": 1},
     View.OBLIQUE_HIP: {"hip_joint": 1},
 }
+VIEW_NAMES: dict[View, str] = {
+    View.AP_PELVIS: "an AP pelvis",
+    View.AP_HIP: "an AP hip",
+    View.LATERAL_HIP: "a lateral hip",
+    View.OBLIQUE_HIP: "an oblique hip",
+    View.OTHER: "other",
+}
 # Below this fraction of the expected anatomy found, the image is called unfamiliar.
 MIN_ANATOMY_FOUND = 0.5
 # Triage's top view probability below this is hesitation between views.
@@ -51,14 +58,11 @@ def low_confidence_reason(
     """Why results on this image should be read as low confidence, or None when the models agree."""
     reasons: list[str] = []
     if view_probability < MIN_VIEW_PROBABILITY:
-        reasons.append(f"view called {view.value.replace('_', ' ')} at only p={view_probability:.2f}")
+        reasons.append(f"view called {VIEW_NAMES[view]} at only p={view_probability:.2f}")
     if detector_ran:
         found, expected = anatomy_found(view, boxes)
         if expected and found < MIN_ANATOMY_FOUND * expected:
-            reasons.append(
-                f"the detector found {found} of the {expected} landmarks a "
-                f"{view.value.replace('_', ' ')} shows"
-            )
+            reasons.append(f"the detector found {found} of the {expected} landmarks expected on {VIEW_NAMES[view]}")
     if not reasons:
         return None
     return "image unlike the models' training images (" + "; ".join(reasons) + ")"
