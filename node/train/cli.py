@@ -50,6 +50,65 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
+def add_randomise_arguments(p: argparse.ArgumentParser) -> None:
+    """Domain randomisation flags shared by ``train detector`` and ``train triage``."""
+    g = p.add_argument_group("domain randomisation (node.train.augment)")
+    g.add_argument(
+        "--randomise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="randomise training images' appearance and geometry (SyntheX-style); validation stays clean",
+    )
+    g.add_argument(
+        "--copies",
+        type=int,
+        default=2,
+        help="detector: copies of each training image in the dataset (each randomised afresh, the first "
+        "clean with --clean-first); triage: images are randomised afresh every epoch and 1 in COPIES "
+        "draws is clean with --clean-first",
+    )
+    g.add_argument(
+        "--randomise-strength",
+        type=float,
+        default=1.0,
+        help="scales transform probabilities (capped at 1) and amplitudes (up to 1); 0 = off",
+    )
+    g.add_argument(
+        "--clean-first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep one clean copy per sample (detector) / a clean share of 1/COPIES (triage)",
+    )
+
+
+def randomisation_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The randomisation settings of a parsed command (defaults for namespaces built elsewhere)."""
+    from node.train.augment import settings
+
+    enabled = bool(getattr(args, "randomise", False)) and float(getattr(args, "randomise_strength", 1.0)) > 0
+    copies = int(getattr(args, "copies", 1))
+    if copies < 1:
+        raise SystemExit("--copies must be at least 1")
+    return settings(
+        enabled,
+        float(getattr(args, "randomise_strength", 1.0)),
+        copies,
+        bool(getattr(args, "clean_first", True)),
+    )
+
+
+def describe_randomisation(rs: dict[str, Any], task: str = "detector") -> str:
+    """One phrase for the manifest's training_data (the settings themselves go in its extra)."""
+    if not rs["enabled"]:
+        return "no domain randomisation"
+    head = f"domain randomisation node.train.augment v{rs['version']} (strength {rs['strength']:g}, "
+    if task == "triage":
+        clean = f", 1 in {rs['copies']} draws clean" if rs["clean_first"] else ""
+        return head + f"drawn afresh every epoch{clean}; validation clean)"
+    clean = ", first copy clean" if rs["clean_first"] else ""
+    return head + f"{rs['copies']} copies per image{clean}; validation clean)"
+
+
 def _split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     idx = list(range(len(items)))
     random.Random(seed).shuffle(idx)

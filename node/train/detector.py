@@ -6,8 +6,12 @@ output ``(n, 4 + C, A)`` is decoded by ``node.infer.detector`` with our own NMS.
 Data are written once as a YOLO dataset of images *already letterboxed to the network size*
 by ``node.infer.preprocess.letterbox`` (so training sees the node's resize exactly, and
 ultralytics' own resize is the identity), with box labels mapped through the same transform.
-Augmentation: no horizontal flips (they swap hip_joint_right / hip_joint_left), no mosaic
-(objects are anatomy in fixed relation to each other); small scale/translate and brightness.
+Domain randomisation (``node.train.augment``, on by default, ``--no-randomise`` to turn off):
+each training image is written ``--copies`` times, every copy but a clean first one randomised
+in appearance and geometry with its boxes mapped alongside — so the model does not learn one
+renderer's look. ultralytics' own augmentation stays mild on top: no horizontal flips (they
+swap hip_joint_right / hip_joint_left), no mosaic (objects are anatomy in fixed relation to
+each other); small scale/translate and brightness. Validation images are never randomised.
 
 After training, validation uses the *exported ONNX model through the node's runtime* — the
 figures in the manifest are what the node will do, not what ultralytics' validator says.
@@ -35,6 +39,7 @@ from node.infer.manifest import InputSpec, Manifest, OutputSpec, load_manifest
 from node.infer.nms import box_iou
 from node.infer.preprocess import letterbox, make_batch
 from node.infer.session import create_session
+from node.train.cli import describe_randomisation, randomisation_of
 from node.train.common import (
     command_line,
     export_onnx,
@@ -102,8 +107,27 @@ def input_spec(size: int) -> InputSpec:
     )
 
 
-def write_yolo_dataset(samples: Sequence[Sample], root: Path, split: str, size: int) -> int:
-    """Letterboxed 8-bit PNGs + YOLO label files under ``root/{images,labels}/split``; returns count."""
+def write_yolo_dataset(
+    samples: Sequence[Sample],
+    root: Path,
+    split: str,
+    size: int,
+    copies: int = 1,
+    seed: int = 0,
+    strength: float = 0.0,
+    clean_first: bool = True,
+) -> int:
+    """Letterboxed 8-bit PNGs + YOLO label files under ``root/{images,labels}/split``; returns count.
+
+    Each sample is written ``copies`` times; every copy but a clean first one (``clean_first``)
+    is independently randomised by ``node.train.augment.randomise`` at ``strength`` (0: all
+    clean) with its boxes transformed alongside. A copy's draw depends only on ``(seed, sample
+    index, copy)``, so the dataset is reproducible. Randomisation happens on the source image
+    (shrunk to at most twice the network size first) *before* the letterbox, as the node's
+    letterbox would see such an image. Validation splits are written with ``strength`` 0.
+    """
+    from node.train.augment import limit_size, randomise
+
     img_dir, lab_dir = root / "images" / split, root / "labels" / split
     img_dir.mkdir(parents=True, exist_ok=True)
     lab_dir.mkdir(parents=True, exist_ok=True)
@@ -111,23 +135,36 @@ def write_yolo_dataset(samples: Sequence[Sample], root: Path, split: str, size: 
     for i, s in enumerate(samples):
         if s.boxes is None:
             continue
-        img, tr = letterbox(s.image01, size, size, 0.0)
-        cv2.imwrite(str(img_dir / f"{i:06d}.png"), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
-        lines = []
-        if s.boxes:
-            net = tr.to_network(np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes]))
-            for b, (x0, y0, x1, y1) in zip(s.boxes, net, strict=True):
-                x0, x1 = np.clip([x0, x1], 0, size)
-                y0, y1 = np.clip([y0, y1], 0, size)
-                if x1 - x0 < 1 or y1 - y0 < 1:
-                    continue
-                cls = DETECTOR_CLASSES.index(b.label)
-                lines.append(
-                    f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
-                )
-        (lab_dir / f"{i:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-        n += 1
+        for c in range(max(1, copies)):
+            image, boxes = s.image01, list(s.boxes)
+            if strength > 0 and not (c == 0 and clean_first):
+                rng = np.random.default_rng([seed, i, c])
+                image, shrunk = limit_size(image, boxes, 2 * size)
+                image, moved = randomise(image, shrunk, rng, strength)
+                boxes = moved or []
+            stem = f"{i:06d}" if c == 0 else f"{i:06d}_{c}"
+            img, tr = letterbox(image, size, size, 0.0)
+            cv2.imwrite(str(img_dir / f"{stem}.png"), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+            (lab_dir / f"{stem}.txt").write_text(_yolo_labels(boxes, tr, size))
+            n += 1
     return n
+
+
+def _yolo_labels(boxes: Sequence[Box], tr: Any, size: int) -> str:
+    """YOLO label lines (class cx cy w h, normalised) for source-pixel boxes through ``tr``."""
+    lines = []
+    if boxes:
+        net = tr.to_network(np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes]))
+        for b, (x0, y0, x1, y1) in zip(boxes, net, strict=True):
+            x0, x1 = np.clip([x0, x1], 0, size)
+            y0, y1 = np.clip([y0, y1], 0, size)
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                continue
+            cls = DETECTOR_CLASSES.index(b.label)
+            lines.append(
+                f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
+            )
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def detector_metrics(
@@ -257,9 +294,10 @@ def load_weights(weights_dir: Path) -> Any:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from node.train.cli import add_data_arguments
+    from node.train.cli import add_data_arguments, add_randomise_arguments
 
     add_data_arguments(p)
+    add_randomise_arguments(p)
     p.add_argument(
         "--arch", default=DEFAULT_ARCH, help="ultralytics model yaml (yolov8n.yaml, yolo11n.yaml…)"
     )
@@ -323,8 +361,19 @@ def train_and_export(
         ds = workdir / "dataset"
         if ds.exists():
             shutil.rmtree(ds)
-        n_train = write_yolo_dataset(train_samples, ds, "train", args.size)
+        rs = randomisation_of(args)
+        n_train = write_yolo_dataset(
+            train_samples,
+            ds,
+            "train",
+            args.size,
+            copies=int(rs["copies"]) if rs["enabled"] else 1,
+            seed=args.seed,
+            strength=float(rs["strength"]) if rs["enabled"] else 0.0,
+            clean_first=bool(rs["clean_first"]),
+        )
         # ultralytics needs a val split; the real validation happens below through onnxruntime.
+        # Never randomised: clean phantoms stay clean so metrics compare across runs.
         n_val = write_yolo_dataset(list(val_samples) or list(train_samples[:16]), ds, "val", args.size)
         names = "\n".join(f"  {i}: {c}" for i, c in enumerate(DETECTOR_CLASSES))
         (ds / "data.yaml").write_text(f"path: {ds}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
@@ -381,9 +430,16 @@ def export_and_validate(
     check_images = [s.image01 for s in (list(val_samples) or list(train_samples))[:4]]
     check, _ = make_batch(check_images, input_spec(args.size))
     diff = check_export(module, onnx_path, check, args.size)
-    extra: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "batch": args.batch}
+    rs = randomisation_of(args)
+    extra: dict[str, Any] = {
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "randomisation": rs,
+    }
     if getattr(args, "init", None) is not None:
         extra["init"] = str(args.init)
+    description = f"{description}; {describe_randomisation(rs)}"
     write_model(
         build_manifest(args.arch, args.size, args.version, description, command_line(), {}, extra), out_dir
     )

@@ -5,9 +5,14 @@ of a single-hip view (softmax R/L, loss only on single-hip views), implant per s
 sigmoids, loss only on sides whose status is known — an AP hip of the right side says nothing
 about the left). No horizontal flips in augmentation: flipping swaps the patient's sides.
 
-Images are prepared once with ``node.infer.preprocess.prepare`` at the network size and cached
-as float16, then augmented on the fly (gain, gamma, offset, noise, small shifts/zoom), which is
-what keeps CPU training of a few thousand phantoms within minutes.
+Domain randomisation (``node.train.augment``, on by default): training images are kept at
+about twice the network size (float16) and every epoch each one is randomised afresh in
+appearance and geometry *before* the node's letterbox, so the model never sees one renderer's
+look. Draws that would crop away a labelled hip joint, cup or stem are redrawn, so view, side
+and implant labels stay true (and nothing is ever flipped). Batches are prepared one step ahead
+in a thread, overlapping the network's step. With ``--no-randomise`` the former scheme is
+used: images prepared once at the network size (float16) and jittered on the fly by
+``augment`` (gain, gamma, offset, noise, small shifts/zoom). Validation is never randomised.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from node.domain import Box
 from node.infer.manifest import InputSpec, Manifest, OutputSpec
 from node.infer.preprocess import letterbox
 from node.infer.triage import TRIAGE_SIDES, TRIAGE_VIEWS
@@ -79,11 +85,16 @@ class Tensors:
         return int(self.x.shape[0])
 
 
-def to_tensors(samples: Iterable[Sample], size: int) -> Tensors:
+def to_tensors(samples: Iterable[Sample], size: int, images: bool = True) -> Tensors:
+    """Labels and letterboxed images; ``images=False`` keeps labels only (``x`` is (n, 1, 0, 0)):
+    with a ``Randomiser`` the images come from it, and a second copy would only cost memory."""
     xs, views, sides, implants = [], [], [], []
     for s in samples:
-        img, _ = letterbox(s.image01, size, size, 0.0)
-        xs.append(img.astype(np.float16)[None])
+        if images:
+            img, _ = letterbox(s.image01, size, size, 0.0)
+            xs.append(img.astype(np.float16)[None])
+        else:
+            xs.append(np.zeros((1, 0, 0), np.float16))
         views.append(TRIAGE_VIEWS.index(s.view))
         sides.append(TRIAGE_SIDES.index(s.side) if s.side is not None and s.view in TRIAGE_VIEWS[1:4] else -1)
         implants.append([float(s.implant[sd]) if sd in s.implant else -1.0 for sd in TRIAGE_SIDES])
@@ -93,6 +104,86 @@ def to_tensors(samples: Iterable[Sample], size: int) -> Tensors:
         np.asarray(sides, np.int64),
         np.asarray(implants, np.float32).reshape(-1, 2),
     )
+
+
+# Boxes whose loss would falsify a label: a hip joint (view, side), a cup or stem (implant).
+PROTECTED_LABELS = frozenset({"hip_joint_right", "hip_joint_left", "cup", "stem"})
+RETRIES = 4
+
+
+def randomise_keeping(
+    image01: np.ndarray,
+    protect: list[Box] | None,
+    rng: np.random.Generator,
+    strength: float,
+    *,
+    ops: Collection[str] | None = None,
+    record: list[str] | None = None,
+) -> np.ndarray:
+    """``augment.randomise`` redrawn until every ``protect`` box stays in view.
+
+    Cropping or zooming away a hip of an AP pelvis would make it look like an AP hip, and a cut
+    off cup would make "implant: yes" false. Without boxes to check (``None``), cropping is not
+    drawn at all; after ``RETRIES`` failures only non-geometric transforms are used.
+    """
+    from node.train.augment import GEOMETRIC, TRANSFORMS, randomise
+
+    allowed = [t for t in TRANSFORMS if ops is None or t in ops]
+    if protect is None:
+        return randomise(
+            image01, None, rng, strength, ops=[t for t in allowed if t != "crop"], record=record
+        )[0]
+    for _ in range(RETRIES):
+        draw: list[str] = []
+        out, kept = randomise(image01, protect, rng, strength, ops=allowed, record=draw)
+        if kept is not None and len(kept) == len(protect):
+            if record is not None:
+                record.extend(draw)
+            return out
+    flat = [t for t in allowed if t not in GEOMETRIC]
+    return randomise(image01, None, rng, strength, ops=flat, record=record)[0]
+
+
+@dataclass
+class Randomiser:
+    """Per-epoch randomised training inputs (``node.train.augment``), letterboxed like the node.
+
+    Image ``i`` in epoch ``e`` depends only on ``(seed, e, i)``: reproducible, and independent of
+    batch order and of the prefetch thread.
+    """
+
+    images: list[np.ndarray]  # float16, long side <= 2 x network size
+    protect: list[list[Box] | None]
+    size: int
+    strength: float = 1.0
+    seed: int = 0
+    clean_share: float = 0.0
+
+    @classmethod
+    def from_samples(
+        cls, samples: Iterable[Sample], size: int, strength: float, seed: int, clean_share: float
+    ) -> Randomiser:
+        from node.train.augment import limit_size
+
+        images, protect = [], []
+        for s in samples:
+            keep = [b for b in s.boxes if b.label in PROTECTED_LABELS] if s.boxes is not None else None
+            img, keep = limit_size(s.image01, keep, 2 * size)
+            images.append(np.asarray(img, np.float16))
+            protect.append(keep)
+        return cls(images, protect, size, strength, seed, clean_share)
+
+    def image(self, i: int, epoch: int) -> np.ndarray:
+        """Network-size 0..1 image (float32) for sample ``i`` in ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch, i])
+        src = self.images[i].astype(np.float32)
+        if rng.random() >= self.clean_share:
+            src = randomise_keeping(src, self.protect[i], rng, self.strength)
+        return letterbox(src, self.size, self.size, 0.0)[0]
+
+    def batch(self, idx: Iterable[int], epoch: int) -> np.ndarray:
+        """(b, 1, size, size) float32."""
+        return np.stack([self.image(int(i), epoch)[None] for i in idx])
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -234,8 +325,17 @@ def train(
     seed: int,
     log_every_s: float = 30.0,
     head: str = "sided",
+    randomiser: Randomiser | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Train from scratch; returns the model (eval mode) and its validation metrics."""
+    """Train from scratch; returns the model (eval mode) and its validation metrics.
+
+    With a ``randomiser`` the training images come from it (``train_t`` supplies the labels) and
+    the torch ``augment`` is not applied: the randomiser covers far wider intensity, noise and
+    geometry and ends with the node's own normalisation, whereas ``augment``'s gain and offset
+    would feed ranges (max 0.75, min 0.1…) the node's percentile window never produces.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     seed_everything(seed)
@@ -248,40 +348,57 @@ def train(
     x_all = torch.from_numpy(train_t.x)
     v_all, s_all, i_all = (torch.from_numpy(a) for a in (train_t.view, train_t.side, train_t.implant))
     last = time.monotonic()
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_t), generator=gen)
-        running = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            if idx.numel() < 2:
-                continue  # batch norm needs two samples
-            xb = standardise(augment(x_all[idx].float(), gen))
-            loss = loss_fn(model.logits(xb), v_all[idx], s_all[idx], i_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            if time.monotonic() - last > log_every_s:
-                log.info(
-                    "epoch %d step %d/%d loss %.4f",
-                    epoch + 1,
-                    step + 1,
-                    steps_per_epoch,
-                    running / (step + 1),
-                )
-                last = time.monotonic()
-        val = metrics(predict(model, val_t.x), val_t) if len(val_t) else {}
-        log.info("epoch %d/%d train loss %.4f val %s", epoch + 1, epochs, running / steps_per_epoch, val)
+    pool = ThreadPoolExecutor(1) if randomiser is not None else None
+    try:
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(train_t), generator=gen)
+            running = 0.0
+            chunks = [order[k * batch_size : (k + 1) * batch_size] for k in range(steps_per_epoch)]
+            ahead = None
+            if pool is not None and randomiser is not None:
+                ahead = pool.submit(randomiser.batch, chunks[0].tolist(), epoch)
+            for step in range(steps_per_epoch):
+                idx = chunks[step]
+                if pool is not None and randomiser is not None and ahead is not None:
+                    xr = ahead.result()
+                    if step + 1 < steps_per_epoch:  # the next batch is randomised while this one trains
+                        ahead = pool.submit(randomiser.batch, chunks[step + 1].tolist(), epoch)
+                if idx.numel() < 2:
+                    continue  # batch norm needs two samples
+                if randomiser is not None:
+                    xb = standardise(torch.from_numpy(xr))
+                else:
+                    xb = standardise(augment(x_all[idx].float(), gen))
+                loss = loss_fn(model.logits(xb), v_all[idx], s_all[idx], i_all[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                running += float(loss.detach())
+                if time.monotonic() - last > log_every_s:
+                    log.info(
+                        "epoch %d step %d/%d loss %.4f",
+                        epoch + 1,
+                        step + 1,
+                        steps_per_epoch,
+                        running / (step + 1),
+                    )
+                    last = time.monotonic()
+            val = metrics(predict(model, val_t.x), val_t) if len(val_t) else {}
+            log.info("epoch %d/%d train loss %.4f val %s", epoch + 1, epochs, running / steps_per_epoch, val)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     model.eval()
     return model, metrics(predict(model, val_t.x), val_t) if len(val_t) else {}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from node.train.cli import add_data_arguments
+    from node.train.cli import add_data_arguments, add_randomise_arguments
 
     add_data_arguments(p)
+    add_randomise_arguments(p)
     p.add_argument("--arch", default=DEFAULT_ARCH, help=f"timm architecture (e.g. {', '.join(ARCH_CHOICES)})")
     p.add_argument("--size", type=int, default=192, help="network input size in pixels (square, letterboxed)")
     p.add_argument("--epochs", type=int, default=12)
@@ -334,28 +451,47 @@ def build_manifest(
 
 
 def main(args: argparse.Namespace) -> int:
-    from node.train.cli import load_training_data
+    from node.train.cli import describe_randomisation, load_training_data, randomisation_of
 
     offline_environment()
     seed_everything(args.seed, args.threads)
     t0 = time.monotonic()
+    rs = randomisation_of(args)
     train_samples, val_samples, description = load_training_data(args, task="triage")
-    train_t, val_t = to_tensors(train_samples, args.size), to_tensors(val_samples, args.size)
+    randomiser = None
+    if rs["enabled"]:
+        clean = 1.0 / float(rs["copies"]) if rs["clean_first"] else 0.0
+        randomiser = Randomiser.from_samples(
+            train_samples, args.size, float(rs["strength"]), args.seed, clean
+        )
+    # validation stays clean (never randomised): its metrics compare across runs
+    train_t = to_tensors(train_samples, args.size, images=randomiser is None)
+    val_t = to_tensors(val_samples, args.size)
+    check = val_t.x[:8] if len(val_t) else to_tensors(train_samples[:8], args.size).x
     del train_samples, val_samples
     log.info("data ready in %.0f s: %d train, %d val", time.monotonic() - t0, len(train_t), len(val_t))
-    model, val = train(train_t, val_t, args.arch, args.epochs, args.batch, args.lr, args.seed, head=args.head)
+    model, val = train(
+        train_t,
+        val_t,
+        args.arch,
+        args.epochs,
+        args.batch,
+        args.lr,
+        args.seed,
+        head=args.head,
+        randomiser=randomiser,
+    )
     out_dir = Path(args.out) / args.version
-    check = (val_t.x if len(val_t) else train_t.x)[:8]
     diff = export(model, args.size, out_dir, check)
     val = {**val, "onnx_max_abs_diff": float(f"{diff:.3g}"), "train_seconds": round(time.monotonic() - t0, 1)}
     manifest = build_manifest(
         args.arch,
         args.size,
         args.version,
-        description,
+        f"{description}; {describe_randomisation(rs, task='triage')}",
         command_line(),
         val,
-        {"seed": args.seed, "epochs": args.epochs},
+        {"seed": args.seed, "epochs": args.epochs, "randomisation": rs},
     )
     write_model(manifest, out_dir)
     log.info("wrote %s (%.1f MB): %s", out_dir, model_size_mb(out_dir / "model.onnx"), json.dumps(val))
