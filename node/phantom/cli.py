@@ -3,12 +3,16 @@
     hipnode phantom --count 200 --out var/phantoms --seed 7 \\
         [--views ap_pelvis ap_hip lateral_hip oblique_hip other] [--implants random] \\
         [--size 1024 | 1024x1280 | native] [--transfer-syntax explicit|implicit|deflate|rle|jpegls|jpegls-near|j2k|j2k-lossy] \\
-        [--modality mixed|CR|DX] [--unreliable-fraction 0.1] [--workers 2]
+        [--modality mixed|CR|DX] [--unreliable-fraction 0.1] [--workers 2] [--style analytic|voxel]
 
 Images are grouped in studies (one synthetic patient each, 1–3 views) and series (one per
 view), as a modality sends them. ``DIR/ground_truth.jsonl`` has one JSON object per image: the
 file path (relative to ``DIR``), its UIDs, modality and transfer syntax, and the full ground
-truth (``GroundTruth.to_dict()``). The same arguments give the same bytes, whatever ``--workers``.
+truth (``GroundTruth.to_dict()``) plus ``style``: how the pixels were formed (``analytic`` exact
+ray sums, or ``voxel``: a voxelised, ray-marched rendering with its own materials, detector and
+processing, for judging models on a style they never trained on; the same arguments give the
+same patients, views and ground truth in either style). The same arguments give the same bytes,
+whatever ``--workers``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from tqdm import tqdm
 
 from node.domain import Side, View
 from node.phantom.anatomy import CupSpec
-from node.phantom.api import PhantomImage, render
+from node.phantom.api import STYLES, PhantomImage, render
 from node.phantom.dicom import TRANSFER_SYNTAXES, build_dataset, encode, make_study_info, to_bytes
 from node.phantom.spec import (
     IMPLANT_MODES,
@@ -62,6 +66,7 @@ class ImageJob:
     unreliable: bool
     modality: str | None
     transfer_syntax: str
+    style: str = "analytic"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -75,8 +80,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def plan(count: int, seed: int, views: list[View], implants: str, size: tuple[int, int],
-         unreliable_fraction: float, modality: str | None, transfer_syntax: str) -> list[ImageJob]:
-    """Deterministic study/series layout for ``count`` images."""
+         unreliable_fraction: float, modality: str | None, transfer_syntax: str,
+         style: str = "analytic") -> list[ImageJob]:
+    """Deterministic study/series layout for ``count`` images (independent of ``style``)."""
     jobs: list[ImageJob] = []
     study = 0
     hip_views = [v for v in views if v is not View.OTHER]
@@ -103,7 +109,8 @@ def plan(count: int, seed: int, views: list[View], implants: str, size: tuple[in
                 if len(jobs) >= count:
                     break
                 jobs.append(ImageJob(len(jobs), seed, study, sn, inst, sv, sd, skind, implants, size[0], size[1],
-                                     bool(rng.random() < unreliable_fraction), modality, transfer_syntax))
+                                     bool(rng.random() < unreliable_fraction), modality, transfer_syntax,
+                                     style))
         study += 1
     return jobs
 
@@ -118,7 +125,7 @@ def render_job(job: ImageJob) -> PhantomImage:
     irng = np.random.default_rng([job.seed, job.study, job.series_number, job.instance_number, 3])
     spec = sample_spec(irng, view=job.view, side=job.side, implants=imp, rows=job.rows, cols=job.cols or None,
                        other_kind=job.other_kind, patient=patient)
-    img = render(spec)
+    img = render(spec, job.style)
     img.truth.seed = job.seed
     img.truth.index = job.index
     return img
@@ -148,6 +155,7 @@ def write_job(job: ImageJob, out: Path) -> dict[str, Any]:
         "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
     }
     row.update(img.truth.to_dict())
+    row["style"] = img.style
     return row
 
 
@@ -189,6 +197,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unreliable-fraction", type=float, default=0.1,
                         help="fraction of images with wrong or missing view/body-part/laterality metadata")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--style", default="analytic", choices=list(STYLES),
+                        help="how pixels are formed: analytic ray sums, or a voxelised, ray-marched rendering "
+                             "with its own detector and processing (same patients and ground truth)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -203,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
     views = [View(v) for v in args.views]
     modality = None if args.modality == "mixed" else args.modality
     jobs = plan(args.count, args.seed, views, args.implants, size, args.unreliable_fraction, modality,
-                args.transfer_syntax)
+                args.transfer_syntax, style=getattr(args, "style", "analytic"))
     sidecar = out / "ground_truth.jsonl"
     tmp = sidecar.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
