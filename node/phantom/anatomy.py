@@ -63,9 +63,33 @@ def radiographic_angles(side: Side, axis: F64) -> tuple[float, float]:
 # Parameters
 
 
+# Arthroplasty designs (``CupSpec.design``). "hemispherical" is the only one the classic sampler
+# draws; the rest widen what a detector trained on phantoms has seen (``sample_spec(variety="broad")``).
+ARTHROPLASTY_DESIGNS: tuple[str, ...] = (
+    "hemispherical",  # modular metal shell, liner, head (the classic phantom THA)
+    "flanged",  # the same with a metal rim flange (full ring or a superior hood)
+    "dual_mobility",  # thin CoCr shell, radiolucent mobile PE bearing, small inner head
+    "large_head",  # metal-on-metal style: head almost filling the shell, thin or no liner
+    "cemented_pe",  # all-polyethylene cup (radiolucent) in a cement mantle, metal marker wire
+    "hemiarthroplasty",  # no cup: a large (unipolar or bipolar) head in the native acetabulum
+    "resurfacing",  # thin CoCr cup and a CoCr cap on the retained femoral head with a short peg
+)
+STEM_SHAPES: tuple[str, ...] = ("tapered", "wedge", "anatomic", "cylindrical", "collared")
+# Non-arthroplasty hardware (``HardwareSpec.kind``): its hip is *not* an implanted hip.
+HARDWARE_KINDS: tuple[str, ...] = ("dhs", "cannulated_screws", "nail", "pelvic_plate", "cerclage")
+FEMORAL_NECK_HARDWARE: frozenset[str] = frozenset({"dhs", "cannulated_screws", "nail"})
+
+
 @dataclass(frozen=True)
 class CupSpec:
-    """A total hip arthroplasty on one side."""
+    """An arthroplasty on one side (despite the name, also a hemiarthroplasty or a resurfacing:
+    see ``design``). The defaults of the fields after ``neck_length_mm`` reproduce the classic
+    phantom THA exactly, so specs written before they existed render the same pixels.
+
+    Radii mean, per design: ``outer_radius_mm`` the outer radius of the metal shell (the PE cup
+    for ``cemented_pe``, the large bearing head for ``hemiarthroplasty``); ``head_radius_mm`` the
+    femoral head (the inner head of a dual-mobility or bipolar bearing, the cap of a
+    resurfacing)."""
 
     inclination_deg: float = 42.0  # radiographic (Murray), relative to the pelvis
     anteversion_deg: float = 18.0
@@ -73,15 +97,54 @@ class CupSpec:
     shell_mm: float = 3.5
     head_radius_mm: float = 16.0
     head_material: str = "cocr"  # cocr | ceramic
-    liner: str = "pe"  # pe | ceramic
+    liner: str = "pe"  # pe | ceramic | metal | none
     n_screws: int = 1
     stem_length_mm: float = 140.0
-    stem_material: str = "titanium"  # titanium | cocr
-    cemented: bool = False
+    stem_material: str = "titanium"  # titanium | cocr | steel
+    cemented: bool = False  # the stem (a ``cemented_pe`` cup always has its own mantle)
     centre_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # cup centre − native hip centre
     wear_mm: float = 0.0  # head displacement into the liner, superolaterally
     cerclage: int = 0
     neck_length_mm: float = 38.0
+    design: str = "hemispherical"  # one of ARTHROPLASTY_DESIGNS
+    shell_material: str = "titanium"  # titanium | cocr
+    flange_mm: float = 0.0  # flanged: radial width of the rim flange
+    flange_arc_deg: float = 360.0  # flanged: 360 a full ring, 180 a superior hood
+    screw_holes: int = 0  # empty screw holes in the shell (lucent spots in the dome)
+    mantle_mm: float = 2.5  # cemented_pe: cement mantle around the PE cup
+    marker_wire: str = "ring"  # cemented_pe: "ring" (equatorial) | "arc" (over the dome)
+    stem_shape: str = "tapered"  # one of STEM_SHAPES
+    bipolar: bool = False  # hemiarthroplasty: outer shell + inner head instead of a solid head
+    peg_mm: float = 38.0  # resurfacing: length of the central peg down the neck
+
+    @property
+    def has_cup(self) -> bool:
+        """False for a hemiarthroplasty: no acetabular component, so no cup angles or box."""
+        return self.design != "hemiarthroplasty"
+
+    @property
+    def socket_radius_mm(self) -> float:
+        """Radius the reamed (or native) socket must clear."""
+        if self.design == "cemented_pe":
+            return self.outer_radius_mm + self.mantle_mm
+        return self.outer_radius_mm
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """Non-arthroplasty hardware on one side (fracture fixation, pelvic plates, cerclage).
+
+    A hip with only such hardware is *not* an implanted hip (``HipTruth.implant`` False); each
+    device gets an ``other_hardware`` box. ``count``: cannulated screws (2–3), side-plate screws
+    (dhs), plate screws (pelvic_plate), distal locking screws (nail), wires (cerclage).
+    ``length_mm``: side plate (dhs), nail, or plate (pelvic_plate). ``variant``: pelvic_plate
+    "brim" (anterior column, along the pelvic brim) or "posterior" (posterior wall / column)."""
+
+    kind: str  # one of HARDWARE_KINDS
+    count: int = 3
+    length_mm: float = 100.0
+    material: str = "steel"  # steel | titanium
+    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,9 +186,38 @@ class PatientParams:
     left: HipParams = field(default_factory=HipParams)
     gas: tuple[tuple[float, float, float, float, float, float], ...] = ()  # (x, y, z, a, b, c)
     lumbar_levels: int = 3
+    paediatric: bool = False  # open triradiate cartilage, femoral head epiphysis, no implants
+    age_years: float | None = None  # children only
+    scale: float = 1.0  # skeletal scale (children 0.45–0.8); the lengths above are already scaled
+    bone_density: float = 1.0  # multiplier on every bone attenuation (osteopenia < 1)
 
     def hip(self, side: Side) -> HipParams:
         return self.right if side is Side.RIGHT else self.left
+
+    def scaled(self, s: float) -> PatientParams:
+        """Every length times ``s`` (angles kept), ``scale`` multiplied by ``s``: a child drawn
+        as an adult-proportioned model and shrunk. The anatomy builders work on
+        :meth:`unscaled` (their many fixed millimetre figures are adult) and the scene is then
+        scaled as a whole, so a child is exactly a smaller pelvis, not a distorted one."""
+        def hip(h: HipParams) -> HipParams:
+            return replace(h, head_radius_mm=h.head_radius_mm * s, joint_space_mm=h.joint_space_mm * s,
+                           femoral_offset_mm=h.femoral_offset_mm * s, cam_mm=h.cam_mm * s,
+                           spine_length_mm=h.spine_length_mm * s, shaft_radius_mm=h.shaft_radius_mm * s)
+
+        return replace(
+            self,
+            hip_half_width_mm=self.hip_half_width_mm * s, inlet_half_width_mm=self.inlet_half_width_mm * s,
+            inlet_half_depth_mm=self.inlet_half_depth_mm * s, wing_height_mm=self.wing_height_mm * s,
+            subpubic_half_width_mm=self.subpubic_half_width_mm * s, body_half_width_mm=self.body_half_width_mm * s,
+            body_half_depth_mm=self.body_half_depth_mm * s, fat_mm=self.fat_mm * s,
+            thigh_radius_mm=self.thigh_radius_mm * s, right=hip(self.right), left=hip(self.left),
+            gas=tuple(tuple(v * s for v in g) for g in self.gas),  # type: ignore[misc]
+            scale=self.scale * s,
+        )
+
+    def unscaled(self) -> PatientParams:
+        """The adult-size model this patient is a scaled copy of (itself when ``scale`` is 1)."""
+        return self if self.scale == 1.0 else self.scaled(1.0 / self.scale)
 
 
 @dataclass(frozen=True)
@@ -153,6 +245,32 @@ class CupGeometry:
     stem_points: F64
     screw_points: list[F64]
     cerclage_points: list[F64]
+    has_cup: bool = True  # False: hemiarthroplasty (``shell_points`` is then the bearing head)
+    design: str = "hemispherical"
+    # rigid pose of the femur (set by :func:`build_femur`): ``stem_points`` and
+    # ``cerclage_points`` are in the un-posed femur frame (see :meth:`posed`)
+    pose: Rigid | None = None
+
+    def posed(self, pts: F64) -> F64:
+        """Femoral points where the posed femur carries them."""
+        return pts if self.pose is None else self.pose.apply(pts)
+
+    def scaled(self, s: float) -> CupGeometry:
+        return replace(self, centre=self.centre * s, rim_radius=self.rim_radius * s, head_centre=self.head_centre * s,
+                       head_radius=self.head_radius * s, shell_points=self.shell_points * s,
+                       stem_points=self.stem_points * s, screw_points=[q * s for q in self.screw_points],
+                       cerclage_points=[q * s for q in self.cerclage_points],
+                       pose=None if self.pose is None else Rigid(self.pose.R, self.pose.t * s))
+
+
+@dataclass
+class HardwareGeometry:
+    """Point cloud of one non-arthroplasty device, where it is rendered (posed)."""
+
+    kind: str
+    points: F64
+    elongated: bool = False  # plates and nails: boxed even when largely outside the field
+    tags: tuple[str, ...] = ()  # its primitives' tags (the box is what they cover in the image)
 
 
 @dataclass
@@ -172,6 +290,25 @@ class Landmarks:
     neck_axis: dict[Side, F64] = field(default_factory=dict)  # from the shaft towards the head
     cam_direction: dict[Side, F64] = field(default_factory=dict)
     femur_pose: dict[Side, Rigid] = field(default_factory=dict)
+    hardware: dict[Side, list[HardwareGeometry]] = field(default_factory=dict)
+
+    def scaled(self, s: float) -> Landmarks:
+        """The same landmarks for the scene scaled by ``s`` about the origin (children)."""
+        def pts(d: dict[Side, F64]) -> dict[Side, F64]:
+            return {k: v * s for k, v in d.items()}
+
+        return Landmarks(
+            hip_centre=pts(self.hip_centre), head_centre=pts(self.head_centre),
+            head_radius={k: v * s for k, v in self.head_radius.items()}, head_prosthetic=dict(self.head_prosthetic),
+            teardrop_curve=pts(self.teardrop_curve), teardrop_points=pts(self.teardrop_points),
+            tuberosity={k: (c * s, R, ax * s) for k, (c, R, ax) in self.tuberosity.items()},
+            sourcil={k: (a * s, b * s) for k, (a, b) in self.sourcil.items()}, spine_tip=pts(self.spine_tip),
+            brim=self.brim * s, joint_points=pts(self.joint_points),
+            cups={k: g.scaled(s) for k, g in self.cups.items()}, neck_axis=dict(self.neck_axis),
+            cam_direction=dict(self.cam_direction),
+            femur_pose={k: Rigid(T.R, T.t * s) for k, T in self.femur_pose.items()},
+            hardware={k: [replace(h, points=h.points * s) for h in v] for k, v in self.hardware.items()},
+        )
 
 
 @dataclass
@@ -250,11 +387,65 @@ def ellipsoid_points(center: F64, axes: tuple[float, float, float], R: F64 | Non
     return out
 
 
+def cylinder_points(p0: F64, p1: F64, r: float, n: int = 12) -> F64:
+    """Points on the two end circles of a round cylinder (for boxes: exact silhouette extremes
+    up to the polygon's ``cos(π/n)``)."""
+    p0 = np.asarray(p0, float)
+    p1 = np.asarray(p1, float)
+    F = frame_from_z(p1 - p0)
+    t = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
+    ring = r * (np.cos(t)[:, None] * F[:, 0] + np.sin(t)[:, None] * F[:, 1])
+    return np.concatenate([p0 + ring, p1 + ring])
+
+
+def scale_primitive(p: Primitive, s: float) -> Primitive:
+    """``p`` scaled by ``s`` about the origin (x' = s x): exact for quadrics and half-spaces;
+    attenuation per mm is a material property and stays."""
+    Q = None
+    if p.Q is not None:
+        M = np.diag([1.0 / s, 1.0 / s, 1.0 / s, 1.0])
+        Q = M @ p.Q @ M
+    planes = p.planes.copy()
+    if len(planes):
+        planes[:, 3] *= s
+    return replace(p, Q=Q, planes=planes, corners=p.corners * s)
+
+
+def carve(prims: list[Primitive], region: list[tuple[F64, F64]]) -> list[Primitive]:
+    """Remove the convex ``region`` (half-spaces ``(point, outward normal)``: inside where
+    n·(x − p) <= 0) from every primitive, exactly.
+
+    Attenuation is additive, so a gap cannot be punched with one negative primitive (it would
+    have to cancel every overlapping bone exactly). Instead each primitive that meets the region
+    is split into the disjoint convex pieces of prim minus region — piece *i* lies outside
+    half-space *i* and inside all before it — so positive and negative primitives of a
+    composite (cortex/cancellous) are cut identically and the gap is exactly empty. Used for
+    growth cartilage (triradiate cartilage, physes), which is radiolucent."""
+    rows = []
+    for q, n in region:
+        nn = unit(n)
+        rows.append((nn, float(nn @ np.asarray(q, float))))
+    out: list[Primitive] = []
+    for prim in prims:
+        c = prim.corners
+        if any(bool(np.all(c @ n > h)) for n, h in rows):
+            out.append(prim)  # entirely outside the region
+            continue
+        inside: list[F64] = []
+        for n, h in rows:
+            if not bool(np.all(c @ n <= h)):  # else this piece is empty
+                extra = np.array([*inside, np.concatenate([-n, [-h]])])
+                out.append(replace(prim, planes=np.concatenate([prim.planes.reshape(-1, 4), extra])))
+            inside.append(np.concatenate([n, [h]]))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Pelvis
 
 
-def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: Landmarks) -> list[Primitive]:
+def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: Landmarks,
+                 hardware: dict[Side, HardwareSpec | None] | None = None) -> list[Primitive]:
     prims: list[Primitive] = []
     female = p.sex == "F"
 
@@ -319,7 +510,58 @@ def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: 
         body_ax = (9.0, 8.0, 16.0 if female else 20.0)
         prims += bone_ellipsoid(body_c, body_ax, frame_from_z([sx * 0.25, 0.1, 1.0]), f"bone:pubis:{side.value}", 2.0)
         prims += build_hemipelvis(p, side, implants.get(side), marks, body_c, sub)
+    if p.paediatric:
+        for side in (Side.RIGHT, Side.LEFT):
+            body_c = np.array([side_sign(side) * 11.5, -44.0, -30.0 + (3.0 if female else 0.0)])
+            for region in growth_cartilage_regions(p, side, marks, body_c, sub):
+                prims = carve(prims, region)
+    for side in (Side.RIGHT, Side.LEFT):
+        hw = (hardware or {}).get(side)
+        if hw is not None and hw.kind == "pelvic_plate":
+            prims += build_pelvic_plate(p, side, hw, marks)
     return prims
+
+
+def growth_cartilage_regions(p: PatientParams, side: Side, marks: Landmarks, pubic_body: F64,
+                             sub: float) -> list[list[tuple[F64, F64]]]:
+    """Radiolucent cartilage of a child's hemipelvis, as convex regions to :func:`carve` out.
+
+    The open triradiate cartilage is a Y at the acetabular floor: a near-horizontal limb
+    separating the ilium (above) from the ischium and pubis, from the inner pelvic wall to the
+    middle of the socket, and a limb running down from it between the pubis (medial) and the
+    ischium. Both limbs contain the AP beam direction, so an AP film sees them edge-on as lucent
+    bands (Hilgenreiner's line runs through the top of this Y). Before about 7 years the
+    ischiopubic synchondrosis also splits the inferior ramus near the ischium."""
+    sx = side_sign(side)
+    hp = p.hip(side)
+    H = marks.hip_centre[side]
+    r_in = hp.head_radius_mm + hp.joint_space_mm
+    lat = np.array([sx, 0.0, 0.0])
+    up = np.array([0.0, 0.0, 1.0])
+    age = p.age_years if p.age_years is not None else 8.0
+    g = float(np.clip(9.0 - 0.55 * (age - 2.0), 3.5, 9.0))  # gap, mm of the adult-size model
+    t = math.radians(-8.0)  # the horizontal limb dips a little medially
+    n1 = np.array([sx * math.sin(t), 0.0, math.cos(t)])
+    y0 = H + up * (0.12 * r_in)
+    horizontal = [(y0 + n1 * g / 2, n1), (y0 - n1 * g / 2, -n1), (H, lat), (H - lat * (r_in + 16.0), -lat)]
+    y1 = H - lat * (0.45 * r_in) + up * (0.12 * r_in)
+    dvec = unit(np.array([-sx * 0.25, 0.0, -1.0]))
+    n2 = unit(np.array([-dvec[2], 0.0, dvec[0]]))
+    vertical = [(y1 + n2 * g / 2, n2), (y1 - n2 * g / 2, -n2), (y1, up), (H - up * (r_in + 8.0), -up)]
+    regions = [horizontal, vertical]
+    if age < 7.0:
+        # same construction as the inferior ramus in build_hemipelvis
+        tub_c = marks.tuberosity[side][0]
+        inf0 = pubic_body + np.array([sx * 1.0, 2.0, -12.0])
+        inf1 = tub_c + np.array([-sx * 8.0, -6.0, -2.0])
+        mid = 0.5 * (inf0 + inf1) + np.array([sx * sub * 0.3, 0.0, -6.0])
+        e = unit(mid - inf1)
+        q = inf1 + (mid - inf1) * 0.3
+        F = frame_from_z(e)
+        g2 = 0.7 * g
+        regions.append([(q + e * g2 / 2, e), (q - e * g2 / 2, -e), (q + F[:, 0] * 14.0, F[:, 0]),
+                        (q - F[:, 0] * 14.0, -F[:, 0]), (q + F[:, 1] * 14.0, F[:, 1]), (q - F[:, 1] * 14.0, -F[:, 1])])
+    return regions
 
 
 def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: Landmarks,
@@ -338,7 +580,7 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     Rh = hp.head_radius_mm
     r_in = Rh + hp.joint_space_mm
     if cup is not None:
-        r_in = max(r_in, cup.outer_radius_mm + 0.5)
+        r_in = max(r_in, cup.socket_radius_mm + 0.5)
     # acetabular socket: subchondral shell clipped by the opening plane
     beta = math.radians(hp.socket_inclination_deg)
     ver = math.radians(hp.socket_version_deg)
@@ -487,7 +729,9 @@ def femur_axes(p: PatientParams, side: Side) -> tuple[F64, F64, F64, F64]:
 
 
 def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPose,
-                marks: Landmarks) -> list[Primitive]:
+                marks: Landmarks, hardware: HardwareSpec | None = None) -> list[Primitive]:
+    if cup is not None and hardware is not None and hardware.kind in FEMORAL_NECK_HARDWARE:
+        raise ValueError(f"{hardware.kind} and an arthroplasty cannot share the {side.value} femur")
     prims: list[Primitive] = []
     sx = side_sign(side)
     s = side.value
@@ -526,6 +770,8 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
                            [(gt_c - sd * 2.0, sd)]))
     prims.append(ellipsoid(gt_c, (10.8, 14.8, 19.8), -m.CORTICAL * 0.35, gt_R, f"bone:trochanter:{s}",
                            [(gt_c - sd * 2.0, sd)]))
+    if p.paediatric:
+        prims = carve(prims, trochanter_apophysis_region(p, T, sd, ml, ro))
     # lesser trochanter (posteromedial)
     lt_dir = unit(-lat * 0.8 + post * 0.6)
     lt_c = T + sd * 40.0 + lt_dir * (ro * 1.0)
@@ -538,15 +784,46 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
     neck_start = H - hd * math.sqrt(max(Rh**2 - r_si**2, 1.0))
     neck_end = T - hd * 4.0
     cut = None
-    if cup is not None:
+    resurfacing = cup is not None and cup.design == "resurfacing"
+    if cup is not None and not resurfacing:
         L_nt = float(np.linalg.norm(H - T))
         cut = T + hd * (L_nt * 0.38)
         neck_start = cut
+    physis = 0.0
+    neck_clip: list[tuple[F64, F64]] = []
+    n_ph = hd
+    if p.paediatric:
+        # the metaphysis ends at the physis, a radiolucent plate at the base of the head. Its
+        # plane is turned towards the coronal plane (real physes are cupped and seen as a lucent
+        # line on an AP film; a flat plate square to an anteverted neck would hide behind itself)
+        physis = physis_gap_mm(p)
+        n_ph = unit(hd * np.array([1.0, 0.3, 1.0]))
+        neck_start = H - hd * (0.25 * Rh)
+        neck_clip = [(H - hd * (0.42 * Rh) - n_ph * (physis / 2.0), n_ph)]
     flare = 1.3
-    prims.append(frustum(neck_start, neck_end, (r_si, r_ap), flare, m.CORTICAL, neck_hint, f"bone:neck:{s}"))
+    prims.append(frustum(neck_start, neck_end, (r_si, r_ap), flare, m.CORTICAL, neck_hint, f"bone:neck:{s}",
+                         neck_clip))
     prims.append(frustum(neck_start, neck_end, (r_si - 2.2, r_ap - 2.2), flare * (r_si + 1.0) / r_si,
-                         -m.CORTICAL + m.CANCELLOUS, neck_hint, f"bone:neck:{s}"))
-    if cup is None:
+                         -m.CORTICAL + m.CANCELLOUS, neck_hint, f"bone:neck:{s}", neck_clip))
+    if p.paediatric and cup is None:
+        # the ossification centre of the head (epiphysis): smaller than the cartilaginous head,
+        # flat on its physeal side
+        re = epiphysis_radius_mm(p, Rh)
+        ph = [(H - hd * (0.42 * Rh) + n_ph * (physis / 2.0), -n_ph)]
+        prims += shell(H, re, re - 1.0, m.CORTICAL * 0.6, f"bone:head:{s}", ph)
+        prims.append(sphere(H, re - 1.0, m.CANCELLOUS * 1.3, f"bone:head:{s}", ph))
+        marks.cam_direction[side] = unit(np.cross(hd, np.cross(np.array([0.0, 0, 1]), hd)))
+        marks.head_centre[side] = H
+        marks.head_radius[side] = re
+        marks.head_prosthetic[side] = False
+    elif resurfacing:
+        assert cup is not None
+        # the retained head, reshaped to sit inside the cap
+        rb = min(Rh, cup.head_radius_mm - 2.5)
+        prims += shell(H, rb, rb - 1.4, m.CORTICAL * 0.8, f"bone:head:{s}")
+        prims.append(sphere(H, rb - 1.4, m.CANCELLOUS * 1.3, f"bone:head:{s}"))
+        marks.cam_direction[side] = unit(np.cross(hd, np.cross(np.array([0.0, 0, 1]), hd)))
+    elif cup is None:
         # native head with a cortical shell
         prims += shell(H, Rh, Rh - 1.4, m.CORTICAL * 0.8, f"bone:head:{s}")
         prims.append(sphere(H, Rh - 1.4, m.CANCELLOUS * 1.3, f"bone:head:{s}"))
@@ -575,6 +852,10 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
     if cup is not None:
         pelvic_parts, femoral_parts = build_tha(p, side, cup, H, sd, hd, T, cut if cut is not None else T, marks)
         prims += femoral_parts
+    devices: list[HardwareGeometry] = []
+    if hardware is not None and hardware.kind != "pelvic_plate":
+        hw_prims, devices = build_femoral_hardware(p, side, hardware, H, sd, hd, T)
+        prims += hw_prims
 
     # pose: rotate about the (possibly prosthetic) head centre
     centre = marks.head_centre[side]
@@ -592,6 +873,10 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
         R = rot_axis(np.array([1.0, 0.0, 0.0]), -2 * pose.flexion_deg) @ R
     T_pose = Rigid.about(centre, R)
     marks.femur_pose[side] = T_pose
+    if cup is not None and side in marks.cups:
+        marks.cups[side].pose = T_pose
+    if devices:
+        marks.hardware.setdefault(side, []).extend(replace(d, points=T_pose.apply(d.points)) for d in devices)
     if not np.allclose(R, np.eye(3)):
         prims = [q.transformed(T_pose) for q in prims]
     if cup is not None:
@@ -601,8 +886,16 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
 
 def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F64, T: F64,
               cut: F64, marks: Landmarks) -> tuple[list[Primitive], list[Primitive]]:
-    """Acetabular shell (+ screws) and liner (pelvic parts); head ball, stem (+ cement, cerclage)
-    (femoral parts, posed with the femur)."""
+    """Acetabular component (+ screws) (pelvic parts); head, stem (+ cement, cerclage) (femoral
+    parts, posed with the femur), for every design of ``ARTHROPLASTY_DESIGNS``.
+
+    The classic design ("hemispherical", tapered stem, PE or ceramic liner, titanium shell)
+    takes exactly the statements it always took, in the same order: its pixels do not move."""
+    design = cup.design
+    if design not in ARTHROPLASTY_DESIGNS:
+        raise ValueError(f"design must be one of {ARTHROPLASTY_DESIGNS}, got {design!r}")
+    if cup.stem_shape not in STEM_SHAPES:
+        raise ValueError(f"stem_shape must be one of {STEM_SHAPES}, got {cup.stem_shape!r}")
     prims: list[Primitive] = []
     s = side.value
     sx = side_sign(side)
@@ -610,30 +903,47 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
     a = cup_axis(side, cup.inclination_deg, cup.anteversion_deg)
     Rc = cup.outer_radius_mm
     face = [(C, a)]  # keep the dome side: a·(x − C) <= 0
-    prims.append(sphere(C, Rc, m.TITANIUM, f"metal:cup:{s}", face))
-    prims.append(sphere(C, Rc - cup.shell_mm, -m.TITANIUM, f"metal:cup:{s}", face))
-    # rim disc (zero attenuation): used for ground-truth masks of the cup opening
-    prims.append(cylinder(C - a * 0.01, C + a * 0.01, Rc, 0.0, tag=f"mask:cup_rim:{s}"))
-    if cup.liner == "ceramic":
+    shell_mu = m.TITANIUM if cup.shell_material == "titanium" else m.COCR
+    metal_shell = design not in ("cemented_pe", "hemiarthroplasty")
+    if metal_shell:
+        prims.append(sphere(C, Rc, shell_mu, f"metal:cup:{s}", face))
+        prims.append(sphere(C, Rc - cup.shell_mm, -shell_mu, f"metal:cup:{s}", face))
+    elif design == "cemented_pe":
+        prims += _cemented_pe_cup(cup, C, a, s, face)
+    if cup.has_cup:
+        # rim disc (zero attenuation): used for ground-truth masks of the cup opening
+        prims.append(cylinder(C - a * 0.01, C + a * 0.01, Rc, 0.0, tag=f"mask:cup_rim:{s}"))
+    if not metal_shell or design == "resurfacing" or cup.liner == "none":
+        pass  # the PE cup is the bearing / a hemiarthroplasty has no cup / monoblock metal bearing
+    elif cup.liner == "ceramic":
         prims += shell(C, Rc - cup.shell_mm, cup.head_radius_mm + 0.3, m.CERAMIC, f"metal:liner:{s}", face)
+    elif cup.liner == "metal":
+        prims += shell(C, Rc - cup.shell_mm, cup.head_radius_mm + 0.3, m.COCR, f"metal:liner:{s}", face)
     else:
         prims += shell(C, Rc - cup.shell_mm, cup.head_radius_mm + 0.3, m.POLYETHYLENE, f"soft:liner:{s}", face)
-    # head ball displaced by wear towards the dome
     up = np.array([0.0, 0.0, 1.0])
+    flange_pts = np.zeros((0, 3))
+    if design == "flanged" and cup.flange_mm > 0:
+        flange, flange_pts = _flange(cup, C, a, shell_mu, s)
+        prims += flange
+    # head ball displaced by wear towards the dome
     wear_dir = unit(-a * 0.3 + up)
     B = C + wear_dir * cup.wear_mm
     head_mu = m.COCR if cup.head_material == "cocr" else m.CERAMIC * 1.3
     marks.head_centre[side] = B
-    marks.head_radius[side] = cup.head_radius_mm
+    marks.head_radius[side] = cup.head_radius_mm if cup.has_cup else Rc
     marks.head_prosthetic[side] = True
     shell_pts = C + fibonacci_sphere(300) * Rc
-    shell_pts = shell_pts[(shell_pts - C) @ a <= 0.0]
+    if cup.has_cup:
+        shell_pts = shell_pts[(shell_pts - C) @ a <= 0.0]
+    if len(flange_pts):
+        shell_pts = np.concatenate([shell_pts, flange_pts])
 
     # screws through the dome into the ilium (superoposterior quadrant)
     screws: list[F64] = []
     dome = -a
     rng_dirs = [(-25.0, 20.0), (10.0, 30.0), (-5.0, -10.0)]
-    for k in range(cup.n_screws):
+    for k in range(cup.n_screws if cup.has_cup else 0):
         tilt_sup, tilt_post = rng_dirs[k % 3]
         d = unit(dome + np.array([0.0, 0.0, 1.0]) * math.tan(math.radians(20.0 + tilt_sup * 0.3))
                  + np.array([0.0, 1.0, 0.0]) * math.tan(math.radians(tilt_post)) + np.array([-sx, 0, 0]) * 0.25)
@@ -649,13 +959,38 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
                                           *(-3.8 * frame_from_z(d)[:, i] for i in (0, 1)))])
         _ = L
         screws.append(pts)
+    if metal_shell and cup.screw_holes > 0:
+        prims += _screw_holes(cup, C, a, shell_mu, sx, s)
 
-    # stem: prosthetic neck (trunnion), proximal body with medial flare, tapered distal body
     pelvic = prims
     prims = []
-    prims.append(sphere(B, cup.head_radius_mm, head_mu, f"metal:head:{s}"))
-    stem_mu = m.TITANIUM if cup.stem_material == "titanium" else m.COCR
     neck_dir = -hd
+    if design == "resurfacing":
+        # cap over the retained head (a little more than a hemisphere) and a central peg
+        rcap = cup.head_radius_mm
+        cap_clip = [(B + neck_dir * (rcap * 0.35), neck_dir)]
+        prims += shell(B, rcap, rcap - 2.5, head_mu, f"metal:head:{s}", cap_clip)
+        peg_end = B + neck_dir * cup.peg_mm
+        prims.append(cylinder(B, peg_end, 3.2, m.COCR, tag=f"metal:stem:{s}"))
+        cap_pts = B + fibonacci_sphere(300) * rcap
+        cap_pts = cap_pts[(cap_pts - B) @ neck_dir <= rcap * 0.35]
+        stem_pts_arr = np.concatenate([cap_pts, cylinder_points(B, peg_end, 3.2)])
+        marks.cups[side] = CupGeometry(C, a, Rc, B, rcap, shell_pts, stem_pts_arr, screws, [], True, design)
+        return pelvic, prims
+
+    # stem: prosthetic neck (trunnion), proximal body with medial flare, tapered distal body
+    head_pts = np.zeros((0, 3))
+    if design == "hemiarthroplasty":
+        # a large head in the native socket: solid (unipolar) or a shell round an inner head (bipolar)
+        if cup.bipolar:
+            prims += shell(B, Rc, Rc - 3.0, m.COCR, f"metal:head:{s}", [(B + neck_dir * (Rc * 0.25), neck_dir)])
+            prims.append(sphere(B, cup.head_radius_mm, head_mu, f"metal:head:{s}"))
+        else:
+            prims.append(sphere(B, Rc, head_mu, f"metal:head:{s}"))
+        head_pts = B + fibonacci_sphere(300) * Rc
+    else:
+        prims.append(sphere(B, cup.head_radius_mm, head_mu, f"metal:head:{s}"))
+    stem_mu = m.TITANIUM if cup.stem_material == "titanium" else (m.STEEL if cup.stem_material == "steel" else m.COCR)
     shoulder = B + neck_dir * cup.neck_length_mm
     prims.append(cylinder(B, shoulder, (7.0, 6.0), stem_mu, tag=f"metal:stem:{s}"))
     lat = np.array([sx, 0.0, 0.0])
@@ -700,25 +1035,37 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
         ]
         return polyhedron(planes, np.array(corners), stem_mu, f"metal:stem:{s}")
 
-    # proximal part: wide medial flare under the shoulder (calcar)
-    parts = [
-        (0.0, z_mid, w_top + 4.0, w_mid, w_top - 6.0, w_mid, t_top, t_top * 0.85),
-        (z_mid, L - 6.0, w_mid, w_tip, w_mid, w_tip, t_top * 0.85, t_tip),
-    ]
-    for prt in parts:
-        poly = slab(*prt)
-        if cup.cemented:
-            mantle = slab(*prt, grow=2.5)
-            prims.append(mantle.with_mu(m.CEMENT, f"cement:mantle:{s}"))
-            prims.append(poly.with_mu(stem_mu - m.CEMENT))
-        else:
-            prims.append(poly)
-    prims.append(ellipsoid(axis_top + sd * (L - 6.0), (w_tip, t_tip, 6.0), stem_mu, frame_from_z(sd, ml),
-                           f"metal:stem:{s}", [(axis_top + sd * (L - 6.0), -sd)]))
+    if cup.stem_shape == "tapered":
+        # proximal part: wide medial flare under the shoulder (calcar)
+        parts = [
+            (0.0, z_mid, w_top + 4.0, w_mid, w_top - 6.0, w_mid, t_top, t_top * 0.85),
+            (z_mid, L - 6.0, w_mid, w_tip, w_mid, w_tip, t_top * 0.85, t_tip),
+        ]
+        for prt in parts:
+            poly = slab(*prt)
+            if cup.cemented:
+                mantle = slab(*prt, grow=2.5)
+                prims.append(mantle.with_mu(m.CEMENT, f"cement:mantle:{s}"))
+                prims.append(poly.with_mu(stem_mu - m.CEMENT))
+            else:
+                prims.append(poly)
+        prims.append(ellipsoid(axis_top + sd * (L - 6.0), (w_tip, t_tip, 6.0), stem_mu, frame_from_z(sd, ml),
+                               f"metal:stem:{s}", [(axis_top + sd * (L - 6.0), -sd)]))
+    else:
+        body, body_pts, tip = _stem_body(cup, axis_top, sd, ml, stem_mu, s)
+        prims += body
+        stem_pts.extend(body_pts)
     # shoulder block joining the neck to the body (lateral shoulder)
     prims.append(cylinder(shoulder, axis_top + sd * 12.0 + ml * 3.0, (7.5, 6.5), stem_mu, ap, f"metal:stem:{s}"))
+    if cup.stem_shape == "collared":
+        # a collar resting on the calcar at the neck cut, perpendicular to the neck
+        cc = shoulder - ml * 6.0 + neck_dir * 2.0
+        prims.append(cylinder(cc, cc + neck_dir * 2.5, (12.0, 9.0), stem_mu, ml, f"metal:stem:{s}"))
+        stem_pts.extend(cylinder_points(cc, cc + neck_dir * 2.5, 12.0))
     stem_pts_arr = np.concatenate([np.array(stem_pts), B + np.outer(np.linspace(0, 1, 8), shoulder - B),
                                    (tip + sd * 0.0)[None, :]])
+    if len(head_pts):
+        stem_pts_arr = np.concatenate([stem_pts_arr, head_pts])
     cerclage: list[F64] = []
     for k in range(cup.cerclage):
         zc = 55.0 + 18.0 * k
@@ -728,9 +1075,416 @@ def build_tha(p: PatientParams, side: Side, cup: CupSpec, H: F64, sd: F64, hd: F
                               for t in np.radians(np.linspace(0, 360, 25)[:-1])])
         prims += tube(ring, 0.9, m.COCR, closed=True, tag=f"metal:cerclage{k}:{s}")
         cerclage.append(ring)
-    marks.cups[side] = CupGeometry(C, a, Rc, B, cup.head_radius_mm, shell_pts, stem_pts_arr, screws, cerclage)
+    if design == "hemiarthroplasty":
+        marks.cups[side] = CupGeometry(B, a, Rc, B, Rc, shell_pts, stem_pts_arr, screws, cerclage, False, design)
+    else:
+        marks.cups[side] = CupGeometry(C, a, Rc, B, cup.head_radius_mm, shell_pts, stem_pts_arr, screws, cerclage,
+                                       True, design)
     return pelvic, prims
 
+
+def _mirror_safe_frame(d: F64) -> tuple[F64, F64]:
+    """Two unit vectors square to ``d``, the first towards the patient's head: polygons built
+    on them (symmetric about the first) mirror exactly with the side (``spec.mirrored()``)."""
+    up = np.array([0.0, 0.0, 1.0])
+    e0 = up - d * float(up @ d)
+    if float(np.linalg.norm(e0)) < 1e-6:
+        e0 = np.array([0.0, 1.0, 0.0]) - d * float(d[1])
+    e0 = unit(e0)
+    return e0, unit(np.cross(d, e0))
+
+
+def _cemented_pe_cup(cup: CupSpec, C: F64, a: F64, s: str, face: list[tuple[F64, F64]]) -> list[Primitive]:
+    """All-polyethylene cup (barely distinguishable from soft tissue) in a cement mantle, with
+    the thin metal marker wire that is the only way to see its orientation on a film."""
+    Rpe = cup.outer_radius_mm
+    prims = shell(C, Rpe + cup.mantle_mm, Rpe, m.CEMENT, f"cement:cup:{s}", face)
+    prims += shell(C, Rpe, cup.head_radius_mm + 0.3, m.POLYETHYLENE, f"soft:cup:{s}", face)
+    e0, e1 = _mirror_safe_frame(a)
+    if cup.marker_wire == "arc":
+        # a semicircle over the dome in the plane of the axis and the cup's superior direction
+        up = np.array([0.0, 0.0, 1.0])
+        e = unit(up - a * float(up @ a))
+        t = np.radians(np.linspace(0.0, 180.0, 25))
+        r = Rpe - 1.0
+        pts = C + r * (np.cos(t)[:, None] * e - np.sin(t)[:, None] * a)
+        prims += tube(pts, 0.5, m.STEEL, tag=f"metal:wire:{s}")
+    elif cup.marker_wire == "ring":
+        t = np.radians(np.linspace(0.0, 360.0, 37)[:-1])
+        pts = C - a * 1.5 + (Rpe - 1.2) * (np.cos(t)[:, None] * e0 + np.sin(t)[:, None] * e1)
+        prims += tube(pts, 0.5, m.STEEL, closed=True, tag=f"metal:wire:{s}")
+    else:
+        raise ValueError(f"marker_wire must be 'ring' or 'arc', got {cup.marker_wire!r}")
+    return prims
+
+
+def _flange(cup: CupSpec, C: F64, a: F64, mu: float, s: str) -> tuple[list[Primitive], F64]:
+    """A flat annulus round the rim, just inside the opening plane (full ring, or the superior
+    half: a hooded cup). Disjoint from the shell, whose radius is below ``Rc`` there."""
+    Rc, w, th = cup.outer_radius_mm, cup.flange_mm, 2.0
+    clip: list[tuple[F64, F64]] = []
+    e0, e1 = _mirror_safe_frame(a)
+    t = np.radians(np.linspace(0.0, 360.0, 36, endpoint=False))
+    ring = (Rc + w) * (np.cos(t)[:, None] * e0 + np.sin(t)[:, None] * e1)
+    if cup.flange_arc_deg < 360.0:
+        down = np.array([0.0, 0.0, -1.0])
+        inf = unit(down - a * float(down @ a))
+        clip = [(C, inf)]
+        ring = ring[ring @ inf <= 0.0]
+    prims = [cylinder(C - a * th, C, Rc + w, mu, tag=f"metal:cup:{s}", clip=clip),
+             cylinder(C - a * th, C, Rc, -mu, tag=f"metal:cup:{s}", clip=clip)]
+    return prims, np.concatenate([C + ring, C - a * th + ring])
+
+
+def _screw_holes(cup: CupSpec, C: F64, a: F64, mu: float, sx: float, s: str) -> list[Primitive]:
+    """Empty screw holes: the shell material inside a hexagonal prism removed exactly (a pair of
+    clipped spheres with opposite attenuation), so the hole shows as a lucent spot."""
+    prims: list[Primitive] = []
+    dirs = [(-25.0, 20.0), (10.0, 30.0), (-5.0, -10.0), (25.0, -25.0), (-35.0, -30.0), (30.0, 5.0)]
+    Rc = cup.outer_radius_mm
+    for k in range(cup.n_screws, min(cup.n_screws + cup.screw_holes, len(dirs))):
+        tilt_sup, tilt_post = dirs[k]
+        d = unit(-a + np.array([0.0, 0.0, 1.0]) * math.tan(math.radians(20.0 + tilt_sup * 0.3))
+                 + np.array([0.0, 1.0, 0.0]) * math.tan(math.radians(tilt_post)) + np.array([-sx, 0, 0]) * 0.25)
+        e0, e1 = _mirror_safe_frame(d)
+        planes: list[tuple[F64, F64]] = [(C, -d), (C, a)]
+        for j in range(6):
+            e = math.cos(j * math.pi / 3.0) * e0 + math.sin(j * math.pi / 3.0) * e1
+            planes.append((C + e * 3.2, e))
+        prims.append(sphere(C, Rc, -mu, f"metal:cup:{s}", planes))
+        prims.append(sphere(C, Rc - cup.shell_mm, mu, f"metal:cup:{s}", planes))
+    return prims
+
+
+def _stem_body(cup: CupSpec, axis_top: F64, sd: F64, ml: F64, mu: float,
+               s: str) -> tuple[list[Primitive], list[F64], F64]:
+    """Stem body of the non-classic shapes, as convex segments between stations along a
+    (possibly bent) axis with mitred joints; a cemented stem sits in a mantle 2.5 mm larger.
+    Returns the primitives, box points and the tip."""
+    L = cup.stem_length_mm
+    post = np.array([0.0, 1.0, 0.0])
+    pw = unit(post - sd * float(post @ sd))
+    ap = unit(np.cross(sd, ml))
+    last = L - 6.0
+    # stations: (z along the canal, medial half-width, lateral half-width, AP half-thickness,
+    #            medial-lateral shift, posterior shift)
+    shape = cup.stem_shape
+    if shape == "wedge":
+        st = [(0.0, 19.0, 12.0, 6.0, 0.0, 0.0), (last, 4.8, 4.8, 3.2, 0.0, 0.0)]
+    elif shape == "collared":
+        st = [(0.0, 21.0, 11.0, 7.5, 0.0, 0.0), (45.0, 8.5, 8.5, 6.4, 0.0, 0.0), (last, 4.5, 4.5, 4.0, 0.0, 0.0)]
+    elif shape == "anatomic":
+        st = [(0.0, 23.0, 11.0, 8.0, 0.0, 2.5), (14.0, 15.0, 9.5, 7.8, 0.0, 2.0), (30.0, 10.5, 8.5, 7.2, 0.0, 1.0),
+              (50.0, 8.0, 7.8, 6.6, 0.0, 0.0), (last, 5.0, 5.0, 4.5, 0.0, -2.5)]
+    elif shape == "cylindrical":
+        st = [(0.0, 20.0, 11.0, 8.0, 0.0, 0.0), (min(40.0, last - 10.0), 6.8, 6.8, 6.8, 0.0, 0.0)]
+    else:
+        raise ValueError(shape)
+    st = [q for q in st[:-1] if q[0] < last - 4.0] + [st[-1]]
+    centres = [axis_top + sd * z + ml * dm + pw * dp for z, _, _, _, dm, dp in st]
+    dirs = [unit(centres[k + 1] - centres[k]) for k in range(len(st) - 1)]
+    mitre = [dirs[0]] + [unit(dirs[k - 1] + dirs[k]) for k in range(1, len(dirs))] + [dirs[-1]]
+    prims: list[Primitive] = []
+    pts: list[F64] = []
+
+    def segment(k: int, grow: float, seg_mu: float, tag: str) -> Primitive:
+        c0, c1 = centres[k], centres[k + 1]
+        (_, wm0, wl0, t0, _, _), (_, wm1, wl1, t1, _, _) = st[k], st[k + 1]
+        wm0, wl0, t0, wm1, wl1, t1 = (v + grow for v in (wm0, wl0, t0, wm1, wl1, t1))
+
+        def side_plane(off0: float, off1: float, dirv: F64) -> tuple[F64, F64]:
+            q0 = c0 + dirv * off0
+            q1 = c1 + dirv * off1
+            along = unit(q1 - q0)
+            nrm = unit(np.cross(unit(np.cross(along, dirv)), along))
+            return q0, nrm if float(nrm @ dirv) >= 0 else -nrm
+
+        corners = [c + sg_m * ml * w + sg_a * ap * t + sd * dz for c, wm, wl, t in ((c0, wm0, wl0, t0), (c1, wm1, wl1, t1))
+                   for sg_m, w in ((-1.0, wm), (1.0, wl)) for sg_a in (-1.0, 1.0) for dz in (-1.5, 1.5)]
+        if grow == 0.0:
+            pts.extend(corners)
+        planes = [(c0, -mitre[k]), (c1, mitre[k + 1]), side_plane(wm0, wm1, -ml), side_plane(wl0, wl1, ml),
+                  side_plane(t0, t1, ap), side_plane(t0, t1, -ap)]
+        return polyhedron(planes, np.array(corners), seg_mu, tag)
+
+    for k in range(len(st) - 1):
+        if cup.cemented:
+            prims.append(segment(k, 2.5, m.CEMENT, f"cement:mantle:{s}"))
+            prims.append(segment(k, 0.0, mu - m.CEMENT, f"metal:stem:{s}"))
+        else:
+            prims.append(segment(k, 0.0, mu, f"metal:stem:{s}"))
+    end = centres[-1]
+    d_end = dirs[-1]
+    if shape == "cylindrical":
+        r = st[-1][3]
+        tip_c = axis_top + sd * last
+        if float((tip_c - end) @ d_end) > 1.0:
+            if cup.cemented:
+                prims.append(cylinder(end, tip_c, r + 2.5, m.CEMENT, tag=f"cement:mantle:{s}"))
+                prims.append(cylinder(end, tip_c, r, mu - m.CEMENT, tag=f"metal:stem:{s}"))
+            else:
+                prims.append(cylinder(end, tip_c, r, mu, tag=f"metal:stem:{s}"))
+            pts.extend(cylinder_points(end, tip_c, r))
+            end = tip_c
+            d_end = unit(sd)
+        prims.append(ellipsoid(end, (r, r, 6.0), mu, frame_from_z(d_end, ml), f"metal:stem:{s}", [(end, -d_end)]))
+    else:
+        _, _, wl, t, _, _ = st[-1]
+        prims.append(ellipsoid(end, (wl, t, 6.0), mu, frame_from_z(d_end, ml), f"metal:stem:{s}", [(end, -d_end)]))
+    tip = end + d_end * 6.0
+    pts.append(tip)
+    return prims, pts, tip
+
+
+# ----------------------------------------------------------------------------------------------
+# Children
+
+
+def physis_gap_mm(p: PatientParams) -> float:
+    """Width of the radiolucent proximal femoral physis (mm of the adult-size model)."""
+    age = p.age_years if p.age_years is not None else 8.0
+    return float(np.clip(5.0 - 0.2 * (age - 2.0), 2.5, 5.0))
+
+
+def epiphysis_radius_mm(p: PatientParams, head_radius_mm: float) -> float:
+    """Radius of the ossified femoral head epiphysis: about half the cartilaginous head at 2
+    years, most of it by 12."""
+    age = p.age_years if p.age_years is not None else 8.0
+    return head_radius_mm * float(np.clip(0.55 + 0.035 * (age - 2.0), 0.55, 0.9))
+
+
+def trochanter_apophysis_region(p: PatientParams, T: F64, sd: F64, ml: F64, ro: float) -> list[tuple[F64, F64]]:
+    """Growth plate of the greater trochanter: a lucent band from the lateral cortex up to the
+    trochanteric fossa, seen edge-on on an AP (it contains the AP direction). Before about 4
+    years the apophysis has not ossified: everything above the plate goes."""
+    age = p.age_years if p.age_years is not None else 8.0
+    l0 = T - sd * 5.0 + ml * (1.7 * ro)
+    l1 = T - sd * 28.0 + ml * (0.1 * ro)
+    d = unit(l1 - l0)
+    u = -sd
+    n = unit(ml * float(d @ u) - u * float(d @ ml))  # in the coronal plane, towards the trochanter
+    if float(n @ u) < 0:
+        n = -n
+    g = physis_gap_mm(p) * 0.8
+    if age < 4.0:
+        return [(l0 - n * g / 2.0, -n), (l1, d)]
+    return [(l0 + n * g / 2.0, n), (l0 - n * g / 2.0, -n), (l1, d)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-arthroplasty hardware
+
+
+def _hw_mu(hw: HardwareSpec) -> float:
+    return m.TITANIUM if hw.material == "titanium" else m.STEEL
+
+
+def _lateral_exit(T: F64, sd: F64, ml: F64, start: F64, direction: F64, dist: float) -> F64:
+    """Where the line ``start − t·direction`` (t > 0) reaches ``dist`` from the shaft axis in
+    the medial-lateral direction: the lateral cortex for a screw up the neck."""
+    f0 = float((start - T) @ ml)
+    rate = -float(direction @ ml)
+    t = (dist - f0) / max(rate, 1e-3)
+    out: F64 = start - direction * t
+    return out
+
+
+def _screw(p0: F64, p1: F64, r_shaft: float, r_thread: float, thread_mm: float, mu: float, tag: str,
+           head_r: float = 0.0, cannula: float = 0.0) -> tuple[list[Primitive], F64]:
+    """A screw from its head end ``p0`` to its tip ``p1``: shaft, threaded distal part, rounded
+    tip, optional head (washer) outside ``p0`` and a lucent cannula down its axis."""
+    d = unit(p1 - p0)
+    L = float(np.linalg.norm(p1 - p0))
+    th = min(thread_mm, L * 0.6)
+    q = p1 - d * th
+    prims = [cylinder(p0, q, r_shaft, mu, tag=tag)]
+    if th > 0.5:
+        prims.append(cylinder(q, p1, r_thread, mu, tag=tag))
+    else:
+        r_thread = r_shaft
+    prims.append(ellipsoid(p1, (r_thread, r_thread, r_thread * 0.8), mu, frame_from_z(d), tag, [(p1, -d)]))
+    pts = [cylinder_points(p0, p1, r_thread)]
+    if head_r > 0:
+        prims.append(cylinder(p0 - d * 3.0, p0, head_r, mu, tag=tag))
+        pts.append(cylinder_points(p0 - d * 3.0, p0, head_r))
+    if cannula > 0:
+        prims.append(cylinder(p0 - d * (3.0 if head_r > 0 else 0.0), p1 - d * 2.0, cannula, -mu, tag=tag))
+    return prims, np.concatenate(pts)
+
+
+def _plate(c0: F64, c1: F64, width_dir: F64, half_w: float, thick_dir: F64, half_t: float, mu: float,
+           tag: str) -> tuple[Primitive, F64]:
+    """A straight rectangular plate from ``c0`` to ``c1`` (centre line)."""
+    d = unit(c1 - c0)
+    wd = unit(width_dir - d * float(width_dir @ d))
+    td = unit(np.cross(d, wd))
+    if float(td @ thick_dir) < 0:
+        td = -td
+    corners = np.array([c + sw * wd * half_w + st * td * half_t for c in (c0, c1) for sw in (-1, 1) for st in (-1, 1)])
+    planes = [(c0, -d), (c1, d), (c0 + wd * half_w, wd), (c0 - wd * half_w, -wd), (c0 + td * half_t, td),
+              (c0 - td * half_t, -td)]
+    return polyhedron(planes, corners, mu, tag), corners
+
+
+def build_femoral_hardware(p: PatientParams, side: Side, hw: HardwareSpec, H: F64, sd: F64, hd: F64,
+                           T: F64) -> tuple[list[Primitive], list[HardwareGeometry]]:
+    """Fixation in the proximal femur, in the un-posed femur frame: a dynamic hip screw (lag
+    screw, barrel and side plate with cortical screws), cannulated screws up the neck, a
+    cephalomedullary nail with its lag screw and distal locking screws, or cerclage wires."""
+    if hw.kind not in HARDWARE_KINDS:
+        raise ValueError(f"hardware kind must be one of {HARDWARE_KINDS}, got {hw.kind!r}")
+    s = side.value
+    sx = side_sign(side)
+    hp = p.hip(side)
+    Rh, ro = hp.head_radius_mm, hp.shaft_radius_mm
+    lat = np.array([sx, 0.0, 0.0])
+    ml = unit(lat - sd * float(lat @ sd))
+    post = np.array([0.0, 1.0, 0.0])
+    pw = unit(post - sd * float(post @ sd))
+    mu = _hw_mu(hw)
+    prims: list[Primitive] = []
+    devices: list[HardwareGeometry] = []
+    tip = H + hd * (Rh - 10.0)  # lag screw tip ~1 cm under the subchondral bone (tip-apex distance)
+    if hw.kind in ("dhs", "nail"):
+        E = _lateral_exit(T, sd, ml, H, hd, ro * 1.5)
+    if hw.kind == "dhs":
+        tag = f"metal:dhs:{s}"
+        b0 = E - hd * 6.0
+        b1 = E + hd * 38.0
+        prims.append(cylinder(b0, b1, 6.5, mu, tag=tag))  # barrel
+        lag, lag_pts = _screw(b1, tip, 4.0, 6.3, 22.0, mu, tag)
+        prims += lag
+        z_top = float((E - T) @ sd) - 4.0
+        off = ro + 2.8
+        c0 = T + sd * z_top + ml * off
+        c1 = T + sd * (z_top + hw.length_mm) + ml * off
+        plate, plate_pts = _plate(c0, c1, pw, 9.5, ml, 2.8, mu, tag)
+        prims.append(plate)
+        pts = [cylinder_points(b0, b1, 6.5), lag_pts, plate_pts]
+        for k in range(hw.count):
+            z = z_top + 22.0 + 16.0 * k
+            if z > z_top + hw.length_mm - 6.0:
+                break
+            q0 = T + sd * z + ml * (off + 2.8)
+            sp, spts = _screw(q0, q0 - ml * (off + 2.8 + ro + 2.0), 2.25, 2.25, 0.0, mu, tag, head_r=4.0)
+            prims += sp
+            pts.append(spts)
+        devices.append(HardwareGeometry("dhs", np.concatenate(pts), elongated=True, tags=(tag,)))
+    elif hw.kind == "cannulated_screws":
+        down = np.array([0.0, 0.0, -1.0])
+        inf = unit(down - hd * float(down @ hd))
+        ant = unit(np.cross(hd, inf))
+        r_si = Rh * 0.72
+        offsets = [inf * (0.45 * r_si), -inf * (0.35 * r_si) + ant * (0.42 * r_si),
+                   -inf * (0.35 * r_si) - ant * (0.42 * r_si)]
+        if hw.count == 2:
+            offsets = [inf * (0.45 * r_si), -inf * (0.4 * r_si)]
+        for k, o in enumerate(offsets[: max(1, hw.count)]):
+            tag = f"metal:cannulated{k}:{s}"
+            depth = math.sqrt(max((Rh - 6.0) ** 2 - float(o @ o), 1.0))
+            p1 = H + o + hd * depth
+            p0 = _lateral_exit(T, sd, ml, H + o, hd, ro * 1.45)
+            sp, spts = _screw(p0, p1, 2.4, 3.6, 24.0, mu, tag, head_r=5.0, cannula=1.3)
+            prims += sp
+            devices.append(HardwareGeometry("cannulated_screws", spts, tags=(tag,)))
+    elif hw.kind == "nail":
+        tag = f"metal:nail:{s}"
+        n0 = T - sd * 40.0 + ml * (0.55 * ro)  # entry at the tip of the greater trochanter
+        n1 = T + sd * 45.0
+        d1 = unit(n1 - n0)
+        mit = unit(d1 + sd)
+        r_prox, r_dist = 8.5, 5.5
+        prims.append(cylinder(n0, n1, r_prox, mu, tag=tag, n1=mit))
+        t0 = n1 + sd * 20.0
+        prims.append(frustum(n1 - sd * 3.0, t0, (r_prox, r_prox), r_dist / r_prox, mu, tag=tag, clip=[(n1, -mit)]))
+        L_rest = max(hw.length_mm - 85.0 - 20.0, 30.0)
+        n2 = t0 + sd * L_rest
+        prims.append(cylinder(t0, n2, r_dist, mu, tag=tag))
+        prims.append(ellipsoid(n2, (r_dist, r_dist, 5.0), mu, frame_from_z(sd), tag, [(n2, -sd)]))
+        lag0 = E - hd * 8.0
+        lag, lag_pts = _screw(lag0, tip, 5.25, 5.5, 20.0, mu, tag)
+        prims += lag
+        pts = [cylinder_points(n0, n1, r_prox), cylinder_points(t0, n2 + sd * 5.0, r_dist), lag_pts]
+        for k in range(hw.count):
+            zc = n2 - sd * (25.0 + 18.0 * k)
+            q0 = zc + ml * (ro + 5.0)
+            sp, spts = _screw(q0, zc - ml * (ro + 1.0), 2.5, 2.5, 0.0, mu, tag, head_r=4.0)
+            prims += sp
+            pts.append(spts)
+        devices.append(HardwareGeometry("nail", np.concatenate(pts), elongated=True, tags=(tag,)))
+    elif hw.kind == "cerclage":
+        ap = unit(np.cross(sd, ml))
+        for k in range(max(1, hw.count)):
+            tag = f"metal:wire{k}:{s}"
+            cc = T + sd * (40.0 + 22.0 * k)  # subtrochanteric
+            r = ro * 1.2 + 1.0
+            ring = cc + np.array([r * math.cos(t) * ml + r * 0.92 * math.sin(t) * ap
+                                  for t in np.radians(np.linspace(0, 360, 25)[:-1])])
+            prims += tube(ring, 0.9, m.COCR if hw.material != "titanium" else m.TITANIUM, closed=True, tag=tag)
+            crimp = cc + ml * (r + 1.8)
+            prims.append(cylinder(crimp - ap * 3.5, crimp + ap * 3.5, 1.9, m.COCR, tag=tag))
+            devices.append(HardwareGeometry("cerclage", np.concatenate([ring, cylinder_points(crimp - ap * 3.5,
+                                                                                                crimp + ap * 3.5, 1.9)]),
+                                            tags=(tag,)))
+    else:
+        raise ValueError(f"{hw.kind} is not femoral hardware")
+    return prims, devices
+
+
+def build_pelvic_plate(p: PatientParams, side: Side, hw: HardwareSpec, marks: Landmarks) -> list[Primitive]:
+    """A contoured reconstruction plate with screws: along the pelvic brim (anterior column,
+    ``variant`` "brim") or round the posterior wall and column ("posterior")."""
+    s = side.value
+    sx = side_sign(side)
+    H = marks.hip_centre[side]
+    hp = p.hip(side)
+    r_in = hp.head_radius_mm + hp.joint_space_mm
+    mu = _hw_mu(hw)
+    tag = f"metal:plate:{s}"
+    up = np.array([0.0, 0.0, 1.0])
+    lat = np.array([sx, 0.0, 0.0])
+    post = np.array([0.0, 1.0, 0.0])
+    if hw.variant == "posterior":
+        # from the ischium above the tuberosity, round the back of the acetabulum (bulging
+        # laterally) up the posterior column onto the ilium; face on to an AP beam
+        tub = marks.tuberosity[side][0]
+        q0 = tub + up * 14.0
+        q1 = H + lat * (r_in + 10.0) + post * (0.7 * r_in)
+        q2 = H + up * (r_in + 40.0) + post * (0.5 * r_in)
+        t = np.linspace(0.0, 1.0, 16)[:, None]
+        path = (1 - t) ** 2 * q0 + 2 * t * (1 - t) * q1 + t**2 * q2
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+        path = path[np.abs(cum - cum[-1] / 2.0) <= hw.length_mm / 2.0]
+        into = [unit(-post + 0.35 * unit(H - q)) for q in path]  # forwards into the column
+        thick = post
+    else:
+        ring = marks.brim
+        th = np.degrees(np.arctan2(ring[:, 1] - ring[:, 1].mean(), ring[:, 0] * sx))
+        keep = (th > -80.0) & (th < 50.0)
+        order = np.argsort(th[keep])
+        path = ring[keep][order] + up * 5.5
+        # trim to the plate's length from the anterior (pubic) end
+        seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        path = path[cum <= hw.length_mm]
+        thick = unit(np.array([-sx, 0.0, 1.0]))
+        into = [unit(np.array([sx * 0.5, 0.15, -1.0])) for _ in path]
+    if len(path) < 2:
+        return []
+    prims = tube(path, (1.7, 5.5), mu, hint=thick, tag=tag)
+    pts = [path + sg * 5.5 * unit(np.cross(thick, unit(path[-1] - path[0]))) for sg in (-1.0, 1.0)]
+    pts += [path + thick * 1.7, path - thick * 1.7]
+    n_scr = min(hw.count, len(path))
+    idx = [int(v) for v in np.linspace(0, len(path) - 1, n_scr + 2)[1:-1].round()] if n_scr > 0 else []
+    for k in idx:
+        q0 = path[k]
+        d = into[k]
+        sp, spts = _screw(q0, q0 + d * 34.0, 1.75, 1.9, 0.0, mu, tag, head_r=3.6)
+        prims += sp
+        pts.append(spts)
+    marks.hardware.setdefault(side, []).append(HardwareGeometry("pelvic_plate", np.concatenate(pts), elongated=True,
+                                                                tags=(tag,)))
+    return prims
 
 # ----------------------------------------------------------------------------------------------
 # Soft tissue

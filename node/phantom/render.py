@@ -20,6 +20,7 @@ from node.phantom.anatomy import (
     build_pelvis,
     build_soft_tissue,
     femur_axes,
+    scale_primitive,
     side_sign,
 )
 from node.phantom.geometry import F32, F64, Camera, Rigid, rot_x, rot_y, rot_z, unit
@@ -31,17 +32,26 @@ def build_scene(spec: PhantomSpec) -> Scene:
         from node.phantom.other import build_other
 
         return build_other(spec)
-    p = spec.patient
+    patient = spec.patient
+    # a child is built as its adult-size model and scaled as a whole (see PatientParams.scaled)
+    p = patient.unscaled()
     scene = Scene()
     marks = scene.marks
-    prims = build_pelvis(p, spec.implants, marks)
+    hardware = spec.hardware
+    prims = build_pelvis(p, spec.implants, marks, hardware)
     # on the cross-table lateral the other leg is lifted out of the beam
     lifted = spec.side.other if (spec.view is View.LATERAL_HIP and spec.side is not None) else None
     for side in (Side.RIGHT, Side.LEFT):
-        femur = build_femur(p, side, spec.implant(side), spec.poses.get(side, FemurPose()), marks)
+        femur = build_femur(p, side, spec.implant(side), spec.poses.get(side, FemurPose()), marks,
+                            hardware.get(side))
         if side is not lifted:
             prims += femur
     prims += build_soft_tissue(p, spec.poses, marks, lifted=lifted)
+    if patient.scale != 1.0:
+        prims = [scale_primitive(q, patient.scale) for q in prims]
+        scene.marks = marks.scaled(patient.scale)
+    if patient.bone_density != 1.0:  # osteopenia: every bone attenuates less
+        prims = [q.with_mu(q.mu * patient.bone_density) if q.tag.startswith("bone") else q for q in prims]
     scene.prims = [q for q in prims if q.mu != 0.0 or q.tag.startswith("mask:")]
     return scene
 

@@ -14,11 +14,45 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from node.domain import Side, View
-from node.phantom.anatomy import CupSpec, FemurPose, HipParams, PatientParams
+from node.phantom.anatomy import (
+    HARDWARE_KINDS,
+    CupSpec,
+    FemurPose,
+    HardwareSpec,
+    HipParams,
+    PatientParams,
+)
 
 OTHER_KINDS: tuple[str, ...] = ("chest", "knee", "hand", "abdomen")
 SINGLE_HIP_VIEWS = (View.AP_HIP, View.LATERAL_HIP, View.OBLIQUE_HIP)
 IMPLANT_MODES: tuple[str, ...] = ("random", "none", "right", "left", "unilateral", "bilateral")
+# "classic": the generator as it always was (same random stream, same pixels for a seed);
+# "broad": more implant designs and hardware, children, wider body habitus, osteopenia and
+# positioning, so models trained on phantoms meet fewer surprises (see ``sample_spec``).
+VARIETIES: tuple[str, ...] = ("classic", "broad")
+
+# Broad sampler: arthroplasty design of an implanted hip
+DESIGN_WEIGHTS: dict[str, float] = {
+    "hemispherical": 0.30,
+    "flanged": 0.10,
+    "dual_mobility": 0.10,
+    "large_head": 0.06,
+    "cemented_pe": 0.14,
+    "hemiarthroplasty": 0.20,
+    "resurfacing": 0.10,
+}
+# … non-arthroplasty hardware on a hip without one (implants="random" only)
+HARDWARE_WEIGHTS: dict[str, float] = {
+    "dhs": 0.25,
+    "cannulated_screws": 0.22,
+    "nail": 0.25,
+    "pelvic_plate": 0.14,
+    "cerclage": 0.14,
+}
+HARDWARE_PROB = 0.3  # per hip without an arthroplasty
+PELVIC_PLATE_WITH_ARTHROPLASTY = 0.06  # an old acetabular fracture plate next to a cup
+CONTRALATERAL_DIFFERENT = 0.6  # two arthroplasties: the second is of another design
+PAEDIATRIC_PROB = 0.10  # AP pelvis / AP hip draws (implants "random" or "none")
 
 
 @dataclass(frozen=True)
@@ -92,6 +126,8 @@ class PhantomSpec:
     other_kind: str | None = None  # chest | knee | hand | abdomen (View.OTHER)
     noise_seed: int = 0
     unreliable_metadata: bool = False
+    hardware: dict[Side, HardwareSpec | None] = field(default_factory=dict)  # not arthroplasty
+    variety: str = "classic"  # how it was sampled (VARIETIES); "broad" also poses stem boxes
 
     def implant(self, side: Side) -> CupSpec | None:
         return self.implants.get(side)
@@ -113,6 +149,7 @@ class PhantomSpec:
             side=None if self.side is None else self.side.other,
             patient=replace(p, right=p.left, left=p.right, gas=gas),
             implants={s.other: mirror_cup(c) for s, c in self.implants.items()},
+            hardware={s.other: h for s, h in self.hardware.items()},
             poses={s.other: v for s, v in self.poses.items()},
             imaging=self.imaging.mirrored(),
             geometry=self.geometry.mirrored(),
@@ -167,7 +204,11 @@ def sample_hip(rng: np.random.Generator, sex: str, dysplasia: bool, cam: bool, o
 
 
 def sample_patient(rng: np.random.Generator, sex: str | None = None,
-                   morphology: dict[Side, dict[str, bool]] | None = None) -> PatientParams:
+                   morphology: dict[Side, dict[str, bool]] | None = None, variety: str = "classic",
+                   paediatric: bool = False) -> PatientParams:
+    """A patient. "classic" draws exactly what it always drew; "broad" (or a child) draws more
+    after that: body habitus from thin to obese, osteopenia, and for a child (2–12 years) age,
+    skeletal scale, child hip morphology (see :func:`_broaden_patient`)."""
     sex = sex or ("F" if rng.random() < 0.5 else "M")
     female = sex == "F"
     size = float(np.clip(rng.normal(1.0, 0.12), 0.75, 1.35))
@@ -197,7 +238,7 @@ def sample_patient(rng: np.random.Generator, sex: str | None = None,
         for _ in range(n_gas)
     )
     hw = (_u(rng, 88.0, 96.0) if female else _u(rng, 83.0, 91.0))
-    return PatientParams(
+    patient = PatientParams(
         sex=sex,
         hip_half_width_mm=hw,
         inlet_half_width_mm=_u(rng, 63.0, 70.0) if female else _u(rng, 56.0, 62.0),
@@ -214,6 +255,40 @@ def sample_patient(rng: np.random.Generator, sex: str | None = None,
         left=hips[Side.LEFT],
         gas=gas,
     )
+    if variety == "classic" and not paediatric:
+        return patient
+    return _broaden_patient(rng, patient, paediatric)
+
+
+def _broaden_patient(rng: np.random.Generator, p: PatientParams, paediatric: bool) -> PatientParams:
+    """Wider habitus (size 0.62–1.7 of the standard trunk, subcutaneous fat 0.45–1.7 × what that
+    size would carry), osteopenia (a quarter of adults: bone attenuation × 0.55–0.85), and for a
+    child: age 2–12, skeletal scale 0.45–0.8 with age, valgus and anteverted necks, a wide
+    cartilage joint space, no cam or osteoarthritis."""
+    female = p.sex == "F"
+    size = float(np.clip(np.exp(rng.normal(0.0, 0.2)), 0.62, 1.7))
+    fat_f = _u(rng, 0.45, 1.7)
+    density = _u(rng, 0.55, 0.85) if rng.random() < 0.25 else _u(rng, 0.92, 1.08)
+    p = replace(
+        p,
+        body_half_width_mm=(170.0 if female else 165.0) * size,
+        body_half_depth_mm=115.0 * size,
+        fat_mm=float(np.clip((35.0 if female else 22.0) * size**2 * fat_f, 5.0, 120.0)),
+        thigh_radius_mm=(88.0 if female else 82.0) * size,
+        bone_density=density,
+    )
+    if not paediatric:
+        return p
+    age = _u(rng, 2.0, 12.0)
+    scale = float(np.clip(0.45 + 0.035 * (age - 2.0) + rng.normal(0.0, 0.03), 0.45, 0.8))
+
+    def child_hip(h: HipParams) -> HipParams:
+        return replace(h, neck_shaft_deg=_u(rng, 135.0, 150.0), femoral_anteversion_deg=_u(rng, 15.0, 35.0),
+                       joint_space_mm=_u(rng, 4.0, 6.0), cam_mm=0.0, osteophytes=False, sclerosis=False)
+
+    p = replace(p, right=child_hip(p.right), left=child_hip(p.left), bone_density=_u(rng, 0.8, 1.0),
+                fat_mm=p.fat_mm * _u(rng, 0.4, 1.0), paediatric=True, age_years=age)
+    return p.scaled(scale)
 
 
 def sample_cup(rng: np.random.Generator, patient: PatientParams, side: Side,
@@ -238,6 +313,154 @@ def sample_cup(rng: np.random.Generator, patient: PatientParams, side: Side,
         cerclage=int(rng.choice([0, 0, 0, 0, 1, 2])),
         neck_length_mm=_u(rng, 34.0, 42.0),
     )
+
+
+def _pick(rng: np.random.Generator, weights: dict[str, float], exclude: tuple[str, ...] = ()) -> str:
+    keys = [k for k in weights if k not in exclude]
+    w = np.array([weights[k] for k in keys])
+    return keys[int(rng.choice(len(keys), p=w / w.sum()))]
+
+
+def _broad_stem(rng: np.random.Generator, design: str) -> dict[str, object]:
+    """Stem length (short 85–100 mm 20 %, standard 120–150 mm 60 %, long revision 200–250 mm
+    20 %), shape, fixation and alloy."""
+    r = rng.random()
+    length = _u(rng, 85.0, 100.0) if r < 0.2 else (_u(rng, 120.0, 150.0) if r < 0.8 else _u(rng, 200.0, 250.0))
+    if length > 180.0:
+        shape = _pick(rng, {"cylindrical": 0.5, "tapered": 0.35, "wedge": 0.15})
+    else:
+        shape = _pick(rng, {"tapered": 0.3, "wedge": 0.2, "anatomic": 0.15, "cylindrical": 0.15, "collared": 0.2})
+    p_cem = {"cemented_pe": 0.85, "hemiarthroplasty": 0.6}.get(design, 0.3)
+    cemented = bool(rng.random() < p_cem)
+    if cemented:
+        material = "cocr" if rng.random() < 0.6 else "steel"
+    else:
+        material = "titanium" if rng.random() < 0.75 else "cocr"
+    return {"stem_length_mm": length, "stem_shape": shape, "cemented": cemented, "stem_material": material}
+
+
+HEAD_RADII_MM: tuple[float, ...] = (11.0, 14.0, 16.0, 18.0, 20.0)  # 22, 28, 32, 36, 40 mm heads
+
+
+def sample_arthroplasty(rng: np.random.Generator, patient: PatientParams, side: Side, variety: str = "classic",
+                        exclude: tuple[str, ...] = ()) -> CupSpec:
+    """An arthroplasty: the classic THA (exactly :func:`sample_cup`), or under "broad" any of
+    ``ARTHROPLASTY_DESIGNS`` (``DESIGN_WEIGHTS``, minus ``exclude``) with its own sizes,
+    materials, stems, screws, holes and cerclage."""
+    if variety == "classic":
+        return sample_cup(rng, patient, side)
+    design = _pick(rng, DESIGN_WEIGHTS, exclude)
+    hp = patient.hip(side)
+    Rh = hp.head_radius_mm
+    kw: dict[str, object] = {
+        "design": design,
+        "inclination_deg": float(np.clip(rng.normal(43, 9), 20, 70)),
+        "anteversion_deg": float(np.clip(rng.normal(17, 9), -10, 45)),
+        "centre_offset_mm": (_u(rng, -4, 3) * (-1 if side is Side.RIGHT else 1), _u(rng, -2, 2), _u(rng, -2, 4)),
+        "neck_length_mm": _u(rng, 34.0, 42.0),
+        "n_screws": 0,
+        "cerclage": int(rng.choice([0, 1, 2, 3], p=[0.65, 0.15, 0.12, 0.08])),
+        "head_material": "cocr" if rng.random() < 0.7 else "ceramic",
+    }
+    kw.update(_broad_stem(rng, design))
+    if design in ("hemispherical", "flanged"):
+        outer = float(round(Rh + _u(rng, 1.5, 4.0)))
+        shell_mm = _u(rng, 3.0, 4.5)
+        liner = _pick(rng, {"pe": 0.7, "ceramic": 0.15, "metal": 0.15})
+        room = outer - shell_mm - {"pe": 4.0, "ceramic": 3.5, "metal": 1.5}[liner]
+        heads = [r for r in HEAD_RADII_MM if r <= room] or [HEAD_RADII_MM[0]]
+        kw.update(outer_radius_mm=outer, shell_mm=shell_mm, liner=liner, head_radius_mm=float(rng.choice(heads)),
+                  shell_material="titanium" if rng.random() < 0.85 else "cocr",
+                  n_screws=int(rng.choice([0, 0, 1, 2, 3])), screw_holes=int(rng.choice([0, 0, 1, 2, 3])),
+                  wear_mm=_u(rng, 0.0, 2.5) if liner == "pe" and rng.random() < 0.3 else 0.0)
+        if design == "flanged":
+            kw.update(flange_mm=_u(rng, 3.0, 7.0), flange_arc_deg=360.0 if rng.random() < 0.5 else 180.0)
+    elif design == "dual_mobility":
+        outer = float(round(Rh + _u(rng, 1.5, 3.5)))
+        kw.update(outer_radius_mm=outer, shell_mm=_u(rng, 2.0, 3.0), shell_material="cocr", liner="pe",
+                  head_radius_mm=11.0 if rng.random() < 0.5 else 14.0, head_material="cocr",
+                  screw_holes=int(rng.choice([0, 0, 1, 2])))
+    elif design == "large_head":
+        outer = float(round(Rh + _u(rng, 2.0, 4.0)))
+        shell_mm = _u(rng, 3.0, 4.5)
+        liner = "none" if rng.random() < 0.7 else "metal"
+        head = outer - shell_mm - (0.2 if liner == "none" else 1.7)
+        kw.update(outer_radius_mm=outer, shell_mm=shell_mm, liner=liner, head_radius_mm=head, head_material="cocr",
+                  shell_material="cocr" if rng.random() < 0.7 else "titanium", n_screws=int(rng.choice([0, 0, 1])))
+    elif design == "cemented_pe":
+        kw.update(outer_radius_mm=float(round(Rh + _u(rng, -0.5, 2.0))), mantle_mm=_u(rng, 2.0, 4.0), liner="pe",
+                  head_radius_mm=11.0 if rng.random() < 0.5 else 14.0, head_material="cocr",
+                  marker_wire="ring" if rng.random() < 0.6 else "arc",
+                  wear_mm=_u(rng, 0.0, 2.5) if rng.random() < 0.3 else 0.0)
+    elif design == "hemiarthroplasty":
+        kw.update(outer_radius_mm=Rh + _u(rng, -0.5, 1.0), bipolar=bool(rng.random() < 0.5),
+                  head_radius_mm=11.0 if rng.random() < 0.5 else 14.0,
+                  centre_offset_mm=(_u(rng, -1, 1), _u(rng, -1, 1), _u(rng, -1.5, 0.5)))
+    elif design == "resurfacing":
+        shell_mm = _u(rng, 3.0, 4.0)
+        cap = Rh + _u(rng, 0.5, 1.5)
+        kw.update(outer_radius_mm=cap + 0.15 + shell_mm, shell_mm=shell_mm, shell_material="cocr", liner="none",
+                  head_radius_mm=cap, head_material="cocr", centre_offset_mm=(0.0, 0.0, 0.0),
+                  peg_mm=_u(rng, 30.0, 40.0), cerclage=0)
+    return CupSpec(**kw)  # type: ignore[arg-type]
+
+
+def sample_hardware(rng: np.random.Generator, kind: str) -> HardwareSpec:
+    """One device of ``kind`` with its own size, screw count and alloy."""
+    material = "titanium" if rng.random() < 0.5 else "steel"
+    if kind == "dhs":
+        return HardwareSpec(kind, count=int(rng.integers(2, 6)), length_mm=_u(rng, 70.0, 140.0), material=material)
+    if kind == "cannulated_screws":
+        return HardwareSpec(kind, count=int(rng.choice([2, 3, 3])), material=material)
+    if kind == "nail":
+        long_nail = rng.random() < 0.35
+        return HardwareSpec(kind, count=int(rng.integers(1, 3)),
+                            length_mm=_u(rng, 300.0, 420.0) if long_nail else _u(rng, 170.0, 240.0),
+                            material="titanium" if rng.random() < 0.7 else "steel",
+                            variant="long" if long_nail else "short")
+    if kind == "pelvic_plate":
+        return HardwareSpec(kind, count=int(rng.integers(3, 8)), length_mm=_u(rng, 70.0, 140.0), material=material,
+                            variant="brim" if rng.random() < 0.6 else "posterior")
+    if kind == "cerclage":
+        return HardwareSpec(kind, count=int(rng.integers(1, 4)), material="steel")
+    raise ValueError(f"hardware kind must be one of {HARDWARE_KINDS}, got {kind!r}")
+
+
+def sample_implants(rng: np.random.Generator, patient: PatientParams,
+                    implants: str | Sequence[Side | str] = "random",
+                    variety: str = "classic") -> tuple[dict[Side, CupSpec | None], dict[Side, HardwareSpec | None]]:
+    """Arthroplasties (and, under "broad" with ``implants="random"``, other hardware) for both
+    sides. "classic" draws exactly what ``sample_spec`` always drew.
+
+    Broad: the sides come from the same modes; each implanted side gets a design from
+    ``DESIGN_WEIGHTS`` (a second one differs from the first with ``CONTRALATERAL_DIFFERENT``);
+    each side without one gets hardware with ``HARDWARE_PROB`` (never the same kind as the other
+    side's), a side with a cup a pelvic plate with ``PELVIC_PLATE_WITH_ARTHROPLASTY``."""
+    sides = implant_sides(rng, implants) if isinstance(implants, str) else tuple(Side(s) for s in implants)
+    if variety == "classic":
+        return {s: (sample_cup(rng, patient, s) if s in sides else None) for s in (Side.RIGHT, Side.LEFT)}, {}
+    imp: dict[Side, CupSpec | None] = {}
+    for s in (Side.RIGHT, Side.LEFT):
+        if s not in sides:
+            imp[s] = None
+            continue
+        other = imp.get(s.other)
+        exclude = (other.design,) if other is not None and rng.random() < CONTRALATERAL_DIFFERENT else ()
+        imp[s] = sample_arthroplasty(rng, patient, s, variety, exclude)
+    hw: dict[Side, HardwareSpec | None] = {Side.RIGHT: None, Side.LEFT: None}
+    if implants == "random":
+        for s in (Side.RIGHT, Side.LEFT):
+            cup = imp[s]
+            if cup is not None:
+                other_hw = hw[s.other]
+                if (cup.has_cup and (other_hw is None or other_hw.kind != "pelvic_plate")
+                        and rng.random() < PELVIC_PLATE_WITH_ARTHROPLASTY):
+                    hw[s] = sample_hardware(rng, "pelvic_plate")
+                continue
+            if rng.random() < HARDWARE_PROB:
+                taken = hw[s.other]
+                hw[s] = sample_hardware(rng, _pick(rng, HARDWARE_WEIGHTS, (taken.kind,) if taken else ()))
+    return imp, hw
 
 
 def implant_sides(rng: np.random.Generator, mode: str) -> tuple[Side, ...]:
@@ -351,13 +574,28 @@ def sample_spec(
     unreliable_fraction: float = 0.0,
     patient: PatientParams | None = None,
     pixel_mm: float | None = None,
+    variety: str = "classic",
+    paediatric: bool | None = None,
+    hardware: dict[Side, HardwareSpec | None] | None = None,
 ) -> PhantomSpec:
     """Draw a random spec; every argument given pins that aspect.
 
     ``implants``: a mode (``random``, ``none``, ``right``, ``left``, ``unilateral``,
     ``bilateral``), a sequence of sides, or an explicit ``{Side: CupSpec | None}``.
     ``patient`` reuses an anatomy (several views of one patient). ``rows=0`` asks for the
-    detector's native matrix at ``pixel_mm`` (default: drawn from 0.139–0.2 mm)."""
+    detector's native matrix at ``pixel_mm`` (default: drawn from 0.139–0.2 mm).
+
+    ``variety="classic"`` (default) draws exactly the stream it always drew: same seed, same
+    pixels. ``"broad"`` adds (see ``DESIGN_WEIGHTS``, ``HARDWARE_WEIGHTS`` and the other
+    module constants): arthroplasty designs beyond the hemispherical THA, stems of every length
+    and shape, non-arthroplasty hardware (``implants="random"`` only), children
+    (``PAEDIATRIC_PROB`` of AP pelvis / AP hip draws with ``implants`` "random" or "none"),
+    thin-to-obese habitus, osteopenia, pelvic tilt ±20° and rotation ±15°.
+    ``paediatric`` pins a child (True) or an adult (False) whatever the variety; a child gets
+    no implants. ``hardware`` pins the non-arthroplasty hardware ``{Side: HardwareSpec | None}``."""
+    if variety not in VARIETIES:
+        raise ValueError(f"variety must be one of {VARIETIES}, got {variety!r}")
+    broad = variety == "broad"
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     if view is None:
@@ -369,12 +607,26 @@ def sample_spec(
         side = Side(side) if side is not None else (Side.RIGHT if rng.random() < 0.5 else Side.LEFT)
     else:
         side = None
-    patient = patient or sample_patient(rng, sex, morphology)
+    if patient is None:
+        child = bool(paediatric) if paediatric is not None else (
+            broad and view in (View.AP_PELVIS, View.AP_HIP) and isinstance(implants, str)
+            and implants in ("random", "none") and not any((hardware or {}).values())
+            and bool(rng.random() < PAEDIATRIC_PROB))
+        patient = sample_patient(rng, sex, morphology, variety, paediatric=child)
+    hw: dict[Side, HardwareSpec | None] = {}
     if isinstance(implants, dict):
         imp = {s: implants.get(s) for s in (Side.RIGHT, Side.LEFT)}
+    elif patient.paediatric:
+        if implants not in ("random", "none"):
+            raise ValueError(f"the phantom's children have no implants (implants={implants!r})")
+        imp = {Side.RIGHT: None, Side.LEFT: None}
     else:
-        sides = implant_sides(rng, implants) if isinstance(implants, str) else tuple(Side(s) for s in implants)
-        imp = {s: (sample_cup(rng, patient, s) if s in sides else None) for s in (Side.RIGHT, Side.LEFT)}
+        imp, hw = sample_implants(rng, patient, implants, variety)
+    if hardware is not None:
+        hw = {s: hardware.get(s) for s in (Side.RIGHT, Side.LEFT)}
+    hw = {s: h for s, h in hw.items() if h is not None}
+    if patient.paediatric and (any(c is not None for c in imp.values()) or hw):
+        raise ValueError("the phantom's children have no implants or hardware")
     # an implanted hip has no native morphology to speak of
     poses = {Side.RIGHT: FemurPose(), Side.LEFT: FemurPose()}
     for s in (Side.RIGHT, Side.LEFT):
@@ -390,6 +642,13 @@ def sample_spec(
         kind = other_kind or OTHER_KINDS[int(rng.integers(len(OTHER_KINDS)))]
     imaging = sample_imaging(rng, view, side)
     geometry = sample_geometry(rng, view)
+    if broad:
+        geometry = replace(geometry, pelvic_tilt_deg=float(np.clip(rng.normal(0, 8), -20, 20)),
+                           pelvic_rotation_deg=float(np.clip(rng.normal(0, 5), -15, 15)))
+    if patient.paediatric and view is not View.OTHER:
+        # collimated to the child: the field shrinks with the skeleton; a thin body scatters less
+        geometry = replace(geometry, fov_mm=geometry.fov_mm * min(1.0, patient.scale * 1.1 + 0.05))
+        imaging = replace(imaging, scatter_to_primary=imaging.scatter_to_primary * patient.scale)
     if kind == "chest":
         geometry = replace(geometry, sid_mm=_u(rng, 1500.0, 1830.0))
     if rows <= 0:
@@ -412,4 +671,6 @@ def sample_spec(
         other_kind=kind,
         noise_seed=noise_seed,
         unreliable_metadata=unreliable,
+        hardware=hw,
+        variety=variety,
     )

@@ -10,7 +10,15 @@ import numpy as np
 
 from node.domain import DETECTOR_CLASSES, Box, Ellipse, Point, Side, View
 from node.phantom.anatomy import Landmarks, radiographic_angles, side_sign
-from node.phantom.geometry import F64, Camera, Primitive, ellipse_from_points, fibonacci_sphere, frame_from_z
+from node.phantom.geometry import (
+    F64,
+    Camera,
+    Primitive,
+    ellipse_from_points,
+    fibonacci_sphere,
+    frame_from_z,
+    mask,
+)
 from node.phantom.spec import PhantomSpec
 
 AP_LIKE = (View.AP_PELVIS, View.AP_HIP, View.OBLIQUE_HIP)
@@ -38,10 +46,12 @@ class CupTruth:
 @dataclass
 class HipTruth:
     side: Side
-    implant: bool
-    cup: CupTruth | None = None
+    implant: bool  # an arthroplasty (THA of any design, hemiarthroplasty, resurfacing)
+    cup: CupTruth | None = None  # None without an acetabular component (also hemiarthroplasty)
     flags: dict[str, bool] = field(default_factory=dict)
     measures: dict[str, float | None] = field(default_factory=dict)
+    design: str | None = None  # the arthroplasty's design (``ARTHROPLASTY_DESIGNS``)
+    hardware: str | None = None  # non-arthroplasty hardware on this side (``HARDWARE_KINDS``)
 
 
 @dataclass
@@ -66,6 +76,9 @@ class GroundTruth:
     pelvic_rotation_deg: float = 0.0
     seed: int | None = None
     index: int | None = None
+    paediatric: bool = False  # a child: open growth cartilage, no implants
+    age_years: float | None = None
+    variety: str = "classic"  # the sampler's variety (``node.phantom.spec.VARIETIES``)
 
     def implant(self, side: Side) -> bool:
         return self.hips[side].implant
@@ -220,10 +233,30 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
     fx = max(1, cols // 256)
     field_box = (xs.min() * fx, ys.min() * f, (xs.max() + 1) * fx - 1, (ys.max() + 1) * f - 1) if xs.size else (0, 0, cols - 1, rows - 1)
 
-    def add_box(pts: F64, label: str, c: Camera = cam) -> None:
+    def add_box(pts: F64, label: str, c: Camera = cam, min_inside: float = 0.6,
+                tags: tuple[str, ...] = ()) -> None:
+        """Box of the projected points, clipped to the exposed field; dropped when less than
+        ``min_inside`` of it is inside (long devices — plates, nails, revision stems — are
+        recognisable from a smaller visible part and use a lower bar). With ``tags`` the box is
+        that of the pixels the primitives so tagged actually cover in the exposed field (a
+        device leaving the field obliquely would otherwise get a box far larger than what
+        shows); the points then only give the full extent for ``min_inside``."""
         if label not in DETECTOR_CLASSES:
             raise ValueError(label)
         uv = c.project(pts)
+        if tags:
+            x0, y0 = uv.min(axis=0)
+            x1, y1 = uv.max(axis=0)
+            seen_mask = mask(c, [q for q in prims if q.tag in tags and q.mu > 0], "") & exposed
+            ys_, xs_ = np.nonzero(seen_mask)
+            if not xs_.size:
+                return
+            hx0, hy0, hx1, hy1 = float(xs_.min()), float(ys_.min()), float(xs_.max()), float(ys_.max())
+            full = max((x1 - x0) * (y1 - y0), 1e-9)
+            if (hx1 - hx0) * (hy1 - hy0) / full < min_inside or hx1 - hx0 < 3 or hy1 - hy0 < 3:
+                return
+            boxes.append(Box(hx0, hy0, hx1, hy1, label))
+            return
         x0, y0 = uv.min(axis=0)
         x1, y1 = uv.max(axis=0)
         area = max((x1 - x0) * (y1 - y0), 1e-9)
@@ -232,14 +265,14 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
         if cx1 <= cx0 or cy1 <= cy0:
             return
         inside = (cx1 - cx0) * (cy1 - cy0) / area
-        if inside < 0.6 or (cx1 - cx0) < 3 or (cy1 - cy0) < 3:
+        if inside < min_inside or (cx1 - cx0) < 3 or (cy1 - cy0) < 3:
             return
         boxes.append(Box(float(cx0), float(cy0), float(cx1), float(cy1), label))
 
     if view is View.OTHER:
         return GroundTruth(view, imaged, spec.patient.sex, {}, boxes, landmarks, rows, cols, px, 1.0,
                            spec.imaging.photometric, spec.imaging.bits_stored, spec.geometry.projection, marker,
-                           spec.other_kind, seed=None)
+                           spec.other_kind, seed=None, variety=spec.variety)
 
     # reference line and landmarks on AP-like projections
     ap_cam = cam if view in AP_LIKE else neutral_cam
@@ -277,7 +310,10 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
     for side in (Side.RIGHT, Side.LEFT):
         cupspec = spec.implant(side)
         ht = HipTruth(side, cupspec is not None)
-        if cupspec is not None and side in marks.cups:
+        ht.design = cupspec.design if cupspec is not None else None
+        hw = spec.hardware.get(side)
+        ht.hardware = hw.kind if hw is not None else None
+        if cupspec is not None and side in marks.cups and marks.cups[side].has_cup:
             g = marks.cups[side]
             ri, ra = radiographic_angles(side, g.axis)
             e1 = frame_from_z(g.axis)
@@ -285,7 +321,8 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
             rim = g.centre + g.rim_radius * (np.cos(t)[:, None] * e1[:, 0] + np.sin(t)[:, None] * e1[:, 1])
             cx, cy, a, b, ang = ellipse_from_points(cam.project(rim))
             ell = Ellipse(cx, cy, a, b, ang)
-            ct = CupTruth(side, ri, ra, ell, screws=cupspec.n_screws, cemented=cupspec.cemented)
+            ct = CupTruth(side, ri, ra, ell, screws=cupspec.n_screws,
+                          cemented=cupspec.cemented or cupspec.design == "cemented_pe")
             if view in AP_LIKE:
                 ct.seen_inclination_deg = _acute(ang, ref_angle)
                 ct.seen_inclination_horizontal_deg = _acute(ang, 0.0)
@@ -331,6 +368,14 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
         lce = math.degrees(math.atan2(lx, ly))
         tonnis = math.degrees(math.atan2(ly - my_, lx - mx_))
         _ = T
+        if spec.patient.paediatric:
+            # the head is a separate epiphysis on a physis: no head-neck contour to measure
+            ht.measures.update(lateral_centre_edge_deg=lce, tonnis_deg=tonnis, alpha_deg=None,
+                               head_neck_offset_mm=None, joint_space_mm=hp.joint_space_mm)
+            ht.flags["dysplasia"] = lce < DYSPLASIA_LCE_DEG
+            ht.flags["cam_deformity"] = False
+            ht.flags["other_abnormality"] = False
+            continue
         alpha, offset = femoral_head_neck(prims, marks, side, hp.head_radius_mm)
         ht.measures.update(lateral_centre_edge_deg=lce, tonnis_deg=tonnis, alpha_deg=alpha,
                            head_neck_offset_mm=offset, joint_space_mm=hp.joint_space_mm)
@@ -348,10 +393,27 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
         add_box(np.concatenate(jpts), label)
         if side in marks.cups:
             g = marks.cups[side]
-            add_box(g.shell_points, "cup")
-            add_box(g.stem_points, "stem")
-            for sp in g.screw_points + g.cerclage_points:
+            # classic specs keep their historical stem boxes (un-posed femur points); anything
+            # new boxes the stem where the posed femur actually carries it
+            posed = spec.variety != "classic" or g.design != "hemispherical"
+            if g.has_cup:
+                add_box(g.shell_points, "cup")
+            sv = side.value
+            if posed:
+                stem_tags = (f"metal:stem:{sv}",) + ((f"metal:head:{sv}",) if not g.has_cup or
+                                                      g.design == "resurfacing" else ())
+                add_box(g.posed(g.stem_points), "stem", min_inside=0.3, tags=stem_tags)
+            else:
+                add_box(g.stem_points, "stem")
+            for sp in g.screw_points:
                 add_box(sp, "other_hardware")
+            for kc, sp in enumerate(g.cerclage_points):
+                if posed:
+                    add_box(g.posed(sp), "other_hardware", tags=(f"metal:cerclage{kc}:{sv}",))
+                else:
+                    add_box(sp, "other_hardware")
+        for device in marks.hardware.get(side, []):
+            add_box(device.points, "other_hardware", min_inside=0.3 if device.elongated else 0.6, tags=device.tags)
         if view in AP_LIKE:
             add_box(marks.teardrop_points[side], "teardrop")
             c, R, ax = marks.tuberosity[side]
@@ -359,7 +421,8 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
     gt = GroundTruth(view, imaged, spec.patient.sex, hips, boxes, landmarks, rows, cols, px, magnification,
                      spec.imaging.photometric, spec.imaging.bits_stored, spec.geometry.projection, marker,
                      None, pelvic_tilt_deg=spec.geometry.pelvic_tilt_deg,
-                     pelvic_rotation_deg=spec.geometry.pelvic_rotation_deg)
+                     pelvic_rotation_deg=spec.geometry.pelvic_rotation_deg, paediatric=spec.patient.paediatric,
+                     age_years=spec.patient.age_years, variety=spec.variety)
     return gt
 
 

@@ -39,6 +39,18 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--val-phantom-size", type=int, help="rendered size of validation phantoms (default: --phantom-size)"
     )
+    src.add_argument(
+        "--phantom-variety",
+        choices=("classic", "broad"),
+        default="classic",
+        help="phantom sampler range: broad adds implant designs, fixation hardware, children (training)",
+    )
+    src.add_argument(
+        "--phantom-style",
+        choices=("analytic", "voxel"),
+        default="analytic",
+        help="how phantom pixels are formed; keep one style out of training to evaluate on it",
+    )
     src.add_argument("--workers", type=int, default=1, help="processes rendering phantoms")
     src.add_argument(
         "--cache", type=Path, help="folder to cache rendered phantom sets in (reused by later runs)"
@@ -139,10 +151,14 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
             )
     if args.phantoms:
         train += list(
-            phantom_samples(args.phantoms, args.phantom_seed, args.phantom_size, args.workers, args.cache)
+            phantom_samples(
+                args.phantoms, args.phantom_seed, args.phantom_size, args.workers, args.cache,
+                args.phantom_variety, args.phantom_style,
+            )
         )
         parts.append(
-            f"{args.phantoms} phantoms (hipnode phantom generator, seed {args.phantom_seed}, realism on)"
+            f"{args.phantoms} phantoms (hipnode phantom generator, seed {args.phantom_seed}, realism on, "
+            f"variety {args.phantom_variety}, style {args.phantom_style})"
         )
     if args.phantoms and args.val_phantoms and (args.data is None or args.val_data is None):
         val += list(
@@ -152,9 +168,14 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
                 args.val_phantom_size or args.phantom_size,
                 args.workers,
                 args.cache,
+                args.phantom_variety,
+                args.phantom_style,
             )
         )
-        parts.append(f"validation: {args.val_phantoms} fresh phantoms, seed {args.val_phantom_seed}")
+        parts.append(
+            f"validation: {args.val_phantoms} fresh phantoms, seed {args.val_phantom_seed}, "
+            f"variety {args.phantom_variety}, style {args.phantom_style}"
+        )
     for folder in args.negatives:
         neg = list(negative_samples(folder))
         train += neg

@@ -195,13 +195,13 @@ def negative_samples(folder: Path, screening: ScreeningConfig | None = None) -> 
 PHANTOM_SIZE = 384
 
 
-def _phantom_sample(seed: int, index: int, size: int) -> Sample:
+def _phantom_sample(seed: int, index: int, size: int, variety: str = "classic", style: str = "analytic") -> Sample:
     from pydicom.dataset import Dataset
 
     from node.phantom import render_index
     from node.pixels import normalise
 
-    img = render_index(seed, index, size=size)
+    img = render_index(seed, index, size=size, variety=variety, style=style)
     gt = img.truth
     header = Dataset()
     header.PhotometricInterpretation = gt.photometric
@@ -213,12 +213,18 @@ def _phantom_sample(seed: int, index: int, size: int) -> Sample:
     )
 
 
-def _phantom_job(job: tuple[int, int, int]) -> Sample:
+def _phantom_job(job: tuple[int, int, int, str, str]) -> Sample:
     return _phantom_sample(*job)
 
 
 def phantom_samples(
-    n: int, seed: int, size: int = PHANTOM_SIZE, workers: int = 1, cache_dir: Path | None = None
+    n: int,
+    seed: int,
+    size: int = PHANTOM_SIZE,
+    workers: int = 1,
+    cache_dir: Path | None = None,
+    variety: str = "classic",
+    style: str = "analytic",
 ) -> Iterator[Sample]:
     """``n`` phantom images with exact labels from the phantom generator (``node.phantom``).
 
@@ -231,13 +237,16 @@ def phantom_samples(
     """
     import pickle
 
-    cache = cache_dir / f"phantoms-n{n}-seed{seed}-size{size}.pkl" if cache_dir is not None else None
+    # the sampler's range and the image style are part of a set's identity (classic analytic
+    # keeps the old file names, so existing caches still serve)
+    tag = "" if (variety, style) == ("classic", "analytic") else f"-{variety}-{style}"
+    cache = cache_dir / f"phantoms-n{n}-seed{seed}-size{size}{tag}.pkl" if cache_dir is not None else None
     if cache is not None and cache_dir is not None:
         # Image i depends only on (seed, i): a cached larger set of the same stream serves too.
         found = [
             (int(m.group(1)), p)
-            for p in cache_dir.glob(f"phantoms-n*-seed{seed}-size{size}.pkl")
-            if (m := re.fullmatch(rf"phantoms-n(\d+)-seed{seed}-size{size}\.pkl", p.name))
+            for p in cache_dir.glob(f"phantoms-n*-seed{seed}-size{size}{tag}.pkl")
+            if (m := re.fullmatch(rf"phantoms-n(\d+)-seed{seed}-size{size}{re.escape(tag)}\.pkl", p.name))
             and int(m.group(1)) >= n
         ]
         if found:
@@ -246,7 +255,7 @@ def phantom_samples(
                     s.image01 = s.image01.astype(np.float32)
                     yield s
             return
-    jobs = [(seed, i, size) for i in range(n)]
+    jobs = [(seed, i, size, variety, style) for i in range(n)]
     if workers > 1:
         import multiprocessing as mp
 
