@@ -242,10 +242,24 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes rendering phantoms")
     p.add_argument("--cache", type=Path, help="folder to cache rendered phantom sets in")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument(
+        "--styles",
+        default="analytic,voxel",
+        help="phantom styles scored side by side with the node's whole analysis (leave-one-style-out: "
+        "the models' manifests say which style they trained on); empty to skip",
+    )
+    p.add_argument(
+        "--trained-on", default="analytic", help="the style(s) the models trained on (marks the others held out)"
+    )
+    p.add_argument("--style-images", type=int, default=120, help="mixed-view phantoms per style")
+    p.add_argument("--style-cups", type=int, default=40, help="AP pelvis cup phantoms per style")
+    p.add_argument("--style-rows", type=int, default=768, help="rows of the style phantoms")
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Bars of issue 4 on fresh phantoms + the real pydicom-data CR radiographs, via node.infer."""
+    """Bars of issue 4 on fresh phantoms + the real pydicom-data CR radiographs, via node.infer;
+    then (``--styles``) the node's analysis on each phantom style side by side, and the real
+    paediatric films (``node.train.generalise``)."""
     import json
 
     from node.config import ModelsConfig, ScreeningConfig
@@ -327,6 +341,19 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "real_cr_pydicom_data": real,
         "real_cr_all_other": all(v.startswith("other ") for v in real.values()),
     }
+    styles = [v.strip() for v in (args.styles or "").split(",") if v.strip()]
+    if styles:
+        from node.train.generalise import evaluate_styles, real_films, table
+
+        by_style = evaluate_styles(
+            triage, detector, styles, mixed=args.style_images, cups=args.style_cups, rows=args.style_rows,
+            workers=args.workers,
+        )
+        trained_on = [v.strip() for v in args.trained_on.split(",")]
+        by_style["trained_on_styles"] = trained_on
+        out["styles"] = by_style
+        out["real_films"] = real_films(triage, detector)
+        print(table(by_style, trained_on))
     text = json.dumps(out, indent=2)
     print(text)
     if args.json is not None:
