@@ -16,6 +16,9 @@ from node.phantom.render import build_scene, collimation_mask, make_camera
 from node.phantom.spec import DESIGN_WEIGHTS, HARDWARE_WEIGHTS, PhantomSpec
 
 ROWS = 160
+# sha1 of render_index(5, i, size=64).pixels for i = 0, 1, 2, rendered by the generator before
+# infants were added (git HEAD of node/phantom at the time): classic must keep rendering these
+CLASSIC_DIGEST = "c635b479dd765c9a513294b27c0187d7166fcdb1"
 
 # one CupSpec per design, sized for an average hip (head radius 21–27 mm)
 DESIGNS: dict[str, CupSpec] = {
@@ -166,8 +169,8 @@ def test_broad_sampling_covers_every_design_and_kind() -> None:
             children += 1
             assert spec.view in (View.AP_PELVIS, View.AP_HIP)
             assert not any(spec.implants.values()) and not spec.hardware
-            assert spec.patient.age_years is not None and 2.0 <= spec.patient.age_years <= 12.0
-            assert 0.45 <= spec.patient.scale <= 0.8
+            assert spec.patient.age_years is not None and 0.3 <= spec.patient.age_years <= 12.0
+            assert 0.3 <= spec.patient.scale <= 0.8
     assert set(designs) == set(ARTHROPLASTY_DESIGNS), designs
     assert set(kinds) == set(HARDWARE_KINDS), kinds
     assert children >= 3 and both_hw >= 1
@@ -250,3 +253,94 @@ def test_habitus_and_bone_density_vary_under_broad() -> None:
 
     assert bone_sum(replace(spec, patient=thin)) == pytest.approx(bone_sum(spec) * 0.6 / pats[0].bone_density,
                                                                    rel=1e-3)
+
+
+def _pelvis(age: float, seed: int, rows: int = 160) -> PhantomSpec:
+    return sample_spec(np.random.default_rng([seed, 1]), view=View.AP_PELVIS, implants="none", rows=rows,
+                       variety="broad", age_years=age)
+
+
+def test_infants_render_with_a_late_ossific_nucleus_and_no_teardrop() -> None:
+    """Infants and toddlers (developmental-dysplasia screening age): no femoral head nucleus
+    before ~5 months, one from a year; no teardrop box under four; no implants."""
+    for age, seed in ((0.3, 1), (0.38, 2), (1.0, 3), (2.5, 4)):
+        spec = _pelvis(age, seed)
+        gt = render(spec).truth
+        assert gt.paediatric and gt.age_years == pytest.approx(age)
+        assert not any(h.implant for h in gt.hips.values()) and render_mask(spec, "metal").sum() == 0
+        labels = [b.label for b in gt.boxes]
+        assert "teardrop" not in labels and {"hip_joint_right", "hip_joint_left"} <= set(labels)
+        nucleus = gt.landmarks["ossific_nucleus"]
+        heads = render_mask(spec, "bone:head")
+        if age < 0.4:
+            assert nucleus == {"R": None, "L": None} and not heads.any()
+        else:
+            assert all(v is not None and v["r"] > 0.5 for v in nucleus.values()) and heads.any()
+            for v in nucleus.values():  # the rendered nucleus is where the truth says
+                assert v is not None and heads[round(v["y"]), round(v["x"])]
+        for s in (Side.RIGHT, Side.LEFT):
+            ai = gt.hips[s].measures["acetabular_index_deg"]
+            assert ai is not None and 8.0 < ai < 45.0
+            assert gt.hips[s].flags["dysplasia"] == (ai > 30.0)
+    # the nucleus grows with age (same patient, older)
+    young, old = _pelvis(0.8, 9), _pelvis(2.5, 9)
+    r = [render(s).truth.landmarks["ossific_nucleus"]["R"]["r"] / s.patient.scale for s in (young, old)]
+    assert r[1] > 1.5 * r[0]
+
+
+@pytest.mark.parametrize("age", [0.5, 1.5, 6.0])
+def test_child_joint_box_holds_the_acetabulum_and_the_metaphysis(age: float) -> None:
+    """The hip box of a child contains its triradiate point, its lateral acetabular edge, the
+    ossific nucleus, and the top of the femoral metaphysis (its rendered bone just below the
+    cartilaginous head)."""
+    spec = _pelvis(age, 20 + int(age * 10), rows=200)
+    gt = render(spec).truth
+    boxes = {b.label: b for b in gt.boxes}
+    for s, label in ((Side.RIGHT, "hip_joint_right"), (Side.LEFT, "hip_joint_left")):
+        b = boxes[label]
+        pts = [gt.landmarks["triradiate"][s.value], gt.landmarks["acetabular_edge_lateral"][s.value]]
+        for p in pts:
+            assert b.x0 <= p.x <= b.x1 and b.y0 <= p.y <= b.y1, (label, p, b)
+        tri, edge = pts
+        assert (edge.x < tri.x) == (s is Side.RIGHT) and edge.y < tri.y  # lateral and up
+        nuc = gt.landmarks["ossific_nucleus"][s.value]
+        if nuc is not None:
+            assert b.x0 <= nuc["x"] - nuc["r"] and nuc["x"] + nuc["r"] <= b.x1 and nuc["y"] + nuc["r"] <= b.y1
+        # femoral bone under the head centre, inside the box, within 1.6 head radii
+        head = gt.landmarks["femoral_head"][s.value]
+        neck = render_mask(spec, f"bone:neck:{s.value}")
+        ys, xs = np.nonzero(neck)
+        near = np.hypot(xs - head["x"], ys - head["y"])
+        top = int(np.argmin(near))
+        assert b.x0 <= xs[top] <= b.x1 and b.y0 <= ys[top] <= b.y1
+    assert "teardrop" in boxes or age < 4.0
+
+
+def test_child_share_sets_how_many_children_are_drawn() -> None:
+    def count(share: float | None, n: int = 200) -> int:
+        return sum(sample_spec(np.random.default_rng([55, i]), view=View.AP_PELVIS, implants="none", rows=32,
+                               variety="broad", child_share=share).patient.paediatric for i in range(n))
+
+    assert count(0.0) == 0 and count(1.0) == 200
+    assert 80 <= count(0.5) <= 120 and 8 <= count(None) <= 35  # binomial, ±3 sigma
+    ages = [sample_spec(np.random.default_rng([56, i]), view=View.AP_PELVIS, implants="none", rows=32,
+                        variety="broad", child_share=1.0).patient.age_years for i in range(200)]
+    infants = sum(a is not None and a < 3.0 for a in ages)
+    assert 100 <= infants <= 140 and min(a or 0.0 for a in ages) >= 0.3  # INFANT_SHARE 0.6
+    with pytest.raises(ValueError):
+        sample_spec(1, child_share=0.5)  # classic has no children
+    with pytest.raises(ValueError):
+        sample_spec(1, variety="broad", child_share=1.5)
+
+
+def test_classic_pixels_are_unchanged_by_the_infants() -> None:
+    """Classic draws (default arguments) still render the pixels they rendered before infants
+    existed: a fixed digest of a few images saved before the change."""
+    import hashlib
+
+    from node.phantom import render_index
+
+    digest = hashlib.sha1()
+    for i in range(3):
+        digest.update(render_index(5, i, size=64).pixels.tobytes())
+    assert digest.hexdigest() == CLASSIC_DIGEST

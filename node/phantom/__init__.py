@@ -106,7 +106,15 @@ pattern beyond gas bubbles, no skin folds beyond the gluteal crease; implants ar
 from __future__ import annotations
 
 from node.phantom.anatomy import CupSpec, FemurPose, HipParams, PatientParams
-from node.phantom.api import PhantomImage, generate, neutral_ap_camera, render, render_index, render_mask
+from node.phantom.api import (
+    STYLES,
+    PhantomImage,
+    generate,
+    neutral_ap_camera,
+    render,
+    render_index,
+    render_mask,
+)
 from node.phantom.spec import (
     IMPLANT_MODES,
     OTHER_KINDS,
@@ -118,12 +126,15 @@ from node.phantom.spec import (
 from node.phantom.truth import CupTruth, GroundTruth, HipTruth
 
 # Bumped whenever the same (seed, index, size) renders different pixels or truth: key caches on it.
-PHANTOM_VERSION = "3"
+# 4: variety "broad" (designs, hardware, children down to infants) and the "voxel" style; classic
+# analytic images are unchanged.
+PHANTOM_VERSION = "4"
 
 __all__ = [
     "IMPLANT_MODES",
     "OTHER_KINDS",
     "PHANTOM_VERSION",
+    "STYLES",
     "CupSpec",
     "CupTruth",
     "FemurPose",

@@ -166,6 +166,11 @@ class HipParams:
     spine_length_mm: float = 10.0  # ischial spine projection medially
     shaft_radius_mm: float = 14.0
     external_rotation_deg: float = 0.0  # rotation of the femur about its shaft (posing)
+    # children only (defaults: adult): the infant's ossified acetabular roof is a straight oblique
+    # line at this angle to Hilgenreiner's line (None: the adult-style curved sourcil), and the
+    # femoral head's ossific nucleus appears at this age (years; later in a dysplastic hip)
+    acetabular_index_deg: float | None = None
+    nucleus_onset_years: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,10 @@ class Landmarks:
     cam_direction: dict[Side, F64] = field(default_factory=dict)
     femur_pose: dict[Side, Rigid] = field(default_factory=dict)
     hardware: dict[Side, list[HardwareGeometry]] = field(default_factory=dict)
+    # children: (triradiate point, lateral acetabular edge) — Hilgenreiner's line runs through the
+    # triradiate points, the acetabular index from there to the lateral edge
+    acetabular_roof: dict[Side, tuple[F64, F64]] = field(default_factory=dict)
+    nucleus: dict[Side, float] = field(default_factory=dict)  # children: ossific nucleus radius (0: none)
 
     def scaled(self, s: float) -> Landmarks:
         """The same landmarks for the scene scaled by ``s`` about the origin (children)."""
@@ -308,6 +317,8 @@ class Landmarks:
             cam_direction=dict(self.cam_direction),
             femur_pose={k: Rigid(T.R, T.t * s) for k, T in self.femur_pose.items()},
             hardware={k: [replace(h, points=h.points * s) for h in v] for k, v in self.hardware.items()},
+            acetabular_roof={k: (a * s, b * s) for k, (a, b) in self.acetabular_roof.items()},
+            nucleus={k: v * s for k, v in self.nucleus.items()},
         )
 
 
@@ -435,8 +446,40 @@ def carve(prims: list[Primitive], region: list[tuple[F64, F64]]) -> list[Primiti
         for n, h in rows:
             if not bool(np.all(c @ n <= h)):  # else this piece is empty
                 extra = np.array([*inside, np.concatenate([-n, [-h]])])
-                out.append(replace(prim, planes=np.concatenate([prim.planes.reshape(-1, 4), extra])))
+                tight = _clipped_corners(c, extra)
+                if tight is not None:  # else the piece is empty
+                    out.append(replace(prim, planes=np.concatenate([prim.planes.reshape(-1, 4), extra]),
+                                       corners=tight))
             inside.append(np.concatenate([n, [h]]))
+    return out
+
+
+_TRIPLES = np.array([(i, j, k) for i in range(16) for j in range(i + 1, 16) for k in range(j + 1, 16)])
+
+
+def _clipped_corners(corners: F64, rows: F64) -> F64 | None:
+    """Bounding points of (axis-aligned box of ``corners``) ∩ half-spaces ``rows`` (n·x <= h):
+    its vertices, or None when that is empty. A carved piece keeps only the box it can occupy,
+    so later carves skip it and the renderer does not trace rays through the whole original
+    primitive for every piece (``corners`` kept when the clip saves little)."""
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    eye = np.eye(3)
+    A = np.concatenate([eye, -eye, rows[:, :3]])
+    b = np.concatenate([hi, -lo, rows[:, 3]])
+    k = len(A)
+    if k > 16:
+        return corners
+    t = _TRIPLES[_TRIPLES.max(axis=1) < k]
+    M = A[t]
+    ok = np.abs(np.linalg.det(M)) > 1e-9
+    x = np.linalg.solve(M[ok], b[t][ok][..., None])[..., 0]
+    tol = 1e-6 * (1.0 + float(np.abs(b).max()))
+    v = x[np.all(x @ A.T <= b + tol, axis=1)]
+    if len(v) == 0:
+        return None
+    if float(np.prod(v.max(axis=0) - v.min(axis=0))) > 0.7 * float(np.prod(hi - lo)):
+        return corners
+    out: F64 = v
     return out
 
 
@@ -515,6 +558,8 @@ def build_pelvis(p: PatientParams, implants: dict[Side, CupSpec | None], marks: 
             body_c = np.array([side_sign(side) * 11.5, -44.0, -30.0 + (3.0 if female else 0.0)])
             for region in growth_cartilage_regions(p, side, marks, body_c, sub):
                 prims = carve(prims, region)
+        for region in infant_cartilage_regions(p, marks):
+            prims = carve(prims, region)
     for side in (Side.RIGHT, Side.LEFT):
         hw = (hardware or {}).get(side)
         if hw is not None and hw.kind == "pelvic_plate":
@@ -539,12 +584,14 @@ def growth_cartilage_regions(p: PatientParams, side: Side, marks: Landmarks, pub
     lat = np.array([sx, 0.0, 0.0])
     up = np.array([0.0, 0.0, 1.0])
     age = p.age_years if p.age_years is not None else 8.0
-    g = float(np.clip(9.0 - 0.55 * (age - 2.0), 3.5, 9.0))  # gap, mm of the adult-size model
+    g = triradiate_gap_mm(p)  # mm of the adult-size model
     t = math.radians(-8.0)  # the horizontal limb dips a little medially
     n1 = np.array([sx * math.sin(t), 0.0, math.cos(t)])
     y0 = H + up * (0.12 * r_in)
     horizontal = [(y0 + n1 * g / 2, n1), (y0 - n1 * g / 2, -n1), (H, lat), (H - lat * (r_in + 16.0), -lat)]
-    y1 = H - lat * (0.45 * r_in) + up * (0.12 * r_in)
+    # an infant's shallow socket is cleared lateral of the triradiate point: the limb lies medial to it
+    m_v = 0.45 * r_in if hp.acetabular_index_deg is None else ROOF_MEDIAL * r_in + 0.5 * g + 4.0
+    y1 = H - lat * m_v + up * (0.12 * r_in)
     dvec = unit(np.array([-sx * 0.25, 0.0, -1.0]))
     n2 = unit(np.array([-dvec[2], 0.0, dvec[0]]))
     vertical = [(y1 + n2 * g / 2, n2), (y1 - n2 * g / 2, -n2), (y1, up), (H - up * (r_in + 8.0), -up)]
@@ -589,16 +636,30 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     h_off = -r_in * math.cos(ver) * math.cos(beta + phi)
     clip = [(H + n_open * h_off, n_open)]
     dens = 1.35 if hp.sclerosis else 1.0
-    prims += shell(H, r_in + 4.0, r_in, m.CORTICAL * 0.55 * dens, f"bone:acetabulum:{s}", clip)
-    prims += soft_ellipsoid(H + np.array([0.0, 0.0, 6.0]), (r_in + 12.0, r_in + 10.0, r_in + 10.0),
-                            m.CANCELLOUS * 0.6, None, f"bone:acetabulum:{s}", [(H + n_open * h_off, n_open)])
-    prims.append(sphere(H, r_in + 3.0, -m.CANCELLOUS * 0.6, f"bone:acetabulum:{s}",
-                        [(H + n_open * h_off, n_open)]))
-    # sourcil: dense sheet along the roof in the coronal plane, from medial end to lateral edge
-    th_m = hp.sourcil_medial_deg
-    arc = arc_points(H, up, lat, r_in + 1.2, -th_m, hp.lce_deg, 14)
-    prims += tube(arc, (9.0, 1.4 * dens), m.CORTICAL * 1.1 * dens, hint=(0.0, 1.0, 0.0), tag=f"bone:sourcil:{s}")
-    marks.sourcil[side] = (arc[0], arc[-1])
+    roof = infant_roof(p, side, H) if p.paediatric else None
+    if roof is None:
+        prims += shell(H, r_in + 4.0, r_in, m.CORTICAL * 0.55 * dens, f"bone:acetabulum:{s}", clip)
+        prims += soft_ellipsoid(H + np.array([0.0, 0.0, 6.0]), (r_in + 12.0, r_in + 10.0, r_in + 10.0),
+                                m.CANCELLOUS * 0.6, None, f"bone:acetabulum:{s}", [(H + n_open * h_off, n_open)])
+        prims.append(sphere(H, r_in + 3.0, -m.CANCELLOUS * 0.6, f"bone:acetabulum:{s}",
+                            [(H + n_open * h_off, n_open)]))
+        # sourcil: dense sheet along the roof in the coronal plane, from medial end to lateral edge
+        th_m = hp.sourcil_medial_deg
+        arc = arc_points(H, up, lat, r_in + 1.2, -th_m, hp.lce_deg, 14)
+        prims += tube(arc, (9.0, 1.4 * dens), m.CORTICAL * 1.1 * dens, hint=(0.0, 1.0, 0.0),
+                      tag=f"bone:sourcil:{s}")
+        marks.sourcil[side] = (arc[0], arc[-1])
+        if p.paediatric:
+            g = triradiate_gap_mm(p)
+            marks.acetabular_roof[side] = (H - lat * r_in + up * (0.12 * r_in + g / 2.0), arc[-1])
+    else:
+        # infant: no bony socket yet, only the ilium's straight oblique roof (its margin a thin
+        # dense line) over the cartilage; the bone below it is carved (infant_cartilage_regions)
+        tri, edge, n_roof = roof
+        prims += tube(np.stack([tri + n_roof * 1.8, edge + n_roof * 1.8]), (8.0, 1.8), m.CORTICAL * 0.9,
+                      hint=(0.0, 1.0, 0.0), tag=f"bone:sourcil:{s}")
+        marks.sourcil[side] = (tri, edge)
+        marks.acetabular_roof[side] = (tri, edge)
 
     # teardrop: U-shaped sheet medial to the socket
     xt = sx * (hw - r_in - 6.5)
@@ -608,7 +669,8 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     med_limb = np.array([[xt - sx * w_td, 0.0, zb + w_td + 20.0]])
     lat_top = np.array([[xt + sx * (w_td + 5.0), 0.0, zb + w_td + 22.0]])
     u_curve = np.concatenate([med_limb, bottom, lat_top])
-    prims += tube(u_curve, (8.0, 0.9), m.CORTICAL * 1.2, hint=(0.0, 1.0, 0.0), tag=f"bone:teardrop:{s}")
+    if not (p.paediatric and (p.age_years or 0.0) < TEARDROP_AGE):  # no teardrop in a young child
+        prims += tube(u_curve, (8.0, 0.9), m.CORTICAL * 1.2, hint=(0.0, 1.0, 0.0), tag=f"bone:teardrop:{s}")
     outer = arc_points(np.array([xt, 0.0, zb + w_td]), np.array([0.0, 0.0, -1.0]), lat, w_td + 0.9, -60.0, 60.0, 41)
     marks.teardrop_curve[side] = outer
     td_pts = np.concatenate([u_curve + np.array([0.0, dy, 0.0]) for dy in (-8.0, 8.0)])
@@ -676,6 +738,8 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
     # ischium and tuberosity
     tub_c = np.array([sx * (hw - 20.0), 30.0, -47.0 - (0.0 if female else 3.0)])
     tub_ax = (12.0, 15.0, 13.0)
+    if p.paediatric and (p.age_years or 0.0) < 3.0:  # an infant's ischium is a slim bar, no tuberosity yet
+        tub_ax = (8.0, 10.0, 9.0)
     tub_R = frame_from_z([sx * 0.15, 0.1, 1.0])
     marks.tuberosity[side] = (tub_c, tub_R, np.asarray(tub_ax))
     prims += bone_tube(H + np.array([sx * 4.0, 16.0, -18.0]), tub_c + np.array([0.0, 0.0, 4.0]), (10.0, 12.0),
@@ -697,6 +761,10 @@ def build_hemipelvis(p: PatientParams, side: Side, cup: CupSpec | None, marks: L
         ellipsoid_points(H, (r_in + 6.0, r_in + 6.0, r_in + 6.0), None, 200),
         ellipsoid_points(H + np.array([0.0, 0.0, -Rh - 10.0]), (Rh * 0.8, Rh * 0.8, Rh * 0.6), None, 100),
     ])
+    if side in marks.acetabular_roof:  # a child's box holds the whole roof, triradiate point to edge
+        tri, edge = marks.acetabular_roof[side]
+        marks.joint_points[side] = np.concatenate([marks.joint_points[side], ellipsoid_points(tri, (4.0,) * 3, None, 30),
+                                                   ellipsoid_points(edge, (4.0,) * 3, None, 30)])
     if hp.osteophytes and cup is None:
         rim_lat = arc[-1] + lat * 4.0 + up * 1.0
         prims += bone_ellipsoid(rim_lat, (6.0, 8.0, 3.5), frame_from_z(unit(lat + up * 0.6)), f"bone:osteophyte:{s}", 1.2)
@@ -772,11 +840,12 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
                            [(gt_c - sd * 2.0, sd)]))
     if p.paediatric:
         prims = carve(prims, trochanter_apophysis_region(p, T, sd, ml, ro))
-    # lesser trochanter (posteromedial)
+    # lesser trochanter (posteromedial; an infant's is still cartilage)
     lt_dir = unit(-lat * 0.8 + post * 0.6)
     lt_c = T + sd * 40.0 + lt_dir * (ro * 1.0)
-    prims += bone_ellipsoid(lt_c, (8.0, 6.5, 12.0), frame_from_z(-sd, lt_dir), f"bone:trochanter:{s}", 1.2,
-                            cortical=m.CORTICAL * 0.7)
+    if not (p.paediatric and (p.age_years or 0.0) < 3.0):
+        prims += bone_ellipsoid(lt_c, (8.0, 6.5, 12.0), frame_from_z(-sd, lt_dir), f"bone:trochanter:{s}", 1.2,
+                                cortical=m.CORTICAL * 0.7)
     # neck: elliptic frustum widening towards the trochanters, taller than deep
     r_si = Rh * 0.72
     r_ap = Rh * 0.62
@@ -799,23 +868,34 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
         physis = physis_gap_mm(p)
         n_ph = unit(hd * np.array([1.0, 0.3, 1.0]))
         neck_start = H - hd * (0.25 * Rh)
-        neck_clip = [(H - hd * (0.42 * Rh) - n_ph * (physis / 2.0), n_ph)]
+        depth = metaphysis_depth(p) * Rh
+        neck_clip = [(H - hd * depth - n_ph * (physis / 2.0), n_ph)]
     flare = 1.3
     prims.append(frustum(neck_start, neck_end, (r_si, r_ap), flare, m.CORTICAL, neck_hint, f"bone:neck:{s}",
                          neck_clip))
     prims.append(frustum(neck_start, neck_end, (r_si - 2.2, r_ap - 2.2), flare * (r_si + 1.0) / r_si,
                          -m.CORTICAL + m.CANCELLOUS, neck_hint, f"bone:neck:{s}", neck_clip))
+    meta_pts: F64 | None = None
     if p.paediatric and cup is None:
         # the ossification centre of the head (epiphysis): smaller than the cartilaginous head,
         # flat on its physeal side
-        re = epiphysis_radius_mm(p, Rh)
-        ph = [(H - hd * (0.42 * Rh) + n_ph * (physis / 2.0), -n_ph)]
-        prims += shell(H, re, re - 1.0, m.CORTICAL * 0.6, f"bone:head:{s}", ph)
-        prims.append(sphere(H, re - 1.0, m.CANCELLOUS * 1.3, f"bone:head:{s}", ph))
+        re = epiphysis_radius_mm(p, Rh, hp.nucleus_onset_years)
+        ph = [(H - hd * depth + n_ph * (physis / 2.0), -n_ph)]
+        if re > 0.0:
+            cortex = min(1.0, 0.35 * re)
+            # a young nucleus is small but dense (it would vanish at cancellous density once scaled)
+            dense = 1.0 if (p.age_years or 0.0) >= 3.0 else 1.8
+            prims += shell(H, re, re - cortex, m.CORTICAL * 0.6 * dense, f"bone:head:{s}", ph)
+            prims.append(sphere(H, re - cortex, m.CANCELLOUS * 1.3 * dense, f"bone:head:{s}", ph))
         marks.cam_direction[side] = unit(np.cross(hd, np.cross(np.array([0.0, 0, 1]), hd)))
         marks.head_centre[side] = H
-        marks.head_radius[side] = re
+        marks.head_radius[side] = re if re > 0.0 else Rh  # no nucleus: the cartilaginous head
+        marks.nucleus[side] = re
         marks.head_prosthetic[side] = False
+        # the box holds the metaphysis wherever the pose carries it (added once posed, below)
+        meta = H - hd * (depth + physis / 2.0)
+        meta_pts = np.concatenate([meta + ellipsoid_points(np.zeros(3), (r_si * flare,) * 3, None, 40),
+                                   meta[None, :] - hd * 6.0])
     elif resurfacing:
         assert cup is not None
         # the retained head, reshaped to sit inside the cap
@@ -877,6 +957,8 @@ def build_femur(p: PatientParams, side: Side, cup: CupSpec | None, pose: FemurPo
         marks.cups[side].pose = T_pose
     if devices:
         marks.hardware.setdefault(side, []).extend(replace(d, points=T_pose.apply(d.points)) for d in devices)
+    if meta_pts is not None and side in marks.joint_points:
+        marks.joint_points[side] = np.concatenate([marks.joint_points[side], T_pose.apply(meta_pts)])
     if not np.allclose(R, np.eye(3)):
         prims = [q.transformed(T_pose) for q in prims]
     if cup is not None:
@@ -1240,17 +1322,103 @@ def _stem_body(cup: CupSpec, axis_top: F64, sd: F64, ml: F64, mu: float,
 # Children
 
 
+TEARDROP_AGE = 4.0  # younger children have no radiographic teardrop (no box, no primitive)
+ROOF_MEDIAL = 0.55  # infant: triradiate point this many socket radii medial to the head centre
+
+
 def physis_gap_mm(p: PatientParams) -> float:
     """Width of the radiolucent proximal femoral physis (mm of the adult-size model)."""
     age = p.age_years if p.age_years is not None else 8.0
     return float(np.clip(5.0 - 0.2 * (age - 2.0), 2.5, 5.0))
 
 
-def epiphysis_radius_mm(p: PatientParams, head_radius_mm: float) -> float:
-    """Radius of the ossified femoral head epiphysis: about half the cartilaginous head at 2
-    years, most of it by 12."""
+def triradiate_gap_mm(p: PatientParams) -> float:
+    """Width of the triradiate cartilage (mm of the adult-size model): wide in infants, closing
+    in adolescence."""
     age = p.age_years if p.age_years is not None else 8.0
+    if age < 2.0:
+        return 9.0 + 2.5 * (2.0 - age)
+    return float(np.clip(9.0 - 0.55 * (age - 2.0), 3.5, 9.0))
+
+
+def epiphysis_radius_mm(p: PatientParams, head_radius_mm: float, onset_years: float = 0.0) -> float:
+    """Radius of the ossified femoral head epiphysis (0: not yet ossified).
+
+    Before two years the ossific nucleus grows from nothing at ``onset_years`` (about 4–6
+    months, later in dysplasia) to about 12 mm across at two years and 15 mm at three, inside a
+    cartilaginous head of about 17–23 mm (real millimetres, as a fraction of that head here);
+    after two it is about half the cartilaginous head, most of it by 12."""
+    age = p.age_years if p.age_years is not None else 8.0
+    if age < 2.0:
+        if age <= onset_years:
+            return 0.0
+        real = 7.5 * math.sqrt((age - onset_years) / max(3.0 - onset_years, 0.5))  # nucleus radius
+        frac = real / (8.5 + age)  # cartilaginous head radius
+        return head_radius_mm * float(np.clip(frac, 0.08, 0.6))
     return head_radius_mm * float(np.clip(0.55 + 0.035 * (age - 2.0), 0.55, 0.9))
+
+
+def metaphysis_depth(p: PatientParams) -> float:
+    """Distance from the head centre to the femoral metaphysis, in head radii: an infant's neck
+    ends a full radius below the centre (the cartilaginous head and physis are lucent), a
+    school child's just below the ossified epiphysis."""
+    age = p.age_years if p.age_years is not None else 8.0
+    return float(np.interp(age, [0.3, 1.0, 2.0, 4.0], [1.0, 0.9, 0.7, 0.42]))
+
+
+def infant_roof(p: PatientParams, side: Side, H: F64) -> tuple[F64, F64, F64] | None:
+    """(triradiate point, lateral acetabular edge, upward roof normal) of an infant hip whose
+    ``acetabular_index_deg`` is set, else None.
+
+    The ossified roof runs straight from the top of the triradiate cartilage (on Hilgenreiner's
+    line) up and out at the acetabular index to the lateral edge; a steeper index (dysplasia)
+    also covers less of the head."""
+    hp = p.hip(side)
+    ai = hp.acetabular_index_deg
+    if ai is None:
+        return None
+    sx = side_sign(side)
+    lat = np.array([sx, 0.0, 0.0])
+    up = np.array([0.0, 0.0, 1.0])
+    r_in = hp.head_radius_mm + hp.joint_space_mm
+    g = triradiate_gap_mm(p)
+    tri = H - lat * (ROOF_MEDIAL * r_in) + up * (0.12 * r_in + g / 2.0)
+    a = math.radians(ai)
+    cover = float(np.clip(0.75 - 0.012 * ai, 0.2, 0.6))  # lateral edge, socket radii lateral of the centre
+    edge = tri + (lat * math.cos(a) + up * math.sin(a)) * ((ROOF_MEDIAL + cover) * r_in / math.cos(a))
+    return tri, edge, -lat * math.sin(a) + up * math.cos(a)
+
+
+def infant_cartilage_regions(p: PatientParams, marks: Landmarks) -> list[list[tuple[F64, F64]]]:
+    """Lucent regions of an infant pelvis besides the triradiate and ischiopubic cartilages:
+    the unossified socket below each oblique roof and lateral to the triradiate point, the
+    acetabular margin above the lateral edge, and a wide cartilaginous symphysis."""
+    regions: list[list[tuple[F64, F64]]] = []
+    yv = np.array([0.0, 1.0, 0.0])
+    up = np.array([0.0, 0.0, 1.0])
+    for side in (Side.RIGHT, Side.LEFT):
+        H = marks.hip_centre[side]
+        roof = infant_roof(p, side, H)
+        if roof is None:
+            continue
+        tri, edge, n_roof = roof
+        sx = side_sign(side)
+        lat = np.array([sx, 0.0, 0.0])
+        hp = p.hip(side)
+        r_in = hp.head_radius_mm + hp.joint_space_mm
+        box = [(H - up * (r_in + 10.0), -up), (H + lat * (r_in + 60.0), lat), (H + yv * (r_in + 30.0), yv),
+               (H - yv * (r_in + 30.0), -yv)]
+        regions.append([(tri, n_roof), (tri, -lat), *box])
+        b = math.radians(70.0)  # the ilium's outer surface rises steeply above the edge
+        n2 = -lat * math.sin(b) + up * math.cos(b)
+        regions.append([(edge, n2), (edge, -lat), (edge + up * (0.7 * r_in), up), *box])
+    age = p.age_years if p.age_years is not None else 8.0
+    if age < 8.0 and regions:
+        half = float(np.interp(age, [0.3, 3.0, 8.0], [10.0, 7.0, 3.0]))
+        regions.append([(np.array([half, 0.0, 0.0]), np.array([1.0, 0.0, 0.0])),
+                        (np.array([-half, 0.0, 0.0]), np.array([-1.0, 0.0, 0.0])),
+                        (np.array([0.0, -20.0, 0.0]), yv), (np.array([0.0, 0.0, -5.0]), up)])
+    return regions
 
 
 def trochanter_apophysis_region(p: PatientParams, T: F64, sd: F64, ml: F64, ro: float) -> list[tuple[F64, F64]]:

@@ -99,13 +99,14 @@ def render_mask(spec: PhantomSpec, tag_prefix: str) -> NDArray[np.bool_]:
 def render_index(seed: int, index: int, views: Sequence[View | str] | None = None, implants: ImplantArg = "random",
                  size: int | tuple[int, int] = 512, unreliable_fraction: float = 0.0,
                  other_kinds: Sequence[str] | None = None, style: str = "analytic",
-                 variety: str = "classic") -> PhantomImage:
+                 variety: str = "classic", child_share: float | None = None) -> PhantomImage:
     """Image number ``index`` of the stream ``seed`` (independent of every other index).
 
     ``style`` changes only how the pixels are formed: the spec (anatomy, pose, acquisition) and
     the ground truth of ``(seed, index)`` are the same in every style. ``variety`` is the
     sampler's range (``classic``: today's stream, bit for bit; ``broad``: implant designs,
-    fixation hardware, children, wider patients — see ``node.phantom.spec.sample_spec``)."""
+    fixation hardware, children, wider patients — see ``node.phantom.spec.sample_spec``);
+    ``child_share`` (broad only) the probability that an AP pelvis / AP hip draw is a child."""
     _check_style(style)
     rng = np.random.default_rng([int(seed), int(index)])
     rows, cols = (size, size) if isinstance(size, int) else size
@@ -114,7 +115,7 @@ def render_index(seed: int, index: int, views: Sequence[View | str] | None = Non
     if other_kinds:
         kind = list(other_kinds)[int(rng.integers(len(other_kinds)))]
     spec = sample_spec(rng, views=vs, implants=implants, rows=rows, cols=cols, other_kind=kind,
-                       unreliable_fraction=unreliable_fraction, variety=variety)
+                       unreliable_fraction=unreliable_fraction, variety=variety, child_share=child_share)
     img = render(spec, style)
     img.truth.seed = int(seed)
     img.truth.index = int(index)

@@ -52,7 +52,11 @@ HARDWARE_WEIGHTS: dict[str, float] = {
 HARDWARE_PROB = 0.3  # per hip without an arthroplasty
 PELVIC_PLATE_WITH_ARTHROPLASTY = 0.06  # an old acetabular fracture plate next to a cup
 CONTRALATERAL_DIFFERENT = 0.6  # two arthroplasties: the second is of another design
-PAEDIATRIC_PROB = 0.10  # AP pelvis / AP hip draws (implants "random" or "none")
+PAEDIATRIC_PROB = 0.10  # AP pelvis / AP hip draws (implants "random" or "none"); see ``child_share``
+# children: share of infants and toddlers (0.3–3 years: developmental-dysplasia screening age);
+# the rest are 3–12 years
+INFANT_SHARE = 0.6
+INFANT_AGE = 3.0  # younger: infant pelvis (oblique acetabular roof, late ossific nucleus, …)
 
 
 @dataclass(frozen=True)
@@ -205,10 +209,11 @@ def sample_hip(rng: np.random.Generator, sex: str, dysplasia: bool, cam: bool, o
 
 def sample_patient(rng: np.random.Generator, sex: str | None = None,
                    morphology: dict[Side, dict[str, bool]] | None = None, variety: str = "classic",
-                   paediatric: bool = False) -> PatientParams:
+                   paediatric: bool = False, age_years: float | None = None) -> PatientParams:
     """A patient. "classic" draws exactly what it always drew; "broad" (or a child) draws more
-    after that: body habitus from thin to obese, osteopenia, and for a child (2–12 years) age,
-    skeletal scale, child hip morphology (see :func:`_broaden_patient`)."""
+    after that: body habitus from thin to obese, osteopenia, and for a child (0.3–12 years,
+    ``age_years`` pins it) age, skeletal scale, child hip morphology (see
+    :func:`_broaden_patient`)."""
     sex = sex or ("F" if rng.random() < 0.5 else "M")
     female = sex == "F"
     size = float(np.clip(rng.normal(1.0, 0.12), 0.75, 1.35))
@@ -257,14 +262,18 @@ def sample_patient(rng: np.random.Generator, sex: str | None = None,
     )
     if variety == "classic" and not paediatric:
         return patient
-    return _broaden_patient(rng, patient, paediatric)
+    return _broaden_patient(rng, patient, paediatric, age_years)
 
 
-def _broaden_patient(rng: np.random.Generator, p: PatientParams, paediatric: bool) -> PatientParams:
+def _broaden_patient(rng: np.random.Generator, p: PatientParams, paediatric: bool,
+                     age_years: float | None = None) -> PatientParams:
     """Wider habitus (size 0.62–1.7 of the standard trunk, subcutaneous fat 0.45–1.7 × what that
     size would carry), osteopenia (a quarter of adults: bone attenuation × 0.55–0.85), and for a
-    child: age 2–12, skeletal scale 0.45–0.8 with age, valgus and anteverted necks, a wide
-    cartilage joint space, no cam or osteoarthritis."""
+    child: age (``INFANT_SHARE`` 0.3–3 years, the rest 3–12), skeletal scale 0.3–0.8 with age,
+    valgus and anteverted necks, a wide cartilage joint space, no cam or osteoarthritis; under
+    five an oblique acetabular roof (index 12–30°, 30–42° in a dysplastic hip), and for infants
+    and toddlers (see :func:`_infant`) a late femoral head nucleus, a short neck, flared iliac
+    wings, more lumbar spine, thick soft tissue and much bowel gas."""
     female = p.sex == "F"
     size = float(np.clip(np.exp(rng.normal(0.0, 0.2)), 0.62, 1.7))
     fat_f = _u(rng, 0.45, 1.7)
@@ -279,16 +288,55 @@ def _broaden_patient(rng: np.random.Generator, p: PatientParams, paediatric: boo
     )
     if not paediatric:
         return p
-    age = _u(rng, 2.0, 12.0)
-    scale = float(np.clip(0.45 + 0.035 * (age - 2.0) + rng.normal(0.0, 0.03), 0.45, 0.8))
+    if age_years is not None:
+        if not 0.1 <= age_years <= 18.0:
+            raise ValueError(f"a child's age must be 0.1–18 years, got {age_years}")
+        age = float(age_years)
+    else:
+        age = _u(rng, 0.3, INFANT_AGE) if rng.random() < INFANT_SHARE else _u(rng, INFANT_AGE, 12.0)
+    if age < 2.0:  # about a third of the adult pelvis at 4 months, 0.45 at two years
+        scale = float(np.clip(0.33 + 0.06 * age + rng.normal(0.0, 0.02), 0.3, 0.5))
+    else:
+        scale = float(np.clip(0.45 + 0.035 * (age - 2.0) + rng.normal(0.0, 0.03), 0.45, 0.8))
 
     def child_hip(h: HipParams) -> HipParams:
-        return replace(h, neck_shaft_deg=_u(rng, 135.0, 150.0), femoral_anteversion_deg=_u(rng, 15.0, 35.0),
-                       joint_space_mm=_u(rng, 4.0, 6.0), cam_mm=0.0, osteophytes=False, sclerosis=False)
+        dysplastic = h.lce_deg < 20.0  # as sample_hip drew it
+        c = replace(h, neck_shaft_deg=_u(rng, 135.0, 150.0), femoral_anteversion_deg=_u(rng, 15.0, 35.0),
+                    joint_space_mm=_u(rng, 4.0, 6.0), cam_mm=0.0, osteophytes=False, sclerosis=False)
+        if age < 5.0:
+            base = 27.0 - 3.0 * age
+            ai = base + _u(rng, 8.0, 16.0) if dysplastic else base + _u(rng, -5.0, 4.0)
+            onset = _u(rng, 0.4, 0.6) + (_u(rng, 0.1, 0.35) if dysplastic else 0.0)
+            c = replace(c, acetabular_index_deg=float(np.clip(ai, 10.0, 42.0)), nucleus_onset_years=onset)
+        return c
 
     p = replace(p, right=child_hip(p.right), left=child_hip(p.left), bone_density=_u(rng, 0.8, 1.0),
                 fat_mm=p.fat_mm * _u(rng, 0.4, 1.0), paediatric=True, age_years=age)
+    if age < INFANT_AGE:
+        p = _infant(rng, p)
     return p.scaled(scale)
+
+
+def _infant(rng: np.random.Generator, p: PatientParams) -> PatientParams:
+    """Proportions of an infant or toddler on the adult-size model before it is scaled: small
+    hips (head × 0.85, short neck, slender shaft) under large flared iliac wings, five lumbar
+    levels in the field, a relatively wide body with thick subcutaneous fat, and plenty of
+    bowel gas (also over the pelvis)."""
+    def hip(h: HipParams) -> HipParams:
+        return replace(h, head_radius_mm=h.head_radius_mm * 0.85, femoral_offset_mm=h.femoral_offset_mm * 0.8,
+                       shaft_radius_mm=h.shaft_radius_mm * 0.85, neck_shaft_deg=_u(rng, 140.0, 155.0),
+                       femoral_anteversion_deg=_u(rng, 25.0, 40.0))
+
+    extra = tuple(
+        (_u(rng, -115, 115), _u(rng, -75, 25), _u(rng, -45, 200), _u(rng, 8, 30), _u(rng, 6, 18), _u(rng, 8, 26))
+        for _ in range(int(rng.integers(8, 22)))
+    )
+    return replace(
+        p, right=hip(p.right), left=hip(p.left), wing_flare_deg=_u(rng, 28.0, 40.0),
+        wing_height_mm=p.wing_height_mm * _u(rng, 1.0, 1.12), body_half_width_mm=p.body_half_width_mm * 1.12,
+        body_half_depth_mm=p.body_half_depth_mm * 1.05, fat_mm=_u(rng, 25.0, 45.0),
+        thigh_radius_mm=p.thigh_radius_mm * 1.05, gas=p.gas + extra, lumbar_levels=5,
+    )
 
 
 def sample_cup(rng: np.random.Generator, patient: PatientParams, side: Side,
@@ -577,6 +625,8 @@ def sample_spec(
     variety: str = "classic",
     paediatric: bool | None = None,
     hardware: dict[Side, HardwareSpec | None] | None = None,
+    child_share: float | None = None,
+    age_years: float | None = None,
 ) -> PhantomSpec:
     """Draw a random spec; every argument given pins that aspect.
 
@@ -592,10 +642,22 @@ def sample_spec(
     (``PAEDIATRIC_PROB`` of AP pelvis / AP hip draws with ``implants`` "random" or "none"),
     thin-to-obese habitus, osteopenia, pelvic tilt ±20° and rotation ±15°.
     ``paediatric`` pins a child (True) or an adult (False) whatever the variety; a child gets
-    no implants. ``hardware`` pins the non-arthroplasty hardware ``{Side: HardwareSpec | None}``."""
+    no implants. ``hardware`` pins the non-arthroplasty hardware ``{Side: HardwareSpec | None}``.
+
+    ``child_share`` (broad only; None: ``PAEDIATRIC_PROB``) is the probability that an AP pelvis
+    / AP hip draw open to a child (``implants`` "random" or "none", no pinned hardware) is a
+    child; ``INFANT_SHARE`` of children are infants and toddlers (0.3–3 years). ``age_years``
+    pins a child's age (and makes the draw a child unless ``paediatric=False``)."""
     if variety not in VARIETIES:
         raise ValueError(f"variety must be one of {VARIETIES}, got {variety!r}")
     broad = variety == "broad"
+    if child_share is not None and not (broad and 0.0 <= child_share <= 1.0):
+        raise ValueError(f"child_share must be in [0, 1] with variety='broad', got {child_share!r} ({variety})")
+    if age_years is not None:
+        if paediatric is False:
+            raise ValueError("age_years is for children (paediatric=False given)")
+        paediatric = True
+    share = PAEDIATRIC_PROB if child_share is None else child_share
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     if view is None:
@@ -611,8 +673,8 @@ def sample_spec(
         child = bool(paediatric) if paediatric is not None else (
             broad and view in (View.AP_PELVIS, View.AP_HIP) and isinstance(implants, str)
             and implants in ("random", "none") and not any((hardware or {}).values())
-            and bool(rng.random() < PAEDIATRIC_PROB))
-        patient = sample_patient(rng, sex, morphology, variety, paediatric=child)
+            and bool(rng.random() < share))
+        patient = sample_patient(rng, sex, morphology, variety, paediatric=child, age_years=age_years)
     hw: dict[Side, HardwareSpec | None] = {}
     if isinstance(implants, dict):
         imp = {s: implants.get(s) for s in (Side.RIGHT, Side.LEFT)}
@@ -631,6 +693,11 @@ def sample_spec(
     poses = {Side.RIGHT: FemurPose(), Side.LEFT: FemurPose()}
     for s in (Side.RIGHT, Side.LEFT):
         poses[s] = FemurPose(external_rotation_deg=_u(rng, -15.0, 20.0))
+    infant = patient.paediatric and (patient.age_years or 0.0) < INFANT_AGE
+    if infant and rng.random() < 0.4:  # a wriggling infant: thighs often abducted and flexed
+        for s in (Side.RIGHT, Side.LEFT):
+            poses[s] = FemurPose(flexion_deg=_u(rng, 0.0, 15.0), abduction_deg=_u(rng, 0.0, 12.0),
+                                 external_rotation_deg=poses[s].external_rotation_deg)
     if view is View.OBLIQUE_HIP and side is not None:
         poses[side] = FemurPose(flexion_deg=_u(rng, 30.0, 50.0), abduction_deg=_u(rng, 35.0, 55.0),
                                 external_rotation_deg=_u(rng, 0.0, 15.0))
@@ -647,8 +714,12 @@ def sample_spec(
                            pelvic_rotation_deg=float(np.clip(rng.normal(0, 5), -15, 15)))
     if patient.paediatric and view is not View.OTHER:
         # collimated to the child: the field shrinks with the skeleton; a thin body scatters less
-        geometry = replace(geometry, fov_mm=geometry.fov_mm * min(1.0, patient.scale * 1.1 + 0.05))
+        # (an infant's film reaches from the lumbar spine to mid-femur)
+        grow = 1.1 + 0.3 * float(np.clip((INFANT_AGE - (patient.age_years or 0.0)) / INFANT_AGE, 0.0, 1.0))
+        geometry = replace(geometry, fov_mm=geometry.fov_mm * min(1.0, patient.scale * grow + 0.05))
         imaging = replace(imaging, scatter_to_primary=imaging.scatter_to_primary * patient.scale)
+        if infant:  # low kVp for a small body: more bone contrast
+            imaging = replace(imaging, kvp=_u(rng, 55.0, 68.0))
     if kind == "chest":
         geometry = replace(geometry, sid_mm=_u(rng, 1500.0, 1830.0))
     if rows <= 0:

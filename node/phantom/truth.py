@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from node.domain import DETECTOR_CLASSES, Box, Ellipse, Point, Side, View
-from node.phantom.anatomy import Landmarks, radiographic_angles, side_sign
+from node.phantom.anatomy import TEARDROP_AGE, Landmarks, radiographic_angles, side_sign
 from node.phantom.geometry import (
     F64,
     Camera,
@@ -24,6 +24,7 @@ from node.phantom.spec import PhantomSpec
 AP_LIKE = (View.AP_PELVIS, View.AP_HIP, View.OBLIQUE_HIP)
 
 DYSPLASIA_LCE_DEG = 20.0
+DYSPLASIA_AI_DEG = 30.0  # children with an infant (oblique) roof: acetabular index above this
 CAM_ALPHA_DEG = 55.0
 
 
@@ -304,6 +305,23 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
         heads[side] = (float(cu[0]), float(cu[1]), rad)
     landmarks["femoral_head"] = {s.value: {"x": v[0], "y": v[1], "r": v[2], "prosthetic": marks.head_prosthetic[s]}
                                  for s, v in heads.items()}
+    child_ai: dict[Side, float] = {}
+    if spec.patient.paediatric and view in AP_LIKE and marks.acetabular_roof:
+        # Hilgenreiner's line through the triradiate points; the acetabular index from there to
+        # the lateral acetabular edge (the infant screening measure); the ossific nucleus (None
+        # before it appears: then ``femoral_head`` is the invisible cartilaginous head)
+        roof = {sd: cam.project(np.stack(marks.acetabular_roof[sd])) for sd in (Side.RIGHT, Side.LEFT)}
+        landmarks["triradiate"] = {sd.value: Point(float(uv[0, 0]), float(uv[0, 1])) for sd, uv in roof.items()}
+        landmarks["acetabular_edge_lateral"] = {sd.value: Point(float(uv[1, 0]), float(uv[1, 1]))
+                                                for sd, uv in roof.items()}
+        hilgenreiner = _line_angle(roof[Side.RIGHT][0], roof[Side.LEFT][0])
+        for sd, uv in roof.items():
+            a = _line_angle(uv[0], uv[1]) if sd is Side.LEFT else _line_angle(uv[1], uv[0])
+            child_ai[sd] = _acute(a, hilgenreiner)
+        landmarks["hilgenreiner_angle_deg"] = hilgenreiner
+        landmarks["ossific_nucleus"] = {
+            sd.value: ({"x": heads[sd][0], "y": heads[sd][1], "r": heads[sd][2]}
+                       if marks.nucleus.get(sd, 0.0) > 0.0 else None) for sd in (Side.RIGHT, Side.LEFT)}
     hip_c = marks.hip_centre[imaged[0]] if imaged else np.zeros(3)
     magnification = cam.magnification(hip_c) if cam.source is not None else 1.0
 
@@ -371,8 +389,10 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
         if spec.patient.paediatric:
             # the head is a separate epiphysis on a physis: no head-neck contour to measure
             ht.measures.update(lateral_centre_edge_deg=lce, tonnis_deg=tonnis, alpha_deg=None,
-                               head_neck_offset_mm=None, joint_space_mm=hp.joint_space_mm)
-            ht.flags["dysplasia"] = lce < DYSPLASIA_LCE_DEG
+                               head_neck_offset_mm=None, joint_space_mm=hp.joint_space_mm,
+                               acetabular_index_deg=child_ai.get(side))
+            ai = child_ai.get(side, hp.acetabular_index_deg)  # as seen, else by design (non-AP views)
+            ht.flags["dysplasia"] = lce < DYSPLASIA_LCE_DEG if ai is None else ai > DYSPLASIA_AI_DEG
             ht.flags["cam_deformity"] = False
             ht.flags["other_abnormality"] = False
             continue
@@ -414,7 +434,8 @@ def compute_truth(spec: PhantomSpec, cam: Camera, marks: Landmarks, prims: list[
                     add_box(sp, "other_hardware")
         for device in marks.hardware.get(side, []):
             add_box(device.points, "other_hardware", min_inside=0.3 if device.elongated else 0.6, tags=device.tags)
-        if view in AP_LIKE:
+        young = spec.patient.paediatric and (spec.patient.age_years or 0.0) < TEARDROP_AGE
+        if view in AP_LIKE and not young:  # a young child has no teardrop to box
             add_box(marks.teardrop_points[side], "teardrop")
             c, R, ax = marks.tuberosity[side]
             add_box(c + (fibonacci_sphere(400) * ax) @ R.T, "ischial_tuberosity")

@@ -51,6 +51,11 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         default="analytic",
         help="how phantom pixels are formed; keep one style out of training to evaluate on it",
     )
+    src.add_argument(
+        "--phantom-child-share",
+        type=float,
+        help="broad variety: probability that an AP pelvis / AP hip phantom is a child (default 0.1)",
+    )
     src.add_argument("--workers", type=int, default=1, help="processes rendering phantoms")
     src.add_argument(
         "--cache", type=Path, help="folder to cache rendered phantom sets in (reused by later runs)"
@@ -153,12 +158,14 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
         train += list(
             phantom_samples(
                 args.phantoms, args.phantom_seed, args.phantom_size, args.workers, args.cache,
-                args.phantom_variety, args.phantom_style,
+                args.phantom_variety, args.phantom_style, args.phantom_child_share,
             )
         )
         parts.append(
             f"{args.phantoms} phantoms (hipnode phantom generator, seed {args.phantom_seed}, realism on, "
-            f"variety {args.phantom_variety}, style {args.phantom_style})"
+            f"variety {args.phantom_variety}, style {args.phantom_style}"
+            + (f", child share {args.phantom_child_share:g}" if args.phantom_child_share is not None else "")
+            + ")"
         )
     if args.phantoms and args.val_phantoms and (args.data is None or args.val_data is None):
         val += list(
@@ -170,6 +177,7 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
                 args.cache,
                 args.phantom_variety,
                 args.phantom_style,
+                args.phantom_child_share,
             )
         )
         parts.append(

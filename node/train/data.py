@@ -195,13 +195,16 @@ def negative_samples(folder: Path, screening: ScreeningConfig | None = None) -> 
 PHANTOM_SIZE = 384
 
 
-def _phantom_sample(seed: int, index: int, size: int, variety: str = "classic", style: str = "analytic") -> Sample:
+def _phantom_sample(
+    seed: int, index: int, size: int, variety: str = "classic", style: str = "analytic",
+    child_share: float | None = None,
+) -> Sample:
     from pydicom.dataset import Dataset
 
     from node.phantom import render_index
     from node.pixels import normalise
 
-    img = render_index(seed, index, size=size, variety=variety, style=style)
+    img = render_index(seed, index, size=size, variety=variety, style=style, child_share=child_share)
     gt = img.truth
     header = Dataset()
     header.PhotometricInterpretation = gt.photometric
@@ -213,7 +216,7 @@ def _phantom_sample(seed: int, index: int, size: int, variety: str = "classic", 
     )
 
 
-def _phantom_job(job: tuple[int, int, int, str, str]) -> Sample:
+def _phantom_job(job: tuple[int, int, int, str, str, float | None]) -> Sample:
     return _phantom_sample(*job)
 
 
@@ -225,6 +228,7 @@ def phantom_samples(
     cache_dir: Path | None = None,
     variety: str = "classic",
     style: str = "analytic",
+    child_share: float | None = None,
 ) -> Iterator[Sample]:
     """``n`` phantom images with exact labels from the phantom generator (``node.phantom``).
 
@@ -237,9 +241,13 @@ def phantom_samples(
     """
     import pickle
 
+    from node.phantom import PHANTOM_VERSION
+
     # the sampler's range and the image style are part of a set's identity (classic analytic
     # keeps the old file names, so existing caches still serve)
-    tag = "" if (variety, style) == ("classic", "analytic") else f"-{variety}-{style}"
+    tag = "" if (variety, style) == ("classic", "analytic") else f"-{variety}-{style}-v{PHANTOM_VERSION}"
+    if child_share is not None:
+        tag += f"-children{child_share:g}"
     cache = cache_dir / f"phantoms-n{n}-seed{seed}-size{size}{tag}.pkl" if cache_dir is not None else None
     if cache is not None and cache_dir is not None:
         # Image i depends only on (seed, i): a cached larger set of the same stream serves too.
@@ -255,7 +263,7 @@ def phantom_samples(
                     s.image01 = s.image01.astype(np.float32)
                     yield s
             return
-    jobs = [(seed, i, size, variety, style) for i in range(n)]
+    jobs = [(seed, i, size, variety, style, child_share) for i in range(n)]
     if workers > 1:
         import multiprocessing as mp
 
