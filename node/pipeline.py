@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from node import __version__, wake
 from node.analyse.cup import ProjectionGeometry, measure_cup
 from node.analyse.dysplasia import measure_dysplasia
+from node.analyse.metal import arthroplasty_evidence, find_metal
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
 from node.analyse.reference import reference_from_boxes
 from node.compose import ReportReference, build_sc, build_sr, sr_uids
@@ -49,12 +50,7 @@ from node.domain import (
 )
 from node.infer.detector import DetectorModel
 from node.infer.familiarity import low_confidence_reason
-from node.infer.fusion import (
-    IMPLANT_THRESHOLD,
-    SideAssigner,
-    hardware_score,
-    implant_score,
-)
+from node.infer.fusion import ImplantDecision, SideAssigner, decide_implant, hardware_score
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
 from node.infer.triage import TriageModel, TriageResult
 from node.pixels import (
@@ -518,11 +514,14 @@ def analyse_hips(
     pixel_spacing_mm: float | None = None,
     geometry: ProjectionGeometry | None = None,
     patient_age_years: float | None = None,
+    use_metal: bool = True,
 ) -> tuple[list[HipFindings], dict[str, np.ndarray]]:
     """Everything measured per imaged hip once view, side and boxes are known.
 
-    Implant (detector confirmed by triage), cup angles on implanted hips, LCE/Tönnis and the
-    morphology flags (with heatmaps, placed on the whole image) on native hips of AP views.
+    Implant (union of detector + triage and the metal finder, ``node.infer.fusion``), cup
+    angles on implanted hips (from the detector's cup box, else the metal finder's cup), LCE /
+    Tönnis and the morphology flags (with heatmaps, placed on the whole image) on native hips of
+    AP views.
     A module function rather than a method so that ``benchmarks/bench_analyse.py`` times exactly
     the node's analysis, not a copy of it.
     """
@@ -535,6 +534,21 @@ def analyse_hips(
         cups.setdefault(side_of(b), b)
     stems = [b for b in boxes if b.label == "stem"]
     reference = reference_from_boxes(boxes, image_width=width) if ap_view else None
+    # Implant per side first: morphology must not read a joint that holds a prosthesis, whoever
+    # found it (the detector's hardware boxes refuse crops below; metal-only finds here).
+    metal = find_metal(image, pixel_spacing_mm) if use_metal else None
+    decisions: dict[Side, ImplantDecision] = {}
+    metal_cups: dict[Side, Box] = {}
+    for side in triage.imaged_sides:
+        evidence = arthroplasty_evidence(metal, side_of, side) if metal is not None and metal.reliable else None
+        decisions[side] = decide_implant(
+            triage.implant_probability.get(side),
+            hardware_score(boxes, side, side_of) if detector_ran else None,
+            evidence,
+        )
+    if metal is not None:
+        for obj in sorted((o for o in metal.objects if o.box.label == "cup"), key=lambda o: -o.box.score):
+            metal_cups.setdefault(side_of(obj.box), obj.box)
     # Morphology only on AP views (the paper's setting); crops with the model's own margin.
     crops = (
         {c.side: c for c in select_joint_crops(image, boxes, morphology.margin)}
@@ -543,7 +557,9 @@ def analyse_hips(
     )
     child = patient_age_years is not None and patient_age_years < CHILD_AGE_YEARS
     morph_input = [
-        c for c in crops.values() if c.crop is not None and c.side in triage.imaged_sides and not child
+        c
+        for c in crops.values()
+        if c.crop is not None and c.side in triage.imaged_sides and not child and not decisions[c.side].present
     ]
     morph = (
         morphology.predict_with_heatmaps([c.crop for c in morph_input if c.crop is not None])
@@ -555,14 +571,15 @@ def analyse_hips(
     hips: list[HipFindings] = []
     for side in triage.imaged_sides:
         hip = HipFindings(side=side, joint_box=joints.get(side))
-        # Implant: detector hardware boxes confirmed by the triage head (node.infer.fusion).
-        score = implant_score(
-            triage.implant_probability.get(side),
-            hardware_score(boxes, side, side_of) if detector_ran else None,
-        )
-        hip.implant_probability = score
-        hip.implant_present = None if score is None else score >= IMPLANT_THRESHOLD
+        decision = decisions[side]
+        hip.implant_probability = decision.probability
+        hip.implant_present = decision.present
+        if decision.uncertainty:
+            hip.notes.append(f"Hip arthroplasty uncertain: {decision.uncertainty}")
         hip.cup_box = cups.get(side)
+        if hip.implant_present and hip.cup_box is None and side in metal_cups:
+            hip.cup_box = metal_cups[side]
+            hip.notes.append("Cup located by the metal finder (the detector gave no cup box)")
         if hip.implant_present and hip.cup_box is not None:
             hip.cup = measure_cup(
                 image,
@@ -591,6 +608,8 @@ def analyse_hips(
             hip.morphology_refusal = crops[side].refusal_reason
         elif child and patient_age_years is not None and side in crops:
             hip.morphology_refusal = child_note(patient_age_years)
+        elif decision.present and side in crops:
+            hip.morphology_refusal = "hardware in joint region (metal finder)"
         hip.notes.extend(
             gap_notes(hip, triage.view, detector_ran=detector_ran, morphology_configured=morphology is not None)
         )

@@ -51,3 +51,38 @@ def test_without_joints_the_image_half_decides_and_single_views_take_everything(
     assert hardware_score(boxes, Side.RIGHT, SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)) == 0.0
     single = SideAssigner(boxes, (Side.RIGHT,), 800)
     assert hardware_score(boxes, Side.RIGHT, single) == 0.6
+
+
+# --- union with the metal finder (issue 12) -----------------------------------------------------
+
+from node.infer.fusion import decide_implant  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("p", "hw", "metal", "present", "uncertain"),
+    [
+        (0.99, 0.00, 0.95, True, True),  # the issue's case: triage sure, no box, obvious metal
+        (0.10, 0.00, 0.95, True, True),  # metal alone is enough, and says so
+        (0.99, 0.90, 0.95, True, False),  # everyone agrees
+        (0.01, 0.00, 0.00, False, False),  # everyone agrees: native hip
+        (0.90, 0.00, 0.00, False, True),  # triage alone: not an implant, but stated
+        (0.90, 0.00, None, False, True),  # no usable metal reading: the old rule, stated
+        (0.05, 0.80, 0.00, True, True),  # detector box, no metal anywhere: stated
+        (0.05, 0.00, 0.30, False, True),  # ambiguous metal
+        (None, None, None, None, False),  # nothing to decide with
+    ],
+)
+def test_union_with_metal(p: float | None, hw: float | None, metal: float | None, present: bool | None,
+                          uncertain: bool) -> None:
+    d = decide_implant(p, hw, metal)
+    assert d.present is present
+    assert (d.uncertainty is not None) is uncertain, d.uncertainty
+    if present:
+        assert d.probability is not None and d.probability >= 0.5
+
+
+def test_metal_only_finding_names_its_sources() -> None:
+    d = decide_implant(0.2, 0.0, 0.93)
+    assert d.by_metal_only and d.uncertainty is not None
+    assert "metal finder" in d.uncertainty and "detector found no cup or stem" in d.uncertainty
+    assert "p=0.20" in d.uncertainty

@@ -21,11 +21,24 @@ The rule, as one score so that the SR can carry a single number with the flag::
   a finding nobody can check.
 
 Without a detector the triage probability is used as it is.
+
+**Physics as a second opinion** (issue 12). Both learned parts were trained on one phantom style;
+on another renderer's films the detector returned no box for obvious prostheses and the rule
+above reported "no arthroplasty". ``node.analyse.metal`` finds metal relative to the image's own
+bone and soft-tissue levels, with no learned style. ``decide_implant`` takes the *union*::
+
+    score = max(model score above, metal arthroplasty evidence)     present when score >= 0.5
+
+so an obvious prosthesis is never reported absent because a model missed it, and whenever the
+three sources disagree the decision carries a sentence saying which said what (the SR prints
+it as "uncertain: …") instead of silently picking one. The metal finder's "no metal" counts as
+evidence only when it could read the image (``MetalEvidence.reliable``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from node.domain import Box, Side, best_joint_boxes
 
@@ -70,3 +83,63 @@ def implant_score(triage_probability: float | None, hardware: float | None) -> f
         return triage_probability
     p = 0.0 if triage_probability is None else triage_probability
     return max(hardware, min(2.0 * hardware, p))
+
+
+# below this, the metal finder saw nothing arthroplasty-like on that side (not merely weak)
+METAL_NONE = 0.1
+# the detector's reporting threshold: a weaker box is no detection
+DETECTOR_FLOOR = 0.25
+
+
+@dataclass(frozen=True)
+class ImplantDecision:
+    """Implant present on one side, the score behind it, and why it is uncertain (if it is)."""
+
+    present: bool | None
+    probability: float | None
+    uncertainty: str | None = None
+    by_metal_only: bool = False
+
+
+def decide_implant(triage_probability: float | None, hardware: float | None, metal: float | None) -> ImplantDecision:
+    """Union of triage + detector (``implant_score``) and metal evidence, disagreement stated.
+
+    ``hardware`` None: no detector ran; ``metal`` None: no usable metal reading.
+    """
+    model = implant_score(triage_probability, hardware)
+    candidates = [v for v in (model, metal) if v is not None]
+    if not candidates:
+        return ImplantDecision(None, None)
+    score = max(candidates)
+    present = score >= IMPLANT_THRESHOLD
+    t = triage_probability
+    hw = 0.0 if hardware is None else hardware
+    detector_says = hardware is not None and hw >= IMPLANT_THRESHOLD
+    metal_says = metal is not None and metal >= IMPLANT_THRESHOLD
+    triage_says = t is not None and t >= IMPLANT_THRESHOLD
+    parts: list[str] = []
+    by_metal_only = False
+    if present:
+        if metal_says and (model is None or model < IMPLANT_THRESHOLD):
+            by_metal_only = True
+            said = f"the detector found no cup or stem (best {hw:.2f})" if hardware is not None else "no detector ran"
+            parts.append(f"found by the metal finder (evidence {metal:.2f}); {said}")
+            if t is not None and not triage_says:
+                parts.append(f"the triage model did not see it (p={t:.2f})")
+        elif metal is not None and metal < METAL_NONE and (detector_says or triage_says):
+            parts.append(
+                f"the {'detector' if detector_says else 'triage model'} reports an implant "
+                f"(score {model:.2f}) but the metal finder found no arthroplasty-like metal on this side"
+            )
+    else:
+        if triage_says:
+            parts.append(
+                f"the triage model suggests an implant (p={t:.2f}) but neither the detector nor the "
+                "metal finder found a cup or stem on this side"
+            )
+        if hardware is not None and DETECTOR_FLOOR <= hw < IMPLANT_THRESHOLD:
+            parts.append(f"weak detector box (score {hw:.2f})")
+        if metal is not None and METAL_NONE <= metal < IMPLANT_THRESHOLD:
+            parts.append(f"metal of uncertain shape on this side (evidence {metal:.2f})")
+    uncertainty = "; ".join(parts) if parts else None
+    return ImplantDecision(present, round(score, 4), uncertainty, by_metal_only)
