@@ -37,6 +37,24 @@ projection of the rim circle of the sphere that casts the dome outline, for the 
 current fit (``rim_ellipse_prior``); tying the rim to the dome's own centre biased anteversion by
 −0.5…−1° at 20–35°.
 
+Other designs
+-------------
+*Heads that fill the shell* (metal-on-metal large heads, resurfacing caps: 0.8–0.95 of the
+shell's radius) cover the whole rim but its ends; what shows on the open side is the head's
+outline, and a resurfacing cap's cut edge, which is a half-ellipse much like a rim. Two checks
+that hold for every design catch them instead of a rule per design: such a head's outline is a
+circle concentric with the dome running just inside *both* ends of the opening, where a real rim
+bends away from the dome and crosses each radius once (``_filling_head``: refused, saying so);
+and a rim meets the dome at both ends of its long axis, where it is the shell's outline and must
+be seen (``_rim_end_coverage``: an "opening" whose ends do not show is another outline). The
+fitted rim's ends must also lie in the cup box (``_outside_box``).
+
+*Cemented all-polyethylene cups* have no metal outline: the polyethylene is radiolucent and the
+"dome" is the bone-like cement mantle. Their orientation shows only by the marker wire, which is
+looked for first on AP views (``find_marker_wire``): a ring round the opening gives the opening's
+ellipse directly (read as a rim, point source included); an arc over the dome does not give the
+opening, and the cup is refused, saying so.
+
 Angles
 ------
 From the ellipse and the opening direction we build the cup axis as a 3-D unit vector in camera
@@ -68,7 +86,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -96,6 +114,9 @@ MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
 MIN_BOX_IOU = 0.7
+# The rim's ends may lie outside the cup box by this share of its longer side (correct fits on
+# phantoms: ≤ 0.065; a rim run off along bone below a flanged cup: 0.17).
+MAX_RIM_END_OUTSIDE_BOX = 0.1
 # Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
 # implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
 MIN_INCLINATION_DEG = 5.0
@@ -119,6 +140,40 @@ BACK_RIM_MIN_PX = 5.0
 # the minor axis, so the rim's own evidence (both ends, the apex, the back half) must be able
 # to outvote it; with no prior at all a short or thin rim drifts.
 PRIOR_SCALE = 0.5
+# The rim meets the dome at both ends of its long axis, and there it *is* the shell's outline:
+# whatever else lies in the cup (a head of up to ~0.8 of the shell's radius) sits further in. A
+# fitted rim whose ends (this span of the semi-major axis, on the open side) are not seen is
+# another outline that does not meet the dome: the cut edge of a resurfacing cap, or a head that
+# fills the shell and hides the rim (``_filling_head`` finds most of those first). An end can fade
+# against bone, so the demand is on both ends together, and only a nearly unseen end is refused on
+# its own: on phantoms correct fits had ≥ 1.44 of both ends together (≥ 0.44 of either, ≥ 0.89 of
+# the better one), such impostors ≤ 1.34 (≤ 0.22 of one end where the other was complete).
+RIM_END_SPAN = (0.80, 0.98)
+MIN_RIM_END_COVERAGE = 0.3
+MIN_RIM_ENDS_COVERAGE = 1.2
+# A head whose outline is a circle of this share of the shell's radius, seen next to both ends of
+# the opening on at least this many rays (2.5° apart, of 36), fills the shell and hides the rim
+# (see ``_filling_head``). Usual heads are ≤ 0.75 of the shell; such heads 0.79–0.89 on phantoms.
+FILLING_HEAD_FRAC = (0.78, 0.95)
+FILLING_HEAD_MIN_RAYS = 12
+# Marker wire of an all-polyethylene cup (``find_marker_wire``). On phantoms (1024 rows, both image
+# styles) rings covered 0.50–0.81 of their ellipse with symmetry 0.61–0.97, arcs one run of
+# 185–190° with symmetry ≤ 0.11; in ~270 metal-backed cups (both styles, 1024 rows and native)
+# no ring or arc was found (a first prototype's best ridge ellipse there covered ≤ 0.32).
+WIRE_WORK_PX = 150.0  # the box's longer side at the working scale
+WIRE_SIGMA_PX = 1.25  # Gaussian σ for a sharp wire at the working scale (and twice it for a blurred one)
+WIRE_TOL_PX = 1.5  # distance of wire points to the ellipse, at the working scale
+WIRE_MIN_HEIGHT_SHARE = 0.3
+WIRE_RANSAC_ITERS = 1000
+WIRE_SCORE_POINTS = 300
+WIRE_MIN_COVERAGE_TO_REFINE = 0.2  # of the RANSAC ellipse, by the scored points: below, no wire
+WIRE_SEMI_MAJOR_SHARE = (0.45, 0.65)  # of the box's longer side (0.51–0.59 on phantoms)
+WIRE_MAX_OFFSET_SHARE = 0.3  # centre from the box's centre, of the box's longer side
+WIRE_RING_MIN_COVERAGE = 0.35
+WIRE_RING_MIN_SYMMETRY = 0.5
+WIRE_ARC_MIN_RUN_DEG = 120.0
+WIRE_ARC_MAX_SYMMETRY = 0.3
+WIRE_MIN_BOX_IOU = 0.85  # rings 0.91–0.99 on phantoms; an arc taken for a rounder ring 0.71
 
 
 @dataclass(frozen=True)
@@ -159,6 +214,7 @@ class CupFit:
     dome_contrast: float = 0.0  # median intensity drop across the dome outline
     box_iou: float = 0.0  # overlap of the modelled silhouette's bounding box with the cup box
     gap_turn_deg: float = 0.0  # angle between the rim's minor axis and the dome's gap direction
+    head_fills_shell: bool = False  # a head (or resurfacing cap) of nearly the shell's size hides the rim
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,6 +637,44 @@ def _head_circle(
     return hx, hy, hr
 
 
+def _filling_head(
+    smooth: NDArray[np.float32], cx: float, cy: float, R: float, gap_dir: float, dome_step: float
+) -> float | None:
+    """Radius of a femoral head (or resurfacing cap) that nearly fills the shell, if one shows.
+
+    Such a head (0.8–0.95 of the shell's outer radius: metal-on-metal bearings, resurfacing caps)
+    covers all of the rim but its ends: on the open side its outline, a circle concentric with the
+    dome, runs just inside both ends of the opening, where a rim bends away from the dome and
+    crosses every radius only once. Looked for on rays 45–87.5° either side of the gap (2.5°
+    apart): the strongest bright-inside step on each, and the radius that most of them share. A
+    head of usual size (≤ ~0.75 of the shell) falls below the radii searched; a cut resurfacing
+    cap shows on one side for 30° or more and next to the other end for a few rays, hence the
+    weaker demand on the second side.
+    """
+    tol = max(1.0, 0.015 * R)
+    r = np.arange(0.6 * R, 0.96 * R, 0.5)
+    offs = np.radians(np.arange(45.0, 88.0, 2.5))
+    phi = gap_dir + np.concatenate([-offs, offs])
+    d = np.column_stack([np.cos(phi), np.sin(phi)])
+    p = np.array([cx, cy]) + r[None, :, None] * d[:, None, :]
+    n = np.broadcast_to(d[:, None, :], p.shape)
+    st = _step(smooth, p.reshape(-1, 2), n.reshape(-1, 2), 1.5).reshape(len(phi), len(r))
+    k = np.argmax(st, axis=1)
+    strong = st[np.arange(len(phi)), k] >= 0.5 * dome_step
+    rr = r[k]
+    best, rho, sides = 0, 0.0, (0, 0)
+    for i in np.flatnonzero(strong):
+        inl = strong & (np.abs(rr - rr[i]) <= tol)
+        if int(inl.sum()) <= best:
+            continue
+        rho_i = float(np.median(rr[inl]))
+        inl = strong & (np.abs(rr - rho_i) <= tol)
+        best, rho, sides = int(inl.sum()), rho_i, (int(inl[: len(offs)].sum()), int(inl[len(offs) :].sum()))
+    if best < FILLING_HEAD_MIN_RAYS or min(sides) < 2 or not FILLING_HEAD_FRAC[0] * R <= rho <= FILLING_HEAD_FRAC[1] * R:
+        return None
+    return rho
+
+
 def _off_head(pts: FloatArray, head: tuple[float, float, float] | None, tol: float) -> NDArray[np.bool_]:
     """True for points outside the head's disc and clear of its outline by ``tol`` (all of them
     when there is no head).
@@ -809,6 +903,11 @@ def fit_cup_ellipse(
         if i >= 2 and any(f.refusal_reason is None for f in fits):
             break  # the two strongest circles had a measurable cup; weaker ones are clutter
         fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box, max_ratio, cam))
+    filled = [f for f in fits if f.head_fills_shell]
+    if filled:
+        # a head that fills the shell hides the rim whichever circle is taken for the dome: what
+        # another circle finds instead (the edge of a resurfacing cap, the head's outline) is no rim
+        return filled[0]
     good = [f for f in fits if f.refusal_reason is None]
     pool = good or fits
     # the metal's own outline is the strongest half-circle edge in the region: a bone or cement
@@ -913,6 +1012,11 @@ def _fit_from_circle(
     # what "a step" is, so windowing and tone mapping do not matter.
     if dome_step <= 1e-4:
         return _refuse(base, "no contrast at the cup outline")
+    filling = _filling_head(smooth, ccx, ccy, R, gap_dir, dome_step)
+    if filling is not None:
+        return _refuse(replace(base, head_fills_shell=True),
+                       f"the femoral head fills the cup (its outline runs at {filling / R:.0%} of the cup's radius "
+                       "next to both ends of the opening): the rim is hidden behind it")
     theta0 = gap_dir + math.pi / 2.0
     # a hypothesis from the reduced-radius stage (cement mantle) that does not hold up — too few
     # rim points, a major axis that does not match the dome — falls back to the dome's radius
@@ -988,6 +1092,7 @@ def _rim_fit(
     on_open = yr > -2.0 * tol
     bins = np.unique(np.clip(np.floor((xr[on_open] / a + 1.0) * 10.0), 0, 19).astype(int))
     coverage = float(len(bins)) / 20.0
+    end_cov = _rim_end_coverage(xr[on_open] / a)
     liaw = _liaw_sin(xr, yr, a)
     angle_deg = math.degrees(th) % 180.0
     ell = Ellipse(cx + ox, cy + oy, a, b, angle_deg)
@@ -1011,13 +1116,42 @@ def _rim_fit(
         return _refuse(fit, f"rim ellipse fit residual too large ({rms:.2f} px)")
     if fit.box_iou < MIN_BOX_IOU:
         return _refuse(fit, f"cup outline does not match the cup box (IoU {fit.box_iou:.2f})")
+    if _outside_box(ell, box) > MAX_RIM_END_OUTSIDE_BOX:
+        return _refuse(fit, "rim ellipse reaches beyond the cup box: its ends are not the cup's")
     if coverage < MIN_RIM_COVERAGE:
         return _refuse(fit, f"too little of the rim visible ({coverage:.0%})")
+    if min(end_cov) < MIN_RIM_END_COVERAGE or sum(end_cov) < MIN_RIM_ENDS_COVERAGE:
+        return _refuse(fit, f"rim not seen where it meets the dome ({end_cov[0]:.0%} and {end_cov[1]:.0%} of its ends): "
+                            "the outline found is not the rim")
     if not 0.74 * R <= a <= 1.06 * R:
         return _refuse(fit, "rim ellipse does not match the dome radius")
     if quality < MIN_QUALITY:
         return _refuse(fit, f"fit quality too low ({quality:.2f})")
     return fit
+
+
+def _rim_end_coverage(x: FloatArray) -> tuple[float, float]:
+    """Share of each end of the rim's open half (``RIM_END_SPAN`` of the semi-major axis from the
+    centre) that has rim points; ``x``: rim points' coordinates along the long axis / a."""
+    lo, hi = RIM_END_SPAN
+    n = round((hi - lo) / 0.02)
+    out = []
+    for sgn in (-1.0, 1.0):
+        u = sgn * x
+        sel = (u >= lo) & (u < hi)
+        out.append(float(len(np.unique(np.floor((u[sel] - lo) / 0.02).astype(int)))) / n)
+    return out[0], out[1]
+
+
+def _outside_box(e: Ellipse, box: Box) -> float:
+    """How far the farther end of the ellipse's long axis lies outside ``box``, as a share of the
+    box's longer side (0 inside). The rim's ends are the cup's extreme points along the opening's
+    long axis, which the detector's box bounds."""
+    th = math.radians(e.angle_deg)
+    dx, dy = e.semi_major * math.cos(th), e.semi_major * math.sin(th)
+    out = max(max(box.x0 - x, x - box.x1, box.y0 - y, y - box.y1, 0.0)
+              for x, y in ((e.cx - dx, e.cy - dy), (e.cx + dx, e.cy + dy)))
+    return out / max(box.width, box.height)
 
 
 def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box) -> float:
@@ -1055,6 +1189,7 @@ def _refuse(fit: CupFit, reason: str) -> CupFit:
         dome_contrast=fit.dome_contrast,
         box_iou=fit.box_iou,
         gap_turn_deg=fit.gap_turn_deg,
+        head_fills_shell=fit.head_fills_shell,
     )
 
 
@@ -1071,6 +1206,247 @@ def _liaw_sin(xr: FloatArray, yr: FloatArray, a: float) -> float | None:
     if not vals:
         return None
     return float(np.clip(np.mean(vals) / (0.8 * a), 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# the marker wire of a cemented all-polyethylene cup
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WireFit:
+    """The metal marker wire of an all-polyethylene cup, fitted with an ellipse.
+
+    ``kind``: "ring" (a closed wire round the opening: its ellipse is the opening's) or "arc" (a
+    half-circle over the dome: it does not give the opening). ``coverage``: share of the ellipse
+    (72 bins of 5°) with wire points; ``symmetry``: share of those whose opposite bin (through the
+    centre) has wire too — about 1 for a ring, whose two halves a head in the middle hides
+    alike, about 0 for an arc, which is one half of its ellipse.
+    """
+
+    kind: str
+    ellipse: Ellipse
+    points: FloatArray
+    coverage: float
+    symmetry: float
+    longest_run_deg: float
+    rms_px: float
+
+
+def _ridge_points(
+    roi: NDArray[np.float32], sigma: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Centre-line points of thin bright lines (ridges) at scale ``sigma``: points (x, y), unit
+    normals across the line, and the line's height above the brighter of its two sides.
+
+    Hessian of the Gaussian-smoothed image: across a bright line its smallest eigenvalue is
+    strongly negative; non-maximum suppression along that direction and a parabola give the
+    centre line to a fraction of a pixel. The height test (centre minus the brighter side, 3σ
+    out) keeps lines and drops the bright side of a step edge (a head's or stem's outline), which
+    has the same curvature on one side only.
+    """
+    sm = cv2.GaussianBlur(roi, (0, 0), sigma)
+    dxx = cv2.Sobel(sm, cv2.CV_32F, 2, 0, ksize=3)
+    dyy = cv2.Sobel(sm, cv2.CV_32F, 0, 2, ksize=3)
+    dxy = cv2.Sobel(sm, cv2.CV_32F, 1, 1, ksize=3)
+    half_tr = 0.5 * (dxx + dyy)
+    lam = half_tr - np.sqrt(np.maximum(half_tr * half_tr - (dxx * dyy - dxy * dxy), 0.0))
+    vx, vy = dxy, lam - dxx
+    flat = np.abs(vx) + np.abs(vy) < 1e-9
+    vx, vy = np.where(flat, lam - dyy, vx), np.where(flat, dxy, vy)
+    nn = np.hypot(vx, vy) + 1e-12
+    vx, vy = vx / nn, vy / nn
+    strength = np.asarray(np.maximum(-lam, 0.0), dtype=np.float32)
+    h, w = strength.shape
+    thr = float(subsampled_percentile(strength, 90.0))
+    if thr <= 1e-9:
+        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
+    m = 3
+    inner = strength[m : h - m, m : w - m] > thr
+    yi, xi = np.nonzero(inner)
+    yi, xi = yi + m, xi + m
+    nx, ny = vx[yi, xi].astype(np.float64), vy[yi, xi].astype(np.float64)
+    p = np.column_stack([xi, yi]).astype(np.float64)
+    k3 = np.array([-1.0, 0.0, 1.0])
+    sp = sample_bilinear(strength, (p[:, 0:1] + nx[:, None] * k3).astype(np.float32),
+                         (p[:, 1:2] + ny[:, None] * k3).astype(np.float32))
+    peak = (sp[:, 1] >= sp[:, 0]) & (sp[:, 1] >= sp[:, 2])
+    den = sp[:, 0] - 2.0 * sp[:, 1] + sp[:, 2]
+    off = np.where(np.abs(den) > 1e-12, 0.5 * (sp[:, 0] - sp[:, 2]) / np.where(np.abs(den) > 1e-12, den, 1.0), 0.0)
+    q = p + np.column_stack([nx, ny]) * np.clip(off, -0.5, 0.5)[:, None]
+    d = np.array([-3.0 * sigma, 0.0, 3.0 * sigma])
+    light = np.asarray(cv2.GaussianBlur(roi, (0, 0), 0.7), dtype=np.float32)
+    v = sample_bilinear(light, (q[:, 0:1] + nx[:, None] * d).astype(np.float32),
+                        (q[:, 1:2] + ny[:, None] * d).astype(np.float32))
+    height = v[:, 1] - np.maximum(v[:, 0], v[:, 2])
+    return q[peak], np.column_stack([nx, ny])[peak], np.asarray(height[peak], dtype=np.float64)
+
+
+def _conics_through(p5: FloatArray) -> tuple[FloatArray, NDArray[np.bool_], FloatArray, FloatArray, FloatArray]:
+    """Conics through 5 points each, (K, 5, 2) → coefficients (K, 6) of Ax²+Bxy+Cy²+Dx+Ey+F,
+    whether each is a real ellipse, and its centre x, y and semi-major axis.
+
+    With F = −1: the points are centred on the cup box, inside every ellipse of interest, and a
+    conic through the origin (F = 0) is no such ellipse. A 5×5 solve per hypothesis instead of a
+    5×6 null space: several times faster.
+    """
+    x, y = p5[..., 0], p5[..., 1]
+    M = np.stack([x * x, x * y, y * y, x, y], axis=-1)
+    good = np.abs(np.linalg.det(M)) > 1e-12
+    sol = np.zeros((len(p5), 5))
+    if good.any():
+        sol[good] = np.linalg.solve(M[good], np.ones((int(good.sum()), 5, 1)))[..., 0]
+    c = np.concatenate([sol, -np.ones((len(p5), 1))], axis=1)
+    A, B, Cc, D, E, F = c.T
+    disc = B * B - 4.0 * A * Cc
+    ok = good & (disc < -1e-12)
+    den = np.where(ok, disc, -1.0)
+    x0 = (2.0 * Cc * D - B * E) / den
+    y0 = (2.0 * A * E - B * D) / den
+    f0 = A * x0 * x0 + B * x0 * y0 + Cc * y0 * y0 + D * x0 + E * y0 + F
+    half_tr = 0.5 * (A + Cc)
+    root = np.sqrt(np.maximum(half_tr * half_tr - (A * Cc - 0.25 * B * B), 0.0))
+    # the eigenvalue of smaller magnitude belongs to the long axis
+    lo = np.where(half_tr >= 0, half_tr - root, half_tr + root)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a2 = -f0 / lo
+        b2 = -f0 / (2.0 * half_tr - lo)
+    ok &= np.isfinite(a2) & np.isfinite(b2) & (a2 > 0) & (b2 > 0)
+    return c, ok, x0, y0, np.sqrt(np.where(ok, np.maximum(a2, b2), 0.0))
+
+
+def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) -> WireFit | None:
+    """The marker wire of an all-polyethylene cup inside ``cup_box``, if one shows.
+
+    A cemented all-polyethylene cup is nearly invisible (the polyethylene is as radiolucent as
+    soft tissue, the cement mantle around it as dense as bone); its orientation is read from a
+    thin metal wire. The region is brought to a working scale (the box's longer side
+    ``WIRE_WORK_PX`` pixels: the time does not grow with the detector's resolution, and the
+    wire — ~1 mm in a cup of ~45–55 mm — is 2–4 px wide there). Wire points are thin bright lines
+    at two scales (a sharp wire; a blurred one, or a ring seen edge-on, whose two halves merge into
+    one bar), the brightest of each (≥ ``WIRE_MIN_HEIGHT_SHARE`` of the 99th-percentile line
+    height: the wire is metal, bone edges are fainter). An ellipse through them is found by RANSAC
+    (5 points, Sampson distance, the line running along the ellipse), centred in the box and about
+    the size of the cup's opening (the box bounds the polyethylene hemisphere: the opening's
+    semi-major axis is 0.52–0.6 of its longer side), then refined by the orthogonal fit. A ring
+    shows on both halves of its ellipse (the head in the middle hides both alike); an arc over the
+    dome is one contiguous half. Anything else — no wire, a metal-backed cup, bone — gives short
+    scattered lines that cover little of any ellipse: ``None``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2 or cup_box.width < 8 or cup_box.height < 8:
+        return None
+    roi, ox, oy = _crop(img, cup_box, 0.15)
+    full_h, full_w = roi.shape
+    f = max(1.0, max(cup_box.width, cup_box.height) / WIRE_WORK_PX)
+    if f > 1.0:
+        roi = np.asarray(cv2.resize(roi, (max(round(full_w / f), 8), max(round(full_h / f), 8)),
+                                    interpolation=cv2.INTER_AREA), dtype=np.float32)
+    sx, sy = full_w / roi.shape[1], full_h / roi.shape[0]
+    size = max(cup_box.width / sx, cup_box.height / sy)  # the box's longer side at the working scale
+    pts_l, nrm_l = [], []
+    for sigma in (WIRE_SIGMA_PX, 2.0 * WIRE_SIGMA_PX):
+        p, n, h = _ridge_points(roi, sigma)
+        if len(p) == 0:
+            continue
+        top = float(np.percentile(h, 99))
+        if top <= 0.0:
+            continue
+        keep = h >= WIRE_MIN_HEIGHT_SHARE * top
+        pts_l.append(p[keep])
+        nrm_l.append(n[keep])
+    if not pts_l:
+        return None
+    pts, nrm = np.concatenate(pts_l), np.concatenate(nrm_l)
+    n_pts = len(pts)
+    if n_pts < 20:
+        return None
+    centre = np.array([(0.5 * (cup_box.x0 + cup_box.x1) - ox) / sx, (0.5 * (cup_box.y0 + cup_box.y1) - oy) / sy])
+    q = (pts - centre) / size  # normalised: the conics' coefficients stay well scaled
+    rng = np.random.default_rng(seed)
+    c, ok, x0, y0, a = _conics_through(q[rng.integers(0, n_pts, (WIRE_RANSAC_ITERS, 5))])
+    lo, hi = WIRE_SEMI_MAJOR_SHARE
+    ok &= (np.hypot(x0, y0) <= WIRE_MAX_OFFSET_SHARE) & (a >= lo) & (a <= hi)
+    c = c[ok]
+    if len(c) == 0:
+        return None
+    tol = WIRE_TOL_PX
+    # hypotheses are ranked on a fixed subsample of the points (as the dome's circles are)
+    sub = np.sort(rng.choice(n_pts, size=WIRE_SCORE_POINTS, replace=False)) if n_pts > WIRE_SCORE_POINTS \
+        else np.arange(n_pts)
+    qs, ns = q[sub].astype(np.float32), nrm[sub].astype(np.float32)
+    A, B, Cc, D, E, F = (c[:, i : i + 1].astype(np.float32) for i in range(6))
+    xq, yq = qs[None, :, 0], qs[None, :, 1]
+    val = A * xq * xq + B * xq * yq + Cc * yq * yq + D * xq + E * yq + F
+    gx, gy = 2.0 * A * xq + B * yq + D, B * xq + 2.0 * Cc * yq + E
+    g = np.hypot(gx, gy) + np.float32(1e-12)
+    # the line runs along the ellipse: its normal (across the line) is the ellipse's normal
+    along = np.abs(gx * ns[None, :, 0] + gy * ns[None, :, 1]) > np.float32(0.8) * g
+    inl = (np.abs(val) < np.float32(tol / size) * g) & along
+    best = int(np.argmax(inl.sum(axis=1)))
+    if int(inl[best].sum()) < 12 * len(sub) / n_pts:
+        return None
+    cb = c[best]
+    e0 = conic_to_ellipse(np.array([[cb[0], cb[1] / 2, cb[3] / 2], [cb[1] / 2, cb[2], cb[4] / 2],
+                                    [cb[3] / 2, cb[4] / 2, cb[5]]]))
+    params = np.array([e0.cx * size + centre[0], e0.cy * size + centre[1], e0.semi_major * size,
+                       e0.semi_minor * size, math.radians(e0.angle_deg)])
+    on = pts[sub][inl[best]]
+    if _bin_coverage(e0, (on - centre) / size) < WIRE_MIN_COVERAGE_TO_REFINE:
+        return None  # neither a ring nor an arc: not worth the orthogonal fit
+    for _ in range(2):
+        params = fit_ellipse_geometric(on, params, (params[0], params[1], params[2]), 0.0, tol)
+        on = pts[np.abs(ellipse_distance(pts, *params)) < tol]
+        if len(on) < 12:
+            return None
+    cx, cy, ea, eb, th = (float(v) for v in params)
+    ea, eb = abs(ea), abs(eb)
+    if eb > ea:
+        ea, eb, th = eb, ea, th + math.pi / 2
+    if not lo * size <= ea <= hi * size:
+        return None
+    bins = _angle_bins(on, cx, cy, ea, eb, th)
+    coverage = float(bins.mean())
+    symmetry = float((bins & np.roll(bins, 36)).sum()) / max(int(bins.sum()), 1)
+    run = longest = 0
+    for v in np.concatenate([bins, bins]):
+        run = run + 1 if v else 0
+        longest = max(longest, run)
+    longest_deg = 5.0 * min(longest, 72)
+    rms = float(np.sqrt(np.mean(ellipse_distance(on, cx, cy, ea, eb, th) ** 2)))
+    # back to image pixels (INTER_AREA maps pixel centres: x_img = (x + 0.5)·s − 0.5)
+    ell = _scale_ellipse(Ellipse(cx, cy, ea, eb, math.degrees(th) % 180.0), sx, sy, ox, oy)
+    on_img = np.column_stack([(on[:, 0] + 0.5) * sx - 0.5 + ox, (on[:, 1] + 0.5) * sy - 0.5 + oy])
+    if coverage >= WIRE_RING_MIN_COVERAGE and symmetry >= WIRE_RING_MIN_SYMMETRY:
+        return WireFit("ring", ell, on_img, coverage, symmetry, longest_deg, rms * sx)
+    if longest_deg >= WIRE_ARC_MIN_RUN_DEG and symmetry <= WIRE_ARC_MAX_SYMMETRY:
+        return WireFit("arc", ell, on_img, coverage, symmetry, longest_deg, rms * sx)
+    return None
+
+
+def _angle_bins(p: FloatArray, cx: float, cy: float, a: float, b: float, th: float) -> NDArray[np.bool_]:
+    """Which of 72 bins of the ellipse's parametric angle (5° each) have points."""
+    xr, yr = _to_frame(p, cx, cy, th)
+    t = np.arctan2(yr / max(b, 1e-6), xr / max(a, 1e-6)) % (2.0 * math.pi)
+    bins = np.zeros(72, dtype=bool)
+    bins[np.floor(t / (2.0 * math.pi) * 72).astype(int) % 72] = True
+    return bins
+
+
+def _bin_coverage(e: Ellipse, p: FloatArray) -> float:
+    """Share of the 72 angle bins of ``e`` that points ``p`` fall in."""
+    return float(_angle_bins(p, e.cx, e.cy, e.semi_major, e.semi_minor, math.radians(e.angle_deg)).mean())
+
+
+def _scale_ellipse(e: Ellipse, sx: float, sy: float, ox: float, oy: float) -> Ellipse:
+    """An ellipse found on a resized crop, in the full image's pixels (exact for sx ≠ sy too:
+    the conic is mapped, not just its axes)."""
+    if abs(sx - 1.0) < 1e-12 and abs(sy - 1.0) < 1e-12:
+        return Ellipse(e.cx + ox, e.cy + oy, e.semi_major, e.semi_minor, e.angle_deg)
+    # X_img = S·X_roi + t  ⇒  C_img = Hᵀ C_roi H with H = S⁻¹ (X_img − t)
+    H = np.array([[1.0 / sx, 0.0, -(ox - 0.5 * sx + 0.5) / sx], [0.0, 1.0 / sy, -(oy - 0.5 * sy + 0.5) / sy],
+                  [0.0, 0.0, 1.0]])
+    return conic_to_ellipse(H.T @ ellipse_conic(e) @ H)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1285,10 +1661,19 @@ def _measure_cup(
     if geometry is not None and pixel_spacing_mm:
         pp = geometry.principal_point or Point((image.shape[1] - 1) / 2.0, (image.shape[0] - 1) / 2.0)
         camera = (geometry.source_image_distance_mm / pixel_spacing_mm, pp)
+    if hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
+        # An all-polyethylene cup shows its orientation only by its marker wire; a wire, where
+        # one shows, is read before (and instead of) any outline: the "dome" of such a cup is the
+        # bone-like cement mantle, and its rim does not show.
+        wire = find_marker_wire(image, cup_box)
+        wire_fit = None if wire is None else _wire_fit(wire, hint, cup_box)
+        if wire_fit is not None:
+            return _measure_fit(wire_fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera)
     m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     suspect = m.anteversion_deg is not None and m.anteversion_deg > SUSPECT_ANTEVERSION_DEG
-    if (m.refusal_reason is not None or suspect) and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
+    if (m.refusal_reason is not None or suspect) and hint is not None and view in (View.AP_PELVIS, View.AP_HIP) \
+            and not fit.head_fills_shell:
         # The usual culprit of a refusal, or of a very open rim, is the femoral head: a bright
         # disc concentric with the shell whose outline reads as a wide-open rim. Search again for
         # rims flatter than any head outline could be; keep that answer only when it passes
@@ -1299,6 +1684,35 @@ def _measure_cup(
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
             return m2
     return m
+
+
+def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | None:
+    """The cup fit a marker wire gives: the opening's ellipse for a ring (``None`` when the cup it
+    implies does not fill the box), a refusal for an arc.
+
+    The ring lies in the opening plane just inside the rim, so its ellipse has the rim's
+    orientation and axis ratio (its centre, 1–2 mm towards the dome, does not matter). Which way
+    the cup opens the ring does not say; on an AP it is laterally and inferiorly (``hint``). The
+    polyethylene hemisphere this opening implies (dome of the ring's radius plus the open half of
+    the ring) must fill the cup box, as a shell's outline must (a partly hidden arc can pass for a
+    rounder ring; its hemisphere does not fit the box).
+    """
+    e = wire.ellipse
+    if wire.kind == "arc":
+        return CupFit(e, None, rim_points=wire.points, refusal_reason=(
+            "the cup's marker wire is an arc over the dome: it does not mark the opening, and the "
+            "rim of an all-polyethylene cup does not show"))
+    th = math.radians(e.angle_deg)
+    v = np.array([-math.sin(th), math.cos(th)])
+    if v @ np.asarray(hint) < 0:
+        v = -v
+    opening = (float(v[0]), float(v[1]))
+    iou = _silhouette_iou(e, opening, e.semi_major, box)
+    if iou < WIRE_MIN_BOX_IOU:
+        return None
+    quality = float(math.exp(-wire.rms_px / 2.0) * min(1.0, wire.coverage / 0.5))
+    return CupFit(e, opening, rim_points=wire.points, rim_rms_px=wire.rms_px, rim_coverage=wire.coverage,
+                  quality=quality, box_iou=iou)
 
 
 def _measure_fit(

@@ -1,0 +1,202 @@
+"""Cup angles across arthroplasty designs: measured within bars, or refused — never a wrong angle.
+
+Phantoms of the generator's broad variety (``sample_spec(..., variety="broad")``), AP pelvis,
+neutral pelvis, both hips of one design, the true cup boxes standing in for the detector. The
+cups' inclination and anteversion are redrawn from U(30°, 60°) and U(8°, 35°): a retroverted or
+nearly edge-on cup has two readings on a single AP (``node.analyse.cup.cup_axis_perspective``),
+which is not what these tests are about.
+
+* metal-backed shells (hemispherical, flanged, dual mobility): every cup measured, within bars;
+* cemented all-polyethylene cups: read from the marker wire where it is a ring (both image styles),
+  refused with the wire's reason where it is an arc over the dome;
+* resurfacing and large-head (metal-on-metal) bearings, whose head fills the shell and hides the
+  rim: refused, or within 3° / 5°; before the filling-head and rim-end checks these read 12–40° off.
+
+Bars were set at about twice the worst error measured on these exact phantoms when the checks were
+written (see each constant). Rendering dominates the time (~0.5 s per 1024-row analytic image,
+~1.5 s per voxel image).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import cache
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from node.analyse.cup import ProjectionGeometry, find_marker_wire, measure_cup
+from node.analyse.reference import reference_from_points
+from node.domain import Box, Side, View
+from node.phantom import render, sample_spec
+from node.phantom.anatomy import CupSpec
+from node.phantom.spec import DESIGN_WEIGHTS, sample_arthroplasty
+from node.pixels import normalise
+
+ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    design: str
+    inclination_error: float | None  # measured − true (None: refused)
+    anteversion_error: float | None
+    refusal_reason: str | None
+    wire_found: str | None  # what ``find_marker_wire`` says on this cup's box
+
+
+@cache
+def _outcomes(design: str, n_images: int, seed: int, style: str = "analytic", wire: str = "ring") -> tuple[Outcome, ...]:
+    """Both hips of ``n_images`` broad-variety AP pelvis phantoms with a ``design`` arthroplasty."""
+    others = tuple(d for d in DESIGN_WEIGHTS if d != design)
+    out: list[Outcome] = []
+    for i in range(n_images):
+        rng = np.random.default_rng([seed, i])
+        spec = sample_spec(rng, view=View.AP_PELVIS, implants="bilateral", rows=ROWS, variety="broad")
+        cups: dict[Side, CupSpec | None] = {}
+        for side in (Side.RIGHT, Side.LEFT):
+            c = sample_arthroplasty(rng, spec.patient, side, "broad", exclude=others)
+            cups[side] = replace(c, inclination_deg=float(rng.uniform(30, 60)), anteversion_deg=float(rng.uniform(8, 35)),
+                                 marker_wire=wire)
+        spec = replace(spec, implants=cups,
+                       geometry=replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0))
+        img = render(spec, style=style)
+        gt = img.truth
+        header = Dataset()
+        header.PhotometricInterpretation = gt.photometric
+        x = normalise(header, img.pixels.astype(np.float32))
+        lm = gt.landmarks
+        ref = reference_from_points(list(lm.get("teardrop_inferior", {}).values()),
+                                    list(lm.get("ischial_tuberosity_inferior", {}).values()), image_width=gt.cols)
+        stems = [b for b in gt.boxes if b.label == "stem"]
+        for side in gt.imaged_sides:
+            hip = gt.hips[side]
+            cup = hip.cup
+            assert cup is not None and hip.design == design
+            box = next(b for b in gt.boxes if b.label == "cup" and b.x0 <= cup.ellipse.cx <= b.x1
+                       and b.y0 <= cup.ellipse.cy <= b.y1)
+            m = measure_cup(x, box, side, gt.view, reference=ref, pixel_spacing_mm=gt.imager_pixel_spacing_mm,
+                            geometry=ProjectionGeometry(spec.geometry.sid_mm), stem_boxes=stems)
+            w = find_marker_wire(x, box)
+            if m.inclination_deg is None or m.anteversion_deg is None:
+                out.append(Outcome(design, None, None, m.refusal_reason, None if w is None else w.kind))
+            else:
+                out.append(Outcome(design, m.inclination_deg - cup.inclination_deg,
+                                   m.anteversion_deg - cup.anteversion_deg, None, None if w is None else w.kind))
+    return tuple(out)
+
+
+def _measured(outcomes: tuple[Outcome, ...]) -> list[tuple[float, float]]:
+    return [(o.inclination_error, o.anteversion_error) for o in outcomes
+            if o.inclination_error is not None and o.anteversion_error is not None]
+
+
+# --- metal-backed shells: the measured share must not drop ------------------------------------
+
+# (design, images, seed, least share measured, inclination bar, anteversion bar). When set, on these
+# phantoms: hemispherical 6/6 measured, worst 0.4° / 3.5° (a cup at 10° anteversion, near the
+# two-readings floor); dual mobility 6/6, 0.2° / 1.1°; flanged 4/6 (the same 4 as before the
+# design work; the fifth the old code measured was 14° / 13° off and is now refused), worst 3.9° /
+# 10.5° — a full-ring flange whose outline is taken for the dome: a known limit, held here so
+# that it does not get worse.
+METAL_BACKED = [
+    ("hemispherical", 3, 301, 1.0, 1.0, 5.0),
+    ("flanged", 3, 302, 4 / 6, 4.5, 12.0),
+    ("dual_mobility", 3, 303, 1.0, 0.5, 2.5),
+]
+
+
+@pytest.mark.parametrize(("design", "n_images", "seed", "share", "inc_bar", "ant_bar"), METAL_BACKED)
+def test_metal_backed_cups_are_measured_within_bars(design: str, n_images: int, seed: int, share: float,
+                                                    inc_bar: float, ant_bar: float) -> None:
+    outcomes = _outcomes(design, n_images, seed)
+    errors = _measured(outcomes)
+    assert len(outcomes) == 2 * n_images
+    assert len(errors) >= share * len(outcomes) - 1e-9, outcomes
+    assert max(abs(i) for i, _ in errors) <= inc_bar, outcomes
+    assert max(abs(a) for _, a in errors) <= ant_bar, outcomes
+    # no marker wire is seen in a metal-backed cup (a false ring would override the shell's fit)
+    assert all(o.wire_found is None for o in outcomes), outcomes
+
+
+# --- cemented all-polyethylene cups: the marker wire --------------------------------------------
+
+# worst errors measured when set: analytic 0.1° / 0.2° (6/6 measured), voxel 0.3° / 0.5° (3/4: the
+# fourth ring, edge-on and blurred into one bar, is not found and the cup is refused)
+WIRE_INCLINATION_BAR = 1.0
+WIRE_ANTEVERSION_BAR = 1.5
+
+
+@pytest.mark.parametrize(("style", "n_images", "seed"), [("analytic", 3, 311), ("voxel", 2, 312)])
+def test_cemented_cup_is_read_from_its_marker_ring(style: str, n_images: int, seed: int) -> None:
+    outcomes = _outcomes("cemented_pe", n_images, seed, style, "ring")
+    errors = _measured(outcomes)
+    assert len(errors) >= len(outcomes) - 1, outcomes  # before the wire: ~1 in 10 measured, 9–28° off
+    assert all(o.wire_found == "ring" for o in outcomes if o.inclination_error is not None), outcomes
+    assert max(abs(i) for i, _ in errors) <= WIRE_INCLINATION_BAR, outcomes
+    assert max(abs(a) for _, a in errors) <= WIRE_ANTEVERSION_BAR, outcomes
+
+
+def test_cemented_cup_with_an_arc_wire_is_refused_with_the_reason() -> None:
+    outcomes = _outcomes("cemented_pe", 2, 313, "analytic", "arc")
+    assert all(o.inclination_error is None for o in outcomes), outcomes
+    assert sum("arc over the dome" in (o.refusal_reason or "") for o in outcomes) >= len(outcomes) - 1, outcomes
+
+
+# --- heads that fill the shell: refuse rather than guess ----------------------------------------
+
+SAFE_INCLINATION = 3.0
+SAFE_ANTEVERSION = 5.0
+
+
+@pytest.mark.parametrize(("design", "style", "n_images", "seed"), [
+    ("resurfacing", "analytic", 3, 321),
+    ("resurfacing", "voxel", 2, 322),
+    ("large_head", "analytic", 2, 323),
+])
+def test_head_filling_the_shell_is_refused_or_measured_right(design: str, style: str, n_images: int,
+                                                              seed: int) -> None:
+    outcomes = _outcomes(design, n_images, seed, style)
+    for o in outcomes:
+        if o.inclination_error is not None and o.anteversion_error is not None:
+            assert abs(o.inclination_error) <= SAFE_INCLINATION and abs(o.anteversion_error) <= SAFE_ANTEVERSION, o
+    # and most refusals say why: the head hides the rim (when set: 12 of 14; the other two were
+    # refused by the rim's size or extent, never as a side mix-up or a bare "fit failed")
+    reasons = [o.refusal_reason or "" for o in outcomes if o.inclination_error is None]
+    assert reasons, outcomes
+    assert sum("fills the cup" in r or "rim not seen" in r for r in reasons) >= 0.5 * len(reasons), reasons
+    assert not any("wrong way" in r or "fit failed" in r for r in reasons), reasons
+
+
+# --- the wire finder on drawn wires -------------------------------------------------------------
+
+
+def _drawn(points: np.ndarray, shape: tuple[int, int] = (220, 220), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 0.3, np.float32) + rng.normal(0.0, 0.01, shape).astype(np.float32)
+    cv2.polylines(img, [np.round(points * 16).astype(np.int32)], False, 0.9, 2, cv2.LINE_AA, shift=4)
+    return np.asarray(cv2.GaussianBlur(img, (0, 0), 0.8), dtype=np.float32)
+
+
+def _ellipse_pts(cx: float, cy: float, a: float, b: float, th_deg: float, t0: float, t1: float) -> np.ndarray:
+    t = np.linspace(t0, t1, 400)
+    th = math.radians(th_deg)
+    return np.column_stack([cx + a * np.cos(t) * math.cos(th) - b * np.sin(t) * math.sin(th),
+                            cy + a * np.cos(t) * math.sin(th) + b * np.sin(t) * math.cos(th)])
+
+
+def test_marker_ring_gives_the_ellipse_and_an_arc_is_told_apart() -> None:
+    box = Box(50, 50, 170, 170, "cup", 1.0)
+    ring = find_marker_wire(_drawn(_ellipse_pts(112, 105, 66, 20, 40, 0, 2 * math.pi)), box)
+    assert ring is not None and ring.kind == "ring"
+    assert abs(ring.ellipse.angle_deg - 40.0) < 1.0
+    assert abs(ring.ellipse.semi_minor / ring.ellipse.semi_major - 20 / 66) < 0.02
+    arc = find_marker_wire(_drawn(_ellipse_pts(112, 105, 64, 58, 80, 0, math.pi)), box)
+    assert arc is not None and arc.kind == "arc"
+    # a plain disc (a head) and its outline are no wire
+    disc = np.full((220, 220), 0.3, np.float32)
+    cv2.circle(disc, (110, 110), 40, 1.0, -1)
+    assert find_marker_wire(disc, box) is None
