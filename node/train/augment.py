@@ -701,46 +701,32 @@ def randomise(
         return img.copy(), (list(boxes) if boxes is not None else None)
     geo = _Geometry(boxes or [])
     fill = _fill_value(rng, record) if fire["affine"] or fire["pad"] else 0.0
+    # one entry per transform: the arguments each needs, bound here (rng is drawn in this order)
+    ops_table: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "affine": lambda x: _op_affine(x, geo, rng, a, fill),
+        "collimation": lambda x: _op_collimation(x, geo, rng, a, record),
+        "grid": lambda x: _op_grid(x, rng, a, record),
+        "scatter": lambda x: _op_scatter(x, rng, a),
+        "drc": lambda x: _op_drc(x, rng, a),
+        "unsharp": lambda x: _op_unsharp(x, rng, a, record),
+        "curve": lambda x: _op_curve(x, rng, a, record),
+        "gamma": lambda x: _op_gamma(x, rng, a),
+        "equalise": lambda x: _op_equalise(x, rng, a, record),
+        "markers": lambda x: _op_markers(x, rng, a, record),
+        "squash": lambda x: _op_squash(x, rng, a),
+        "blur": lambda x: _op_blur(x, rng, a, record),
+        "lowres": lambda x: _op_lowres(x, rng, a),
+        "noise": lambda x: _op_noise(x, rng, a, record),
+        "crop": lambda x: _op_crop(x, geo, rng, a),
+        "pad": lambda x: _op_pad(x, geo, rng, a, fill),
+        "invert": lambda x: 1.0 - np.clip(x, 0, 1),
+        "jpeg": lambda x: _op_jpeg(x, rng, record),
+    }
     for name, on in fire.items():
         if not on:
             continue
         _note(record, name)
-        if name == "affine":
-            img = _op_affine(img, geo, rng, a, fill)
-        elif name == "collimation":
-            img = _op_collimation(img, geo, rng, a, record)
-        elif name == "grid":
-            img = _op_grid(img, rng, a, record)
-        elif name == "scatter":
-            img = _op_scatter(img, rng, a)
-        elif name == "drc":
-            img = _op_drc(img, rng, a)
-        elif name == "unsharp":
-            img = _op_unsharp(img, rng, a, record)
-        elif name == "curve":
-            img = _op_curve(img, rng, a, record)
-        elif name == "gamma":
-            img = _op_gamma(img, rng, a)
-        elif name == "equalise":
-            img = _op_equalise(img, rng, a, record)
-        elif name == "markers":
-            img = _op_markers(img, rng, a, record)
-        elif name == "squash":
-            img = _op_squash(img, rng, a)
-        elif name == "blur":
-            img = _op_blur(img, rng, a, record)
-        elif name == "lowres":
-            img = _op_lowres(img, rng, a)
-        elif name == "noise":
-            img = _op_noise(img, rng, a, record)
-        elif name == "crop":
-            img = _op_crop(img, geo, rng, a)
-        elif name == "pad":
-            img = _op_pad(img, geo, rng, a, fill)
-        elif name == "invert":
-            img = 1.0 - np.clip(img, 0, 1)
-        elif name == "jpeg":
-            img = _op_jpeg(img, rng, record)
+        img = ops_table[name](img)
     img = np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0)
     out = percentile_window(img)
     h, w = out.shape
