@@ -349,15 +349,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "real_cr_pydicom_data": real,
         "real_cr_all_other": all(v.startswith("other ") for v in real.values()),
     }
-    styles = [v.strip() for v in (args.styles or "").split(",") if v.strip()]
+    # the style comparison is opt-out on the command line; callers building their own Namespace
+    # (tests, scripts) get the quick classic evaluation unless they ask for styles
+    styles = [v.strip() for v in (getattr(args, "styles", "") or "").split(",") if v.strip()]
     if styles:
         from node.train.generalise import evaluate_styles, real_films, table
 
         by_style = evaluate_styles(
-            triage, detector, styles, mixed=args.style_images, cups=args.style_cups, rows=args.style_rows,
-            workers=args.workers,
+            triage, detector, styles, mixed=getattr(args, "style_images", 120), cups=getattr(args, "style_cups", 40),
+            rows=getattr(args, "style_rows", 768), workers=args.workers,
         )
-        trained_on = [v.strip() for v in args.trained_on.split(",")]
+        trained_on = [v.strip() for v in getattr(args, "trained_on", "analytic").split(",")]
         by_style["trained_on_styles"] = trained_on
         out["styles"] = by_style
         out["real_films"] = real_films(triage, detector)

@@ -158,6 +158,7 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
     e_ant: list[float] = []
     visible = 0
     refusals: dict[str, int] = {}
+    by_design: dict[str, dict[str, Any]] = {}
     for _t, gt, hips in analysed:
         by_side = {h.side: h for h in hips}
         for side in gt.imaged_sides:
@@ -165,6 +166,9 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
             if truth is None or truth.cup is None:
                 continue
             visible += 1
+            design = by_design.setdefault(str(getattr(truth, "design", None) or "hemispherical"),
+                                          {"visible": 0, "measured": 0, "inc": [], "ant": []})
+            design["visible"] += 1
             hip = by_side.get(side)
             cup = hip.cup if hip is not None else None
             if cup is None or cup.inclination_deg is None or cup.anteversion_deg is None:
@@ -175,6 +179,9 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
                 continue
             e_inc.append(cup.inclination_deg - truth.cup.inclination_deg)
             e_ant.append(cup.anteversion_deg - truth.cup.anteversion_deg)
+            design["measured"] += 1
+            design["inc"].append(e_inc[-1])
+            design["ant"].append(e_ant[-1])
     return {
         "visible_cups": visible,
         "cups_measured": len(e_inc),
@@ -184,6 +191,13 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
         "inclination_worst_deg": round(max(map(abs, e_inc)), 2) if e_inc else None,
         "anteversion_worst_deg": round(max(map(abs, e_ant)), 2) if e_ant else None,
         "not_measured": refusals,
+        # per implant design: some refuse by principle (a head filling the shell hides the rim,
+        # an arc marker wire does not mark the opening), so "all designs" mixes two questions
+        "per_design": {
+            k: {"visible": v["visible"], "measured": v["measured"], "inclination_mae_deg": _mae(v["inc"]),
+                "anteversion_mae_deg": _mae(v["ant"])}
+            for k, v in sorted(by_design.items())
+        },
     }
 
 
