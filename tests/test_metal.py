@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,12 +26,13 @@ from node.infer.fusion import SideAssigner
 from node.phantom import render_index
 from node.phantom.truth import GroundTruth
 from node.pixels import normalise, percentile_window
+from node.train.generalise import find_real_films
 
 VIEWS = ("ap_pelvis", "ap_hip", "lateral_hip")
 SEED = 90817  # not one of the development seeds
 N_PER_VIEW = 36  # images per view (AP pelvis: two sides each)
 N_PERTURBED = 6  # per view, the first images with and the first without an imaged implant
-REAL_DIR = Path("/work/shared/real/ap_pelvis_paediatric")
+REAL_DIR = find_real_films()
 
 Sample = tuple[np.ndarray, GroundTruth]
 
@@ -252,7 +252,6 @@ def _real_images() -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.skipif(not REAL_DIR.is_dir(), reason="real paediatric films not present")
 def test_real_paediatric_films_have_no_arthroplasty() -> None:
     images = _real_images()
     assert len(images) == 5

@@ -37,6 +37,7 @@ from node.pixels import (
     read_dataset,
     screen_metadata,
 )
+from node.train.generalise import find_real_films
 
 CFG = ScreeningConfig()
 
@@ -213,7 +214,7 @@ def test_metadata_mismatches_are_hints() -> None:
 
 # --- colour-encoded grey and untrusted pixel spacing (issue 12) -------------------------------
 
-REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "ap_pelvis_paediatric"
+REAL_DIR = find_real_films()
 
 
 def _colour(grey: np.ndarray, photometric: str, tint: tuple[int, int, int] = (0, 0, 0)) -> Dataset:

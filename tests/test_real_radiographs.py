@@ -34,10 +34,11 @@ import yaml
 
 from node.compose import read_report
 from node.domain import Side, View
+from node.train.generalise import find_real_films
 from tests.conftest import tool
 from tests.node_proc import wait_for
 
-REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "ap_pelvis_paediatric"
+REAL_DIR = find_real_films()
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 TOLERANCE_PX = 2.0  # the outer acetabular edge lies on the rim; a box edge may touch it
 

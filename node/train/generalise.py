@@ -265,7 +265,21 @@ def write(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-REAL_FILMS = Path(__file__).resolve().parents[2].parent / "shared" / "real" / "ap_pelvis_paediatric"
+def find_real_films() -> Path:
+    """The folder of the real paediatric films: ``$HIPNODE_REAL_FILMS``, else ``shared/real/…``
+    beside the repository (the workplace layout) or inside it. Returned even when absent, so the
+    caller's error names where it looked."""
+    import os
+
+    env = os.environ.get("HIPNODE_REAL_FILMS")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [base / "shared" / "real" / "ap_pelvis_paediatric" for base in (repo.parent, repo)]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REAL_FILMS = find_real_films()
 
 
 def _film_landmarks(path: Path) -> dict[Side, list[tuple[float, float]]]:
