@@ -7,8 +7,6 @@ where the truth says, and pixels that really are formed differently.
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +17,7 @@ import pydicom
 import pytest
 
 from node.domain import Side, View
-from node.phantom import cli, render, render_index, sample_spec
+from node.phantom import render, render_index, sample_spec
 from node.phantom.anatomy import CupSpec
 from node.phantom.api import STYLES, generate, render_mask
 from node.phantom.geometry import line_integral, mask, sphere
@@ -27,6 +25,7 @@ from node.phantom.render import build_scene, collimation_mask, draw_marker, make
 from node.phantom.spec import PhantomSpec
 from node.phantom.voxel import PIPELINES, project, scene_grid, voxel_line_integrals, voxel_params, voxelise
 from tests.conftest import tool
+from tests.test_phantom_dicom import run_cli
 
 CUPS = {Side.RIGHT: CupSpec(42.0, 18.0), Side.LEFT: CupSpec(38.0, 12.0)}
 
@@ -172,14 +171,6 @@ def test_photometric_bits_collimation_and_marker_are_honoured(photometric: str) 
     # bone bright after the photometric inversion: the implant outshines the field's median
     x = v.normalized()
     assert float(np.median(x[render_mask(spec, "metal") & exposed])) > float(np.median(x[exposed])) + 0.1
-
-
-def run_cli(out: Path, *extra: str) -> list[dict[str, object]]:
-    p = argparse.ArgumentParser()
-    cli.add_arguments(p)
-    args = p.parse_args(["--out", str(out), "--no-progress", *extra])
-    assert cli.main(args) == 0
-    return [json.loads(line) for line in (out / "ground_truth.jsonl").read_text().splitlines()]
 
 
 def test_cli_writes_valid_dicom_and_records_the_style(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ import sqlite3
 import subprocess
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -34,29 +33,12 @@ import yaml
 
 from node.compose import read_report
 from node.domain import Side, View
-from node.train.generalise import find_real_films
+from node.train.generalise import box_contains, film_landmarks, find_real_films
 from tests.conftest import tool
 from tests.node_proc import wait_for
 
 REAL_DIR = find_real_films()
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
-TOLERANCE_PX = 2.0  # the outer acetabular edge lies on the rim; a box edge may touch it
-
-
-def _landmarks_by_side(path: Path) -> dict[Side, list[tuple[float, float]]]:
-    marks = json.loads(path.with_suffix(".landmarks.json").read_text())["landmark_list"][0]
-    pairs = [
-        [tuple(marks["pel_r_o"]), tuple(marks["pel_r_i"]), tuple(marks["fem_r"])],
-        [tuple(marks["pel_l_o"]), tuple(marks["pel_l_i"]), tuple(marks["fem_l"])],
-    ]
-    pairs.sort(key=lambda pts: sum(p[0] for p in pts))  # image left first = patient right
-    return {Side.RIGHT: pairs[0], Side.LEFT: pairs[1]}  # type: ignore[dict-item]
-
-
-def _inside(box: list[float], point: tuple[float, float]) -> bool:
-    x0, y0, x1, y1 = box
-    x, y = point
-    return x0 - TOLERANCE_PX <= x <= x1 + TOLERANCE_PX and y0 - TOLERANCE_PX <= y <= y1 + TOLERANCE_PX
 
 
 @dataclass
@@ -170,9 +152,9 @@ def test_real_films_bar_every_film_ap_pelvis_and_every_hip_located(films: list[F
         if views != {View.AP_PELVIS}:
             failures.append(f"{film.name}: view {views or film.screen_reason}")
             continue
-        marks = _landmarks_by_side(REAL_DIR / film.name)
+        marks = film_landmarks(REAL_DIR / film.name)
         for side in (Side.RIGHT, Side.LEFT):
             box = film.hips.get(side.value, {}).get("joint_box")
-            if box is None or not all(_inside(box, p) for p in marks[side]):
+            if box is None or not box_contains(box, marks[side]):
                 failures.append(f"{film.name} {side.value}: joint box {box} vs landmarks {marks[side]}")
     assert not failures, "\n".join(failures)

@@ -31,12 +31,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from node.config import ScreeningConfig
 from node.domain import DETECTOR_CLASSES, Box, Side, View
 from node.pixels import load_radiograph
+
+if TYPE_CHECKING:
+    from node.phantom.api import PhantomImage
 
 log = logging.getLogger(__name__)
 
@@ -195,20 +199,27 @@ def negative_samples(folder: Path, screening: ScreeningConfig | None = None) -> 
 PHANTOM_SIZE = 384
 
 
+def phantom_image01(img: PhantomImage) -> np.ndarray:
+    """A phantom's stored values normalised by ``node.pixels.normalise`` — the node's own path,
+    not the generator's convenience method — so training and evaluation see what inference sees."""
+    from pydicom.dataset import Dataset
+
+    from node.pixels import normalise
+
+    header = Dataset()
+    header.PhotometricInterpretation = img.truth.photometric
+    return normalise(header, img.pixels.astype(np.float32))
+
+
 def _phantom_sample(
     seed: int, index: int, size: int, variety: str = "classic", style: str = "analytic",
     child_share: float | None = None,
 ) -> Sample:
-    from pydicom.dataset import Dataset
-
     from node.phantom import render_index
-    from node.pixels import normalise
 
     img = render_index(seed, index, size=size, variety=variety, style=style, child_share=child_share)
     gt = img.truth
-    header = Dataset()
-    header.PhotometricInterpretation = gt.photometric
-    image01 = normalise(header, img.pixels.astype(np.float32))
+    image01 = phantom_image01(img)
     side = gt.imaged_sides[0] if gt.view in SINGLE_HIP and gt.imaged_sides else None
     implant = {s: bool(gt.hips[s].implant) for s in gt.imaged_sides if s in gt.hips}
     return Sample(

@@ -52,19 +52,10 @@ class Rendered:
     sid_mm: float | None
 
 
-def _normalised(img: Any) -> np.ndarray:
-    from pydicom.dataset import Dataset
-
-    from node.pixels import normalise
-
-    header = Dataset()
-    header.PhotometricInterpretation = img.truth.photometric
-    return normalise(header, img.pixels.astype(np.float32))
-
-
 def _render_job(job: tuple[str, str, int, int, int]) -> Rendered:
     """Image ``index`` of set ``kind`` in ``style`` (deterministic in its arguments)."""
     from node.phantom import render, sample_spec
+    from node.train.data import phantom_image01
 
     kind, style, seed, index, rows = job
     rng = np.random.default_rng([seed, index])
@@ -76,7 +67,7 @@ def _render_job(job: tuple[str, str, int, int, int]) -> Rendered:
         spec = sample_spec(rng, rows=rows, variety="broad")
     img = render(spec, style=style)
     sid = spec.geometry.sid_mm if spec.geometry.projection == "point" else None
-    return Rendered(_normalised(img), img.truth, sid)
+    return Rendered(phantom_image01(img), img.truth, sid)
 
 
 def render_set(kind: str, style: str, n: int, seed: int, rows: int, workers: int = 1) -> list[Rendered]:
@@ -282,7 +273,7 @@ def find_real_films() -> Path:
 REAL_FILMS = find_real_films()
 
 
-def _film_landmarks(path: Path) -> dict[Side, list[tuple[float, float]]]:
+def film_landmarks(path: Path) -> dict[Side, list[tuple[float, float]]]:
     """The publisher's six points as two per-hip triples, assigned by image side (the files'
     own right/left naming is inconsistent; the patient's right hip is on the image's left)."""
     marks = json.loads(path.with_suffix(".landmarks.json").read_text())["landmark_list"][0]
@@ -291,6 +282,17 @@ def _film_landmarks(path: Path) -> dict[Side, list[tuple[float, float]]]:
     ]
     pairs.sort(key=lambda pts: sum(p[0] for p in pts))
     return {Side.RIGHT: pairs[0], Side.LEFT: pairs[1]}  # type: ignore[dict-item]
+
+
+# the outer acetabular edge lies on the rim: a joint box's edge may touch it
+LANDMARK_TOLERANCE_PX = 2.0
+
+
+def box_contains(box: Sequence[float], points: Sequence[tuple[float, float]]) -> bool:
+    """Every point inside ``(x0, y0, x1, y1)`` (within ``LANDMARK_TOLERANCE_PX``)."""
+    x0, y0, x1, y1 = box
+    t = LANDMARK_TOLERANCE_PX
+    return all(x0 - t <= x <= x1 + t and y0 - t <= y <= y1 + t for x, y in points)
 
 
 def real_films(triage: TriageModel, detector: DetectorModel, folder: Path = REAL_FILMS) -> dict[str, Any]:
@@ -316,12 +318,10 @@ def real_films(triage: TriageModel, detector: DetectorModel, folder: Path = REAL
         entry: dict[str, Any] = {"view": t.view.value, "view_p": round(t.view_probability, 3), "hips": {}}
         if t.view is not View.OTHER:
             hips, _ = analyse_hips(rad.image01, t, boxes, morphology=None, detector_ran=True)
-            marks = _film_landmarks(path)
+            marks = film_landmarks(path)
             for hip in hips:
                 jb = hip.joint_box
-                contains = jb is not None and all(
-                    jb.x0 - 2 <= x <= jb.x1 + 2 and jb.y0 - 2 <= y <= jb.y1 + 2 for x, y in marks[hip.side]
-                )
+                contains = jb is not None and box_contains((jb.x0, jb.y0, jb.x1, jb.y1), marks[hip.side])
                 entry["hips"][hip.side.value] = {
                     "joint_box": None if jb is None else [round(v, 1) for v in (jb.x0, jb.y0, jb.x1, jb.y1)],
                     "joint_box_contains_landmarks": contains,
