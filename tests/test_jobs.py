@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
@@ -166,6 +167,10 @@ def test_threads_never_claim_the_same_job(db: Database) -> None:
             start.wait()
             while (job := claim_job(db, name, 60)) is not None:
                 got.append(job.job_pk)
+                # A worker spends time on each job before it asks again; without
+                # this pause one thread can drain 40 SQLite claims before the
+                # others are scheduled (seen in CI), and nothing is contended.
+                time.sleep(0.01)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         claimed[name] = got
