@@ -204,7 +204,7 @@ while not os.path.exists(gate):
 got = []
 while (job := claim_job(db, name, 60)) is not None:
     got.append(job.job_pk)
-    time.sleep(0.001)  # let the other processes interleave
+    time.sleep(0.01)  # a worker works on each job; lets the other processes interleave
 db.dispose()
 print(json.dumps(got), flush=True)
 """
