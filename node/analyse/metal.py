@@ -127,6 +127,9 @@ MERGE_GAP_PX = 6  # zones of one implant (cup, head, neck, stem) are separated b
 MIN_GAP = 0.04  # bone - soft-tissue spread below which the image says nothing about metal
 MIN_EXPOSED = 0.15
 ARTHROPLASTY_KINDS = ("cup", "stem", "head")
+# a ball cut from a stem (cup or head) is round: longer than this times its mean width is a
+# barrel, a plate end or a nail, not a ball (the naming below calls a ball elongated at 2.2)
+BALL_MAX_ELONGATION = 2.2
 _LABEL_OF_KIND = {"cup": "cup", "stem": "stem", "head": "head"}
 
 
@@ -666,7 +669,12 @@ def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: Bo
         if nr > 1:
             stem = (rlab == 1 + int(np.argmax(rst[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
             length, width, _, _, _ = _axis_profile(stem > 0)
-            if length >= 2.0 * r_in and length >= 2.5 * width:
+            b_len, b_width, _, _, _ = _axis_profile(ball > 0)
+            # the thickest part must itself be ball-like: on a sliding hip screw or a nail with
+            # its lag screw the thickest part is the barrel or the nail, and cutting there made
+            # two "stems" of a fixation device (an arthroplasty finding on hardware)
+            ball_like = b_len <= BALL_MAX_ELONGATION * max(b_width, 1.0)
+            if ball_like and length >= 2.0 * r_in and length >= 2.5 * width:
                 pieces, split = [(ball, True), (stem, False)], True
     out: list[_Part] = []
     for piece, maybe_ball in pieces:
