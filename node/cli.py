@@ -30,12 +30,10 @@ DEFAULT_CONFIG = Path("config.yaml")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
-    # pynetdicom logs every PDU at INFO; keep it for warnings and above.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, getattr(logging, level, logging.INFO)))
+    """The node's log format, with third-party lines made safe (``node.logsafe``)."""
+    from node import logsafe
+
+    logsafe.install(level)
 
 
 def _load(args: argparse.Namespace) -> Config:

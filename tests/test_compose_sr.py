@@ -10,6 +10,7 @@ import dataclasses
 import html
 import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -326,6 +327,20 @@ def test_sources_missing_type2_attributes_and_odd_sex(tmp_path: Path) -> None:
     errors, _ = dciodvfy(write(sr, tmp_path / "sr.dcm"))
     # PatientSex "U" is outside the enumerated values; that error belongs to the source.
     assert [e for e in errors if "PatientSex" not in e] == []
+
+
+def test_malformed_birth_date_is_left_empty_not_fatal(tmp_path: Path) -> None:
+    """highdicom raises on a birth date that is not a DA; the result must not be lost over it,
+    and the malformed value is not repeated."""
+    findings, sources = full_series()
+    with warnings.catch_warnings():  # pydicom warns about the value (the node logs it redacted)
+        warnings.filterwarnings("ignore", message="Invalid value for VR DA")
+        for s in sources:
+            s.PatientBirthDate = "1950-02-31"  # as a modality might send it
+        sr = build_sr(findings, sources, models=MODELS)
+    assert sr.PatientBirthDate in (None, "")
+    errors, _ = dciodvfy(write(sr, tmp_path / "sr.dcm"))
+    assert errors == []
 
 
 def test_rejects_inconsistent_inputs() -> None:

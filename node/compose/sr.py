@@ -271,11 +271,29 @@ def fill_patient_study(header: Dataset) -> str | None:
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in header:
             setattr(header, keyword, "" if keyword != "ReferringPhysicianName" else None)
+    if not _valid_da(header.get("PatientBirthDate")):
+        # highdicom converts it to a DA and raises on a malformed one (seen: "1950-02-31"); a
+        # wrong birth date is not repeated, and the result is not lost over it
+        header.PatientBirthDate = ""
     sex = str(header.get("PatientSex") or "")
     if sex and sex not in _PATIENT_SEX_VALUES:
         header.PatientSex = ""
         return sex
     return None
+
+
+def _valid_da(value: object) -> bool:
+    """Empty, or a real calendar date written YYYYMMDD (what highdicom accepts for a DA)."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return True
+    if len(text) != 8 or not text.isdigit():
+        return False
+    try:
+        datetime.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
 
 
 def _evidence_headers(sources: Sequence[Dataset]) -> tuple[list[Dataset], str | None]:

@@ -10,6 +10,7 @@ import sys
 import threading
 from types import FrameType
 
+from node import logsafe
 from node.config import ConfigError, load_config
 from node.receive.scp import Receiver
 from node.registry.db import Database
@@ -28,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.port is not None:
         cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update={"port": args.port})})
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logsafe.install(cfg.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = Database(cfg.database.url, echo=cfg.database.echo)
     db.migrate()
     receiver = Receiver(cfg, db)

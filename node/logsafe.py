@@ -1,0 +1,79 @@
+"""Logging that never carries a patient's name, ID or birth date, whoever writes the line.
+
+Why: our own log lines name instances by UID digest only, but the libraries we call do not know
+what is personal. highdicom warns about a one-component Patient Name by quoting it ("The string
+"Patient 747598" is unlikely to represent..."), pydicom quotes the offending value of a
+malformed element ("Invalid value for VR DA: '1950131'"), and Python prints warnings to stderr,
+which systemd writes to the journal. Two measures:
+
+* ``logging.captureWarnings(True)``: warnings go through logging (logger ``py.warnings``) instead
+  of straight to stderr, so they pass the filter below and keep the node's log format;
+* ``RedactQuoted`` on the third-party loggers: every quoted value in their messages (``'…'``,
+  ``"…"``) is replaced by ``<redacted>``. The sentence that explains the problem stays; only the
+  value, which is where personal data would be, goes. The node's own loggers are not filtered:
+  their lines quote AE titles and reasons, never patient data.
+
+APScheduler logs every run of every job at INFO (the worker's poll runs every 0.2 s) and
+highdicom every module it copies; both are kept to warnings and above so the log stays readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+# quoted runs, shortest match, up to a line: '...' or "..." (the quote characters kept)
+_QUOTED = re.compile(r"""(['"])(?:(?!\1)[^\n]){1,200}\1""")
+REDACTED = "<redacted>"
+# loggers whose messages may quote values read from a DICOM file
+THIRD_PARTY_LOGGERS: tuple[str, ...] = ("py.warnings", "pydicom", "highdicom", "pynetdicom")
+# one-component Patient Names are what modalities send; copying them is not our error
+_PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
+
+
+def redact(text: str) -> str:
+    """``text`` with the content of every quoted run replaced by ``<redacted>``."""
+    return _QUOTED.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(1)}", text)
+
+
+class RedactQuoted(logging.Filter):
+    """Rewrites a record's message with its quoted values redacted (never drops a record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: let logging report it as it would
+            return True
+        safe = redact(message)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True
+
+
+_FILTER = RedactQuoted()
+
+
+def install(level: str | int = logging.INFO, fmt: str | None = None) -> None:
+    """Configure the root logger once and make every third-party line safe to keep."""
+    lvl = getattr(logging, level, logging.INFO) if isinstance(level, str) else level
+    logging.basicConfig(
+        level=lvl, format=fmt or "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
+    protect()
+    # pynetdicom logs every PDU at INFO; keep it for warnings and above.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, lvl))
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, lvl))
+    # highdicom says "copy attributes of module …" at INFO for every object it builds
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, lvl))
+
+
+def protect() -> None:
+    """Route warnings through logging and redact quoted values on the third-party loggers
+    (idempotent; used by every entry point that configures logging)."""
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", message=_PERSON_NAME_WARNING, category=UserWarning)
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
