@@ -344,3 +344,29 @@ def test_classic_pixels_are_unchanged_by_the_infants() -> None:
     for i in range(3):
         digest.update(render_index(5, i, size=64).pixels.tobytes())
     assert digest.hexdigest() == CLASSIC_DIGEST
+
+
+def test_child_ap_pelvis_is_collimated_to_the_pelvis() -> None:
+    """Version 5: a broad child's AP pelvis is framed as a paediatric film is, collimated to the
+    pelvis and centred on the hips (version 4 left the hips ~30-35 % of the width apart, low in a
+    field that showed the whole lumbar spine); adults keep their field."""
+
+    def frame(child: bool, i: int) -> tuple[float, float, float]:
+        spec = sample_spec(np.random.default_rng([57, i]), view=View.AP_PELVIS, implants="none", rows=160,
+                           variety="broad", child_share=1.0 if child else 0.0)
+        gt = render(spec).truth
+        boxes = {b.label: b for b in gt.boxes}
+        r, lft = boxes["hip_joint_right"].centre, boxes["hip_joint_left"].centre
+        if not child:
+            return (lft.x - r.x) / gt.cols, 0.0, 0.0
+        edge = gt.landmarks["acetabular_edge_lateral"]
+        return ((lft.x - r.x) / gt.cols, abs(edge["L"].x - edge["R"].x) / gt.cols,
+                0.5 * (edge["R"].y + edge["L"].y) / gt.rows)
+
+    children = [frame(True, i) for i in range(12)]
+    adults = [frame(False, i) for i in range(6)]
+    # measured at version 5: hip boxes 0.46-0.6 apart, acetabular edges 0.53-0.70 apart, the
+    # edges at 0.29-0.42 of the height (version 4: boxes ~0.3-0.35 apart)
+    assert all(0.4 <= hips <= 0.66 and 0.45 <= edges <= 0.8 for hips, edges, _ in children), children
+    assert all(0.2 <= y <= 0.5 for _, _, y in children), "acetabula in the upper middle of the film"
+    assert all(0.44 <= hips <= 0.62 for hips, _, _ in adults), adults  # measured 0.50-0.57

@@ -127,8 +127,9 @@ from node.phantom.truth import CupTruth, GroundTruth, HipTruth
 
 # Bumped whenever the same (seed, index, size) renders different pixels or truth: key caches on it.
 # 4: variety "broad" (designs, hardware, children down to infants) and the "voxel" style; classic
-# analytic images are unchanged.
-PHANTOM_VERSION = "4"
+# analytic images are unchanged. 5: broad children's AP pelvis collimated to the pelvis and centred
+# on the hips (``node.phantom.spec.CHILD_HIPS_APART_FRACTION``).
+PHANTOM_VERSION = "5"
 
 __all__ = [
     "IMPLANT_MODES",

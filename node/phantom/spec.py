@@ -52,6 +52,10 @@ HARDWARE_WEIGHTS: dict[str, float] = {
 HARDWARE_PROB = 0.3  # per hip without an arthroplasty
 PELVIC_PLATE_WITH_ARTHROPLASTY = 0.06  # an old acetabular fracture plate next to a cup
 CONTRALATERAL_DIFFERENT = 0.6  # two arthroplasties: the second is of another design
+# broad children's AP pelvis field (see ``sample_spec``): hip centres this share of the width apart,
+# at about this magnification on the detector
+CHILD_HIPS_APART_FRACTION = (0.38, 0.6)
+CHILD_HIP_MAGNIFICATION = 1.1
 PAEDIATRIC_PROB = 0.10  # AP pelvis / AP hip draws (implants "random" or "none"); see ``child_share``
 # children: share of infants and toddlers (0.3–3 years: developmental-dysplasia screening age);
 # the rest are 3–12 years
@@ -717,6 +721,16 @@ def sample_spec(
         # (an infant's film reaches from the lumbar spine to mid-femur)
         grow = 1.1 + 0.3 * float(np.clip((INFANT_AGE - (patient.age_years or 0.0)) / INFANT_AGE, 0.0, 1.0))
         geometry = replace(geometry, fov_mm=geometry.fov_mm * min(1.0, patient.scale * grow + 0.05))
+        if broad and view is View.AP_PELVIS:
+            # A child's AP pelvis is collimated to the pelvis (gonad dose) and centred on the hips:
+            # the hip centres lie 38-60 % of the film's width apart (paediatric radiography
+            # texts: field from the iliac crests to the proximal femora), where the field above
+            # left them 30-35 % apart with the whole lumbar spine in view. Version 5 of the
+            # generator; the adult field (hips ~46 % apart) is unchanged.
+            hips_apart = 2.0 * patient.hip_half_width_mm * CHILD_HIP_MAGNIFICATION
+            dx, _ = geometry.centre_offset_mm
+            geometry = replace(geometry, fov_mm=hips_apart / _u(rng, *CHILD_HIPS_APART_FRACTION),
+                               centre_offset_mm=(dx * patient.scale, _u(rng, -27.0, -10.0)))  # ray 0-15 mm below the hips
         imaging = replace(imaging, scatter_to_primary=imaging.scatter_to_primary * patient.scale)
         if infant:  # low kVp for a small body: more bone contrast
             imaging = replace(imaging, kvp=_u(rng, 55.0, 68.0))
