@@ -44,17 +44,45 @@ def targets_met(figures: dict[str, Any]) -> dict[str, bool | None]:
     return out
 
 
+# Baselines scored in the same run, on the same seeds (each a triage and a detector version):
+# the first pair bundled before issue 12 and the pair before the current one.
+BASELINES: tuple[tuple[str, str, str], ...] = (
+    ("triage 1.2.0 + detector 1.1.0 (before issue 12)", "triage/1.2.0", "detector/1.1.0"),
+    ("triage 2.0.0 + detector 2.0.0 (the previous bundled pair)", "triage/2.0.0", "detector/2.0.0"),
+)
+# held-out figures quoted as ratios against each baseline
+RATIO_KEYS = ("implant_per_side_accuracy", "lateral_accuracy", "cups_measured_fraction", "view_accuracy")
+
+
+def _ratios(current: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in RATIO_KEYS:
+        a, b = current.get(key), baseline.get(key)
+        out[key] = round(a / b, 4) if a is not None and b else None
+    return out
+
+
 def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     cfg = ModelsConfig(root=ROOT / "models")
     triage, detector = TriageModel.load("triage", cfg), DetectorModel.load("detector", cfg)
     t0 = time.perf_counter()
-    result = evaluate_styles(
-        triage, detector, mixed=24 if quick else 160, cups=10 if quick else 50, workers=2, progress=print
-    )
+    mixed, cups = (24, 10) if quick else (160, 50)
+    result = evaluate_styles(triage, detector, mixed=mixed, cups=cups, workers=2, progress=print)
     result["models"] = {"triage": triage.label, "detector": detector.label}
     result["trained_on_styles"] = ["analytic"]
     result["held_out_targets_met"] = targets_met(result["styles"]["voxel"])
     result["real_films"] = real_films(triage, detector)
+    result["baselines"] = {}
+    current = (triage.label, detector.label)
+    for label, t_name, d_name in BASELINES:
+        bt, bd = TriageModel.load(t_name, cfg), DetectorModel.load(d_name, cfg)
+        if (bt.label, bd.label) == current:
+            continue  # the current pair is not its own baseline
+        base = evaluate_styles(bt, bd, mixed=mixed, cups=cups, workers=2, progress=print)
+        base["real_films"] = real_films(bt, bd)
+        base["held_out_ratio_current_over_baseline"] = _ratios(result["styles"]["voxel"], base["styles"]["voxel"])
+        result["baselines"][label] = base
+        print(f"{label}: held-out ratios current/baseline {base['held_out_ratio_current_over_baseline']}")
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["table"] = table(result).splitlines()
     print(table(result))
