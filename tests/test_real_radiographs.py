@@ -141,9 +141,9 @@ def test_real_films_are_read_and_never_get_an_implant_or_a_silent_hip(films: lis
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 bar not met yet: triage 2.0.0 calls 3 of the 5 films AP pelvis and detector 2.0.0 "
-    "reports no hip joint box on them (its best joint candidates sit on the hips at scores 0.05-0.44, "
-    "below the 0.25 reporting threshold); strict, so it fails loudly once the bar is met",
+    reason="issue 12 bar not met yet: triage 2.1.0 calls all 5 films AP pelvis but detector 2.1.0 "
+    "locates 3 of the 10 hip joints (its joint candidates on the other hips score 0.0-0.22, below the "
+    "0.25 reporting threshold); strict, so it fails loudly once the bar is met",
 )
 def test_real_films_bar_every_film_ap_pelvis_and_every_hip_located(films: list[FilmResult]) -> None:
     failures: list[str] = []
