@@ -540,7 +540,11 @@ def analyse_hips(
     decisions: dict[Side, ImplantDecision] = {}
     metal_cups: dict[Side, Box] = {}
     for side in triage.imaged_sides:
-        evidence = arthroplasty_evidence(metal, side_of, side) if metal is not None and metal.reliable else None
+        evidence = (
+            arthroplasty_evidence(metal, side_of, side, joints.get(side))
+            if metal is not None and metal.reliable
+            else None
+        )
         decisions[side] = decide_implant(
             triage.implant_probability.get(side),
             hardware_score(boxes, side, side_of) if detector_ran else None,

@@ -130,6 +130,8 @@ ARTHROPLASTY_KINDS = ("cup", "stem", "head")
 # a ball cut from a stem (cup or head) is round: longer than this times its mean width is a
 # barrel, a plate end or a nail, not a ball (the naming below calls a ball elongated at 2.2)
 BALL_MAX_ELONGATION = 2.2
+# an arthroplasty part must reach its hip joint's box grown by this share of its larger side
+JOINT_REACH = 0.75
 _LABEL_OF_KIND = {"cup": "cup", "stem": "stem", "head": "head"}
 
 
@@ -818,19 +820,34 @@ def find_metal(image01: np.ndarray, pixel_spacing_mm: float | None = None) -> Me
     return _analyse(image01, pixel_spacing_mm)[0]
 
 
-def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side], side: Side) -> float:
+def near_joint(box: Box, joint: Box) -> bool:
+    """Whether ``box`` reaches the hip joint: it meets the joint box grown by ``JOINT_REACH`` of
+    the joint's larger side all round. A cup and a head sit in the joint and a stem's top at it;
+    a "cup" by the spine or a "stem" in the flank is something else (phantoms: a vertebra with
+    bowel gas read as cup and stem)."""
+    pad = JOINT_REACH * max(joint.width, joint.height)
+    return (box.x0 <= joint.x1 + pad and joint.x0 - pad <= box.x1
+            and box.y0 <= joint.y1 + pad and joint.y0 - pad <= box.y1)
+
+
+def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side], side: Side,
+                          joint: Box | None = None) -> float:
     """0..1: how strongly the metal on ``side`` looks like a hip arthroplasty.
 
     A cup, stem or prosthetic head (sizes checked by the classifier) gives 0.9-1.0 with its
     confidence; metal of no recognised shape 0.25-0.45 (worth a second look, not enough on its
     own); nails, plates, screws and wires 0 (hardware, not an arthroplasty); no metal 0.
-    ``side_of`` assigns a box to a patient side (nearest hip joint, else the image half)."""
+    ``side_of`` assigns a box to a patient side (nearest hip joint, else the image half). When
+    the side's hip ``joint`` box is known, a cup, stem or head that does not reach it counts as
+    metal of no recognised shape."""
     best = 0.0
     for o in evidence.objects:
         if side_of(o.box) is not side:
             continue
         t = (o.box.score - 0.5) / 0.5
-        if o.kind in ARTHROPLASTY_KINDS:
+        if o.kind in ARTHROPLASTY_KINDS and joint is not None and not near_joint(o.box, joint):
+            v = 0.25 + 0.2 * t
+        elif o.kind in ARTHROPLASTY_KINDS:
             v = 0.9 + 0.1 * t
         elif o.kind == "other":
             v = 0.25 + 0.2 * t
