@@ -74,7 +74,7 @@ def test_redact_keeps_the_sentence_and_drops_quoted_values() -> None:
     assert logsafe.redact("the node's queue") == "the node's queue"
 
 
-def test_filter_rewrites_records_of_third_party_loggers(caplog: object) -> None:
+def test_filter_rewrites_records_of_third_party_loggers() -> None:
     logsafe.protect()
     try:
         record = logging.LogRecord("pydicom", logging.WARNING, __file__, 1, "bad value %r", ("Doe^John",), None)

@@ -845,11 +845,12 @@ def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side
         if side_of(o.box) is not side:
             continue
         t = (o.box.score - 0.5) / 0.5
-        if o.kind in ARTHROPLASTY_KINDS and joint is not None and not near_joint(o.box, joint):
-            v = 0.25 + 0.2 * t
-        elif o.kind in ARTHROPLASTY_KINDS:
+        kind = o.kind
+        if kind in ARTHROPLASTY_KINDS and joint is not None and not near_joint(o.box, joint):
+            kind = "other"
+        if kind in ARTHROPLASTY_KINDS:
             v = 0.9 + 0.1 * t
-        elif o.kind == "other":
+        elif kind == "other":
             v = 0.25 + 0.2 * t
         else:
             v = 0.0

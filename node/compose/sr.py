@@ -283,17 +283,10 @@ def fill_patient_study(header: Dataset) -> str | None:
 
 
 def _valid_da(value: object) -> bool:
-    """Empty, or a real calendar date written YYYYMMDD (what highdicom accepts for a DA)."""
+    """Empty, or a real calendar date written YYYYMMDD (what highdicom accepts for a DA; the
+    length check because ``strptime`` also takes one-digit months and days)."""
     text = "" if value is None else str(value).strip()
-    if not text:
-        return True
-    if len(text) != 8 or not text.isdigit():
-        return False
-    try:
-        datetime.datetime.strptime(text, "%Y%m%d")
-    except ValueError:
-        return False
-    return True
+    return not text or (len(text) == 8 and text.isdigit() and _parse_da(text) is not None)
 
 
 def _evidence_headers(sources: Sequence[Dataset]) -> tuple[list[Dataset], str | None]:
