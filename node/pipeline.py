@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,13 @@ from node.domain import (
 )
 from node.infer.detector import DetectorModel
 from node.infer.familiarity import low_confidence_reason
-from node.infer.fusion import ImplantDecision, SideAssigner, decide_implant, hardware_score
+from node.infer.fusion import (
+    ImplantDecision,
+    SideAssigner,
+    decide_implant,
+    hardware_score,
+    joint_candidates_for_ap_pelvis,
+)
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
 from node.infer.triage import TriageModel, TriageResult
 from node.pixels import (
@@ -231,17 +238,23 @@ class Pipeline:
             list(self.models.triage.predict(images)) if self.models.triage else [None] * len(images)
         )
         hip_idx = [i for i, t in enumerate(triage) if t is None or t.view is not View.OTHER]
-        detections: dict[int, list[Box]] = {}
+        detections: dict[int, tuple[list[Box], list[Box]]] = {}
         if self.models.detector is not None and hip_idx:
-            found = self.models.detector.detect([images[i] for i in hip_idx])
+            found = self.models.detector.detect_with_candidates([images[i] for i in hip_idx])
             detections = dict(zip(hip_idx, found, strict=True))
         for i, src in enumerate(sources):
             assert src.radiograph is not None
             t = triage[i]
-            src.findings = self._analyse_image(src, src.radiograph, t, detections.get(i, []))
+            boxes, candidates = detections.get(i, ([], []))
+            src.findings = self._analyse_image(src, src.radiograph, t, boxes, candidates)
 
     def _analyse_image(
-        self, src: _Source, radiograph: Radiograph, triage: TriageResult | None, boxes: list[Box]
+        self,
+        src: _Source,
+        radiograph: Radiograph,
+        triage: TriageResult | None,
+        boxes: list[Box],
+        joint_candidates: list[Box] | None = None,
     ) -> ImageFindings:
         ds = radiograph.dataset
         findings = ImageFindings(
@@ -277,6 +290,7 @@ class Pipeline:
             pixel_spacing_mm=spacing,
             geometry=geometry,
             patient_age_years=patient_age_years(ds),
+            joint_candidates=joint_candidates or (),
         )
         findings.low_confidence = low_confidence_reason(
             triage.view, triage.view_probability, boxes, detector_ran=self.models.detector is not None
@@ -515,6 +529,7 @@ def analyse_hips(
     geometry: ProjectionGeometry | None = None,
     patient_age_years: float | None = None,
     use_metal: bool = True,
+    joint_candidates: Sequence[Box] = (),
 ) -> tuple[list[HipFindings], dict[str, np.ndarray]]:
     """Everything measured per imaged hip once view, side and boxes are known.
 
@@ -526,6 +541,10 @@ def analyse_hips(
     the node's analysis, not a copy of it.
     """
     width = int(image.shape[1])
+    candidate_notes: dict[Side, str] = {}
+    if triage.view is View.AP_PELVIS and joint_candidates:
+        # both hips are in an AP pelvis: a side without a confident box takes its best candidate
+        boxes, candidate_notes = joint_candidates_for_ap_pelvis(boxes, joint_candidates, width)
     side_of = SideAssigner(boxes, triage.imaged_sides, width)
     joints = side_of.joints
     ap_view = triage.view in AP_VIEWS
@@ -575,6 +594,8 @@ def analyse_hips(
     hips: list[HipFindings] = []
     for side in triage.imaged_sides:
         hip = HipFindings(side=side, joint_box=joints.get(side))
+        if side in candidate_notes:
+            hip.notes.append(candidate_notes[side])
         decision = decisions[side]
         hip.implant_probability = decision.probability
         hip.implant_present = decision.present

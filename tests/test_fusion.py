@@ -86,3 +86,64 @@ def test_metal_only_finding_names_its_sources() -> None:
     assert d.by_metal_only and d.uncertainty is not None
     assert "metal finder" in d.uncertainty and "detector found no cup or stem" in d.uncertainty
     assert "p=0.20" in d.uncertainty
+
+
+# --- weak hip-joint candidates on an AP pelvis (joint_candidates_for_ap_pelvis) ------------------
+
+
+def _joint(side: str, x0: float, y0: float, score: float, size: float = 80.0) -> Box:
+    return Box(x0, y0, x0 + size, y0 + size, f"hip_joint_{side}", score)
+
+
+def test_a_missing_hip_takes_its_best_plausible_candidate_with_a_note() -> None:
+    from node.infer.fusion import joint_candidates_for_ap_pelvis
+
+    right = _joint("right", 60, 200, 0.8)
+    cands = [
+        _joint("left", 80, 210, 0.20),  # over the right hip: refused
+        _joint("left", 330, 480, 0.18),  # far below the right hip: refused
+        _joint("left", 320, 190, 0.12, size=300),  # more than three times its area: refused
+        _joint("left", 330, 205, 0.09),  # the left hip
+        _joint("left", 340, 200, 0.06),
+    ]
+    boxes, notes = joint_candidates_for_ap_pelvis([right], cands, image_width=512)
+    assert boxes[0] is right and boxes[1] is cands[3] and len(boxes) == 2
+    assert set(notes) == {Side.LEFT} and "0.09" in notes[Side.LEFT] and "low confidence" in notes[Side.LEFT]
+
+
+def test_confident_hips_are_left_alone_and_two_weak_hips_must_sit_apart() -> None:
+    from node.infer.fusion import joint_candidates_for_ap_pelvis
+
+    both = [_joint("right", 60, 200, 0.8), _joint("left", 330, 200, 0.7)]
+    boxes, notes = joint_candidates_for_ap_pelvis(both, [_joint("left", 320, 210, 0.2)], image_width=512)
+    assert boxes == both and notes == {}
+    # neither hip confident: the right takes its best; the left must then be on the other half
+    cands = [_joint("right", 60, 200, 0.15), _joint("left", 90, 205, 0.14), _joint("left", 340, 210, 0.07)]
+    boxes, notes = joint_candidates_for_ap_pelvis([], cands, image_width=512)
+    assert boxes == [cands[0], cands[2]] and set(notes) == {Side.RIGHT, Side.LEFT}
+    # no plausible candidate: nothing invented
+    boxes, notes = joint_candidates_for_ap_pelvis([], [_joint("left", 0, 0, 0.1, size=400)], image_width=512)
+    assert boxes == [] and notes == {}
+
+
+def test_candidates_are_used_on_an_ap_pelvis_only() -> None:
+    import numpy as np
+
+    from node.domain import View
+    from node.infer.triage import TriageResult
+    from node.pipeline import analyse_hips
+
+    image = np.full((512, 512), 0.3, dtype=np.float32)
+    cands = [_joint("right", 60, 200, 0.15), _joint("left", 340, 210, 0.12)]
+
+    def run(view: View, sides: tuple[Side, ...]) -> dict[Side, Box | None]:
+        t = TriageResult(view=view, view_probability=0.99, view_probabilities={view: 0.99}, imaged_sides=sides,
+                         side_probability=None if len(sides) == 2 else 0.99,
+                         implant_probability={s: 0.01 for s in sides})
+        hips, _ = analyse_hips(image, t, [], morphology=None, detector_ran=True, use_metal=False,
+                               joint_candidates=cands)
+        return {h.side: h.joint_box for h in hips}
+
+    ap = run(View.AP_PELVIS, (Side.RIGHT, Side.LEFT))
+    assert ap == {Side.RIGHT: cands[0], Side.LEFT: cands[1]}
+    assert run(View.AP_HIP, (Side.RIGHT,)) == {Side.RIGHT: None}

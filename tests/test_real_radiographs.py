@@ -141,9 +141,9 @@ def test_real_films_are_read_and_never_get_an_implant_or_a_silent_hip(films: lis
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 bar not met yet: triage 2.1.0 calls all 5 films AP pelvis but detector 2.1.0 "
-    "locates 3 of the 10 hip joints (its joint candidates on the other hips score 0.0-0.22, below the "
-    "0.25 reporting threshold); strict, so it fails loudly once the bar is met",
+    reason="issue 12 bar not met yet: triage 2.1.0 calls all 5 films AP pelvis and 8 of the 10 hip joints "
+    "are located (3 by detector 2.1.0 at >= 0.25, 5 as AP-pelvis joint candidates at 0.08-0.22); on "
+    "331_DDH_115 the detector has no hip candidate at all; strict, so it fails loudly once the bar is met",
 )
 def test_real_films_bar_every_film_ap_pelvis_and_every_hip_located(films: list[FilmResult]) -> None:
     failures: list[str] = []

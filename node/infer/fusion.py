@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from node.domain import Box, Side, best_joint_boxes
+from node.domain import JOINT_LABELS, Box, Side, best_joint_boxes
 
 # an arthroplasty shows as a cup or a stem; screws and wires ("other_hardware") are not one
 ARTHROPLASTY_LABELS: tuple[str, ...] = ("cup", "stem")
@@ -54,6 +54,61 @@ def side_of_box(box: Box, joints: Mapping[Side, Box], image_width: int) -> Side:
     if joints:
         return min(joints, key=lambda s: abs(joints[s].centre.x - c.x) + abs(joints[s].centre.y - c.y))
     return Side.RIGHT if c.x < image_width / 2.0 else Side.LEFT
+
+
+# A weak hip-joint candidate stands in for a missing hip only where the other hip's box (when
+# there is one) says it could be: about the same size and height, on the other side of the image.
+CANDIDATE_MAX_AREA_RATIO = 3.0
+CANDIDATE_MAX_WIDTH_SHARE = 0.6
+
+
+def joint_candidates_for_ap_pelvis(
+    boxes: Sequence[Box], candidates: Sequence[Box], image_width: int, threshold: float = 0.25
+) -> tuple[list[Box], dict[Side, str]]:
+    """Boxes with a hip joint added for each side of an AP pelvis that has no confident one,
+    and the note (per side so added) that says so.
+
+    Why: an AP pelvis shows both hips by definition, so the question for a side without a
+    detection is only *where* its hip is, not *whether*. On films unlike the training phantoms
+    (real paediatric films) the detector's box for a hip is often right but weak (0.1–0.2). The
+    best candidate (``node.infer.detector.JOINT_CANDIDATE_FLOOR`` and up) for that side is
+    taken when it is plausible next to what else was found: not over the other hip, on the other
+    half of the image from it, at about its height and size, and not wider than
+    ``CANDIDATE_MAX_WIDTH_SHARE`` of the image. The hip then carries a note; every measurement
+    on it keeps its own checks. Not used on single-hip views, where a missing side is absent.
+    """
+    joints = best_joint_boxes(boxes)
+    out = list(boxes)
+    notes: dict[Side, str] = {}
+    for label, side in JOINT_LABELS.items():
+        if side in joints:
+            continue
+        other = joints.get(Side.LEFT if side is Side.RIGHT else Side.RIGHT)
+        best: Box | None = None
+        for c in sorted((c for c in candidates if c.label == label), key=lambda c: -c.score):
+            if c.width > CANDIDATE_MAX_WIDTH_SHARE * image_width:
+                continue
+            if other is not None:
+                area, other_area = c.width * c.height, max(other.width * other.height, 1e-6)
+                if not 1.0 / CANDIDATE_MAX_AREA_RATIO <= area / other_area <= CANDIDATE_MAX_AREA_RATIO:
+                    continue
+                if abs(c.centre.y - other.centre.y) > max(other.height, c.height):
+                    continue
+                if (c.centre.x - image_width / 2.0) * (other.centre.x - image_width / 2.0) >= 0:
+                    continue  # same half as the other hip
+                if c.x0 < other.x1 and other.x0 < c.x1 and c.y0 < other.y1 and other.y0 < c.y1:
+                    continue  # overlaps it
+            best = c
+            break
+        if best is None:
+            continue
+        out.append(best)
+        joints[side] = best
+        notes[side] = (
+            f"Hip joint located with low confidence (detector score {best.score:.2f}, below the "
+            f"{threshold:.2f} of a detection; on an AP pelvis the most likely place is taken)"
+        )
+    return out, notes
 
 
 class SideAssigner:

@@ -96,15 +96,15 @@ def analyse(
 
     images = [r.image01 for r in items]
     results = triage.predict(images)
-    boxes = detector.detect(images)
+    found = detector.detect_with_candidates(images)
     out = []
-    for r, t, bx in zip(items, results, boxes, strict=True):
+    for r, t, (bx, candidates) in zip(items, results, found, strict=True):
         hips: list[Any] = []
         if t.view is not View.OTHER:
             spacing = r.truth.imager_pixel_spacing_mm
             geo = ProjectionGeometry(r.sid_mm) if r.sid_mm and spacing else None
             hips, _ = analyse_hips(r.image01, t, bx, morphology=None, detector_ran=True,
-                                   pixel_spacing_mm=spacing, geometry=geo)
+                                   pixel_spacing_mm=spacing, geometry=geo, joint_candidates=candidates)
         out.append((t, r.truth, hips))
     return out
 
@@ -314,10 +314,11 @@ def real_films(triage: TriageModel, detector: DetectorModel, folder: Path = REAL
             films[path.name] = {"screened_out": f"{verdict.reason}: {verdict.detail}"}
             continue
         t = triage.predict([rad.image01])[0]
-        boxes = detector.detect([rad.image01])[0]
+        boxes, candidates = detector.detect_with_candidates([rad.image01])[0]
         entry: dict[str, Any] = {"view": t.view.value, "view_p": round(t.view_probability, 3), "hips": {}}
         if t.view is not View.OTHER:
-            hips, _ = analyse_hips(rad.image01, t, boxes, morphology=None, detector_ran=True)
+            hips, _ = analyse_hips(rad.image01, t, boxes, morphology=None, detector_ran=True,
+                                   joint_candidates=candidates)
             marks = film_landmarks(path)
             for hip in hips:
                 jb = hip.joint_box
