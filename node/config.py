@@ -50,16 +50,46 @@ class TLSConfig(_Strict):
         return self
 
 
+class NodeTLSConfig(TLSConfig):
+    """The SCP's TLS: as :class:`TLSConfig`, plus a bound on the handshake, which runs in the
+    connection's own thread (never in the accept loop) and is abandoned after this long."""
+
+    handshake_timeout_s: float = Field(10.0, gt=0)
+
+
+#: The largest PDU we offer and accept by default (1 MiB): a P-DATA-TF PDU is read into memory
+#: whole, so this bounds the memory one association can make us allocate at once, while being
+#: 8x what DCMTK sends (128 KiB), so throughput does not depend on it.
+DEFAULT_MAX_PDU = 1024 * 1024
+#: Upper bound for ``node.max_pdu``.
+MAX_PDU_LIMIT = 16 * 1024 * 1024
+
+
 class NodeConfig(_Strict):
     ae_title: str = "HIPNODE"
     host: str = "0.0.0.0"
     port: int = 11112
-    max_pdu: int = Field(0, ge=0, description="0 = unlimited (fastest); else bytes, >= 4096")
+    max_pdu: int = Field(
+        DEFAULT_MAX_PDU,
+        ge=0,
+        description="largest P-DATA PDU offered and accepted, bytes (4096-16 MiB); 0 = the default "
+        "(PDUs are never unlimited: a longer announced PDU aborts the association unread)",
+    )
     max_associations: int = Field(16, ge=1, le=1000)
-    acse_timeout_s: float = Field(30.0, gt=0)
+    acse_timeout_s: float = Field(
+        30.0, gt=0, description="a connection must complete its A-ASSOCIATE-RQ within this, or is closed"
+    )
     dimse_timeout_s: float = Field(60.0, gt=0)
-    network_timeout_s: float = Field(60.0, gt=0)
-    tls: TLSConfig = TLSConfig()
+    network_timeout_s: float = Field(
+        60.0, gt=0, description="an association that sends nothing for this long is aborted"
+    )
+    max_dataset_mb: float = Field(
+        2048.0, gt=0, description="larger C-STORE datasets are discarded as they arrive and answered 0xA700"
+    )
+    max_inflated_mb: float = Field(
+        256.0, gt=0, description="a deflated dataset inflating beyond this is refused (0xA700)"
+    )
+    tls: NodeTLSConfig = NodeTLSConfig()
     require_called_ae: bool = False  # reject associations not addressed to ae_title
 
     _ae = field_validator("ae_title")(_check_ae)
@@ -68,8 +98,10 @@ class NodeConfig(_Strict):
     @field_validator("max_pdu")
     @classmethod
     def _pdu(cls, v: int) -> int:
-        if v and v < 4096:
-            raise ValueError("must be 0 (unlimited) or >= 4096")
+        if v == 0:
+            return DEFAULT_MAX_PDU  # older configs said 0 for "unlimited"; that is no longer offered
+        if not 4096 <= v <= MAX_PDU_LIMIT:
+            raise ValueError(f"must be 0 (the default, {DEFAULT_MAX_PDU}) or 4096-{MAX_PDU_LIMIT}")
         return v
 
 

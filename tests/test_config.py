@@ -34,7 +34,7 @@ def test_every_error_is_reported_with_its_key_path() -> None:
         parse_config(data)
     errors = info.value.errors
     assert "node.port: must be 1-65535" in errors
-    assert "node.max_pdu: must be 0 (unlimited) or >= 4096" in errors
+    assert "node.max_pdu: must be 0 (the default, 1048576) or 4096-16777216" in errors
     assert "node.ae_title: must be 1-16 printable characters without backslash" in errors
     assert "destinations[1].port: must be 1-65535" in errors
     assert "routing[0].destinations: unknown destination 'nowhere'" in errors
@@ -42,8 +42,25 @@ def test_every_error_is_reported_with_its_key_path() -> None:
     assert any(e.startswith("unknown_key:") for e in errors)
 
 
+def test_receive_limits_are_finite_by_default() -> None:
+    """Every bound on what a peer can make the receiver hold has a finite default; the old
+    "0 = unlimited PDU" still loads, as the default, because PDUs are never unlimited now."""
+    node = Config().node
+    assert node.max_pdu == 1048576
+    assert (node.max_dataset_mb, node.max_inflated_mb, node.tls.handshake_timeout_s) == (2048, 256, 10)
+    assert parse_config({"node": {"max_pdu": 0}}).node.max_pdu == 1048576
+    assert parse_config({"node": {"max_pdu": 65536}}).node.max_pdu == 65536
+    with pytest.raises(ConfigError) as info:
+        parse_config({"node": {"max_pdu": 2**31, "max_dataset_mb": 0, "tls": {"handshake_timeout_s": -1}}})
+    errors = "\n".join(info.value.errors)
+    assert "node.max_pdu: must be 0 (the default, 1048576) or 4096-16777216" in errors
+    assert "node.max_dataset_mb:" in errors and "node.tls.handshake_timeout_s:" in errors
+
+
 def test_per_ae_quiet_period_and_lookup() -> None:
-    cfg = parse_config({"calling_aes": [{"ae_title": "CR1", "quiet_period_s": 2}], "series": {"quiet_period_s": 9}})
+    cfg = parse_config(
+        {"calling_aes": [{"ae_title": "CR1", "quiet_period_s": 2}], "series": {"quiet_period_s": 9}}
+    )
     assert cfg.quiet_period_for("CR1") == 2
     assert cfg.quiet_period_for("OTHER") == 9
     assert cfg.quiet_period_for(None) == 9
@@ -51,9 +68,13 @@ def test_per_ae_quiet_period_and_lookup() -> None:
 
 def test_check_config_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"destinations": [{"name": "a", "ae_title": "A", "host": "h", "port": 99999}]}))
+    bad.write_text(
+        yaml.safe_dump({"destinations": [{"name": "a", "ae_title": "A", "host": "h", "port": 99999}]})
+    )
     run = subprocess.run(
-        [sys.executable, "-m", "node.cli", "--config", str(bad), "check-config"], capture_output=True, text=True
+        [sys.executable, "-m", "node.cli", "--config", str(bad), "check-config"],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 1
     assert "destinations[0].port: must be 1-65535" in run.stdout

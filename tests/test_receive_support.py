@@ -92,6 +92,22 @@ def send_raw(
 ) -> int | None:
     """Send one C-STORE with ``dataset`` bytes as they are; the response status, or None if
     the association ended without one."""
+    rsp = send_raw_response(
+        assoc, sop_class, sop_instance, dataset, message_id=message_id, timeout_s=timeout_s
+    )
+    return None if rsp is None else int(rsp.Status)
+
+
+def send_raw_response(
+    assoc: Any,
+    sop_class: str,
+    sop_instance: str | None,
+    dataset: bytes,
+    *,
+    message_id: int = 1,
+    timeout_s: float = 30.0,
+) -> Any | None:
+    """As :func:`send_raw`, but the whole C-STORE-RSP primitive (Status, ErrorComment)."""
     cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class)
     req = C_STORE()
     req.MessageID = message_id
@@ -111,7 +127,7 @@ def send_raw(
         while time.monotonic() < deadline:
             _, rsp = assoc.dimse.get_msg(block=False)
             if rsp is not None:
-                return int(rsp.Status)
+                return rsp
             if assoc.acse.is_aborted() or not assoc.dul.is_alive():
                 return None
             time.sleep(0.001)

@@ -5,7 +5,8 @@ validate the header (never the pixels) → check free space → hash → write d
 the registry → answer 0x0000. Every failure answers a precise non-success status and logs why;
 nothing is acknowledged that is not both on disk and in the registry.
 
-Statuses (PS3.4 Annex B): 0xA700 out of resources (watermark, full disk, full database);
+Statuses (PS3.4 Annex B): 0xA700 out of resources (watermark, full disk, full database, a
+dataset over ``node.max_dataset_mb``, a deflated dataset inflating beyond ``node.max_inflated_mb``);
 0xC0xx "cannot understand" with the low byte saying which check failed, and an Error Comment
 (0000,0902) in the response so an operator can read the reason in the sender's log too.
 """
@@ -231,6 +232,57 @@ def _walk_items(
 
 
 # --------------------------------------------------------------------------------------------
+# Bounded inflation of Deflated Explicit VR Little Endian datasets
+# --------------------------------------------------------------------------------------------
+
+#: Default cap on an inflated dataset (``node.max_inflated_mb``).
+DEFAULT_MAX_INFLATED = 256 * 1024 * 1024
+_INFLATE_STEP = 1024 * 1024
+#: Inflated datasets are held in memory while their header is checked; at most this many at
+#: once, so the worst case is this many times the cap whatever the number of associations.
+_inflation_slots = threading.BoundedSemaphore(2)
+
+
+def inflate_bounded(data: bytes | memoryview, limit: int) -> bytes:
+    """Inflate a raw-deflate stream (PS3.5 A.5), never producing more than ``limit`` bytes.
+
+    A deflate bomb (a few megabytes inflating to gigabytes) is refused as soon as the output
+    passes ``limit``: the input is fed 1 MiB at a time and each step may produce at most what is
+    left under the cap, so memory never exceeds the cap plus one step. Raises
+    :class:`InvalidDataset`: 0xA700 over the cap, 0xC001 for a stream that does not inflate.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    view = memoryview(data)
+    try:
+        for start in range(0, len(view), _INFLATE_STEP):
+            pending: bytes | memoryview = view[start : start + _INFLATE_STEP]
+            while pending and not inflater.eof:
+                # max_length >= 1 here (0 would mean "no limit" to zlib).
+                out += inflater.decompress(pending, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise InvalidDataset(
+                        StoreStatus.OUT_OF_RESOURCES,
+                        f"deflated dataset inflates beyond the {limit // 2**20} MiB cap",
+                    )
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise InvalidDataset(StoreStatus.UNPARSEABLE, f"deflated dataset does not inflate: {exc}") from None
+    finally:
+        view.release()
+    if len(out) > limit:
+        raise InvalidDataset(
+            StoreStatus.OUT_OF_RESOURCES, f"deflated dataset inflates beyond the {limit // 2**20} MiB cap"
+        )
+    if not inflater.eof:
+        raise InvalidDataset(StoreStatus.UNPARSEABLE, "deflated dataset does not inflate: truncated stream")
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
 # Header parsing and validation
 # --------------------------------------------------------------------------------------------
 
@@ -264,22 +316,29 @@ def read_header(
     *,
     command_sop_class: str | None = None,
     command_sop_instance: str | None = None,
+    max_inflated: int = DEFAULT_MAX_INFLATED,
 ) -> Dataset:
     """Parse the header of a received dataset (never the pixel data) and validate it.
 
-    Checks, in order: declared lengths add up; the header parses; Study/Series/SOP Instance and
-    SOP Class UIDs are present and well-formed; SOP Class and Instance agree with the C-STORE
-    command. Raises :class:`InvalidDataset` with the failing check.
+    Checks, in order: a deflated dataset inflates within ``max_inflated`` bytes; declared
+    lengths add up; the header parses; Study/Series/SOP Instance and SOP Class UIDs are present
+    and well-formed; SOP Class and Instance agree with the C-STORE command. Raises
+    :class:`InvalidDataset` with the failing check.
     """
+    if UID(transfer_syntax) == DeflatedExplicitVRLittleEndian:
+        with _inflation_slots:
+            inflated = inflate_bounded(dataset, max_inflated)
+            return _read_header(inflated, transfer_syntax, command_sop_class, command_sop_instance)
+    return _read_header(dataset, transfer_syntax, command_sop_class, command_sop_instance)
+
+
+def _read_header(
+    data: bytes | memoryview,
+    transfer_syntax: str,
+    command_sop_class: str | None,
+    command_sop_instance: str | None,
+) -> Dataset:
     ts = UID(transfer_syntax)
-    data: bytes | memoryview = dataset
-    if ts == DeflatedExplicitVRLittleEndian:
-        try:
-            data = zlib.decompress(bytes(dataset), -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise InvalidDataset(
-                StoreStatus.UNPARSEABLE, f"deflated dataset does not inflate: {exc}"
-            ) from None
     implicit, little = ts.is_implicit_VR, ts.is_little_endian
     if len(data) == 0:
         raise InvalidDataset(StoreStatus.UNPARSEABLE, "empty dataset")
@@ -405,7 +464,9 @@ class StoreHandler:
         db: Database,
         quiet_period_for: Callable[[str], float],
         db_attempts: int = 3,
+        max_inflated: int = DEFAULT_MAX_INFLATED,
     ) -> None:
+        self.max_inflated = max_inflated
         self.store = store
         self.db = db
         self.quiet_period_for = quiet_period_for
@@ -426,6 +487,21 @@ class StoreHandler:
             self.stats.rejected += 1
             log.warning("C-STORE from %s@%s without a dataset", calling_ae, peer_host)
             return _response(StoreStatus.CANNOT_UNDERSTAND, "no dataset")
+        over_limit: int | None = getattr(raw, "over_limit", None)
+        if over_limit is not None:
+            # Streamed and discarded as it arrived (see scp._TeeBuffer): nothing to store.
+            self.stats.failed += 1
+            log.error(
+                "C-STORE refused (0xA700) from %s@%s, instance %s: dataset larger than the %d MiB cap "
+                "(node.max_dataset_mb); discarded as it arrived",
+                calling_ae,
+                peer_host,
+                uid_digest(str(req.AffectedSOPInstanceUID))[:12],
+                over_limit // 2**20,
+            )
+            return _response(
+                StoreStatus.OUT_OF_RESOURCES, f"dataset exceeds the {over_limit // 2**20} MiB limit"
+            )
         staged: StagedFile | None = getattr(raw, "staged", None)
         if staged is not None:
             try:
@@ -453,6 +529,8 @@ class StoreHandler:
             self.stats.failed += 1
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 log.error("C-STORE failed (0xA700), instance %s: %s", sop_hash, exc.strerror)
+                if isinstance(exc, OutOfResources):  # the watermark, watched while streaming
+                    return _response(StoreStatus.OUT_OF_RESOURCES, "storage below free-space watermark")
                 return _response(StoreStatus.OUT_OF_RESOURCES, "storage full")
             log.error("C-STORE failed (0xC010), instance %s: cannot write file: %s", sop_hash, exc)
             return _response(StoreStatus.STORAGE_FAILURE, "cannot write file")
@@ -488,6 +566,7 @@ class StoreHandler:
                 transfer_syntax,
                 command_sop_class=req.AffectedSOPClassUID,
                 command_sop_instance=req.AffectedSOPInstanceUID,
+                max_inflated=self.max_inflated,
             )
         except InvalidDataset as exc:
             self.stats.rejected += 1

@@ -17,7 +17,9 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -45,7 +47,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom._handlers import standard_dimse_recv_handler, standard_pdu_recv_handler
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -132,7 +136,8 @@ def build_ae(cfg: Config, db: Database | None = None) -> Any:
     """
     node = cfg.node
     ae = AE(ae_title=node.ae_title)
-    # Unlimited (0) lets the sender use one PDU per fragment it likes: fewer, larger reads.
+    # Never 0 ("unlimited"): what we offer is also what _BoundedDUL accepts (config maps 0 to
+    # the default), so a sender that honours it is never refused.
     ae.maximum_pdu_size = node.max_pdu
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
@@ -164,7 +169,12 @@ def build_ssl_context(cfg: Config) -> ssl.SSLContext | None:
 
 def build_handlers(cfg: Config, db: Database, store: InstanceStore) -> tuple[list[Any], StoreHandler]:
     """Event handlers for the server and the C-STORE handler (exposed for its counters)."""
-    store_handler = StoreHandler(store=store, db=db, quiet_period_for=cfg.quiet_period_for)
+    store_handler = StoreHandler(
+        store=store,
+        db=db,
+        quiet_period_for=cfg.quiet_period_for,
+        max_inflated=int(cfg.node.max_inflated_mb * 2**20),
+    )
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, AssociationGate(cfg)),
         (evt.EVT_DIMSE_RECV, guard_requests),
@@ -172,6 +182,113 @@ def build_handlers(cfg: Config, db: Database, store: InstanceStore) -> tuple[lis
         (evt.EVT_C_STORE, store_handler),
     ]
     return handlers, store_handler
+
+
+# --------------------------------------------------------------------------------------------
+# Bounds on what a peer can make us hold
+#
+# Data from the network is hostile until bounded. Every PDU length is compared with what we
+# accept before a byte of its body is read or a buffer allocated (a 6-byte header announcing
+# 2 GiB is refused at once); every blocking read has a deadline (the whole A-ASSOCIATE-RQ within
+# acse_timeout_s of the connect, then no more than network_timeout_s of silence), so a peer that
+# sends half a header and goes quiet is closed and its association slot freed; a command set
+# and a dataset kept in memory have caps, and a streamed dataset has node.max_dataset_mb.
+# --------------------------------------------------------------------------------------------
+
+#: Any PDU but P-DATA-TF: an A-ASSOCIATE-RQ with every storage SOP class and all our transfer
+#: syntaxes is ~50 KiB at most in practice; release and abort PDUs are 10 bytes.
+MAX_OTHER_PDU = 64 * 1024
+#: Senders that count the 6-byte PDU header (or a PDV item header) inside the maximum we offered
+#: are tolerated by this much.
+PDU_SLACK = 6
+#: A DIMSE command set is a few hundred bytes.
+MAX_COMMAND_SET = 64 * 1024
+#: A dataset kept in memory (one that is not a C-STORE dataset streamed to a staged file).
+MAX_IN_MEMORY_DATASET = 64 * 1024 * 1024
+
+_PDU_NAMES = {
+    0x01: "A-ASSOCIATE-RQ",
+    0x02: "A-ASSOCIATE-AC",
+    0x03: "A-ASSOCIATE-RJ",
+    0x04: "P-DATA-TF",
+    0x05: "A-RELEASE-RQ",
+    0x06: "A-RELEASE-RP",
+    0x07: "A-ABORT",
+}
+# A-ABORT reasons (PS3.8 9.3.8), source 2 = service provider.
+_ABORT_UNRECOGNIZED_PDU = 0x01
+_ABORT_INVALID_PARAMETER = 0x06
+
+
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """What one connection may make the receiver hold or wait for (from ``cfg.node``)."""
+
+    max_pdu: int
+    acse_timeout_s: float
+    network_timeout_s: float
+    max_dataset: int
+    tls_handshake_timeout_s: float
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ReceiveLimits:
+        node = cfg.node
+        return cls(
+            max_pdu=node.max_pdu,
+            acse_timeout_s=node.acse_timeout_s,
+            network_timeout_s=node.network_timeout_s,
+            max_dataset=int(node.max_dataset_mb * 2**20),
+            tls_handshake_timeout_s=node.tls.handshake_timeout_s,
+        )
+
+
+class _NoDecodeTracebacks(logging.Filter):
+    """Drops pynetdicom's traceback for each non-ASCII text field it meets while decoding a PDU
+    (``pynetdicom.utils.decode_bytes`` logs one at ERROR, then tries other codecs): a hostile
+    or merely odd peer would fill the log with them. What we refuse is logged by us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, UnicodeError)
+
+
+_no_decode_tracebacks = _NoDecodeTracebacks()
+
+
+class _ReadFailed(Exception):
+    """A PDU read that ended early: the peer closed, went silent, or the socket failed."""
+
+    def __init__(self, why: str, *, quiet: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.quiet = quiet  # an orderly close between PDUs: not worth a warning
+
+
+class _WakingStateMachine(StateMachine):
+    """The upper-layer state machine, plus: when the transport closes before an A-ASSOCIATE-RQ
+    arrived (ARTIM expiry, a refused PDU, a peer that hung up), the association thread waiting
+    for that request is woken at once (a ``None`` on its queue: pynetdicom's "timed out" path)
+    instead of holding its association slot until acse_timeout_s runs out."""
+
+    _hipnode_rq_seen = False
+
+    def do_action(self, event: str) -> None:
+        if event == "Evt6":
+            self._hipnode_rq_seen = True
+        elif event == "Evt18" and self.current_state == "Sta2":  # ARTIM expired: AA-2 closes
+            dul: Any = self.dul
+            log.warning(
+                "closing connection from %s: no A-ASSOCIATE-RQ within %g s (acse_timeout_s)",
+                dul.assoc.requestor.address,
+                dul.assoc.acse_timeout,
+            )
+        super().do_action(event)
+
+    def transition(self, state: str) -> None:
+        super().transition(state)
+        if state == "Sta1" and not self._hipnode_rq_seen:
+            self._hipnode_rq_seen = True  # wake once
+            self.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,8 +322,8 @@ class _WakingQueue(queue.Queue[Any]):
 
 
 class _FastAssociationSocket(AssociationSocket):
-    """AssociationSocket whose ``ready`` blocks until data or a wake-up, and whose ``recv``
-    fills one pre-sized buffer."""
+    """AssociationSocket whose ``ready`` blocks until data or a wake-up (PDUs themselves are
+    read by :class:`_BoundedDUL`)."""
 
     _wake_r: socket.socket | None = None
 
@@ -234,25 +351,6 @@ class _FastAssociationSocket(AssociationSocket):
                 self._wake_r.recv(4096)
         return sock in readable
 
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = self.socket
-        if sock is None:
-            return bytearray()
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
-        try:
-            while got < nr_bytes:
-                n = sock.recv_into(view[got:], nr_bytes - got)
-                if n == 0:
-                    break  # peer closed: return what we have, as pynetdicom expects
-                got += n
-        finally:
-            view.release()
-        if got < nr_bytes:
-            del buf[got:]
-        return buf
-
     def close(self) -> None:
         super().close()
         if self._wake_r is not None:
@@ -275,14 +373,25 @@ class _FastAssociationSocket(AssociationSocket):
 
 class _TeeBuffer(BytesIO):
     """A DIMSE message's dataset buffer that also streams a C-STORE dataset to a
-    :class:`StagedFile`, opened at the first dataset fragment (the command is decoded by then)."""
+    :class:`StagedFile`, opened at the first dataset fragment (the command is decoded by then).
+
+    A dataset passing ``max_dataset`` bytes (``MAX_IN_MEMORY_DATASET`` when kept in memory) is
+    dropped from then on: the staged file is removed, later fragments are read and discarded,
+    and :attr:`over_limit` tells the C-STORE handler to answer 0xA700 once the sender is done.
+    """
 
     def __init__(
-        self, open_staged: Callable[[DIMSEMessage], StagedFile | None], message: DIMSEMessage
+        self,
+        open_staged: Callable[[DIMSEMessage], StagedFile | None],
+        message: DIMSEMessage,
+        max_dataset: int,
     ) -> None:
         super().__init__()
         self._open_staged = open_staged
         self._message: DIMSEMessage | None = message
+        self._max_dataset = max_dataset
+        self.received = 0
+        self.over_limit: int | None = None  # the cap that was passed
         self.staged: StagedFile | None = None
 
     def write(self, data: Any, /) -> int:
@@ -293,17 +402,36 @@ class _TeeBuffer(BytesIO):
                 self.staged = self._open_staged(message)
             except Exception:
                 log.exception("cannot stage the incoming dataset; it will be kept in memory")
+        n = len(data)
+        self.received += n
+        if self.over_limit is not None:
+            return n
+        limit = (
+            self._max_dataset if self.staged is not None else min(self._max_dataset, MAX_IN_MEMORY_DATASET)
+        )
+        if self.received > limit:
+            self.over_limit = limit
+            if self.staged is not None:
+                self.staged.discard()
+                self.staged = None
+            self.seek(0)
+            self.truncate()
+            return n
         if self.staged is None:
             return super().write(data)
         # Streamed datasets are not also kept in memory: the handler maps the staged file.
         self.staged.feed(data)
-        return len(data)
+        return n
 
 
 class _StreamingDIMSE(DIMSEServiceProvider):
-    """DIMSE provider whose incoming messages collect datasets in a :class:`_TeeBuffer`."""
+    """DIMSE provider whose incoming messages collect datasets in a :class:`_TeeBuffer` and
+    whose command sets are capped at ``MAX_COMMAND_SET`` (pynetdicom appends command fragments
+    to a buffer for as long as the sender sends them)."""
 
     _hipnode_open_staged: Callable[[DIMSEMessage], StagedFile | None]
+    _hipnode_max_dataset: int
+    _hipnode_refused = False
 
     def get_msg(self, block: bool = False) -> Any:
         """The association reactor polls ``get_msg(block=False)`` after a 1 ms nap, so a
@@ -317,12 +445,50 @@ class _StreamingDIMSE(DIMSEServiceProvider):
         except queue.Empty:
             return None, None
 
+    def _refuse(self, why: str) -> None:
+        """Abort through the state machine (Evt19: A-ABORT, then close) and drop what else
+        arrives; from the DUL thread, where raising would kill the DUL mid-association."""
+        self._hipnode_refused = True
+        log.warning("aborting association from %s: %s", self.assoc.requestor.address, why)
+        self.dul.event_queue.put("Evt19")
+
     def receive_primitive(self, primitive: Any) -> None:
+        """pynetdicom's ``receive_primitive`` with hostile input answered by one abort and one
+        log line: it let a command set without a known Command Field raise out of the DUL
+        thread (killing it with a traceback), appended command fragments without limit, and
+        started a thread per N-EVENT-REPORT-RQ."""
+        if self._hipnode_refused:
+            return  # the abort is under way; what still arrives is dropped
         if self.message is None:
             message = DIMSEMessage()
-            message.data_set = _TeeBuffer(self._hipnode_open_staged, message)
+            message.data_set = _TeeBuffer(self._hipnode_open_staged, message, self._hipnode_max_dataset)
             self.message = message
-        super().receive_primitive(primitive)
+        message = self.message
+        command_bytes = message.encoded_command_set.tell()
+        for _context_id, data in primitive.presentation_data_value_list:
+            if len(data) and data[0] & 1:
+                command_bytes += len(data) - 1
+        if command_bytes > MAX_COMMAND_SET:
+            self._refuse(f"command set over {MAX_COMMAND_SET} bytes")
+            return
+        try:
+            if not message.decode_msg(primitive, self.assoc):
+                return
+            context_id = int(message.context_id)  # type: ignore[arg-type]
+            evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+            request = message.message_to_primitive()
+        except Exception as exc:
+            self._refuse(f"DIMSE message does not decode ({type(exc).__name__})")
+            return
+        if isinstance(request, C_CANCEL):
+            if len(self.cancel_req) < 10:
+                self.cancel_req[int(request.MessageIDBeingRespondedTo)] = request  # type: ignore[arg-type]
+        else:
+            self.msg_queue.put((context_id, request))
+        # As pynetdicom does (its issue #41): drop the message's buffers for the next one.
+        message.encoded_command_set = BytesIO()
+        message.data_set = BytesIO()
+        self.message = None
 
 
 class _Stager:
@@ -388,49 +554,135 @@ def _split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
     return pdvs or None
 
 
-class _FastDUL(DULServiceProvider):
-    """DUL whose P-DATA-TF PDUs are read with one ``recv_into`` and split without copies (see
-    :class:`_PDataPDU`). Every other PDU, and every PDU when someone listens to EVT_DATA_RECV
-    or (beyond pynetdicom's no-op standard logger) EVT_PDU_RECV, takes pynetdicom's own path."""
+class _BoundedDUL(DULServiceProvider):
+    """DUL that reads every PDU within the bounds of :class:`ReceiveLimits`: the announced
+    length is checked against what we accept before the body is read (a PDU over it aborts the
+    association unread), and every read has a deadline. pynetdicom reads a PDU with a blocking
+    ``recv(length)`` on a socket without a timeout, so half a PDU header held the DUL (and the
+    association's slot) until the peer closed.
+
+    With ``_hipnode_fast_pdata`` a P-DATA-TF PDU is read with one ``recv_into`` and split
+    without copies (see :class:`_PDataPDU`); every other PDU, and every PDU when someone listens
+    to EVT_DATA_RECV or (beyond pynetdicom's no-op standard logger) EVT_PDU_RECV, is decoded by
+    pynetdicom."""
+
+    _hipnode_limits: ReceiveLimits
+    _hipnode_fast_pdata = False
+    _hipnode_deadline = 0.0  # monotonic: the A-ASSOCIATE-RQ must be complete by then
+    _hipnode_negotiating = True  # no complete A-ASSOCIATE-RQ read yet
+    _hipnode_timeout: float | None = None  # the timeout currently set on the socket
 
     def _pdata_fast_path(self) -> bool:
+        if not self._hipnode_fast_pdata:
+            return False
         assoc = self.assoc
         if assoc.get_handlers(evt.EVT_DATA_RECV):
             return False
         handlers: Any = assoc.get_handlers(evt.EVT_PDU_RECV)
         return all(h[0] is standard_pdu_recv_handler for h in handlers)
 
+    def _peer(self) -> str:
+        return str(self.assoc.requestor.address)
+
+    def _read_timeout(self) -> tuple[float, str]:
+        """Seconds the next recv may wait, and the setting that bounds it."""
+        limits = self._hipnode_limits
+        # Not the FSM state: the first PDU may be read before the FSM has processed the
+        # connection event (Sta1, not yet Sta2).
+        if self._hipnode_negotiating:
+            remaining = self._hipnode_deadline - time.monotonic()
+            if remaining < limits.network_timeout_s:
+                return (
+                    remaining,
+                    f"no complete A-ASSOCIATE-RQ within {limits.acse_timeout_s:g} s (acse_timeout_s)",
+                )
+        return (
+            limits.network_timeout_s,
+            f"nothing received for {limits.network_timeout_s:g} s (network_timeout_s)",
+        )
+
+    def _recv_exact(self, sock: socket.socket, n: int) -> bytearray:
+        """Exactly ``n`` bytes (``n`` already bounded by the caller), or :class:`_ReadFailed`."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        try:
+            while got < n:
+                timeout, why = self._read_timeout()
+                if timeout <= 0:
+                    raise _ReadFailed(why)
+                if timeout != self._hipnode_timeout:  # settimeout is a syscall: only on change
+                    sock.settimeout(timeout)
+                    self._hipnode_timeout = timeout
+                try:
+                    k = sock.recv_into(view[got:], n - got)
+                except TimeoutError:
+                    raise _ReadFailed(why) from None
+                except OSError as exc:
+                    raise _ReadFailed(f"connection failed: {exc.strerror or type(exc).__name__}") from None
+                if k == 0:
+                    raise _ReadFailed(
+                        f"connection closed after {got} of {n} bytes", quiet=got == 0 and n == 6
+                    )
+                got += k
+        finally:
+            view.release()
+        return buf
+
+    def _close_transport(self) -> None:
+        """Close the connection; AssociationSocket.close() queues Evt17 (transport closed), and
+        with the socket gone nothing more is read from a stream that may be out of step."""
+        if self.socket is not None:
+            self.socket.close()
+
+    def _refuse(self, reason: int, why: str) -> None:
+        """Abort without reading further: an A-ABORT (source: service provider) straight on the
+        socket, as pynetdicom does when its reactor fails, then close the connection."""
+        log.warning("aborting association from %s: %s", self._peer(), why)
+        sock: Any = self.socket.socket if self.socket is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(1.0)
+                sock.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02" + bytes([reason]))
+        self._close_transport()
+
     def _read_pdu_data(self) -> None:
-        sock: Any = self.socket
-        try:
-            header = bytes(sock.recv(6))
-        except (OSError, TimeoutError):
-            log.error("connection closed before the entire PDU was received")
+        sock: Any = self.socket.socket if self.socket is not None else None
+        if sock is None:
             self.event_queue.put("Evt17")
-            return
-        if len(header) != 6:
-            self.event_queue.put("Evt17")
-            return
-        pdu_type, pdu_length = header[0], int.from_bytes(header[2:6], "big")
-        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-            log.error("unknown PDU type received 0x%02X", pdu_type)
-            self.event_queue.put("Evt19")
             return
         try:
-            body = sock.recv(pdu_length)
-        except (OSError, TimeoutError):
-            log.error("connection closed before the entire PDU was received")
-            self.event_queue.put("Evt17")
-            return
-        if len(body) != pdu_length:
-            log.error("the received PDU is shorter than expected (%d of %d bytes)", len(body), pdu_length)
-            self.event_queue.put("Evt17")
+            header = self._recv_exact(sock, 6)
+            pdu_type, pdu_length = header[0], int.from_bytes(header[2:6], "big")
+            name = _PDU_NAMES.get(pdu_type)
+            if name is None:
+                self._refuse(_ABORT_UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
+                return
+            cap = (
+                self._hipnode_limits.max_pdu + PDU_SLACK
+                if pdu_type == 0x04 and not self._hipnode_negotiating
+                else MAX_OTHER_PDU
+            )
+            if pdu_length > cap:
+                self._refuse(
+                    _ABORT_INVALID_PARAMETER,
+                    f"{name} PDU announces {pdu_length} bytes, over the {cap} accepted; not read",
+                )
+                return
+            body = self._recv_exact(sock, pdu_length)
+            if pdu_type == 0x01:
+                self._hipnode_negotiating = False
+        except _ReadFailed as exc:
+            if exc.quiet:
+                log.debug("connection from %s closed", self._peer())
+            else:
+                log.warning("closing connection from %s: %s", self._peer(), exc.why)
+            self._close_transport()
             return
         if pdu_type == 0x04 and self._pdata_fast_path():
             pdvs = _split_pdvs(memoryview(body))
             if pdvs is None:
-                log.error("malformed P-DATA-TF PDU (%d bytes)", pdu_length)
-                self.event_queue.put("Evt19")
+                self._refuse(_ABORT_INVALID_PARAMETER, f"malformed P-DATA-TF PDU ({pdu_length} bytes)")
                 return
             # Through the state machine's queue as usual: dispatching straight to DIMSE here
             # leaves the DUL's event queue empty, and its loop then yields the CPU (sleep(0))
@@ -438,40 +690,83 @@ class _FastDUL(DULServiceProvider):
             self.event_queue.put("Evt10")
             self._recv_pdu.put(_PDataPDU(pdvs))  # type: ignore[arg-type]
             return
+        if pdu_type in (0x01, 0x02) and (len(body) < 36 or not body[4:36].isascii()):
+            # pynetdicom logs a traceback at ERROR for AE titles that are not ASCII.
+            self._refuse(_ABORT_INVALID_PARAMETER, f"{name} PDU with a malformed AE title field")
+            return
         try:
-            pdu, event = self._decode_pdu(bytearray(header) + body)
-        except Exception:
-            log.exception("unable to decode the received PDU")
-            self.event_queue.put("Evt19")
+            pdu, event = self._decode_pdu(header + body)
+        except Exception as exc:
+            self._refuse(
+                _ABORT_INVALID_PARAMETER,
+                f"{name} PDU ({pdu_length} bytes) does not decode: {type(exc).__name__}",
+            )
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
 
 class _RequestHandler(RequestHandler):
-    """Creates each acceptor association with the tuned transport (see above) and with our
-    request guard ahead of pynetdicom's DIMSE debug logger: that logger raises on a C-STORE
-    lacking Affected SOP Instance UID, and an exception in one notification handler skips the
-    handlers bound after it."""
+    """Runs in the connection's own thread: the TLS handshake (with a timeout: pynetdicom does
+    it in the accept loop, where one idle TCP connect blocked every new association), then the
+    acceptor association with bounded reads (:class:`_BoundedDUL`), the wake-up on an early
+    close (:class:`_WakingStateMachine`), datasets streamed to disk (:class:`_StreamingDIMSE`),
+    the tuned transport when enabled, and our request guard ahead of pynetdicom's DIMSE debug
+    logger: that logger raises on a C-STORE lacking Affected SOP Instance UID, and an exception
+    in one notification handler skips the handlers bound after it."""
+
+    def _tls_handshake(self, ctx: ssl.SSLContext, timeout_s: float) -> bool:
+        raw: socket.socket = self.request
+        raw.settimeout(timeout_s)
+        try:
+            self.request = ctx.wrap_socket(raw, server_side=True)
+        except OSError as exc:  # ssl.SSLError, TimeoutError and resets are all OSErrors
+            log.warning(
+                "TLS handshake with %s failed: %s",
+                self.client_address[0],
+                f"no handshake within {timeout_s:g} s (tls.handshake_timeout_s)"
+                if isinstance(exc, TimeoutError)
+                else str(exc)[:200] or type(exc).__name__,
+            )
+            with contextlib.suppress(OSError):
+                raw.close()  # wrap_socket detached it: this only covers a failure before that
+            return False
+        return True
 
     def handle(self) -> None:
+        server: Any = self.server
+        limits: ReceiveLimits = server.hipnode_limits
+        ssl_context: ssl.SSLContext | None = getattr(server, "hipnode_ssl_context", None)
+        if ssl_context is not None and not self._tls_handshake(ssl_context, limits.tls_handshake_timeout_s):
+            return
         assoc = self._create_association()
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            # pynetdicom's standard PDU/DIMSE handlers only format debug lines, and raise (one
+            # ERROR traceback each) on many malformed PDUs and commands.
+            assoc.unbind(evt.EVT_PDU_RECV, standard_pdu_recv_handler)
+            assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
         guard: list[Any] = list(assoc.get_handlers(evt.EVT_DIMSE_RECV))
         standard = [h for h in guard if h[0] is standard_dimse_recv_handler]
         for h in standard:
             assoc.unbind(evt.EVT_DIMSE_RECV, h[0])
             assoc.bind(evt.EVT_DIMSE_RECV, h[0], h[1])  # re-bound last, after guard_requests
-        wake_w: socket.socket | None = None
+        tuned = bool(getattr(server, "hipnode_tuned_transport", False))
+        dul: Any = assoc.dul
+        dul.__class__ = _BoundedDUL
+        dul._hipnode_limits = limits
+        dul._hipnode_fast_pdata = tuned
+        dul._hipnode_deadline = time.monotonic() + limits.acse_timeout_s
+        dul.state_machine.__class__ = _WakingStateMachine
         stager: _Stager | None = None
-        store = getattr(self.server, "hipnode_store", None)
-        if getattr(self.server, "hipnode_tuned_transport", False) and isinstance(store, InstanceStore):
+        store = getattr(server, "hipnode_store", None)
+        if isinstance(store, InstanceStore):
             stager = _Stager(store, assoc)
             dimse: Any = assoc.dimse
             dimse.__class__ = _StreamingDIMSE
             dimse._hipnode_open_staged = stager
-        if getattr(self.server, "hipnode_tuned_transport", False):
-            dul = assoc.dul
-            dul.__class__ = _FastDUL
+            dimse._hipnode_max_dataset = limits.max_dataset
+        wake_w: socket.socket | None = None
+        if tuned:
             wake_r, wake_w = socket.socketpair()
             wake_r.setblocking(False)
             wake_w.setblocking(False)
@@ -543,6 +838,7 @@ class Receiver:
         """Listen on ``cfg.node.host:port``. Blocks until :meth:`stop` when ``block``."""
         if self.tuned_transport:
             _keep_freed_pdu_buffers()
+        logging.getLogger("pynetdicom.utils").addFilter(_no_decode_tracebacks)  # idempotent
         self.store.remove_stale_temp_files()
         node = self.cfg.node
         log.info(
@@ -550,17 +846,22 @@ class Receiver:
             node.ae_title,
             node.host,
             node.port,
-            node.max_pdu or "unlimited",
+            node.max_pdu,
             node.max_associations,
             "on" if node.tls.enabled else "off",
         )
+        # The TLS context is kept from pynetdicom, which would wrap (and so handshake) each
+        # socket in the accept loop: _RequestHandler does it in the connection's thread.
+        ssl_context = build_ssl_context(self.cfg)
         server = self.ae.make_server(
             (node.host, node.port),
-            ssl_context=build_ssl_context(self.cfg),
+            ssl_context=None,
             evt_handlers=self.handlers,
             server_class=ThreadedAssociationServer,
             request_handler=_RequestHandler,
         )
+        server.hipnode_ssl_context = ssl_context
+        server.hipnode_limits = ReceiveLimits.from_config(self.cfg)
         server.hipnode_tuned_transport = self.tuned_transport
         server.hipnode_store = self.store
         thread = threading.Thread(target=server.serve_forever, name="hipnode-receive-accept", daemon=True)

@@ -39,6 +39,9 @@ STAGING_DIR = ".incoming"
 #: Start writeback of a streamed file every this many bytes, so the fsync before the answer
 #: finds most pages already on their way to the disk.
 WRITEBACK_STEP = 512 * 1024
+#: While a dataset streams in, free space is checked again every this many bytes (a statvfs costs
+#: microseconds; a multi-gigabyte dataset must not fill the disk before anyone looks).
+FREE_SPACE_STEP = 4 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -106,8 +109,20 @@ class StagedFile:
     kept in :attr:`error` and the file removed; the handler answers it as a storage failure.
     """
 
-    def __init__(self, directory: Path, prefix: bytes, *, writeback: bool, background: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        prefix: bytes,
+        *,
+        writeback: bool,
+        background: bool = True,
+        room: Callable[[], None] | None = None,
+    ) -> None:
         self.path = directory / f".{uuid.uuid4().hex}{_TMP_SUFFIX}"
+        # Raises OutOfResources when the storage is below its watermark; called before the
+        # first byte and every FREE_SPACE_STEP bytes after it.
+        self._room = room
+        self._next_room_check = 0
         # Read access too: the handler validates the header through a read-only map.
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         self._hash = hashlib.sha256()
@@ -187,6 +202,9 @@ class StagedFile:
             if fd is None or self.error is not None:
                 return
             try:
+                if self._room is not None and self._offset >= self._next_room_check:
+                    self._next_room_check = self._offset + FREE_SPACE_STEP
+                    self._room()
                 _write_all(fd, data)
             except OSError as exc:
                 self.error = exc
@@ -264,8 +282,19 @@ class InstanceStore:
         self._dirs_lock = threading.Lock()
 
     def stage(self, prefix: bytes) -> StagedFile:
-        """A new streamed temp file on the storage filesystem (so the final rename is atomic)."""
-        return StagedFile(self.staging, prefix, writeback=self.fsync)
+        """A new streamed temp file on the storage filesystem (so the final rename is atomic),
+        which checks the free-space watermark while the dataset streams in: a dataset that
+        would fill the disk fails (0xA700) when the watermark is crossed, not after arriving."""
+        return StagedFile(self.staging, prefix, writeback=self.fsync, room=self._check_streaming_room)
+
+    def _check_streaming_room(self) -> None:
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            raise OutOfResources(
+                errno.ENOSPC,
+                f"free space {free // 2**20} MiB fell below the {self.min_free_bytes // 2**20} MiB "
+                "watermark while the dataset was arriving",
+            )
 
     def commit_staged(self, staged: StagedFile, relative: Path) -> StoredFile:
         """Durably move a completely fed :class:`StagedFile` to ``relative``: fdatasync, rename,
