@@ -319,3 +319,22 @@ def test_decode_detector_rejects_wrong_shape() -> None:
     _, tr = letterbox(np.zeros((10, 10), np.float32), 16, 16)
     with pytest.raises(ValueError, match="anchors"):
         decode_predictions(np.zeros((5, 3), np.float32), tr)
+
+
+def test_the_zoomed_out_look_maps_hip_boxes_back_and_drops_the_padding() -> None:
+    import numpy as np
+
+    from node.domain import Box
+    from node.infer.detector import _pad, _unpad
+
+    image = np.zeros((100, 200), dtype=np.float32)
+    image[40:60, 50:70] = 1.0
+    padded = _pad(image, 0.25)
+    assert padded.shape == (150, 300) and padded[65, 105] == 1.0 and padded[0, 0] == 0.0
+    found = [
+        Box(100.0, 60.0, 130.0, 90.0, "hip_joint_right", 0.4),  # -> (50, 35, 80, 65)
+        Box(0.0, 0.0, 40.0, 20.0, "hip_joint_left", 0.3),  # in the padding
+        Box(100.0, 60.0, 130.0, 90.0, "cup", 0.9),  # not a joint: the first look's job
+    ]
+    out = _unpad(found, image.shape, 0.25)
+    assert [(b.label, b.x0, b.y0, b.x1, b.y1) for b in out] == [("hip_joint_right", 50.0, 35.0, 80.0, 65.0)]

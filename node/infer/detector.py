@@ -34,6 +34,10 @@ OUTPUT = "predictions"
 #: other anatomy 3 of 100 reached 0.05 (none 0.2) — which is why a candidate must also sit where
 #: the hip of an AP pelvis can be.
 JOINT_CANDIDATE_FLOOR = 0.05
+#: The second, zoomed-out look for hip joints: the image padded by this share of its size on
+#: every side (with its median), so that a pelvis that fills the film is seen at a scale
+#: closer to the training phantoms', where the hips take a smaller part of the field.
+CONTEXT_PAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,29 @@ def decode_predictions(
     return out
 
 
+def _pad(image: np.ndarray, share: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    py, px = round(h * share), round(w * share)
+    return np.pad(image, ((py, py), (px, px)), mode="constant", constant_values=float(np.median(image)))
+
+
+def _unpad(boxes: list[Box], shape: tuple[int, ...], share: float) -> list[Box]:
+    """Hip-joint boxes found on ``_pad(image, share)`` in the unpadded image's pixels (boxes that
+    lie mostly in the padding are dropped)."""
+    h, w = shape[:2]
+    py, px = round(h * share), round(w * share)
+    out = []
+    for b in boxes:
+        if b.label not in JOINT_LABELS:
+            continue
+        x0, y0 = max(b.x0 - px, 0.0), max(b.y0 - py, 0.0)
+        x1, y1 = min(b.x1 - px, float(w)), min(b.y1 - py, float(h))
+        if (x1 - x0) * (y1 - y0) < 0.5 * b.width * b.height:
+            continue
+        out.append(Box(x0, y0, x1, y1, b.label, b.score))
+    return out
+
+
 class DetectorModel:
     """A loaded detector; ``detect`` batches any number of 0..1 images."""
 
@@ -88,6 +115,7 @@ class DetectorModel:
             raise ManifestError(f"{m.label}: classes {list(self.classes)} != DETECTOR_CLASSES")
         self.model = model
         self.batch_size = batch_size
+        self.context_pass = True  # the zoomed-out second look for hip joints (``CONTEXT_PAD``)
         self.settings = settings or DetectorSettings(
             score_threshold=m.threshold("score", 0.25), iou_threshold=m.threshold("iou", 0.5)
         )
@@ -113,12 +141,30 @@ class DetectorModel:
                                self.settings.max_detections, self.settings.max_per_class)
         results: list[tuple[list[Box], list[Box]]] = []
         for chunk in batched(images, self.batch_size):
-            batch, transforms = make_batch(chunk, self.model.manifest.input)
-            pred = self.model.run(batch)[OUTPUT]
-            for i, tr in enumerate(transforms):
-                found = decode_predictions(pred[i], tr, self.classes, low)
+            found = self._decode(chunk, low)
+            wide = self._decode([_pad(im, CONTEXT_PAD) for im in chunk], low) if self.context_pass else None
+            for i, boxes in enumerate(found):
+                joints = [b for b in boxes if b.label in JOINT_LABELS]
+                if wide is not None:
+                    joints = self._merge_joints(joints, _unpad(wide[i], chunk[i].shape, CONTEXT_PAD))
+                rest = [b for b in boxes if b.label not in JOINT_LABELS and b.score >= thr]
                 results.append((
-                    [b for b in found if b.score >= thr],
-                    [b for b in found if b.score < thr and b.label in JOINT_LABELS],
+                    sorted(rest + [b for b in joints if b.score >= thr], key=lambda b: -b.score),
+                    [b for b in joints if b.score < thr],
                 ))
         return results
+
+    def _decode(self, images: Sequence[np.ndarray], settings: DetectorSettings) -> list[list[Box]]:
+        batch, transforms = make_batch(images, self.model.manifest.input)
+        pred = self.model.run(batch)[OUTPUT]
+        return [decode_predictions(pred[i], tr, self.classes, settings) for i, tr in enumerate(transforms)]
+
+    def _merge_joints(self, a: list[Box], b: list[Box]) -> list[Box]:
+        """Hip-joint boxes of both looks, class-wise NMS: where both saw a hip the stronger box stays."""
+        allb = a + b
+        if not allb:
+            return []
+        xyxy = np.array([[x.x0, x.y0, x.x1, x.y1] for x in allb])
+        keep = batched_nms(xyxy, np.array([x.score for x in allb]), np.array([x.label for x in allb]),
+                           self.settings.iou_threshold, self.settings.max_per_class)
+        return [allb[int(k)] for k in keep]
