@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import re
 import subprocess
 import warnings
@@ -16,19 +17,24 @@ from pathlib import Path
 import highdicom as hd
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as hd_codes
 
 from node.compose import codes
 from node.compose.sr import (
+    PIXEL_ORIGIN_SHIFT,
+    RIM_POLYLINE_POINTS,
     SR_SOP_CLASS_UID,
     ReportReference,
+    box_polyline_data,
     build_sr,
     ellipse_from_graphic_data,
     ellipse_graphic_data,
+    ellipse_polyline_data,
     predecessor_uids,
     read_report,
 )
 from node.compose.uids import derive_uid, sc_uids, sr_uids
-from node.domain import Ellipse, ModelInfo, SeriesFindings, Side, View
+from node.domain import Box, Ellipse, ModelInfo, SeriesFindings, Side, View
 from tests.test_compose_data import (
     MODELS,
     PRIORS,
@@ -172,19 +178,86 @@ def test_highdicom_finds_groups_by_finding_site_and_source(report: tuple[Dataset
     content = parsed.content
     assert isinstance(content, hd.sr.MeasurementReport)
     hips = content.get_image_measurement_groups(finding_site=codes.HIP_JOINT)
-    assert len(hips) == 4  # one per image × side: image 1 R + L, image 2 R, image 3 L
+    # what has geometry: image 1 R + L cup and joint, image 2 R joint; image 3 L is code-only
+    assert len(hips) == 5
     on_image_1 = content.get_image_measurement_groups(referenced_sop_instance_uid=findings.images[0].sop_instance_uid)
-    assert len(on_image_1) == 3  # the image group and its two side groups name it as their source
-    for group in on_image_1[1:]:
+    assert len(on_image_1) == 5  # two cups, two joints, one reference line shared by both cups
+    cups = [g for g in on_image_1 if g.get_measurements(name=codes.CUP_INCLINATION)]
+    assert len(cups) == 2
+    for group in cups:
         sites = group.finding_sites
         assert len(sites) == 1
         assert sites[0].value == codes.HIP_JOINT
         assert sites[0].laterality in (codes.RIGHT, codes.LEFT)
+        side = "right" if sites[0].laterality == codes.RIGHT else "left"
+        assert str(group.tracking_identifier) == f"Image 1 {side} hip: acetabular cup"  # the side, as viewers label it
         inclination = group.get_measurements(name=codes.CUP_INCLINATION)
         assert len(inclination) == 1 and inclination[0].unit == codes.DEGREE
-        scoords = inclination[0].referenced_coordinates
-        assert [c.graphic_type.value for c in scoords] == ["ELLIPSE", "POLYLINE"]
-        assert scoords[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == findings.images[0].sop_instance_uid
+        assert inclination[0].referenced_coordinates == []  # the outline is the group's, drawn once
+
+
+def _scoords(item: Dataset) -> list[Dataset]:
+    out = []
+    for child in item.get("ContentSequence", []):
+        if child.get("ValueType") == "SCOORD":
+            out.append(child)
+        out.extend(_scoords(child))
+    return out
+
+
+def test_every_measurement_group_draws_and_each_outline_once(
+    report: tuple[Dataset, SeriesFindings, list[Dataset]],
+) -> None:
+    """What a TID 1500 consumer such as OHIF needs (issue 14): every group under Imaging
+    Measurements has a SCOORD of its own, the first one a POLYLINE (OHIF draws the first SCOORD
+    of a group and no oblique ELLIPSE); outlines sit at group level, never under each NUM; coded
+    and text findings are in Qualitative Evaluations, not in the groups."""
+    sr, _, _ = report
+    ds = roundtrip(sr)
+    containers = {c.ConceptNameCodeSequence[0].CodeValue: c for c in ds.ContentSequence if c.ValueType == "CONTAINER"}
+    assert set(containers) == {"126010", codes.QUALITATIVE_EVALUATIONS.value}
+    drawn = []
+    for group in containers["126010"].ContentSequence:
+        items = group.ContentSequence
+        regions = [i for i in items if i.ValueType == "SCOORD"]
+        assert regions, group
+        assert regions[0].GraphicType == "POLYLINE"
+        assert [i.ValueType for i in items if i.RelationshipType == "CONTAINS" and i.ValueType in ("CODE", "TEXT")] == []
+        for num in (i for i in items if i.ValueType == "NUM"):
+            assert _scoords(num) == []
+        for region in regions:
+            (image,) = region.ContentSequence
+            assert image.RelationshipType == "SELECTED FROM" and image.ValueType == "IMAGE"
+            drawn.append((region.ConceptNameCodeSequence[0].CodeValue, region.GraphicType,
+                          tuple(round(float(v), 3) for v in region.GraphicData),
+                          image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+    assert len(drawn) == len(set(drawn)), "an outline is drawn more than once"
+    kinds = sorted((code, graphic) for code, graphic, _, _ in drawn)
+    assert kinds == sorted([(codes.CUP_RIM.value, "POLYLINE"), (codes.CUP_RIM.value, "ELLIPSE")] * 2
+                           + [(codes.HIP_JOINT_REGION.value, "POLYLINE")] * 3
+                           + [(codes.INCLINATION_REFERENCE_LINE.value, "POLYLINE")])
+    for item in containers[codes.QUALITATIVE_EVALUATIONS.value].ContentSequence:
+        assert item.RelationshipType == "CONTAINS" and item.ValueType in ("CODE", "TEXT"), item
+    # the procedure comes from CID 100 (Quantitative Diagnostic Imaging Procedures)
+    (procedure,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058"]
+    assert (procedure.ConceptCodeSequence[0].CodingSchemeDesignator, procedure.ConceptCodeSequence[0].CodeValue) in {
+        (c.scheme_designator, c.value) for c in (getattr(hd_codes.cid100, n) for n in hd_codes.cid100.dir())
+    }
+
+
+def test_cup_rim_polyline_is_closed_and_lies_on_the_ellipse() -> None:
+    e = Ellipse(cx=138.0, cy=211.0, semi_major=37.5, semi_minor=11.5, angle_deg=137.6)
+    data = ellipse_polyline_data(e)
+    assert data.shape == (RIM_POLYLINE_POINTS + 1, 2)
+    assert data[0].tolist() == data[-1].tolist()  # closed: the first point repeated last
+    a = math.radians(e.angle_deg)
+    for x, y in data - PIXEL_ORIGIN_SHIFT:
+        dx, dy = x - e.cx, y - e.cy
+        u = dx * math.cos(a) + dy * math.sin(a)
+        v = -dx * math.sin(a) + dy * math.cos(a)
+        assert (u / e.semi_major) ** 2 + (v / e.semi_minor) ** 2 == pytest.approx(1.0, abs=1e-9)
+    box = box_polyline_data(Box(10, 20, 30, 60))
+    assert box.tolist() == [[10.5, 20.5], [30.5, 20.5], [30.5, 60.5], [10.5, 60.5], [10.5, 20.5]]
 
 
 def _html_text(path: Path) -> str:
@@ -377,7 +450,7 @@ def test_codes_are_valid_and_documented() -> None:
     for c in all_codes:
         assert len(c.meaning) <= 64, c  # CodeMeaning is LO
         assert c.meaning.isascii(), c
-        assert c.scheme_designator in {"SCT", "DCM", "UCUM", codes.PRIVATE_SCHEME}, c
+        assert c.scheme_designator in {"SCT", "DCM", "UCUM", "UMLS", codes.PRIVATE_SCHEME}, c
         if c.scheme_designator == codes.PRIVATE_SCHEME:
             assert c.meaning not in meanings, c
             meanings[c.meaning] = c

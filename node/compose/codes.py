@@ -39,9 +39,19 @@ def _private(value: str, meaning: str) -> Code:
 # Standard codes (SCT, DCM, UCUM)
 # --------------------------------------------------------------------------------------------
 
-# Document title and procedure (TID 1500).
+# Document title and procedure (TID 1500). "Procedure reported" must come from CID 100
+# (Quantitative Diagnostic Imaging Procedures); plain radiography (SCT 168537006) is not in it.
+# The current standard's CID 100 has one X-ray member, LN 43468-8 "XR unspecified body region",
+# but validators built on older tables (PixelMed 20220618, Debian 12) do not know it and report
+# an error; SCT 363679005 "Imaging procedure" is in CID 100 in every edition. That the images
+# are radiographs is stated by the referenced images' Modality and the Image View findings.
 IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
-PLAIN_RADIOGRAPHY = Code("168537006", "SCT", "Plain radiography")
+IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
+
+# Containers and modifiers of TID 1500 / 1501 that highdicom does not write for us.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+LATERALITY_CONCEPT = Code("272741003", "SCT", "Laterality")
+SOURCE = Code("260753009", "SCT", "Source")
 
 # Anatomy and laterality (finding site of every per-side measurement group).
 HIP_JOINT = Code("24136001", "SCT", "Hip joint")
@@ -90,6 +100,9 @@ CUP_ANTEVERSION = _private("HN012", "Acetabular cup anteversion")
 CUP_RIM = _private("HN013", "Acetabular cup rim")
 INCLINATION_REFERENCE_LINE = _private("HN014", "Inclination reference line")
 ELLIPSE_FIT_QUALITY = _private("HN015", "Cup ellipse fit quality")
+# Outline of the detector's hip joint box (SCOORD POLYLINE). DCM 111030 "Image Region" would say
+# the same, but it is TID 1410's row: validators (PixelMed) then check the group as a planar ROI.
+HIP_JOINT_REGION = _private("HN016", "Hip joint region")
 
 # Measurement methods (value of SCT 370129005 "Measurement Method").
 METHOD_INCLINATION_INTER_TEARDROP = _private("HN020", "Inclination: cup ellipse long axis to inter-teardrop line")

@@ -47,6 +47,7 @@ from pydicom.uid import UID, ComprehensiveSRStorage
 from node.compose import codes
 from node.compose.uids import OutputUIDs, derive_uid, sr_uids
 from node.domain import (
+    Box,
     CupMeasurement,
     Ellipse,
     HipFindings,
@@ -66,7 +67,6 @@ PIXEL_ORIGIN_SHIFT = 0.5  # domain pixel centre (0, 0) == DICOM SCOORD (0.5, 0.5
 ALGORITHM_NAME = "hipnode hip radiograph analysis"
 SERIES_DESCRIPTION = "AI hip measurements (hipnode)"
 
-_SOURCE = Code("260753009", "SCT", "Source")
 _PATIENT_SEX_VALUES = {"M", "F", "O"}
 _TYPE2_PATIENT_STUDY = (
     "PatientName",
@@ -155,12 +155,17 @@ def build_sr(
         uids = sr_uids(findings.series_instance_uid, by_uid.keys(), models, salt=salt)
     algorithm = _algorithm_id(models, software_version)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    evaluations: list[hd.sr.ContentItem] = []
     for number, image in enumerate(_ordered_images(findings.images, by_uid), start=1):
         source = by_uid[image.sop_instance_uid]
-        groups.append(_image_group(number, image, source, algorithm))
-        for hip in sorted(image.hips, key=lambda h: 0 if h.side is Side.RIGHT else 1):
+        hips = sorted(image.hips, key=lambda h: 0 if h.side is Side.RIGHT else 1)
+        for hip in hips:
             side_priors = [p for p in priors if p.side is hip.side]
-            groups.append(_side_group(number, image, hip, source, algorithm, side_priors))
+            groups.extend(_hip_groups(number, hip, source, algorithm, side_priors))
+        groups.extend(_reference_line_groups(number, image, hips, source, algorithm))
+        evaluations.extend(_image_evaluations(image, source))
+        for hip in hips:
+            evaluations.extend(_hip_evaluations(image, hip, source))
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=derive_uid("device", manufacturer, ALGORITHM_NAME),
@@ -174,12 +179,22 @@ def build_sr(
             observer_identifying_attributes=device,
         )
     )
+    # highdicom insists on at least one measurement group; a report with nothing to draw (all
+    # images screened out, code-only hips) gets none: TID 1500 needs Imaging Measurements or
+    # Qualitative Evaluations, and an empty group would be one OHIF cannot draw
+    placeholder = [hd.sr.MeasurementsAndQualitativeEvaluations(tracking_identifier=_tracking("none", "none"))]
     report = hd.sr.MeasurementReport(
         observation_context=context,
-        procedure_reported=codes.PLAIN_RADIOGRAPHY,
-        imaging_measurements=groups,
+        procedure_reported=codes.IMAGING_PROCEDURE,
+        imaging_measurements=groups or placeholder,
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
+    root = report[0]
+    if not groups:
+        root.ContentSequence = hd.sr.ContentSequence(
+            [i for i in root.ContentSequence if _concept(i) != _IMAGING_MEASUREMENTS]
+        )
+    root.ContentSequence.append(_qualitative_evaluations(evaluations))
 
     _separate_containers(report[0])
     evidence, original_sex = _evidence_headers(sources)
@@ -311,53 +326,29 @@ def _algorithm_id(models: Sequence[ModelInfo], software_version: str) -> hd.sr.A
 
 
 def _tracking(label: str, *parts: str) -> hd.sr.TrackingIdentifier:
-    """Tracking UID derived from the source image (and side): stable across amended SRs, so a
-    viewer can follow "Image 1 right hip" from one version of the report to the next."""
+    """Tracking UID derived from the source image, side and what the group draws: stable across
+    amended SRs, so a viewer can follow "Image 1 right hip: acetabular cup" from one version of
+    the report to the next."""
     return hd.sr.TrackingIdentifier(uid=derive_uid("tracking", *parts), identifier=label)
 
 
-def _image_label(number: int) -> str:
-    return f"Image {number}"
-
-
 def _side_label(number: int, side: Side) -> str:
-    return f"Image {number} {'right' if side is Side.RIGHT else 'left'} hip"
+    return f"Image {number} {_SIDE_WORD[side]} hip"
 
 
-def _coded(name: Code, value: Code, probability: float | None = None) -> hd.sr.QualitativeEvaluation:
-    """CODE item; the model probability, when known, is a NUM property of it."""
-    evaluation = hd.sr.QualitativeEvaluation(name=name, value=value)
-    if probability is not None:
-        evaluation[0].ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.NumContentItem(
-                    name=codes.PROBABILITY,
-                    value=round(float(probability), PROBABILITY_DECIMALS),
-                    unit=codes.NO_UNITS,
-                    relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
-                )
-            ]
-        )
-    return evaluation
+_SIDE_WORD = {Side.RIGHT: "right", Side.LEFT: "left"}
 
 
-def _text(name: Code, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-
-
-def _source_item(source: Dataset) -> hd.sr.ContentItem:
-    """Reference to the source: IMAGE where it is an image, COMPOSITE otherwise (a screened-out
+def _source_reference(source: Dataset) -> hd.sr.ContentItem:
+    """INFERRED FROM the source: IMAGE where it is an image, COMPOSITE otherwise (a screened-out
     non-image object must still be named so the radiologist knows what was rejected)."""
     sop_class = str(source.SOPClassUID)
-    if _is_image_storage(sop_class):
-        return hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=sop_class, referenced_sop_instance_uid=str(source.SOPInstanceUID)
-        )
-    return hd.sr.CompositeContentItem(
-        name=_SOURCE,
+    kind = hd.sr.ImageContentItem if _is_image_storage(sop_class) else hd.sr.CompositeContentItem
+    return kind(
+        name=codes.SOURCE,
         referenced_sop_class_uid=sop_class,
         referenced_sop_instance_uid=str(source.SOPInstanceUID),
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
     )
 
 
@@ -367,84 +358,149 @@ def _is_image_storage(sop_class_uid: str) -> bool:
     return "Image Storage" in UID(sop_class_uid).name
 
 
-def _image_group(
-    number: int, image: ImageFindings, source: Dataset, algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    evaluations: list[hd.sr.QualitativeEvaluation] = []
-    if image.view is not None:
-        evaluations.append(_coded(codes.IMAGE_VIEW, codes.VIEWS[image.view], image.view_probability))
-    analysed = image.screened_out is None
-    evaluations.append(_coded(codes.IMAGE_ANALYSED, codes.YES if analysed else codes.NO))
-    if image.screened_out is not None:
-        evaluations.append(_coded(codes.REASON_NOT_ANALYSED, codes.SCREEN_REASONS[image.screened_out]))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(_image_label(number), image.sop_instance_uid),
-        algorithm_id=algorithm,
-        qualitative_evaluations=evaluations,
+# --- Qualitative Evaluations (TID 1500 rows 12-14): findings without geometry -----------------
+
+
+def _qualitative_evaluations(items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
+    """The report-level Qualitative Evaluations container (TID 1500 row 12) with every coded and
+    text finding. Why not inside measurement groups: TID 1501 has no row for them, and a TID 1500
+    consumer (OHIF) treats every group under Imaging Measurements as something to draw and fails
+    on a group without a SCOORD. Why no TID 4019 here (row 12 allows it): PixelMed 20220618
+    matches its TEXT items against row 14 and reports an error on their relationship; the
+    algorithm of these findings is the document's device observer (model name = algorithm name),
+    with every model and version in Contributing Equipment and Software Versions."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    content = group[0].ContentSequence
+    container.ContentSequence = hd.sr.ContentSequence(list(items))
+    return container
+
+
+def _context(source: Dataset, side: Side | None, probability: float | None) -> hd.sr.ContentSequence:
+    """What ties a finding to its hip and image: Laterality (HAS CONCEPT MOD, TID 1500 row 13b),
+    the model probability (HAS PROPERTIES) and the source image (INFERRED FROM)."""
+    items: list[hd.sr.ContentItem] = []
+    if side is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=codes.LATERALITY_CONCEPT,
+                value=codes.LATERALITY[side],
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+            )
+        )
+    if probability is not None:
+        items.append(
+            hd.sr.NumContentItem(
+                name=codes.PROBABILITY,
+                value=round(float(probability), PROBABILITY_DECIMALS),
+                unit=codes.NO_UNITS,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+            )
+        )
+    items.append(_source_reference(source))
+    return hd.sr.ContentSequence(items)
+
+
+def _finding(
+    name: Code, value: Code, source: Dataset, side: Side | None = None, probability: float | None = None
+) -> hd.sr.CodeContentItem:
+    item = hd.sr.CodeContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    item.ContentSequence = _context(source, side, probability)
+    return item
+
+
+def _note(name: Code, text: str, source: Dataset, side: Side | None = None) -> hd.sr.TextContentItem:
+    item = hd.sr.TextContentItem(name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    item.ContentSequence = _context(source, side, None)
+    return item
+
+
+def _image_evaluations(image: ImageFindings, source: Dataset) -> list[hd.sr.ContentItem]:
+    """View, analysed yes/no, why not, comments and metadata mismatches of one image."""
+    out: list[hd.sr.ContentItem] = []
+    if image.view is not None:
+        out.append(_finding(codes.IMAGE_VIEW, codes.VIEWS[image.view], source, probability=image.view_probability))
+    analysed = image.screened_out is None
+    out.append(_finding(codes.IMAGE_ANALYSED, codes.YES if analysed else codes.NO, source))
     if image.screened_out is not None:
+        out.append(_finding(codes.REASON_NOT_ANALYSED, codes.SCREEN_REASONS[image.screened_out], source))
         detail = f"Not analysed: {image.screened_out.value}"
         if image.screen_detail:
             detail += f" ({image.screen_detail})"
-        content.append(_text(codes.COMMENT, detail))
+        out.append(_note(codes.COMMENT, detail, source))
     elif not image.hips:
-        content.append(_text(codes.COMMENT, "Analysed; no hip joint found on this image"))
+        out.append(_note(codes.COMMENT, "Analysed; no hip joint found on this image", source))
     if image.low_confidence:
-        content.append(_text(codes.COMMENT, f"Low confidence: {image.low_confidence}"))
+        out.append(_note(codes.COMMENT, f"Low confidence: {image.low_confidence}", source))
     for note in image.notes:
-        content.append(_text(codes.COMMENT, note))
+        out.append(_note(codes.COMMENT, note, source))
     for mismatch in image.metadata_mismatches:
-        content.append(_text(codes.METADATA_MISMATCH, mismatch))
-    content.append(_source_item(source))
-    return group
+        out.append(_note(codes.METADATA_MISMATCH, mismatch, source))
+    return out
 
 
-def _side_group(
-    number: int,
-    image: ImageFindings,
-    hip: HipFindings,
-    source: Dataset,
-    algorithm: hd.sr.AlgorithmIdentification,
-    priors: Sequence[PriorMeasurement],
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    evaluations: list[hd.sr.QualitativeEvaluation] = []
-    if image.view is not None:
-        evaluations.append(_coded(codes.IMAGE_VIEW, codes.VIEWS[image.view]))
+def _hip_evaluations(image: ImageFindings, hip: HipFindings, source: Dataset) -> list[hd.sr.ContentItem]:
+    """Arthroplasty yes/no, morphology flags and every comment of one hip, with its laterality."""
+    out: list[hd.sr.ContentItem] = []
     if hip.implant_present is not None:
-        evaluations.append(
-            _coded(
-                codes.HIP_ARTHROPLASTY,
-                codes.YES if hip.implant_present else codes.NO,
-                hip.implant_probability,
-            )
-        )
+        value = codes.YES if hip.implant_present else codes.NO
+        out.append(_finding(codes.HIP_ARTHROPLASTY, value, source, hip.side, hip.implant_probability))
     for flag in hip.morphology:
         concept = codes.MORPHOLOGY.get(flag.name)
         if concept is None:
             raise ValueError(f'Unknown morphology flag "{flag.name}"; expected one of {sorted(codes.MORPHOLOGY)}.')
-        evaluations.append(_coded(concept, codes.PRESENT if flag.present else codes.ABSENT, flag.probability))
-
-    comments: list[str] = []
-    measurements: list[hd.sr.Measurement] = []
-    if hip.cup is not None:
-        measurements.extend(_cup_measurements(hip.cup, source, priors, comments))
-    if hip.lateral_centre_edge_deg is not None:
-        measurements.append(_angle(codes.LATERAL_CENTRE_EDGE_ANGLE, hip.lateral_centre_edge_deg))
-    if hip.tonnis_deg is not None:
-        measurements.append(_angle(codes.TONNIS_ANGLE, hip.tonnis_deg))
+        value = codes.PRESENT if flag.present else codes.ABSENT
+        out.append(_finding(concept, value, source, hip.side, flag.probability))
+    comments = _cup_comments(hip.cup) if hip.cup is not None else []
     if hip.morphology_refusal:
         comments.append(f"Morphology not assessed: {hip.morphology_refusal}")
     if image.low_confidence:
         comments.append(f"Low confidence: {image.low_confidence}")
     comments.extend(hip.notes)
+    out.extend(_note(codes.COMMENT, c, source, hip.side) for c in comments)
+    return out
 
+
+def _cup_comments(cup: CupMeasurement) -> list[str]:
+    comments = []
+    if cup.refusal_reason:
+        comments.append(f"Cup angles not reported: {cup.refusal_reason}")
+    if cup.flagged:
+        comments.append(
+            f"Inclination measured against the {cup.inclination_reference}: pelvic landmarks were not "
+            "found, treat with caution"
+            if cup.inclination_reference.strip().lower() == "image horizontal"
+            else "Cup measurement flagged for review"
+        )
+    return comments
+
+
+# --- Imaging Measurements (TID 1501): one group per drawn outline -----------------------------
+
+
+def _group(
+    label: str,
+    identity: Sequence[str],
+    algorithm: hd.sr.AlgorithmIdentification,
+    source: Dataset,
+    *,
+    side: Side | None,
+    measurements: Sequence[hd.sr.Measurement] = (),
+    regions: Sequence[hd.sr.ScoordContentItem] = (),
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group whose outlines (row 10c SCOORD, SELECTED FROM the image) come after the
+    values: OHIF draws the first SCOORD of a group and labels it with the group's NUMs, so a
+    group holds exactly one thing to draw plus, where useful, the same thing in a second form."""
+    sites = (
+        [hd.sr.FindingSite(anatomic_location=codes.HIP_JOINT, laterality=codes.LATERALITY[side])]
+        if side is not None
+        else None
+    )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(_side_label(number, hip.side), image.sop_instance_uid, hip.side.value),
-        algorithm_id=algorithm,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.HIP_JOINT, laterality=codes.LATERALITY[hip.side])],
-        measurements=measurements,
-        qualitative_evaluations=evaluations,
+        tracking_identifier=_tracking(label, *identity),
+        algorithm_id=copy.deepcopy(algorithm),
+        finding_sites=sites,
+        measurements=list(measurements) or None,
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(
                 referenced_sop_class_uid=str(source.SOPClassUID),
@@ -452,10 +508,100 @@ def _side_group(
             )
         ],
     )
-    content = group[0].ContentSequence
-    for comment in comments:
-        content.append(_text(codes.COMMENT, comment))
+    for region in regions:
+        group[0].ContentSequence.append(region)
     return group
+
+
+def _region(name: Code, graphic_type: hd.sr.GraphicTypeValues, data: np.ndarray, source: Dataset) -> hd.sr.ScoordContentItem:
+    item = hd.sr.ScoordContentItem(
+        name=name,
+        graphic_type=graphic_type,
+        graphic_data=data,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    item.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=str(source.SOPClassUID),
+                referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            )
+        ]
+    )
+    return item
+
+
+def _hip_groups(
+    number: int,
+    hip: HipFindings,
+    source: Dataset,
+    algorithm: hd.sr.AlgorithmIdentification,
+    priors: Sequence[PriorMeasurement],
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The cup rim (closed POLYLINE for viewers, then the exact ELLIPSE) with the angles measured
+    on it, and the hip joint box with the angles measured inside it (LCE, Tonnis). Every group
+    has its outline (a group without one is what OHIF fails on), so angles without their
+    geometry are an error of the caller (the pipeline never produces them)."""
+    out = []
+    label = _side_label(number, hip.side)
+    uid = str(source.SOPInstanceUID)
+    cup = hip.cup
+    cup_values = _cup_measurements(cup, priors) if cup is not None else []
+    if cup is not None and cup_values:
+        if cup.ellipse is None:
+            raise ValueError(f"{label}: cup angles without the rim they were measured on (CupMeasurement.ellipse).")
+        regions = [
+            _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.POLYLINE, ellipse_polyline_data(cup.ellipse), source),
+            _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.ELLIPSE, ellipse_graphic_data(cup.ellipse), source),
+        ]
+        out.append(
+            _group(f"{label}: acetabular cup", (uid, hip.side.value, "cup"), algorithm, source,
+                   side=hip.side, measurements=cup_values, regions=regions)
+        )
+    joint_values = []
+    if hip.lateral_centre_edge_deg is not None:
+        joint_values.append(_angle(codes.LATERAL_CENTRE_EDGE_ANGLE, hip.lateral_centre_edge_deg))
+    if hip.tonnis_deg is not None:
+        joint_values.append(_angle(codes.TONNIS_ANGLE, hip.tonnis_deg))
+    if hip.joint_box is not None:
+        region = _region(codes.HIP_JOINT_REGION, hd.sr.GraphicTypeValues.POLYLINE, box_polyline_data(hip.joint_box), source)
+        out.append(
+            _group(f"{label}: hip joint", (uid, hip.side.value, "joint"), algorithm, source,
+                   side=hip.side, measurements=joint_values, regions=[region])
+        )
+    elif joint_values:
+        raise ValueError(f"{label}: LCE / Tonnis angles without the hip joint box they were measured in.")
+    return out
+
+
+def _reference_line_groups(
+    number: int,
+    image: ImageFindings,
+    hips: Sequence[HipFindings],
+    source: Dataset,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Each inclination reference line once per image, in its own group so that a viewer draws
+    it (OHIF draws one SCOORD per group). The inclinations measured against it name it by their
+    Measurement Method; when a line serves one side only, the group's finding site says which."""
+    served: dict[tuple[Point, Point], list[HipFindings]] = {}
+    for hip in hips:
+        cup = hip.cup
+        if cup is not None and cup.inclination_deg is not None and cup.reference_line is not None:
+            served.setdefault(cup.reference_line, []).append(hip)
+    out = []
+    for line, users in served.items():
+        assert users[0].cup is not None
+        name = users[0].cup.inclination_reference.strip()
+        sides = " and ".join(_SIDE_WORD[h.side] for h in users)
+        label = f"Image {number}: {name} (inclination reference, {sides} cup{'s' if len(users) > 1 else ''})"
+        out.append(
+            _group(label, (str(source.SOPInstanceUID), "reference line", *(h.side.value for h in users)),
+                   algorithm, source, side=users[0].side if len(users) == 1 else None,
+                   regions=[_region(codes.INCLINATION_REFERENCE_LINE, hd.sr.GraphicTypeValues.POLYLINE,
+                                    _points([line[0], line[1]]), source)])
+        )
+    return out
 
 
 def _angle(name: Code, value_deg: float, method: Code | None = None) -> hd.sr.Measurement:
@@ -464,47 +610,16 @@ def _angle(name: Code, value_deg: float, method: Code | None = None) -> hd.sr.Me
     return hd.sr.Measurement(name=name, value=round(float(value_deg), ANGLE_DECIMALS), unit=codes.DEGREE, method=method)
 
 
-def _cup_measurements(
-    cup: CupMeasurement, source: Dataset, priors: Sequence[PriorMeasurement], comments: list[str]
-) -> list[hd.sr.Measurement]:
-    region = hd.sr.SourceImageForRegion(
-        referenced_sop_class_uid=str(source.SOPClassUID), referenced_sop_instance_uid=str(source.SOPInstanceUID)
-    )
-    rim = (
-        hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-            graphic_data=ellipse_graphic_data(cup.ellipse),
-            source_image=region,
-            purpose=codes.CUP_RIM,
-        )
-        if cup.ellipse is not None
-        else None
-    )
-    line = (
-        hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=_points([cup.reference_line[0], cup.reference_line[1]]),
-            source_image=region,
-            purpose=codes.INCLINATION_REFERENCE_LINE,
-        )
-        if cup.reference_line is not None
-        else None
-    )
+def _cup_measurements(cup: CupMeasurement, priors: Sequence[PriorMeasurement]) -> list[hd.sr.Measurement]:
+    """Inclination and anteversion first (a viewer's label box shows the first few lines), then
+    the Liaw anteversion, the fit quality and the changes since the prior study."""
     out: list[hd.sr.Measurement] = []
-    if cup.refusal_reason:
-        comments.append(f"Cup angles not reported: {cup.refusal_reason}")
     if cup.inclination_deg is not None:
-        m = _angle(codes.CUP_INCLINATION, cup.inclination_deg, codes.inclination_method(cup.inclination_reference))
-        _add_coordinates(m, [c for c in (rim, line) if c is not None])
-        out.append(m)
+        out.append(_angle(codes.CUP_INCLINATION, cup.inclination_deg, codes.inclination_method(cup.inclination_reference)))
     if cup.anteversion_deg is not None:
-        m = _angle(codes.CUP_ANTEVERSION, cup.anteversion_deg, codes.anteversion_method(cup.anteversion_method))
-        _add_coordinates(m, [c for c in (rim,) if c is not None])
-        out.append(m)
+        out.append(_angle(codes.CUP_ANTEVERSION, cup.anteversion_deg, codes.anteversion_method(cup.anteversion_method)))
     if cup.anteversion_liaw_deg is not None and cup.anteversion_method.strip().lower() != "liaw":
-        m = _angle(codes.CUP_ANTEVERSION, cup.anteversion_liaw_deg, codes.METHOD_ANTEVERSION_LIAW)
-        _add_coordinates(m, [c for c in (rim,) if c is not None])
-        out.append(m)
+        out.append(_angle(codes.CUP_ANTEVERSION, cup.anteversion_liaw_deg, codes.METHOD_ANTEVERSION_LIAW))
     if cup.ellipse is not None and (cup.inclination_deg is not None or cup.anteversion_deg is not None):
         out.append(
             hd.sr.Measurement(
@@ -513,29 +628,10 @@ def _cup_measurements(
                 unit=codes.NO_UNITS,
             )
         )
-    if cup.flagged:
-        comments.append(
-            f"Inclination measured against the {cup.inclination_reference}: pelvic landmarks were not "
-            "found, treat with caution"
-            if cup.inclination_reference.strip().lower() == "image horizontal"
-            else "Cup measurement flagged for review"
-        )
     prior = _latest(priors)
     if prior is not None:
         out.extend(_changes(cup, prior))
     return out
-
-
-def _add_coordinates(measurement: hd.sr.Measurement, coords: Sequence[hd.sr.CoordinatesForMeasurement]) -> None:
-    """Attach copies of the SCOORDs (INFERRED FROM) to a NUM: every angle names the geometry it
-    was measured on, and each content item must be its own object in the tree."""
-    if not coords:
-        return
-    item = measurement[0]
-    if "ContentSequence" not in item:
-        item.ContentSequence = hd.sr.ContentSequence()
-    for c in coords:
-        item.ContentSequence.append(copy.deepcopy(c))
 
 
 def _latest(priors: Sequence[PriorMeasurement]) -> PriorMeasurement | None:
@@ -612,6 +708,31 @@ def ellipse_graphic_data(ellipse: Ellipse) -> np.ndarray:
     return _points([*major, *minor])
 
 
+RIM_POLYLINE_POINTS = 72  # 5 degrees apart: within 0.1 px of the ellipse for rims up to 150 px across
+
+
+def ellipse_polyline_data(ellipse: Ellipse, points: int = RIM_POLYLINE_POINTS) -> np.ndarray:
+    """Closed SCOORD POLYLINE (the first point repeated last, PS3.3 C.18.6.1.2) tracing the
+    ellipse, in DICOM image coordinates. Why: viewers draw an ELLIPSE only when its axes are
+    parallel to the image axes (OHIF: "oblique ellipse not yet supported"), and a cup rim is
+    always tilted; the same rim as a polyline is drawn everywhere."""
+    if points < 8:
+        raise ValueError(f'Argument "points" must be at least 8, got {points}.')
+    a = math.radians(ellipse.angle_deg)
+    t = np.linspace(0.0, 2.0 * math.pi, points, endpoint=False)
+    u, v = ellipse.semi_major * np.cos(t), ellipse.semi_minor * np.sin(t)
+    xs = ellipse.cx + u * math.cos(a) - v * math.sin(a)
+    ys = ellipse.cy + u * math.sin(a) + v * math.cos(a)
+    outline = [Point(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
+    return _points([*outline, outline[0]])
+
+
+def box_polyline_data(box: Box) -> np.ndarray:
+    """Closed SCOORD POLYLINE around a detector box (clockwise from the top-left corner)."""
+    corners = [Point(box.x0, box.y0), Point(box.x1, box.y0), Point(box.x1, box.y1), Point(box.x0, box.y1)]
+    return _points([*corners, corners[0]])
+
+
 def ellipse_from_graphic_data(data: np.ndarray) -> Ellipse:
     """Inverse of :func:`ellipse_graphic_data` (back to domain pixel-centre coordinates)."""
     pts = np.asarray(data, dtype=np.float64).reshape(4, 2) - PIXEL_ORIGIN_SHIFT
@@ -641,7 +762,12 @@ class ReportedAngle:
 
 @dataclass
 class ReportedGroup:
-    """One measurement group of our SR, decoded with highdicom."""
+    """What our SR says about one image ("Image 1") or one hip on it ("Image 1 right hip"),
+    gathered from its measurement groups and its qualitative evaluations.
+
+    ``tracking_uid`` is the first tracking UID of the image's or hip's measurement groups
+    (``""`` when it has none, e.g. a hip with code-only findings); ``tracking_uids`` lists them
+    all (cup, hip joint, reference line)."""
 
     label: str
     tracking_uid: str
@@ -664,11 +790,15 @@ class ReportedGroup:
     prior_study_instance_uid: str | None = None
     fit_quality: float | None = None
     cup_rim: Ellipse | None = None
+    cup_rim_outline: list[Point] | None = None  # the closed POLYLINE viewers draw
+    joint_outline: list[Point] | None = None  # hip joint box as a closed POLYLINE
     reference_line: tuple[Point, Point] | None = None
     comments: list[str] = field(default_factory=list)
     metadata_mismatches: list[str] = field(default_factory=list)
     algorithm_name: str | None = None
     algorithm_version: str | None = None
+    tracking_uids: list[str] = field(default_factory=list)
+    tracking_identifiers: list[str] = field(default_factory=list)
 
     @property
     def inclination_deg(self) -> float | None:
@@ -685,6 +815,13 @@ _VIEW_BY_CODE = {(c.scheme_designator, c.value): v for v, c in codes.VIEWS.items
 _MORPHOLOGY_BY_CODE = {(c.scheme_designator, c.value): name for name, c in codes.MORPHOLOGY.items()}
 _ALGORITHM_NAME = ("DCM", "111001")  # TID 4019 rows, written by highdicom
 _ALGORITHM_VERSION = ("DCM", "111003")
+_MEASUREMENT_GROUP = ("DCM", "125007")
+_IMAGING_MEASUREMENTS = ("DCM", "126010")
+_TRACKING_IDENTIFIER = ("DCM", "112039")
+_TRACKING_UID = ("DCM", "112040")
+_FINDING_SITE = ("SCT", "363698007")
+_DEVICE_MODEL_NAME = ("DCM", "121015")  # TID 1004, observer context of the document
+_MEASUREMENT_METHOD = ("SCT", "370129005")
 _SIDE_BY_CODE = {(c.scheme_designator, c.value): s for s, c in codes.LATERALITY.items()}
 
 
@@ -708,68 +845,194 @@ def _code_value(item: Dataset) -> tuple[str, str]:
 
 def _child_probability(item: Dataset) -> float | None:
     for child in item.get("ContentSequence", []):
-        if child.ValueType == "NUM" and _concept(child) == _key(codes.PROBABILITY):
+        if child.get("ValueType") == "NUM" and _concept(child) == _key(codes.PROBABILITY):
             return _num_value(child)
     return None
 
 
-def read_report(ds: Dataset) -> list[ReportedGroup]:
-    """Decode every measurement group of one of our SRs (parsed by highdicom).
-
-    Raises ``ValueError`` when ``ds`` is not a TID 1500 Measurement Report.
-    """
-    sr = hd.sr.ComprehensiveSR.from_dataset(ds, copy=True)
-    report = sr.content
-    if not isinstance(report, hd.sr.MeasurementReport):
-        raise ValueError("Dataset is not a TID 1500 Measurement Report.")
-    out = []
-    for group in report.get_image_measurement_groups():
-        out.append(_read_group(group))
-    return out
+def _outline(item: Dataset) -> list[Point]:
+    data = np.asarray(item.GraphicData, dtype=np.float64).reshape(-1, 2) - PIXEL_ORIGIN_SHIFT
+    return [Point(float(x), float(y)) for x, y in data]
 
 
-def _read_group(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> ReportedGroup:
-    sources = group.source_images
-    side: Side | None = None
-    for site in group.finding_sites:
-        if site.laterality is not None:
-            side = _SIDE_BY_CODE.get(_key(site.laterality))
-    composite = [
-        c
-        for c in group[0].ContentSequence
-        if c.ValueType == "COMPOSITE" and c.RelationshipType == "CONTAINS"
-    ]
-    source_uid = (
-        str(sources[0].referenced_sop_instance_uid)
-        if sources
-        else (str(composite[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) if composite else None)
-    )
-    result = ReportedGroup(
-        label=str(group.tracking_identifier or ""),
-        tracking_uid=str(group.tracking_uid or ""),
-        source_sop_instance_uid=source_uid,
-        side=side,
-    )
-    for item in group[0].ContentSequence:
-        value_type = item.ValueType
-        concept = _concept(item)
-        if value_type == "CODE" and item.RelationshipType == "CONTAINS":
-            _read_code(result, concept, item)
-        elif value_type == "NUM":
-            _read_num(result, concept, item)
-        elif value_type == "TEXT":
-            if concept == _key(codes.COMMENT):
-                result.comments.append(str(item.TextValue))
-            elif concept == _key(codes.METADATA_MISMATCH):
-                result.metadata_mismatches.append(str(item.TextValue))
-            elif concept == _ALGORITHM_NAME:
+class _Reader:
+    """Collects every item of the SR onto the image / hip it is about, keyed by the source
+    SOP Instance UID and the side (``None`` for the image itself)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, Side | None], ReportedGroup] = {}
+        self.image_order: list[str] = []
+        self.lines: dict[str, list[tuple[Side | None, tuple[Point, Point]]]] = {}
+
+    def record(self, uid: str, side: Side | None) -> ReportedGroup:
+        if uid not in self.image_order:
+            self.image_order.append(uid)
+        self.records.setdefault((uid, None), ReportedGroup("", "", uid, None))
+        key = (uid, side)
+        if key not in self.records:
+            self.records[key] = ReportedGroup("", "", uid, side)
+        return self.records[key]
+
+    def groups(self) -> list[ReportedGroup]:
+        out = []
+        for number, uid in enumerate(self.image_order, start=1):
+            image = self.records[(uid, None)]
+            image.label = f"Image {number}"
+            out.append(image)
+            for side in (Side.RIGHT, Side.LEFT):
+                hip = self.records.get((uid, side))
+                if hip is None:
+                    continue
+                hip.label = _side_label(number, side)
+                hip.view = hip.view or image.view
+                hip.algorithm_name = hip.algorithm_name or image.algorithm_name
+                hip.algorithm_version = hip.algorithm_version or image.algorithm_version
+                if hip.reference_line is None and hip.inclination:
+                    hip.reference_line = next(
+                        (line for s, line in self.lines.get(uid, []) if s in (None, side)), None
+                    )
+                out.append(hip)
+        return out
+
+    # -- measurement groups ------------------------------------------------------------------
+
+    def read_group(self, group: Dataset) -> None:
+        content = list(group.get("ContentSequence", []))
+        side = _group_side(content)
+        uid = _group_source(content)
+        if uid is None:
+            return
+        result = self.record(uid, side)
+        for item in content:
+            value_type = item.get("ValueType")
+            concept = _concept(item) if value_type else ("", "")
+            if value_type == "UIDREF" and concept == _TRACKING_UID:
+                result.tracking_uids.append(str(item.UID))
+                result.tracking_uid = result.tracking_uid or str(item.UID)
+            elif value_type == "TEXT" and concept == _TRACKING_IDENTIFIER:
+                result.tracking_identifiers.append(str(item.TextValue))
+            elif value_type == "TEXT" and concept == _ALGORITHM_NAME:
                 result.algorithm_name = str(item.TextValue)
-            elif concept == _ALGORITHM_VERSION:
+            elif value_type == "TEXT" and concept == _ALGORITHM_VERSION:
                 result.algorithm_version = str(item.TextValue)
-    return result
+            elif value_type == "NUM":
+                _read_num(result, concept, item)
+            elif value_type == "SCOORD":
+                self._read_region(result, uid, side, concept, item)
+            elif item.RelationshipType == "CONTAINS" and value_type in ("CODE", "TEXT"):
+                _read_finding(result, concept, item)  # SRs written before the evaluations moved
+
+    def _read_region(self, result: ReportedGroup, uid: str, side: Side | None, concept: tuple[str, str],
+                     item: Dataset) -> None:
+        graphic_type = str(item.GraphicType)
+        if concept == _key(codes.CUP_RIM) and graphic_type == "ELLIPSE":
+            result.cup_rim = ellipse_from_graphic_data(np.asarray(item.GraphicData, dtype=np.float64))
+        elif concept == _key(codes.CUP_RIM) and graphic_type == "POLYLINE":
+            result.cup_rim_outline = _outline(item)
+        elif concept == _key(codes.HIP_JOINT_REGION):
+            result.joint_outline = _outline(item)
+        elif concept == _key(codes.INCLINATION_REFERENCE_LINE):
+            a, b = _outline(item)[:2]
+            self.lines.setdefault(uid, []).append((side, (a, b)))
+
+    # -- qualitative evaluations ---------------------------------------------------------------
+
+    def read_evaluations(self, container: Dataset, name: str | None, version: str | None) -> None:
+        """``name`` and ``version``: the algorithm of the findings (the document's device)."""
+        for item in container.get("ContentSequence", []):
+            concept = _concept(item)
+            if item.RelationshipType != "CONTAINS":
+                continue
+            uid, side = _finding_context(item)
+            if uid is None:
+                continue
+            result = self.record(uid, side)
+            result.algorithm_name = result.algorithm_name or name
+            result.algorithm_version = result.algorithm_version or version
+            _read_finding(result, concept, item)
 
 
-def _read_code(result: ReportedGroup, concept: tuple[str, str], item: Dataset) -> None:
+def _group_side(content: Sequence[Dataset]) -> Side | None:
+    for item in content:
+        if item.get("ValueType") == "CODE" and _concept(item) == _FINDING_SITE:
+            for child in item.get("ContentSequence", []):
+                if child.get("ValueType") == "CODE" and _concept(child) == _key(codes.LATERALITY_CONCEPT):
+                    return _SIDE_BY_CODE.get(_code_value(child))
+    return None
+
+
+def _group_source(content: Sequence[Dataset]) -> str | None:
+    """The group's source: its IMAGE / COMPOSITE item, else the image an outline is drawn on."""
+    for item in content:
+        if item.get("ValueType") in ("IMAGE", "COMPOSITE") and item.RelationshipType == "CONTAINS":
+            return str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    for item in content:
+        if item.get("ValueType") == "SCOORD":
+            for child in item.get("ContentSequence", []):
+                if child.get("ValueType") == "IMAGE":
+                    return str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    return None
+
+
+def _finding_context(item: Dataset) -> tuple[str | None, Side | None]:
+    uid: str | None = None
+    side: Side | None = None
+    for child in item.get("ContentSequence", []):
+        value_type = child.get("ValueType")
+        if value_type in ("IMAGE", "COMPOSITE"):
+            uid = str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        elif value_type == "CODE" and _concept(child) == _key(codes.LATERALITY_CONCEPT):
+            side = _SIDE_BY_CODE.get(_code_value(child))
+    return uid, side
+
+
+def read_report(ds: Dataset) -> list[ReportedGroup]:
+    """Decode one of our SRs: one :class:`ReportedGroup` per image, then one per hip of it.
+
+    Reads the structure written since issue 14 (outlines in measurement groups, coded and text
+    findings in Qualitative Evaluations) and the one before it (everything in per-image and
+    per-hip measurement groups). Raises ``ValueError`` when ``ds`` is not a TID 1500
+    Measurement Report.
+    """
+    templates = {str(t.get("TemplateIdentifier", "")) for t in ds.get("ContentTemplateSequence", [])}
+    if ds.get("ValueType") != "CONTAINER" or "ConceptNameCodeSequence" not in ds or "1500" not in templates:
+        raise ValueError("Dataset is not a TID 1500 Measurement Report.")
+    reader = _Reader()
+    evaluations = []
+    for item in ds.get("ContentSequence", []):
+        if item.get("ValueType") != "CONTAINER":
+            continue
+        concept = _concept(item)
+        if concept == _IMAGING_MEASUREMENTS:
+            for group in item.get("ContentSequence", []):
+                if group.get("ValueType") == "CONTAINER" and _concept(group) == _MEASUREMENT_GROUP:
+                    reader.read_group(group)
+        elif concept == _key(codes.QUALITATIVE_EVALUATIONS):
+            evaluations.append(item)
+    # images are numbered in the order the evaluations name them (every image has at least
+    # "Image analysed" there), as the writer numbered them
+    order_from_groups = list(reader.image_order)
+    reader.image_order = []
+    name = next(
+        (str(i.TextValue) for i in ds.get("ContentSequence", [])
+         if i.get("ValueType") == "TEXT" and _concept(i) == _DEVICE_MODEL_NAME),
+        None,
+    )
+    versions = ds.get("SoftwareVersions")
+    version = None if not versions else str(versions if isinstance(versions, str) else versions[0])
+    for container in evaluations:
+        reader.read_evaluations(container, name, version)
+    reader.image_order += [u for u in order_from_groups if u not in reader.image_order]
+    return reader.groups()
+
+
+def _read_finding(result: ReportedGroup, concept: tuple[str, str], item: Dataset) -> None:
+    if item.ValueType == "TEXT":
+        if concept == _key(codes.COMMENT):
+            result.comments.append(str(item.TextValue))
+        elif concept == _key(codes.METADATA_MISMATCH):
+            result.metadata_mismatches.append(str(item.TextValue))
+        return
     value = _code_value(item)
     probability = _child_probability(item)
     if concept == _key(codes.IMAGE_VIEW):
@@ -788,41 +1051,39 @@ def _read_code(result: ReportedGroup, concept: tuple[str, str], item: Dataset) -
 
 
 def _read_num(result: ReportedGroup, concept: tuple[str, str], item: Dataset) -> None:
-    measurement = hd.sr.Measurement.from_sequence([item])
-    value = float(measurement.value)
-    method = measurement.method
-    method_meaning = str(method.meaning) if method is not None else None
+    value = _num_value(item)
+    children = list(item.get("ContentSequence", []))
+    method_meaning = next(
+        (str(c.ConceptCodeSequence[0].CodeMeaning) for c in children
+         if c.get("ValueType") == "CODE" and _concept(c) == _MEASUREMENT_METHOD),
+        None,
+    )
     if concept == _key(codes.CUP_INCLINATION):
         result.inclination.append(ReportedAngle(value, method_meaning))
-        for coords in measurement.referenced_coordinates:
-            data = np.asarray(coords.value, dtype=np.float64)
-            if _key(coords.name) == _key(codes.CUP_RIM):
-                result.cup_rim = ellipse_from_graphic_data(data)
-            elif _key(coords.name) == _key(codes.INCLINATION_REFERENCE_LINE):
-                (x0, y0), (x1, y1) = data[:2] - PIXEL_ORIGIN_SHIFT
-                result.reference_line = (Point(float(x0), float(y0)), Point(float(x1), float(y1)))
     elif concept == _key(codes.CUP_ANTEVERSION):
         result.anteversion.append(ReportedAngle(value, method_meaning))
-        if result.cup_rim is None:
-            for coords in measurement.referenced_coordinates:
-                if _key(coords.name) == _key(codes.CUP_RIM):
-                    result.cup_rim = ellipse_from_graphic_data(np.asarray(coords.value, dtype=np.float64))
     elif concept == _key(codes.LATERAL_CENTRE_EDGE_ANGLE):
         result.lateral_centre_edge_deg = value
     elif concept == _key(codes.TONNIS_ANGLE):
         result.tonnis_deg = value
     elif concept == _key(codes.ELLIPSE_FIT_QUALITY):
         result.fit_quality = value
-    elif concept in (_key(codes.CHANGE_IN_INCLINATION), _key(codes.CHANGE_IN_ANTEVERSION)):
-        if concept == _key(codes.CHANGE_IN_INCLINATION):
-            result.change_in_inclination_deg = value
-        else:
-            result.change_in_anteversion_deg = value
-        for child in item.get("ContentSequence", []):
-            if _concept(child) == _key(codes.STUDY_DATE):
-                result.prior_study_date = str(child.Date)
-            elif _concept(child) == _key(codes.STUDY_INSTANCE_UID):
-                result.prior_study_instance_uid = str(child.UID)
+    elif concept == _key(codes.CHANGE_IN_INCLINATION):
+        result.change_in_inclination_deg = value
+    elif concept == _key(codes.CHANGE_IN_ANTEVERSION):
+        result.change_in_anteversion_deg = value
+    for child in children:  # SRs before issue 14 hung the outlines under each angle
+        child_type = child.get("ValueType")
+        child_concept = _concept(child) if child_type else ("", "")
+        if child_type == "SCOORD" and child_concept == _key(codes.CUP_RIM) and result.cup_rim is None:
+            result.cup_rim = ellipse_from_graphic_data(np.asarray(child.GraphicData, dtype=np.float64))
+        elif child_type == "SCOORD" and child_concept == _key(codes.INCLINATION_REFERENCE_LINE):
+            a, b = _outline(child)[:2]
+            result.reference_line = (a, b)
+        elif child_concept == _key(codes.STUDY_DATE):
+            result.prior_study_date = str(child.Date)
+        elif child_concept == _key(codes.STUDY_INSTANCE_UID):
+            result.prior_study_instance_uid = str(child.UID)
 
 
 def predecessor_uids(ds: Dataset) -> list[str]:
