@@ -4,7 +4,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
-APT_PACKAGES := dcmtk orthanc dicom3tools postgresql
+APT_PACKAGES := dcmtk orthanc dicom3tools postgresql libpixelmed-java default-jre-headless
 
 export HF_HUB_OFFLINE := 1
 export YOLO_OFFLINE := 1
@@ -36,6 +36,8 @@ sysdeps:
 	command -v /usr/sbin/Orthanc >/dev/null || missing="$$missing orthanc"; \
 	command -v /usr/bin/dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -f /usr/share/java/pixelmed.jar || missing="$$missing libpixelmed-java"; \
+	command -v /usr/bin/java >/dev/null || missing="$$missing default-jre-headless"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
