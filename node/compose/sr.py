@@ -3,27 +3,33 @@
 Shape of the document (``docs/results.md`` describes it for radiologists and PACS admins)::
 
     Imaging Measurement Report (TID 1500)
-      language, observer = the hipnode device, procedure = Plain radiography
-      Imaging Measurements
-        Measurement Group "Image 1"                 one per source image
-          Image View = AP pelvis (+ Probability)
-          Image analysed = Yes | No, Reason image not analysed = …, Comment = …
-          Metadata mismatch = …                      (TEXT, one per mismatch)
-        Measurement Group "Image 1 right hip"       one per image × hip side
-          Finding Site = Hip joint, Laterality = Right
-          Image View, Hip arthroplasty = Yes | No (+ Probability)
-          Acetabular cup inclination  NUM deg  (method, SCOORD ellipse + reference POLYLINE)
-          Acetabular cup anteversion  NUM deg  (method, SCOORD ellipse)
-          Ischial spine sign / Cam deformity / Hip dysplasia / Other hip abnormality
-                                     = Present | Absent (+ Probability)
-          Lateral centre-edge angle, Tonnis angle  NUM deg        (when measured)
-          Change in cup inclination / anteversion since prior  NUM deg
-                                     (prior value, its study date and study UID)
-          Comment = why a value is missing or flagged
+      language, observer = the hipnode device, procedure = Imaging procedure (CID 100)
+      Imaging Measurements                       only groups with something to draw
+        Measurement Group "Image 1 right hip: acetabular cup"
+          Finding Site = Hip joint, Laterality = Right; Source = the image
+          Acetabular cup inclination / anteversion  NUM deg (method), Liaw anteversion,
+          fit quality, change since prior (prior value, its study date and study UID)
+          SCOORD POLYLINE (closed) + SCOORD ELLIPSE "Acetabular cup rim"
+        Measurement Group "Image 1 right hip: hip joint"
+          LCE, Tonnis  NUM deg (when measured); SCOORD POLYLINE "Hip joint region"
+        Measurement Group "Image 1: inter-teardrop line (inclination reference, …)"
+          SCOORD POLYLINE "Inclination reference line"     once per image and line
+      Qualitative Evaluations                    every finding without geometry
+        Image View = AP pelvis (+ Probability), Image analysed = Yes | No,
+        Reason image not analysed, Comment, Metadata mismatch      (+ Source = the image)
+        Hip arthroplasty = Yes | No, Ischial spine sign / Cam deformity / Hip dysplasia /
+        Other hip abnormality = Present | Absent (+ Probability), Comment
+                                                   (+ Laterality, + Source = the image)
+
+Why this shape (issue 14): a TID 1500 consumer such as OHIF turns every measurement group into
+one drawn annotation — it draws the group's first SCOORD, labels it with the group's NUMs and
+fails on a group without a SCOORD — and TID 1501 has no row for coded or text findings, which
+TID 1500 puts in Qualitative Evaluations. PixelMed's template validator checks the result
+(``tests/test_sr_template.py``, ``docs/sr-validator-warnings.md``).
 
 Why Comprehensive SR (not Comprehensive 3D / Enhanced): it carries 2D SCOORDs on the source
-image (an ellipse and a polyline — what a viewer needs to draw the cup rim and reference line),
-validates with dciodvfy, and is the SR class PACS viewers most widely render.
+image (polylines and an ellipse — what a viewer needs to draw the cup rim, joint and reference
+line), validates with dciodvfy, and is the SR class PACS viewers most widely render.
 
 Image coordinates: ``node.domain`` puts the origin at the *centre* of the top-left pixel; DICOM
 SCOORD puts it at the top-left *corner* of that pixel (PS3.3 C.18.6.1.2), so points are shifted
@@ -584,22 +590,21 @@ def _reference_line_groups(
     """Each inclination reference line once per image, in its own group so that a viewer draws
     it (OHIF draws one SCOORD per group). The inclinations measured against it name it by their
     Measurement Method; when a line serves one side only, the group's finding site says which."""
-    served: dict[tuple[Point, Point], list[HipFindings]] = {}
+    served: dict[tuple[Point, Point], list[tuple[Side, str]]] = {}
     for hip in hips:
         cup = hip.cup
         if cup is not None and cup.inclination_deg is not None and cup.reference_line is not None:
-            served.setdefault(cup.reference_line, []).append(hip)
+            served.setdefault(cup.reference_line, []).append((hip.side, cup.inclination_reference.strip()))
     out = []
     for line, users in served.items():
-        assert users[0].cup is not None
-        name = users[0].cup.inclination_reference.strip()
-        sides = " and ".join(_SIDE_WORD[h.side] for h in users)
-        label = f"Image {number}: {name} (inclination reference, {sides} cup{'s' if len(users) > 1 else ''})"
+        sides = [side for side, _ in users]
+        words = " and ".join(_SIDE_WORD[side] for side in sides)
+        label = f"Image {number}: {users[0][1]} (inclination reference, {words} cup{'s' if len(sides) > 1 else ''})"
+        region = _region(codes.INCLINATION_REFERENCE_LINE, hd.sr.GraphicTypeValues.POLYLINE,
+                         _points([line[0], line[1]]), source)
         out.append(
-            _group(label, (str(source.SOPInstanceUID), "reference line", *(h.side.value for h in users)),
-                   algorithm, source, side=users[0].side if len(users) == 1 else None,
-                   regions=[_region(codes.INCLINATION_REFERENCE_LINE, hd.sr.GraphicTypeValues.POLYLINE,
-                                    _points([line[0], line[1]]), source)])
+            _group(label, (str(source.SOPInstanceUID), "reference line", *(side.value for side in sides)),
+                   algorithm, source, side=sides[0] if len(sides) == 1 else None, regions=[region])
         )
     return out
 
