@@ -173,11 +173,7 @@ WIRE_RING_MIN_COVERAGE = 0.35
 WIRE_RING_MIN_SYMMETRY = 0.5
 WIRE_ARC_MIN_RUN_DEG = 120.0
 WIRE_ARC_MAX_SYMMETRY = 0.3
-WIRE_MIN_BOX_IOU = 0.85
-WIRE_LINE_RANSAC_ITERS = 300
-WIRE_EDGE_ON_MINOR_PX = 0.5  # image pixels: a ring seen edge-on, its true minor axis below the blur
-# an edge-on ring lies across the cup's opening direction: more across it than along it
-WIRE_EDGE_ON_MAX_ALONG_OPENING = math.cos(math.radians(45.0))  # rings 0.91–0.99 on phantoms; an arc taken for a rounder ring 0.71
+WIRE_MIN_BOX_IOU = 0.85  # rings 0.91–0.99 on phantoms; an arc taken for a rounder ring 0.71
 
 
 @dataclass(frozen=True)
@@ -1235,7 +1231,6 @@ class WireFit:
     symmetry: float
     longest_run_deg: float
     rms_px: float
-    edge_on: bool = False  # a ring seen (nearly) edge-on: one straight bar, its width unresolved
 
 
 def _ridge_points(
@@ -1367,10 +1362,6 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     if n_pts < 20:
         return None
     centre = np.array([(0.5 * (cup_box.x0 + cup_box.x1) - ox) / sx, (0.5 * (cup_box.y0 + cup_box.y1) - oy) / sy])
-
-    def bar() -> WireFit | None:
-        return _edge_on_ring(pts, nrm, centre, size, (sx, sy, ox, oy), np.random.default_rng(seed))
-
     q = (pts - centre) / size  # normalised: the conics' coefficients stay well scaled
     rng = np.random.default_rng(seed)
     c, ok, x0, y0, a = _conics_through(q[rng.integers(0, n_pts, (WIRE_RANSAC_ITERS, 5))])
@@ -1378,7 +1369,7 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     ok &= (np.hypot(x0, y0) <= WIRE_MAX_OFFSET_SHARE) & (a >= lo) & (a <= hi)
     c = c[ok]
     if len(c) == 0:
-        return bar()
+        return None
     tol = WIRE_TOL_PX
     # hypotheses are ranked on a fixed subsample of the points (as the dome's circles are)
     sub = np.sort(rng.choice(n_pts, size=WIRE_SCORE_POINTS, replace=False)) if n_pts > WIRE_SCORE_POINTS \
@@ -1394,7 +1385,7 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     inl = (np.abs(val) < np.float32(tol / size) * g) & along
     best = int(np.argmax(inl.sum(axis=1)))
     if int(inl[best].sum()) < 12 * len(sub) / n_pts:
-        return bar()
+        return None
     cb = c[best]
     e0 = conic_to_ellipse(np.array([[cb[0], cb[1] / 2, cb[3] / 2], [cb[1] / 2, cb[2], cb[4] / 2],
                                     [cb[3] / 2, cb[4] / 2, cb[5]]]))
@@ -1402,18 +1393,18 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
                        e0.semi_minor * size, math.radians(e0.angle_deg)])
     on = pts[sub][inl[best]]
     if _bin_coverage(e0, (on - centre) / size) < WIRE_MIN_COVERAGE_TO_REFINE:
-        return bar()  # neither a ring nor an arc: not worth the orthogonal fit
+        return None  # neither a ring nor an arc: not worth the orthogonal fit
     for _ in range(2):
         params = fit_ellipse_geometric(on, params, (params[0], params[1], params[2]), 0.0, tol)
         on = pts[np.abs(ellipse_distance(pts, *params)) < tol]
         if len(on) < 12:
-            return bar()
+            return None
     cx, cy, ea, eb, th = (float(v) for v in params)
     ea, eb = abs(ea), abs(eb)
     if eb > ea:
         ea, eb, th = eb, ea, th + math.pi / 2
     if not lo * size <= ea <= hi * size:
-        return bar()
+        return None
     bins = _angle_bins(on, cx, cy, ea, eb, th)
     coverage = float(bins.mean())
     symmetry = float((bins & np.roll(bins, 36)).sum()) / max(int(bins.sum()), 1)
@@ -1430,69 +1421,7 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
         return WireFit("ring", ell, on_img, coverage, symmetry, longest_deg, rms * sx)
     if longest_deg >= WIRE_ARC_MIN_RUN_DEG and symmetry <= WIRE_ARC_MAX_SYMMETRY:
         return WireFit("arc", ell, on_img, coverage, symmetry, longest_deg, rms * sx)
-    return bar()
-
-
-def _edge_on_ring(
-    pts: FloatArray, nrm: FloatArray, centre: FloatArray, size: float,
-    to_image: tuple[float, float, int, int], rng: np.random.Generator,
-) -> WireFit | None:
-    """A marker ring seen (nearly) edge-on: its two halves merge into one straight bright bar
-    through the box centre, as long as the opening is wide, that no conic fit can take (five
-    points on a line are no ellipse). Working-scale points in; the ring's ellipse in image
-    pixels out, with ``WIRE_EDGE_ON_MINOR_PX`` as its unresolved semi-minor axis (the bar is
-    no wider than a wire, so the true one is below the blur: 0–2 px, anteversion within ~3° of
-    edge-on to the beam).
-
-    A bar is a ring only when it is straight (RANSAC line, the ridge running along it), the
-    opening's length (``WIRE_SEMI_MAJOR_SHARE``), centred in the box, and seen at both ends and
-    symmetrically about its middle (a head in the middle hides both halves alike). Which way
-    it lies against the cup's opening is checked by the caller (``_wire_fit``)."""
-    n_pts = len(pts)
-    if n_pts < 12:
-        return None
-    tol = WIRE_TOL_PX
-    best: NDArray[np.bool_] | None = None
-    for _ in range(WIRE_LINE_RANSAC_ITERS):
-        i, j = rng.integers(0, n_pts, 2)
-        d = pts[j] - pts[i]
-        length = float(np.hypot(d[0], d[1]))
-        if length < 0.2 * size:
-            continue
-        across = np.array([-d[1], d[0]]) / length
-        inl = (np.abs((pts - pts[i]) @ across) < tol) & (np.abs(nrm @ across) > 0.8)
-        if best is None or int(inl.sum()) > int(best.sum()):
-            best = inl
-    if best is None or int(best.sum()) < 12:
-        return None
-    m = pts[best].mean(axis=0)
-    _, _, vt = np.linalg.svd(pts[best] - m)
-    u, across = vt[0], vt[1]
-    dist = np.abs((pts - m) @ across)
-    inl = (dist < tol) & (np.abs(nrm @ across) > 0.8)
-    if int(inl.sum()) < 12:
-        return None
-    t = (pts[inl] - m) @ u
-    t0, t1 = float(t.min()), float(t.max())
-    a = 0.5 * (t1 - t0)
-    mid = m + u * 0.5 * (t0 + t1)
-    lo, hi = WIRE_SEMI_MAJOR_SHARE
-    if not lo * size <= a <= hi * size or float(np.hypot(*(mid - centre))) > WIRE_MAX_OFFSET_SHARE * size:
-        return None
-    nb = 20
-    bins = np.zeros(nb, dtype=bool)
-    bins[np.clip(np.floor((t - t0) / max(2.0 * a, 1e-6) * nb), 0, nb - 1).astype(int)] = True
-    coverage = float(bins.mean())
-    symmetry = float((bins & bins[::-1]).sum()) / max(int(bins.sum()), 1)
-    if coverage < WIRE_RING_MIN_COVERAGE or symmetry < WIRE_RING_MIN_SYMMETRY or not (bins[:3].any() and bins[-3:].any()):
-        return None
-    sx, sy, ox, oy = to_image
-    rms = float(np.sqrt(np.mean(dist[inl] ** 2)))
-    ell = _scale_ellipse(Ellipse(float(mid[0]), float(mid[1]), a, WIRE_EDGE_ON_MINOR_PX / sx,
-                                 math.degrees(math.atan2(u[1], u[0])) % 180.0), sx, sy, ox, oy)
-    on = pts[inl]
-    on_img = np.column_stack([(on[:, 0] + 0.5) * sx - 0.5 + ox, (on[:, 1] + 0.5) * sy - 0.5 + oy])
-    return WireFit("ring", ell, on_img, coverage, symmetry, 360.0 * coverage, rms * sx, edge_on=True)
+    return None
 
 
 def _angle_bins(p: FloatArray, cx: float, cy: float, a: float, b: float, th: float) -> NDArray[np.bool_]:
@@ -1738,35 +1667,8 @@ def _measure_cup(
         # bone-like cement mantle, and its rim does not show.
         wire = find_marker_wire(image, cup_box)
         wire_fit = None if wire is None else _wire_fit(wire, hint, cup_box)
-        if wire_fit is not None and wire is not None and not wire.edge_on:
+        if wire_fit is not None:
             return _measure_fit(wire_fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
-        # A straight bar is a weaker sign than a ring's ellipse (a metal-backed cup can show one
-        # too): an edge-on ring is read only where the shell's outline gives no answer.
-        bar_fit = wire_fit
-    else:
-        bar_fit = None
-    m = _measure_outline(image, cup_box, side, view, ref, flagged, pixel_spacing_mm, stem_boxes, geometry, camera,
-                         hint)
-    if m.refusal_reason is not None and bar_fit is not None:
-        return _measure_fit(bar_fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
-    return m
-
-
-def _measure_outline(
-    image: NDArray[np.float32],
-    cup_box: Box,
-    side: Side,
-    view: View,
-    ref: ReferenceLine,
-    flagged: bool,
-    pixel_spacing_mm: float | None,
-    stem_boxes: Sequence[Box],
-    geometry: ProjectionGeometry | None,
-    camera: tuple[float, Point] | None,
-    hint: tuple[float, float] | None,
-) -> CupMeasurement:
-    """The cup's angles from the shell's outline (dome circle and rim ellipse), with the retry
-    for rims flatter than a head; see ``measure_cup``."""
     fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera)
     m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     suspect = m.anteversion_deg is not None and m.anteversion_deg > SUSPECT_ANTEVERSION_DEG
@@ -1801,17 +1703,12 @@ def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | No
             "the cup's marker wire is an arc over the dome: it does not mark the opening, and the "
             "rim of an all-polyethylene cup does not show"))
     th = math.radians(e.angle_deg)
-    if wire.edge_on:
-        h = np.asarray(hint, dtype=np.float64) / max(float(np.hypot(*hint)), 1e-12)
-        if abs(math.cos(th) * h[0] + math.sin(th) * h[1]) > WIRE_EDGE_ON_MAX_ALONG_OPENING:
-            return None  # a bar along the opening direction is no ring's rim (a meridian wire, a pin)
     v = np.array([-math.sin(th), math.cos(th)])
     if v @ np.asarray(hint) < 0:
         v = -v
     opening = (float(v[0]), float(v[1]))
     iou = _silhouette_iou(e, opening, e.semi_major, box)
-    # the stricter bar keeps an arc from passing for a rounder ring; a straight bar is no arc
-    if iou < (MIN_BOX_IOU if wire.edge_on else WIRE_MIN_BOX_IOU):
+    if iou < WIRE_MIN_BOX_IOU:
         return None
     quality = float(math.exp(-wire.rms_px / 2.0) * min(1.0, wire.coverage / 0.5))
     return CupFit(e, opening, rim_points=wire.points, rim_rms_px=wire.rms_px, rim_coverage=wire.coverage,
