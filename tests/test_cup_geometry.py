@@ -308,3 +308,37 @@ def test_fit_reports_rim_points_on_the_open_side() -> None:
     # right hip: opens to the image left and down
     assert fit.opening_dir[0] < 0 and fit.opening_dir[1] > 0
     assert len(fit.rim_points) > 20 and fit.rim_rms_px < 1.0
+
+
+def test_a_marker_ring_inside_its_cement_mantle_matches_the_mantle_s_box() -> None:
+    """The ring wire lies ~1 mm inside the polyethylene and the cement mantle (2–4 mm) is what
+    the detector boxes: the ring's hemisphere is checked against the box at the mantle's size
+    too, while a box far larger than any mantle still refuses the ring."""
+    import math
+
+    import numpy as np
+
+    from node.analyse.cup import WireFit, _wire_fit
+    from node.domain import Box, Ellipse
+
+    ring = Ellipse(100.0, 100.0, 30.0, 10.0, 135.0)  # a left hip's opening, seen at ~20° anteversion
+    wire = WireFit("ring", ring, np.zeros((0, 2)), 0.7, 0.9, 200.0, 0.3)
+
+    def hemisphere_box(radius: float) -> Box:
+        u = np.array([1.0, 1.0]) / math.sqrt(2.0)  # opens laterally and inferiorly
+        t = np.radians(np.linspace(0.0, 360.0, 721))
+        dome = np.column_stack([100 + radius * np.cos(t), 100 + radius * np.sin(t)])
+        dome = dome[(dome - 100.0) @ u <= 0]
+        k = radius / ring.semi_major
+        th = math.radians(ring.angle_deg)
+        rim = np.column_stack([
+            100 + k * (ring.semi_major * np.cos(t) * math.cos(th) - ring.semi_minor * np.sin(t) * math.sin(th)),
+            100 + k * (ring.semi_major * np.cos(t) * math.sin(th) + ring.semi_minor * np.sin(t) * math.cos(th)),
+        ])
+        rim = rim[(rim - 100.0) @ u >= 0]
+        pts = np.concatenate([dome, rim])
+        return Box(*pts.min(axis=0), *pts.max(axis=0), "cup", 0.9)
+
+    assert _wire_fit(wire, (1.0, 1.0), hemisphere_box(30.0)) is not None  # box of the ring itself
+    assert _wire_fit(wire, (1.0, 1.0), hemisphere_box(34.5)) is not None  # mantle 15 % out: read
+    assert _wire_fit(wire, (1.0, 1.0), hemisphere_box(45.0)) is None  # 50 % larger: not this cup's ring

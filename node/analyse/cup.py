@@ -174,6 +174,7 @@ WIRE_RING_MIN_SYMMETRY = 0.5
 WIRE_ARC_MIN_RUN_DEG = 120.0
 WIRE_ARC_MAX_SYMMETRY = 0.3
 WIRE_MIN_BOX_IOU = 0.85  # rings 0.91–0.99 on phantoms; an arc taken for a rounder ring 0.71
+WIRE_MANTLE_SCALES = (1.0, 1.05, 1.1, 1.15, 1.2)  # cup outline (with its mantle) over the ring
 
 
 @dataclass(frozen=True)
@@ -1154,6 +1155,10 @@ def _outside_box(e: Ellipse, box: Box) -> float:
     return out / max(box.width, box.height)
 
 
+def _scale_about_centre(e: Ellipse, k: float) -> Ellipse:
+    return Ellipse(e.cx, e.cy, e.semi_major * k, e.semi_minor * k, e.angle_deg)
+
+
 def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box) -> float:
     """IoU of the box around the modelled shell silhouette (dome half-circle of radius R plus
     the open half of the rim ellipse) with the detector's cup box, in image pixels."""
@@ -1707,7 +1712,10 @@ def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | No
     if v @ np.asarray(hint) < 0:
         v = -v
     opening = (float(v[0]), float(v[1]))
-    iou = _silhouette_iou(e, opening, e.semi_major, box)
+    # The ring lies inside the polyethylene (about a millimetre in) and the cement mantle (2–4 mm)
+    # surrounds it, so the silhouette the box bounds is that of a hemisphere up to ~20 % larger
+    # than the ring: the best of those sizes is compared.
+    iou = max(_silhouette_iou(_scale_about_centre(e, k), opening, e.semi_major * k, box) for k in WIRE_MANTLE_SCALES)
     if iou < WIRE_MIN_BOX_IOU:
         return None
     quality = float(math.exp(-wire.rms_px / 2.0) * min(1.0, wire.coverage / 0.5))
