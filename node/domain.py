@@ -185,6 +185,10 @@ class HipFindings:
     morphology: list[MorphologyFlag] = field(default_factory=list)
     lateral_centre_edge_deg: float | None = None
     tonnis_deg: float | None = None
+    # the geometry LCE / Tönnis were measured on (image pixels), for viewers to draw: the femoral
+    # head circle (centre, radius) and the sourcil's medial and lateral ends
+    femoral_head: tuple[Point, float] | None = None
+    sourcil: tuple[Point, Point] | None = None
     morphology_refusal: str | None = None  # e.g. "hardware in joint region"
     # what the SR must say beside the values: uncertainty and why, what was not assessed and
     # why, a flag that disagrees with a measurement (one line each, in the SR as Comments)

@@ -621,6 +621,10 @@ def analyse_hips(
             dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)
             hip.lateral_centre_edge_deg = dys.lce_deg
             hip.tonnis_deg = dys.tonnis_deg
+            if dys.head_centre is not None and dys.head_radius_px is not None:
+                hip.femoral_head = (dys.head_centre, float(dys.head_radius_px))
+            if dys.sourcil_medial is not None and dys.sourcil_lateral is not None:
+                hip.sourcil = (dys.sourcil_medial, dys.sourcil_lateral)
         if side in morph_by_side:
             crop, pred = morph_by_side[side]
             hip.morphology = pred.flags
