@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from node.domain import MORPHOLOGY_FLAGS
-from node.metrics import (
+from node.evalstats import (
     FlagReport,
     angle_agreement,
     cohen_kappa,

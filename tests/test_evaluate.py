@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from node.evalstats import auroc, cohen_kappa, gwet_ac1
 from node.evaluate import add_arguments, main
-from node.metrics import auroc, cohen_kappa, gwet_ac1
 
 
 def _write(path: Path, header: list[str], rows: list[list[object]]) -> None:

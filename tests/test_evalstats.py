@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from node.metrics import (
+from node.evalstats import (
     FlagReport,
     agreement_table,
     angle_agreement,

@@ -1,4 +1,6 @@
-"""Evaluation metrics: the morphology paper's Table 1, rater agreement, angle agreement.
+"""Evaluation statistics: the morphology paper's Table 1, rater agreement, angle agreement.
+
+Named apart from the node's Prometheus metrics (``node.observe``) so the two are never confused.
 
 Pure numpy, no scikit-learn at run time (it is a test/train extra): the definitions are short
 and writing them out keeps the edge cases explicit — a metric whose denominator is zero is
