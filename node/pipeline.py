@@ -560,7 +560,7 @@ def analyse_hips(
     metal_cups: dict[Side, Box] = {}
     for side in triage.imaged_sides:
         evidence = (
-            arthroplasty_evidence(metal, side_of, side, joints.get(side))
+            arthroplasty_evidence(metal, side_of, side, joints.get(side), ap_view=ap_view)
             if metal is not None and metal.reliable
             else None
         )

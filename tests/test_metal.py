@@ -394,3 +394,18 @@ def test_arthroplasty_parts_must_reach_their_joint() -> None:
     assert arthroplasty_evidence(at_joint, half, Side.RIGHT, joint) >= 0.9
     assert 0.0 < arthroplasty_evidence(far, half, Side.RIGHT, joint) < 0.5
     assert arthroplasty_evidence(far, half, Side.RIGHT) >= 0.9
+
+
+def test_on_an_ap_view_a_stem_above_its_joint_is_not_an_arthroplasty() -> None:
+    """A stem goes down the femur: on an AP a "stem" whose centre lies well above the hip joint's
+    centre (the sacrum on a phantom) is metal of no recognised shape; below the joint, or on a
+    lateral view (where the femur may lie across the film), it counts in full."""
+    half = _image_half(1000)
+    stem = _ev(_obj("stem", "stem", 100))  # box 100-150 x 100-150, centre y 125
+    below = Box(90, 40, 170, 120, "hip_joint_right", 0.9)  # centre y 80: the stem is below it
+    above = Box(90, 130, 170, 210, "hip_joint_right", 0.9)  # centre y 170: the stem 45 px above
+    assert arthroplasty_evidence(stem, half, Side.RIGHT, below, ap_view=True) >= 0.9
+    assert 0.0 < arthroplasty_evidence(stem, half, Side.RIGHT, above, ap_view=True) < 0.5
+    assert arthroplasty_evidence(stem, half, Side.RIGHT, above, ap_view=False) >= 0.9
+    cup = _ev(_obj("cup", "cup", 100))  # a cup sits in the joint: the rule is for stems only
+    assert arthroplasty_evidence(cup, half, Side.RIGHT, above, ap_view=True) >= 0.9
