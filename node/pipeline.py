@@ -59,7 +59,7 @@ from node.infer.fusion import (
     joint_candidates_for_ap_pelvis,
 )
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
-from node.infer.triage import TriageModel, TriageResult
+from node.infer.triage import TriageModel, TriageResult, confirm_uncertain_view
 from node.pixels import (
     Radiograph,
     float_tag,
@@ -237,7 +237,9 @@ class Pipeline:
         triage: list[TriageResult | None] = (
             list(self.models.triage.predict(images)) if self.models.triage else [None] * len(images)
         )
-        hip_idx = [i for i, t in enumerate(triage) if t is None or t.view is not View.OTHER]
+        # an image whose view the triage head was unsure of is looked at too: a confident hip
+        # joint confirms the view it leaned to (``confirm_uncertain_view``)
+        hip_idx = [i for i, t in enumerate(triage) if t is None or t.view is not View.OTHER or t.leaned is not None]
         detections: dict[int, tuple[list[Box], list[Box]]] = {}
         if self.models.detector is not None and hip_idx:
             found = self.models.detector.detect_with_candidates([images[i] for i in hip_idx])
@@ -246,7 +248,14 @@ class Pipeline:
             assert src.radiograph is not None
             t = triage[i]
             boxes, candidates = detections.get(i, ([], []))
+            view_note = None
+            if t is not None:
+                t, view_note = confirm_uncertain_view(t, boxes)
+                if t.view is View.OTHER:
+                    boxes, candidates = [], []
             src.findings = self._analyse_image(src, src.radiograph, t, boxes, candidates)
+            if view_note:
+                src.findings.notes.append(view_note)
 
     def _analyse_image(
         self,

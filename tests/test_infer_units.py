@@ -338,3 +338,25 @@ def test_the_zoomed_out_look_maps_hip_boxes_back_and_drops_the_padding() -> None
     ]
     out = _unpad(found, image.shape, 0.25)
     assert [(b.label, b.x0, b.y0, b.x1, b.y1) for b in out] == [("hip_joint_right", 50.0, 35.0, 80.0, 65.0)]
+
+
+def test_an_uncertain_hip_view_is_confirmed_only_by_a_confident_hip_joint() -> None:
+    import numpy as np
+
+    from node.domain import Box, Side, View
+    from node.infer.triage import confirm_uncertain_view, decode_triage
+
+    view = np.array([[0.01, 0.56, 0.0, 0.01, 0.42], [0.01, 0.9, 0.0, 0.04, 0.05]])
+    side = np.array([[0.2, 0.8], [0.7, 0.3]])
+    implant = np.array([[0.1, 0.9], [0.1, 0.1]])
+    unsure, sure = decode_triage(view, side, implant, min_view_probability=0.6)
+    assert unsure.view is View.OTHER and unsure.uncertain_view is View.AP_HIP and unsure.imaged_sides == ()
+    assert unsure.leaned is not None and unsure.leaned.imaged_sides == (Side.LEFT,)
+    weak = [Box(0, 0, 10, 10, "hip_joint_left", 0.3), Box(0, 0, 10, 10, "cup", 0.9)]
+    strong = [Box(0, 0, 10, 10, "hip_joint_left", 0.77)]
+    assert confirm_uncertain_view(unsure, weak) == (unsure, None)
+    confirmed, note = confirm_uncertain_view(unsure, strong)
+    assert confirmed.view is View.AP_HIP and confirmed.imaged_sides == (Side.LEFT,)
+    assert confirmed.implant_probability == {Side.LEFT: 0.9}
+    assert note is not None and "p=0.56" in note and "0.77" in note
+    assert confirm_uncertain_view(sure, strong) == (sure, None)  # a sure view is left as it is

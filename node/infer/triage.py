@@ -16,13 +16,13 @@ records disagreements); seed 004 found such metadata too unreliable to route on.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from node.config import ModelsConfig
-from node.domain import Side, View
+from node.domain import JOINT_LABELS, Box, Side, View
 from node.infer.manifest import ManifestError
 from node.infer.preprocess import batched, make_batch
 from node.infer.session import ModelSession, load_model
@@ -45,6 +45,9 @@ class TriageResult:
     # set when the most likely view was below the minimum view probability and the image is
     # therefore treated as "other" (open-set rejection): the view the model leaned to
     uncertain_view: View | None = None
+    # with ``uncertain_view``: the result as it would read had that view been accepted (sides,
+    # implant probabilities), for ``confirm_uncertain_view``
+    leaned: TriageResult | None = None
 
     def implant_present(self, side: Side) -> bool | None:
         p = self.implant_probability.get(side)
@@ -75,7 +78,7 @@ def decode_triage(
         v = TRIAGE_VIEWS[k]
         uncertain: View | None = None
         if v is not View.OTHER and float(view[i, k]) < min_view_probability:
-            v, uncertain = View.OTHER, v
+            uncertain = v
         side_p: float | None = None
         if v is View.AP_PELVIS:
             sides: tuple[Side, ...] = TRIAGE_SIDES
@@ -85,19 +88,47 @@ def decode_triage(
             side_p = float(side[i, j])
         else:
             sides = ()
-        results.append(
-            TriageResult(
-                view=v,
-                view_probability=float(view[i, k]),
-                view_probabilities={tv: float(view[i, t]) for t, tv in enumerate(TRIAGE_VIEWS)},
-                imaged_sides=sides,
-                side_probability=side_p,
-                implant_probability={s: float(implant[i, TRIAGE_SIDES.index(s)]) for s in sides},
-                implant_threshold=implant_threshold,
-                uncertain_view=uncertain,
-            )
+        result = TriageResult(
+            view=v,
+            view_probability=float(view[i, k]),
+            view_probabilities={tv: float(view[i, t]) for t, tv in enumerate(TRIAGE_VIEWS)},
+            imaged_sides=sides,
+            side_probability=side_p,
+            implant_probability={s: float(implant[i, TRIAGE_SIDES.index(s)]) for s in sides},
+            implant_threshold=implant_threshold,
         )
+        if uncertain is not None:
+            result = replace(result, view=View.OTHER, imaged_sides=(), side_probability=None,
+                             implant_probability={}, uncertain_view=uncertain, leaned=result)
+        results.append(result)
     return results
+
+
+#: A hip-joint box at least this confident confirms a hip view the triage head was unsure of.
+#: On phantoms where no hip is in view the best hip-joint box stayed below 0.2 (see
+#: ``node.infer.detector.JOINT_CANDIDATE_FLOOR``).
+VIEW_CONFIRM_JOINT_SCORE = 0.5
+
+
+def confirm_uncertain_view(triage: TriageResult, boxes: Sequence[Box]) -> tuple[TriageResult, str | None]:
+    """The view the triage head leaned to, when the detector confirms a hip is in the image.
+
+    Open-set rejection (``min_view_probability``) screens out a radiograph whose view the
+    softmax is unsure of: right for a chest or a knee, wrong for a hip radiograph that merely
+    looks unlike the training images (a child, an unusual projection), which then gets no report
+    at all. A second model that finds a hip joint with confidence is independent evidence that
+    the image is a hip radiograph; the leaned-to view is then analysed, with a note that says
+    so (and the image-level low-confidence flag, which the low view probability raises anyway).
+    """
+    if triage.view is not View.OTHER or triage.leaned is None:
+        return triage, None
+    joint = max((b for b in boxes if b.label in JOINT_LABELS), key=lambda b: b.score, default=None)
+    if joint is None or joint.score < VIEW_CONFIRM_JOINT_SCORE:
+        return triage, None
+    leaned = triage.leaned
+    note = (f"View uncertain ({leaned.view.value.replace('_', ' ')} at p={leaned.view_probability:.2f}): "
+            f"analysed as such because the detector found a hip joint (score {joint.score:.2f})")
+    return leaned, note
 
 
 class TriageModel:

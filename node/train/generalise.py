@@ -35,7 +35,7 @@ from node.analyse.cup import ProjectionGeometry
 from node.domain import Box, Side, View
 from node.infer.detector import DetectorModel
 from node.infer.nms import box_iou
-from node.infer.triage import TriageModel
+from node.infer.triage import TriageModel, confirm_uncertain_view
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def analyse(
     out = []
     for r, t, (bx, candidates) in zip(items, results, found, strict=True):
         hips: list[Any] = []
+        t, _ = confirm_uncertain_view(t, bx)
         if t.view is not View.OTHER:
             spacing = r.truth.imager_pixel_spacing_mm
             geo = ProjectionGeometry(r.sid_mm) if r.sid_mm and spacing else None
@@ -315,6 +316,7 @@ def real_films(triage: TriageModel, detector: DetectorModel, folder: Path = REAL
             continue
         t = triage.predict([rad.image01])[0]
         boxes, candidates = detector.detect_with_candidates([rad.image01])[0]
+        t, _ = confirm_uncertain_view(t, boxes)
         entry: dict[str, Any] = {"view": t.view.value, "view_p": round(t.view_probability, 3), "hips": {}}
         if t.view is not View.OTHER:
             hips, _ = analyse_hips(rad.image01, t, boxes, morphology=None, detector_ran=True,
