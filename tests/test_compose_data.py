@@ -206,6 +206,8 @@ def native_lateral_image() -> ImageFindings:
         ],
         lateral_centre_edge_deg=31.4,
         tonnis_deg=6.2,
+        femoral_head=(Point(262.0, 210.0), 38.5),
+        sourcil=(Point(236.0, 168.0), Point(292.0, 160.0)),
     )
     return ImageFindings(
         sop_instance_uid=sop_uid(2),

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as hd_codes
@@ -136,6 +137,13 @@ def test_highdicom_reads_back_every_value(report: tuple[Dataset, SeriesFindings,
             assert h.morphology == {f.name: (f.present, f.probability) for f in hip.morphology}
             assert h.lateral_centre_edge_deg == hip.lateral_centre_edge_deg
             assert h.tonnis_deg == hip.tonnis_deg
+            if hip.femoral_head is None:
+                assert h.femoral_head is None
+            else:
+                assert h.femoral_head is not None
+                assert (h.femoral_head[0].x, h.femoral_head[0].y, h.femoral_head[1]) == pytest.approx(
+                    (hip.femoral_head[0].x, hip.femoral_head[0].y, hip.femoral_head[1]), abs=1e-3)
+            assert h.sourcil == hip.sourcil
             cup = hip.cup
             if cup is None or cup.inclination_deg is None:
                 assert h.inclination_deg is None
@@ -178,8 +186,9 @@ def test_highdicom_finds_groups_by_finding_site_and_source(report: tuple[Dataset
     content = parsed.content
     assert isinstance(content, hd.sr.MeasurementReport)
     hips = content.get_image_measurement_groups(finding_site=codes.HIP_JOINT)
-    # what has geometry: image 1 R + L cup and joint, image 2 R joint; image 3 L is code-only
-    assert len(hips) == 5
+    # what has geometry: image 1 R + L cup and joint, image 2 R joint and femoral head; image 3 L
+    # is code-only
+    assert len(hips) == 6
     on_image_1 = content.get_image_measurement_groups(referenced_sop_instance_uid=findings.images[0].sop_instance_uid)
     assert len(on_image_1) == 5  # two cups, two joints, one reference line shared by both cups
     cups = [g for g in on_image_1 if g.get_measurements(name=codes.CUP_INCLINATION)]
@@ -235,6 +244,7 @@ def test_every_measurement_group_draws_and_each_outline_once(
     kinds = sorted((code, graphic) for code, graphic, _, _ in drawn)
     assert kinds == sorted([(codes.CUP_RIM.value, "POLYLINE"), (codes.CUP_RIM.value, "ELLIPSE")] * 2
                            + [(codes.HIP_JOINT_REGION.value, "POLYLINE")] * 3
+                           + [(codes.FEMORAL_HEAD_OUTLINE.value, "POLYLINE"), (codes.SOURCIL.value, "POLYLINE")]
                            + [(codes.INCLINATION_REFERENCE_LINE.value, "POLYLINE")])
     for item in containers[codes.QUALITATIVE_EVALUATIONS.value].ContentSequence:
         assert item.RelationshipType == "CONTAINS" and item.ValueType in ("CODE", "TEXT"), item
@@ -258,6 +268,50 @@ def test_cup_rim_polyline_is_closed_and_lies_on_the_ellipse() -> None:
         assert (u / e.semi_major) ** 2 + (v / e.semi_minor) ** 2 == pytest.approx(1.0, abs=1e-9)
     box = box_polyline_data(Box(10, 20, 30, 60))
     assert box.tolist() == [[10.5, 20.5], [30.5, 20.5], [30.5, 60.5], [10.5, 60.5], [10.5, 20.5]]
+
+
+def test_femoral_head_group_carries_lce_tonnis_and_draws_the_head_first(
+    report: tuple[Dataset, SeriesFindings, list[Dataset]],
+) -> None:
+    """LCE and Tonnis sit with the femoral head circle and sourcil they were measured on (issue
+    14: each outline tied to the value it supports), in a group of its own so that a viewer
+    drawing one SCOORD per group (OHIF) draws both the joint box and the head; the circle is
+    closed and lies on the head."""
+    sr, findings, _ = report
+    ds = roundtrip(sr)
+    (measurements,) = [c for c in ds.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010"]
+
+    def tracking(group: Dataset) -> str:
+        return next(str(i.TextValue) for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "112039")
+
+    groups = {tracking(g): g for g in measurements.ContentSequence}
+    head = groups["Image 2 right hip: femoral head"]
+    nums = [i.ConceptNameCodeSequence[0].CodeValue for i in head.ContentSequence if i.ValueType == "NUM"]
+    assert nums == [codes.LATERAL_CENTRE_EDGE_ANGLE.value, codes.TONNIS_ANGLE.value]
+    circle, sourcil = [i for i in head.ContentSequence if i.ValueType == "SCOORD"]
+    assert circle.ConceptNameCodeSequence[0].CodeValue == codes.FEMORAL_HEAD_OUTLINE.value
+    assert sourcil.ConceptNameCodeSequence[0].CodeValue == codes.SOURCIL.value
+    hip = findings.images[1].hips[0]
+    assert hip.femoral_head is not None and hip.sourcil is not None
+    (cx, cy), r = (hip.femoral_head[0].x, hip.femoral_head[0].y), hip.femoral_head[1]
+    pts = np.asarray(circle.GraphicData, dtype=float).reshape(-1, 2) - PIXEL_ORIGIN_SHIFT
+    assert pts[0].tolist() == pts[-1].tolist()
+    assert np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) == pytest.approx(np.full(len(pts), r), abs=1e-3)  # FL: float32
+    ends = np.asarray(sourcil.GraphicData, dtype=float).reshape(-1, 2) - PIXEL_ORIGIN_SHIFT
+    assert ends.tolist() == [[p.x, p.y] for p in hip.sourcil]
+    joint = groups["Image 2 right hip: hip joint"]
+    assert [i for i in joint.ContentSequence if i.ValueType == "NUM"] == []
+
+
+def test_lce_without_a_head_stays_with_the_joint_box() -> None:
+    """Findings without the head geometry (made before it was carried) keep LCE / Tonnis in the
+    joint group, so no value is ever without an outline."""
+    findings, sources = full_series()
+    hip = findings.images[1].hips[0]
+    findings.images[1].hips[0] = dataclasses.replace(hip, femoral_head=None, sourcil=None)
+    groups = read_report(roundtrip(build_sr(findings, sources, models=MODELS)))
+    h = next(g for g in groups if g.label == "Image 2 right hip")
+    assert h.lateral_centre_edge_deg == hip.lateral_centre_edge_deg and h.femoral_head is None
 
 
 def _html_text(path: Path) -> str:

@@ -124,6 +124,7 @@ def _native_and_lateral_cup() -> tuple[SeriesFindings, list[Dataset], dict[str, 
         morphology=[MorphologyFlag(name, p, 0.5) for name, p in
                     (("ischial_spine_sign", 0.2), ("cam_deformity", 0.61), ("dysplasia", 0.7), ("other_abnormality", 0.1))],
         lateral_centre_edge_deg=17.5, tonnis_deg=13.2,
+        femoral_head=(Point(142.0, 222.0), 31.0), sourcil=(Point(150.0, 186.0), Point(118.0, 190.0)),
         notes=["Hip dysplasia flag present agrees with the measured lateral centre-edge angle"],
     )
     left = HipFindings(side=Side.LEFT, implant_present=False, implant_probability=0.04,

@@ -103,6 +103,10 @@ ELLIPSE_FIT_QUALITY = _private("HN015", "Cup ellipse fit quality")
 # Outline of the detector's hip joint box (SCOORD POLYLINE). DCM 111030 "Image Region" would say
 # the same, but it is TID 1410's row: validators (PixelMed) then check the group as a planar ROI.
 HIP_JOINT_REGION = _private("HN016", "Hip joint region")
+# The geometry LCE and Tonnis are measured on: the femoral head circle (closed SCOORD POLYLINE)
+# and the sourcil from its medial to its lateral end (SCOORD POLYLINE, 2 points).
+FEMORAL_HEAD_OUTLINE = _private("HN017", "Femoral head outline")
+SOURCIL = _private("HN018", "Acetabular sourcil (medial to lateral end)")
 
 # Measurement methods (value of SCT 370129005 "Measurement Method").
 METHOD_INCLINATION_INTER_TEARDROP = _private("HN020", "Inclination: cup ellipse long axis to inter-teardrop line")

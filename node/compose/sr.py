@@ -11,7 +11,10 @@ Shape of the document (``docs/results.md`` describes it for radiologists and PAC
           fit quality, change since prior (prior value, its study date and study UID)
           SCOORD POLYLINE (closed) + SCOORD ELLIPSE "Acetabular cup rim"
         Measurement Group "Image 1 right hip: hip joint"
-          LCE, Tonnis  NUM deg (when measured); SCOORD POLYLINE "Hip joint region"
+          SCOORD POLYLINE "Hip joint region" (the detector's box, where the head was looked for)
+        Measurement Group "Image 1 right hip: femoral head"     when LCE / Tonnis were measured
+          LCE, Tonnis  NUM deg; SCOORD POLYLINE (closed circle) "Femoral head outline",
+          SCOORD POLYLINE "Acetabular sourcil" (medial end, lateral end)
         Measurement Group "Image 1: inter-teardrop line (inclination reference, …)"
           SCOORD POLYLINE "Inclination reference line"     once per image and line
       Qualitative Evaluations                    every finding without geometry
@@ -545,9 +548,12 @@ def _hip_groups(
     priors: Sequence[PriorMeasurement],
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """The cup rim (closed POLYLINE for viewers, then the exact ELLIPSE) with the angles measured
-    on it, and the hip joint box with the angles measured inside it (LCE, Tonnis). Every group
-    has its outline (a group without one is what OHIF fails on), so angles without their
-    geometry are an error of the caller (the pipeline never produces them)."""
+    on it; the hip joint box; the femoral head circle and the sourcil with the angles measured on
+    them (LCE, Tonnis). The head has a group of its own, not a second SCOORD in the joint's:
+    OHIF merges groups by tracking UID and draws only the first SCOORD of each, so one group
+    cannot show both the box and the head. Every group has its outline (a group without one is
+    what OHIF fails on), so angles without their geometry are an error of the caller; LCE /
+    Tonnis without a head (findings made before the head was carried) stay with the box."""
     out = []
     label = _side_label(number, hip.side)
     uid = str(source.SOPInstanceUID)
@@ -569,14 +575,28 @@ def _hip_groups(
         joint_values.append(_angle(codes.LATERAL_CENTRE_EDGE_ANGLE, hip.lateral_centre_edge_deg))
     if hip.tonnis_deg is not None:
         joint_values.append(_angle(codes.TONNIS_ANGLE, hip.tonnis_deg))
+    head_group = None
+    if joint_values and hip.femoral_head is not None:
+        # LCE and Tonnis go with the head and sourcil they were measured on; the joint box is only
+        # where the head was looked for
+        centre, radius = hip.femoral_head
+        regions = [_region(codes.FEMORAL_HEAD_OUTLINE, hd.sr.GraphicTypeValues.POLYLINE,
+                           circle_polyline_data(centre, radius), source)]
+        if hip.sourcil is not None:
+            regions.append(_region(codes.SOURCIL, hd.sr.GraphicTypeValues.POLYLINE, _points(list(hip.sourcil)), source))
+        head_group = _group(f"{label}: femoral head", (uid, hip.side.value, "femoral head"), algorithm, source,
+                            side=hip.side, measurements=joint_values, regions=regions)
+        joint_values = []
     if hip.joint_box is not None:
         region = _region(codes.HIP_JOINT_REGION, hd.sr.GraphicTypeValues.POLYLINE, box_polyline_data(hip.joint_box), source)
         out.append(
             _group(f"{label}: hip joint", (uid, hip.side.value, "joint"), algorithm, source,
                    side=hip.side, measurements=joint_values, regions=[region])
         )
-    elif joint_values:
+    elif joint_values or head_group is not None:
         raise ValueError(f"{label}: LCE / Tonnis angles without the hip joint box they were measured in.")
+    if head_group is not None:
+        out.append(head_group)
     return out
 
 
@@ -732,6 +752,27 @@ def ellipse_polyline_data(ellipse: Ellipse, points: int = RIM_POLYLINE_POINTS) -
     return _points([*outline, outline[0]])
 
 
+HEAD_POLYLINE_POINTS = 72  # 5 degrees apart: within 0.1 px of the circle for heads up to 75 px in radius
+
+
+def circle_polyline_data(centre: Point, radius: float, points: int = HEAD_POLYLINE_POINTS) -> np.ndarray:
+    """Closed SCOORD POLYLINE tracing a circle (the femoral head), in DICOM image coordinates.
+    Why not SCOORD CIRCLE: viewers that draw SR geometry draw polylines everywhere, circles
+    rarely (OHIF maps a CIRCLE to nothing it draws from a TID 1500 group)."""
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f'Argument "radius" must be a positive number, got {radius!r}.')
+    return ellipse_polyline_data(Ellipse(centre.x, centre.y, radius, radius, 0.0), points)
+
+
+def circle_from_polyline(outline: Sequence[Point]) -> tuple[Point, float]:
+    """Centre and radius of a closed circle POLYLINE (domain coordinates): the mean of its
+    distinct points and their mean distance from it."""
+    pts = np.array([[p.x, p.y] for p in outline[:-1]], dtype=np.float64)
+    centre = pts.mean(axis=0)
+    radius = float(np.hypot(*(pts - centre).T).mean())
+    return Point(float(centre[0]), float(centre[1])), radius
+
+
 def box_polyline_data(box: Box) -> np.ndarray:
     """Closed SCOORD POLYLINE around a detector box (clockwise from the top-left corner)."""
     corners = [Point(box.x0, box.y0), Point(box.x1, box.y0), Point(box.x1, box.y1), Point(box.x0, box.y1)]
@@ -797,6 +838,8 @@ class ReportedGroup:
     cup_rim: Ellipse | None = None
     cup_rim_outline: list[Point] | None = None  # the closed POLYLINE viewers draw
     joint_outline: list[Point] | None = None  # hip joint box as a closed POLYLINE
+    femoral_head: tuple[Point, float] | None = None  # centre and radius, from its closed POLYLINE
+    sourcil: tuple[Point, Point] | None = None  # medial end, lateral end
     reference_line: tuple[Point, Point] | None = None
     comments: list[str] = field(default_factory=list)
     metadata_mismatches: list[str] = field(default_factory=list)
@@ -936,6 +979,11 @@ class _Reader:
             result.cup_rim_outline = _outline(item)
         elif concept == _key(codes.HIP_JOINT_REGION):
             result.joint_outline = _outline(item)
+        elif concept == _key(codes.FEMORAL_HEAD_OUTLINE):
+            result.femoral_head = circle_from_polyline(_outline(item))
+        elif concept == _key(codes.SOURCIL):
+            medial, lateral = _outline(item)[:2]
+            result.sourcil = (medial, lateral)
         elif concept == _key(codes.INCLINATION_REFERENCE_LINE):
             a, b = _outline(item)[:2]
             self.lines.setdefault(uid, []).append((side, (a, b)))
@@ -1107,6 +1155,8 @@ __all__ = [
     "ReportedAngle",
     "ReportedGroup",
     "build_sr",
+    "circle_from_polyline",
+    "circle_polyline_data",
     "ellipse_from_graphic_data",
     "ellipse_graphic_data",
     "fill_patient_study",
