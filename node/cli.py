@@ -112,13 +112,16 @@ def _start_scheduler(cfg: Config, db: Any) -> Any:
 def _build_workers(cfg: Config, db: Any, workers: int) -> list[Any]:
     """Load the models once (shared by all worker threads; onnxruntime sessions are
     thread-safe) — before anything listens, so a missing model fails the start loudly."""
+    from node import observe
     from node.pipeline import Models, Pipeline
     from node.worker import Worker
 
     models = Models(cfg)
+    observe.models_loaded(models)
 
     def factory(c: Config, d: Any) -> Pipeline:
-        return Pipeline(c, d, models)
+        pipeline: Pipeline = observe.instrument_pipeline(Pipeline(c, d, models), d)
+        return pipeline
 
     host = os.uname().nodename
     return [Worker(cfg, db, pipeline_factory=factory, worker_id=f"{host}:{os.getpid()}:w{i}") for i in range(workers)]
@@ -143,13 +146,22 @@ def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
 
     Series completion and the stale-job sweeper run in every process: both are atomic, so a
     receiver and several workers running them at once still queue one job per generation.
+    Each process serves its own ``/metrics`` (``node.observe``): ``metrics.port`` when it
+    receives, ``metrics.work_port`` for ``hipnode work``, or ``--metrics-port``.
     """
+    from node import observe
+
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     db = _database(cfg)
+    observe.watch_node(cfg, db)
     built = _build_workers(cfg, db, workers) if workers else []
     stop = _stop_event()
+    port = getattr(args, "metrics_port", None) or (cfg.metrics.port if receiver else cfg.metrics.work_port)
+    metrics = observe.serve(cfg, port=port)
     server = _start_receiver(cfg, db) if receiver else None
+    if server is not None:
+        observe.watch_receiver(server)
     scheduler = _start_scheduler(cfg, db)
     threads = _start_threads(cfg, db, stop, built) if built else []
     parts = ([f"receiver {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}"] if receiver else []) + (
@@ -162,6 +174,7 @@ def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
     scheduler.shutdown(wait=False)
     for t in threads:
         t.join(timeout=cfg.jobs.lease_s)
+    observe.stop(metrics)
     db.dispose()
     return 0
 
@@ -277,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the configuration and print every error with its key path")
     p.set_defaults(func=cmd_check_config)
+    metrics_help = "port of this process's /metrics (default: metrics.port, or metrics.work_port for work)"
     p = sub.add_parser("receive", help="run the DICOM receiver (C-ECHO, C-STORE) and series completion")
+    p.add_argument("--metrics-port", type=int, default=None, help=metrics_help)
     p.set_defaults(func=cmd_receive)
     for name, func, text in (
         ("work", cmd_work, "run job workers and the dispatcher"),
@@ -285,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--workers", type=int, default=1)
+        p.add_argument("--metrics-port", type=int, default=None, help=metrics_help)
         p.set_defaults(func=func)
     p = sub.add_parser("status", help="counts by state, queue depth, destination health")
     p.add_argument("--json", action="store_true")

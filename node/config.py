@@ -229,6 +229,19 @@ class OutputsConfig(_Strict):
     manufacturer: str = "hipnode"
 
 
+class MetricsConfig(_Strict):
+    """Prometheus ``/metrics`` of each node process (``node.observe``). Loopback by default: the
+    labels name calling AEs and destinations. ``hipnode run`` and ``hipnode receive`` listen on
+    ``port``, ``hipnode work`` on ``work_port``, so a receiver and a worker fit on one host."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+    work_port: int = 9465
+
+    _port = field_validator("port", "work_port")(_check_port)
+
+
 class Config(_Strict):
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
@@ -243,6 +256,7 @@ class Config(_Strict):
     screening: ScreeningConfig = ScreeningConfig()
     models: ModelsConfig = ModelsConfig()
     outputs: OutputsConfig = OutputsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -54,7 +54,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from node import wake
+from node import observe, wake
 from node.config import Config, Destination, RouteMatch
 from node.domain import DeliveryState
 from node.registry import Database, Delivery, Event, Result, record_event, utcnow
@@ -613,9 +613,11 @@ class Dispatcher:
                         for rest, _ in chunk[i:]:
                             self._record(rest, StoreOutcome(None, Verdict.RETRY, err), now)
                         return
+                started = time.monotonic()
                 outcome = link.store(info)
                 remaining.remove(c.delivery_pk)
                 state = self._record(c, outcome, now, renew=remaining)
+                observe.delivery_recorded(self.db, c.result_pk, dest.name, state, time.monotonic() - started)
                 if state is DeliveryState.SENT and dest.verify_with_cfind:
                     self._read_back(link, c, info)
         finally:

@@ -36,6 +36,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from node import observe
 from node.config import Config
 from node.receive.storage import (
     InstanceStore,
@@ -636,6 +637,7 @@ class StoreHandler:
                 return _response(StoreStatus.REGISTRY_FAILURE, "registry error")
 
         self.stats.bytes += size
+        observe.instance_received(calling_ae, str(header.SOPClassUID), size)
         if outcome.is_duplicate:
             self.stats.duplicates += 1
             log.info(
