@@ -487,9 +487,25 @@ class Pipeline:
                 .order_by(Measurement.study_date.desc(), Measurement.id.desc())
             ).all()
             priors: list[PriorMeasurement] = []
+            current = next((PatientIdentity.of(src.header) for src in ctx.sources if src.header is not None), None)
+            if rows and (current is None or not current.trustworthy_id):
+                log.info("series %d: priors not linked: the patient ID is empty or a placeholder", ctx.series_pk)
+                rows = []
+            same: dict[str, bool] = {}
             seen: set[str] = set()
             for m in rows:
                 if m.side in seen or (ctx.study_date and m.study_date and m.study_date > ctx.study_date):
+                    continue
+                if m.study_uid not in same:
+                    assert current is not None
+                    other = self._study_identity(s, m.study_uid)
+                    same[m.study_uid] = other is not None and current.same_patient(other)
+                    if not same[m.study_uid]:
+                        log.info(
+                            "series %d: a study filed under the same patient ID is not linked as a prior "
+                            "(no issuer of the ID, and birth date or sex differ or are missing)", ctx.series_pk
+                        )
+                if not same[m.study_uid]:
                     continue
                 if m.inclination_deg is None and m.anteversion_deg is None:
                     continue
@@ -500,6 +516,24 @@ class Pipeline:
                     )
                 )
             return priors, predecessor
+
+    def _study_identity(self, s: Session, study_uid: str) -> PatientIdentity | None:
+        """The patient identity one instance of a stored study declared (header only)."""
+        path = s.scalar(
+            select(Instance.path)
+            .join(Series, Series.id == Instance.series_pk)
+            .join(Study, Study.id == Series.study_pk)
+            .where(Study.study_uid == study_uid)
+            .limit(1)
+        )
+        if path is None:
+            return None
+        try:
+            ds = pydicom.dcmread(self.storage_root / path, stop_before_pixels=True,
+                                 specific_tags=list(PatientIdentity.KEYWORDS))
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+            return None
+        return PatientIdentity.of(ds)
 
     def _record_measurements(
         self, s: Session, ctx: _Context, result: Result, findings: SeriesFindings
@@ -525,6 +559,59 @@ class Pipeline:
                         anteversion_deg=cup.anteversion_deg,
                     )
                 )
+
+
+# Patient IDs that name nobody: archives fill the field with these when the real one is unknown.
+PLACEHOLDER_PATIENT_IDS = frozenset({
+    "UNKNOWN", "UNK", "ANONYMOUS", "ANON", "ANONYMIZED", "ANONYMISED", "NONE", "NULL", "NA", "N/A",
+    "NOID", "NO ID", "NOTAVAILABLE", "NOT AVAILABLE", "TEST", "TEMP", "DEFAULT", "PATIENT", "X", "XX",
+    "XXX", "-", "--", "?", ".",
+})
+
+
+@dataclass(frozen=True)
+class PatientIdentity:
+    """What a study says about whose it is, for linking priors (issue 13: identity that cannot
+    cross patients).
+
+    The registry files studies by (PatientID, IssuerOfPatientID). That links two people when the
+    ID is a placeholder ("", "UNKNOWN", all zeros) or when two sites use the same MRN without an
+    issuer, and one patient's cup angles would then be reported as another's prior. The rule:
+    a placeholder ID never links; an ID qualified by its issuer links; an ID without an issuer
+    links only where both studies also give the same birth date (and no conflicting sex).
+    """
+
+    patient_id: str
+    issuer: str
+    birth_date: str
+    sex: str
+
+    KEYWORDS = ("PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+
+    @classmethod
+    def of(cls, ds: Dataset) -> PatientIdentity:
+        def text(keyword: str) -> str:
+            return str(ds.get(keyword, "") or "").strip()
+
+        return cls(text("PatientID"), text("IssuerOfPatientID"), text("PatientBirthDate"), text("PatientSex").upper())
+
+    @property
+    def trustworthy_id(self) -> bool:
+        pid = self.patient_id.upper()
+        if len(pid) < 2 or pid in PLACEHOLDER_PATIENT_IDS:
+            return False
+        return len(set(pid.replace("-", "").replace(" ", ""))) > 1  # "0000000", "9999", "--0--"
+
+    def same_patient(self, other: PatientIdentity) -> bool:
+        if not (self.trustworthy_id and other.trustworthy_id):
+            return False
+        if self.patient_id != other.patient_id or self.issuer != other.issuer:
+            return False
+        if self.issuer:
+            return True
+        if not self.birth_date or self.birth_date != other.birth_date:
+            return False
+        return not (self.sex in ("M", "F") and other.sex in ("M", "F") and self.sex != other.sex)
 
 
 def analyse_hips(
