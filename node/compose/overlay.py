@@ -435,19 +435,7 @@ def build_sc(
     sc.copy_patient_and_study_information(header)
     if orientation is None:
         sc["PatientOrientation"].value = None  # type 2: unknown, not guessed
-    # General Series Laterality is 2C on a paired body part. Body Part Examined comes from the
-    # source, else from the view the triage model saw; Laterality is the one imaged side when
-    # there is exactly one, absent for a pelvis, and empty (unknown) when nothing is known.
-    body_part = str(source.get("BodyPartExamined") or "") or _BODY_PART_BY_VIEW.get(
-        image.view.value if image.view is not None else "", ""
-    )
-    if body_part:
-        sc.BodyPartExamined = body_part
-    sides = set(image.imaged_sides)
-    if len(sides) == 1:
-        sc.Laterality = _side_name(next(iter(sides)))
-    elif not body_part:
-        sc.add_new(0x00200060, "CS", None)  # Laterality, empty
+    set_body_part_and_laterality(sc, image, source)
     if original_sex is not None:
         sc.PatientSex = original_sex
     sc.ManufacturerModelName = "hipnode overlay"
@@ -464,6 +452,23 @@ def build_sc(
     ref.PurposeOfReferenceCodeSequence = [purpose]
     sc.SourceImageSequence = [ref]
     return sc
+
+
+def set_body_part_and_laterality(ds: Dataset, image: ImageFindings, source: Dataset) -> None:
+    """General Series Laterality is 2C on a paired body part. Body Part Examined comes from the
+    source, else from the view the triage model saw; Laterality is the one imaged side when
+    there is exactly one, absent for a pelvis, and empty (unknown) when nothing is known.
+    Shared by the SC and the presentation state, which describe the same image."""
+    body_part = str(source.get("BodyPartExamined") or "") or _BODY_PART_BY_VIEW.get(
+        image.view.value if image.view is not None else "", ""
+    )
+    if body_part:
+        ds.BodyPartExamined = body_part
+    sides = set(image.imaged_sides)
+    if len(sides) == 1:
+        ds.Laterality = _side_name(next(iter(sides)))
+    elif not body_part:
+        ds.add_new(0x00200060, "CS", None)  # Laterality, empty
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:

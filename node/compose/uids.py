@@ -8,7 +8,8 @@ showing the radiologist two reports. A random ``generate_uid()`` cannot give tha
 Scheme: ``2.25.<integer>`` (PS3.5 B.2, UUID-derived UIDs) where the integer is the first 128
 bits of a SHA-256 over a canonical, length-prefixed encoding of the inputs. The inputs are:
 
-* a *kind* (``"sr"``, ``"sr-series"``, ``"sc"``, ``"sc-series"``) so an SR and an SC derived
+* a *kind* (``"sr"``, ``"sr-series"``, ``"sc"``, ``"sc-series"``, ``"gsps"``, ``"gsps-series"``) so
+  an SR, an SC and a presentation state derived
   from the same sources never collide;
 * the source UIDs — for an SR the **set** of source SOP Instance UIDs (order-independent), so a
   series that gained a late image yields a new SR (which then names its predecessor), while the
@@ -102,4 +103,19 @@ def sc_uids(
     models_part = model_key(models)
     series = derive_uid("sc-series", source_series_uid, *models_part)
     instance = derive_uid("sc", source_series_uid, source_sop_uid, *models_part, salt)
+    return OutputUIDs(series_instance_uid=series, sop_instance_uid=instance)
+
+
+def gsps_uids(
+    source_series_uid: str,
+    source_sop_uid: str,
+    models: Sequence[ModelInfo],
+    *,
+    salt: str = "",
+) -> OutputUIDs:
+    """UIDs of the presentation state of one source image; like the SC's, all of a source
+    series share one series ("AI annotations"), and a kind of their own keeps them apart."""
+    models_part = model_key(models)
+    series = derive_uid("gsps-series", source_series_uid, *models_part)
+    instance = derive_uid("gsps", source_series_uid, source_sop_uid, *models_part, salt)
     return OutputUIDs(series_instance_uid=series, sop_instance_uid=instance)
