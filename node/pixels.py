@@ -34,6 +34,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels.utils import pixel_array
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from node.config import ScreeningConfig
@@ -195,8 +196,11 @@ def decode(ds: Dataset) -> np.ndarray:
 
 def decode_with_notes(ds: Dataset) -> tuple[np.ndarray, tuple[str, ...]]:
     """``decode`` plus what was done to read the pixels (colour-encoded grey), for the SR."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
-        arr = ds.pixel_array
+        # only the first frame is read: a many-frame object must not cost a worker the memory
+        # of all its frames (the size screen bounds one frame, not their number)
+        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
     except Exception as exc:  # every decoder failure means the same thing here
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
@@ -204,7 +208,6 @@ def decode_with_notes(ds: Dataset) -> tuple[np.ndarray, tuple[str, ...]]:
         raise PixelError(
             ScreenReason.UNDECODABLE, f"{type(exc).__name__} decoding {name}: {message}"
         ) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames > 1 and arr.ndim == (4 if samples == 3 else 3):
         arr = arr[0]

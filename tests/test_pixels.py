@@ -295,3 +295,26 @@ def test_pixel_spacing_placeholders_are_stated_not_trusted() -> None:
     ds.ImagerPixelSpacing = [2.5, 2.5]
     spacing, note = pixel_spacing(ds)
     assert spacing is None and note and "Imager Pixel Spacing" in note
+
+
+def test_a_many_frame_object_is_read_one_frame_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first frame of a multi-frame object is decoded (memory bounded by one frame),
+    and it is the first frame that is analysed."""
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    import node.pixels as px
+
+    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames of 64 x 64, MR
+    first = np.asarray(ds.pixel_array[0], dtype=np.float32)
+    seen: list[object] = []
+    original = px.pixel_array
+
+    def spy(src: pydicom.Dataset, **kwargs: object) -> np.ndarray:
+        seen.append(kwargs.get("index"))
+        return original(src, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(px, "pixel_array", spy)
+    out = px.decode(ds)
+    assert seen == [0]
+    assert out.shape == (64, 64) and np.array_equal(out, first)
