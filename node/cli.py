@@ -1,7 +1,7 @@
 """``hipnode`` command line: one entry point for every process and tool.
 
 Processes: ``receive`` (SCP only), ``work`` (job worker + dispatcher), ``run`` (both, for a
-single-machine install). Tools: ``check-config``, ``status``, ``echo``, ``send``, ``import``,
+single-machine install). Tools: ``check-config``, ``status``, ``audit``, ``echo``, ``send``, ``import``,
 ``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
 check-config`` works even where the heavy optional dependencies are absent.
 """
@@ -204,6 +204,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Who sent what and what was sent where (``node.registry.audit``), as CSV or JSON."""
+    from node.registry.audit import audit_rows, parse_when, write_csv, write_json
+
+    cfg = _load(args)
+    try:
+        since = parse_when(args.since)
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"hipnode audit: {exc}", file=sys.stderr)
+        return 2
+    rows = audit_rows(_database(cfg), since, until)
+    out = args.out.open("w", encoding="utf-8", newline="") if args.out else sys.stdout
+    try:
+        (write_csv if args.format == "csv" else write_json)(rows, out)
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.dispatch import echo
 
@@ -305,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="counts by state, queue depth, destination health")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("audit", help="who sent what, what was sent where (from the event table)")
+    p.add_argument("--since", required=True, help="ISO 8601 (2026-03-01, 2026-03-01T08:00Z) or a span (24h, 7d)")
+    p.add_argument("--until", default=None, help="same forms; default now")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    p.set_defaults(func=cmd_audit)
     p = sub.add_parser("echo", help="C-ECHO a configured destination")
     p.add_argument("destination")
     p.set_defaults(func=cmd_echo)

@@ -13,6 +13,10 @@ Series state machine maintained here (``node.series`` closes series and queues j
 
 An identical re-send (same SOP Instance UID, same SHA-256) changes nothing but the audit trail:
 no new row, no state change, hence no new job.
+
+Each receipt event (``received``, ``new_version``, ``duplicate_received``) names who sent what —
+calling AE, peer host, SOP Class and Instance UID — so ``hipnode audit`` reads it from the
+event alone, even after retention has removed the instance row. Never a patient attribute.
 """
 
 from __future__ import annotations
@@ -250,6 +254,8 @@ def record_instance(
             version=latest.version,
             calling_ae=calling_ae,
             peer_host=peer_host,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_uid,
         )
         state = conn.execute(_SERIES_STATE, {"pk": latest.series_pk}).scalar()
         return IngestOutcome(
@@ -301,7 +307,17 @@ def record_instance(
         },
     )
     if latest is None:
-        _event(conn, "instance", instance_pk, "received", version=1, calling_ae=calling_ae)
+        _event(
+            conn,
+            "instance",
+            instance_pk,
+            "received",
+            version=1,
+            calling_ae=calling_ae,
+            peer_host=peer_host,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_uid,
+        )
     else:
         _event(
             conn,
@@ -312,6 +328,9 @@ def record_instance(
             supersedes=latest.id,
             previous_sha256=latest.sha256,
             calling_ae=calling_ae,
+            peer_host=peer_host,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_uid,
         )
         _event(conn, "instance", latest.id, "superseded", by=instance_pk)
     return IngestOutcome(
