@@ -148,12 +148,18 @@ class JobsConfig(_Strict):
     retry_backoff_max_s: float = Field(600.0, ge=0)
     poll_interval_s: float = Field(0.5, gt=0)
     sweep_interval_s: float = Field(10.0, gt=0)
+    # A job still running after this long is stopped and counted as a failed attempt, and its
+    # lease is no longer renewed: a hung job must not hold its series for ever.
+    max_job_s: float = Field(900.0, gt=0)
 
     @model_validator(mode="after")
     def _lease(self) -> JobsConfig:
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be shorter than lease_s")
         return self
+
+
+OutputKind = Literal["sr", "sc", "gsps"]
 
 
 class Destination(_Strict):
@@ -164,9 +170,18 @@ class Destination(_Strict):
     tls: TLSConfig = TLSConfig()
     verify_with_cfind: bool = False  # read back each result by C-FIND ("visible in PACS")
     timeout_s: float = Field(30.0, gt=0)
+    # which results this destination receives; None: those on in `outputs` (sr, sc, gsps)
+    outputs: list[OutputKind] | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
     _port = field_validator("port")(_check_port)
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, value: list[OutputKind] | None) -> list[OutputKind] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("must not name an output twice")
+        return value
 
 
 class RouteMatch(_Strict):
@@ -222,8 +237,12 @@ class ModelsConfig(_Strict):
 
 
 class OutputsConfig(_Strict):
+    """Which results are composed, and sent to every destination without its own ``outputs``
+    list (a destination's list replaces these for it; a kind only it names is composed for it)."""
+
     sr: bool = True
     sc: bool = True
+    gsps: bool = False  # Grayscale Softcopy Presentation State: annotations over the original
     sc_compression: Literal["jpeg2000-lossless", "jpeg-baseline", "none"] = "jpeg2000-lossless"
     root: Path = Path("var/results")
     manufacturer: str = "hipnode"

@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 
 from node import observe, wake
 from node.config import Config, Destination, RouteMatch
-from node.domain import DeliveryState
+from node.domain import DeliveryState, ResultKind
 from node.registry import Database, Delivery, Event, Result, record_event, utcnow
 from node.registry.db import is_sqlite
 
@@ -130,6 +130,29 @@ def route(
             if rule.stop:
                 break
     return out
+
+
+def destination_outputs(cfg: Config, name: str) -> frozenset[ResultKind]:
+    """The kinds of result destination ``name`` receives: its own ``outputs`` list, else the
+    kinds switched on under ``outputs`` (issue 14: a PACS whose viewer shows presentation states
+    can take the GSPS instead of the SC copy, a registry the SR alone). An unknown name gets the
+    defaults (the dispatcher fails its deliveries with the reason)."""
+    defaults = frozenset(k for k in ResultKind if getattr(cfg.outputs, k.value))
+    try:
+        own = cfg.destination(name).outputs
+    except KeyError:
+        return defaults
+    return defaults if own is None else frozenset(ResultKind(k) for k in own)
+
+
+def outputs_to_compose(cfg: Config, destinations: Iterable[str]) -> frozenset[ResultKind]:
+    """What to compose for a series: the kinds switched on under ``outputs`` (written under the
+    results root even when no destination takes them) plus any kind a routed destination asks
+    for on its own."""
+    wanted = {k for k in ResultKind if getattr(cfg.outputs, k.value)}
+    for name in destinations:
+        wanted |= destination_outputs(cfg, name)
+    return frozenset(wanted)
 
 
 # --------------------------------------------------------------------------- queue

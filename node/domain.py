@@ -71,6 +71,7 @@ class DeliveryState(str, Enum):
 class ResultKind(str, Enum):
     SR = "sr"
     SC = "sc"
+    GSPS = "gsps"  # Grayscale Softcopy Presentation State
 
 
 class ScreenReason(str, Enum):

@@ -31,9 +31,9 @@ from node.analyse.dysplasia import measure_dysplasia
 from node.analyse.metal import arthroplasty_evidence, find_metal
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
 from node.analyse.reference import reference_from_boxes
-from node.compose import ReportReference, build_sc, build_sr, sr_uids
+from node.compose import ReportReference, build_gsps, build_sc, build_sr, sr_uids
 from node.config import Config
-from node.dispatch import enqueue_deliveries, route
+from node.dispatch import destination_outputs, enqueue_deliveries, outputs_to_compose, route
 from node.domain import (
     Box,
     HipFindings,
@@ -343,21 +343,24 @@ class Pipeline:
         destinations = route(
             self.cfg, calling_ae=ctx.calling_ae, modality=ctx.modality, body_part=ctx.body_part, view=view
         )
-        counts = {"sr": 0, "sc": 0, "deliveries": 0}
+        counts = {"sr": 0, "sc": 0, "gsps": 0, "deliveries": 0}
+        compose = outputs_to_compose(self.cfg, destinations)
+        receivers = {kind: [d for d in destinations if kind in destination_outputs(self.cfg, d)] for kind in compose}
 
         def store(ds: Dataset, kind: ResultKind, source: str | None, payload: dict[str, Any]) -> None:
-            """Write one result and queue its deliveries in its own transaction, so the SR is
-            on its way to the PACS while the (slower, JPEG 2000) overlays are still encoding."""
+            """Write one result and queue its deliveries (to the destinations that take this
+            kind) in its own transaction, so the SR is on its way to the PACS while the (slower,
+            JPEG 2000) overlays are still encoding."""
             rel = self._write(ds)
             with self.db.session() as s:
                 result = self._upsert_result(s, ctx, rel, ds, kind, source, payload, predecessor)
                 if kind is ResultKind.SR:
                     self._record_measurements(s, ctx, result, findings)
-                counts["deliveries"] += len(enqueue_deliveries(s, result.id, destinations))
+                counts["deliveries"] += len(enqueue_deliveries(s, result.id, receivers[kind]))
             counts[kind.value] += 1
             wake.notify(wake.DELIVERIES)
 
-        if self.cfg.outputs.sr:
+        if ResultKind.SR in compose:
             headers = [s.header for s in with_pixels if s.header is not None]
             uids = sr_uids(ctx.series_uid, [str(h.SOPInstanceUID) for h in headers], models, salt=salt)
             if predecessor is not None and predecessor.sop_instance_uid == uids.sop_instance_uid:
@@ -373,7 +376,21 @@ class Pipeline:
                 uids=uids,
             )
             store(sr, ResultKind.SR, None, _payload(findings))
-        if self.cfg.outputs.sc:
+        if ResultKind.GSPS in compose:  # before the SCs: no pixels to encode, quick to send
+            for src in with_pixels:
+                assert src.findings is not None and src.header is not None
+                if src.findings.screened_out is not None or src.radiograph is None:
+                    continue
+                gsps = build_gsps(
+                    src.findings,
+                    src.header,
+                    models=models,
+                    manufacturer=self.cfg.outputs.manufacturer,
+                    software_version=__version__,
+                    salt=src.sha256,
+                )
+                store(gsps, ResultKind.GSPS, src.sop_instance_uid, {})
+        if ResultKind.SC in compose:
             for src in with_pixels:
                 assert src.findings is not None and src.header is not None
                 if src.findings.screened_out is not None or src.radiograph is None:

@@ -32,12 +32,14 @@ from sqlalchemy import select
 from node.config import (
     CallingAE,
     Config,
+    ConfigError,
     Destination,
     DispatchConfig,
     OutputsConfig,
     RouteMatch,
     RouteRule,
     TLSConfig,
+    parse_config,
 )
 from node.dispatch import (
     Dispatcher,
@@ -49,13 +51,15 @@ from node.dispatch import (
     _FileInfo,
     classify_status,
     destination_health,
+    destination_outputs,
     echo,
     enqueue_deliveries,
     matches,
+    outputs_to_compose,
     route,
     send_files,
 )
-from node.domain import DeliveryState, View
+from node.domain import DeliveryState, ResultKind, View
 from node.registry import Database, Delivery, Event, Job, Patient, Result, Series, Study, utcnow
 from tests.conftest import OrthancServer, free_port, tool
 
@@ -355,6 +359,51 @@ def test_route_no_match_gives_nothing() -> None:
     assert route(cfg, modality="MR") == []
     assert route(cfg) == []
     assert route(Config(), modality="CR") == []
+
+
+def _outputs_config(**outputs: bool) -> Config:
+    return Config(
+        destinations=[
+            Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104, outputs=["sr", "gsps"]),
+            Destination(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=104),
+            Destination(name="registry", ae_title="REG", host="127.0.0.1", port=104, outputs=["sr"]),
+            Destination(name="muted", ae_title="MUTED", host="127.0.0.1", port=104, outputs=[]),
+        ],
+        outputs=OutputsConfig(**outputs),
+    )
+
+
+def test_outputs_are_chosen_per_destination() -> None:
+    """Issue 14: each destination takes the kinds it lists; one without a list takes those
+    switched on under ``outputs`` (SR and SC by default; GSPS off)."""
+    cfg = _outputs_config()
+    assert destination_outputs(cfg, "pacs") == {ResultKind.SR, ResultKind.GSPS}
+    assert destination_outputs(cfg, "archive") == {ResultKind.SR, ResultKind.SC}
+    assert destination_outputs(cfg, "registry") == {ResultKind.SR}
+    assert destination_outputs(cfg, "muted") == frozenset()
+    # composed: the defaults, plus a kind only a routed destination asks for
+    assert outputs_to_compose(cfg, []) == {ResultKind.SR, ResultKind.SC}
+    assert outputs_to_compose(cfg, ["registry"]) == {ResultKind.SR, ResultKind.SC}
+    assert outputs_to_compose(cfg, ["pacs", "registry"]) == set(ResultKind)
+    # defaults switched: SC off for everybody without a list, GSPS on
+    cfg = _outputs_config(sc=False, gsps=True)
+    assert destination_outputs(cfg, "archive") == {ResultKind.SR, ResultKind.GSPS}
+    assert destination_outputs(cfg, "pacs") == {ResultKind.SR, ResultKind.GSPS}
+    assert outputs_to_compose(cfg, ["archive"]) == {ResultKind.SR, ResultKind.GSPS}
+    cfg = _outputs_config(sr=False, sc=False)
+    assert outputs_to_compose(cfg, []) == frozenset()
+    assert outputs_to_compose(cfg, ["registry", "muted"]) == {ResultKind.SR}
+
+
+def test_destination_outputs_are_validated() -> None:
+    base = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    with pytest.raises(ConfigError) as bad_kind:
+        parse_config({"destinations": [{**base, "outputs": ["sr", "pdf"]}]})
+    assert any(e.startswith("destinations[0].outputs[1]") for e in bad_kind.value.errors), bad_kind.value.errors
+    with pytest.raises(ConfigError) as twice:
+        parse_config({"destinations": [{**base, "outputs": ["sr", "sr"]}]})
+    assert any("must not name an output twice" in e for e in twice.value.errors), twice.value.errors
+    assert parse_config({"destinations": [{**base, "outputs": ["gsps"]}]}).destinations[0].outputs == ["gsps"]
 
 
 @pytest.mark.parametrize(
