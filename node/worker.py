@@ -17,11 +17,14 @@ Failure handling, from the job's point of view:
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
 import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from types import FrameType
@@ -60,20 +63,38 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= _REASON_MAX_CHARS else text[: _REASON_MAX_CHARS - 1] + "…"
 
 
+class JobTimeLimit(BaseException):
+    """Raised inside the worker thread when its job exceeds ``jobs.max_job_s``.
+
+    A ``BaseException``: the pipeline's own ``except Exception`` guards (one hip's failure must
+    not cost the study's report) must not swallow it."""
+
+
+def _interrupt(thread_id: int, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in another thread at its next Python bytecode (a thread blocked inside C
+    code gets it when the call returns; until then its lease is simply no longer renewed)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
+
+
 class _LeaseKeeper:
     """Renews one job's lease every ``interval_s`` on a daemon thread until stopped.
 
     A failed renewal because of a database hiccup is retried on the next beat (the lease is
     several beats long); a *refused* renewal means the job was taken away and ends the thread.
+    Past ``max_job_s`` it stops renewing and interrupts the job's thread (``JobTimeLimit``).
     """
 
-    def __init__(self, db: Database, job: ClaimedJob, interval_s: float, lease_s: float) -> None:
+    def __init__(self, db: Database, job: ClaimedJob, interval_s: float, lease_s: float,
+                 max_job_s: float = math.inf) -> None:
         self._db = db
         self._job = job
         self._interval_s = interval_s
         self._lease_s = lease_s
+        self._deadline = time.monotonic() + max_job_s
+        self._worker_thread = threading.get_ident()
         self._halt = threading.Event()
         self.lost = threading.Event()
+        self.timed_out = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-job-{job.job_pk}", daemon=True)
 
     def __enter__(self) -> _LeaseKeeper:
@@ -83,10 +104,17 @@ class _LeaseKeeper:
     def __exit__(self, *exc: object) -> None:
         self._halt.set()
         self._thread.join()
+        if self.timed_out.is_set():
+            # the job finished just as the limit struck: drop an interruption not yet delivered
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._worker_thread), None)
 
     def _run(self) -> None:
         job = self._job
-        while not self._halt.wait(self._interval_s):
+        while not self._halt.wait(min(self._interval_s, max(self._deadline - time.monotonic(), 0.0))):
+            if time.monotonic() >= self._deadline:
+                self.timed_out.set()
+                _interrupt(self._worker_thread, JobTimeLimit)
+                return
             try:
                 renewed = heartbeat(self._db, job.job_pk, job.worker_id, self._lease_s, attempt=job.attempt)
             except Exception:
@@ -130,8 +158,14 @@ class Worker:
     def _process(self, job: ClaimedJob) -> None:
         jobs_cfg = self.cfg.jobs
         try:
-            with _LeaseKeeper(self.db, job, jobs_cfg.heartbeat_s, jobs_cfg.lease_s) as lease:
+            with _LeaseKeeper(self.db, job, jobs_cfg.heartbeat_s, jobs_cfg.lease_s, jobs_cfg.max_job_s) as lease:
                 outcome = self.pipeline.process(job.job_pk)
+        except JobTimeLimit:
+            log.warning("job %d: stopped after the per-job time limit of %.0f s", job.job_pk, jobs_cfg.max_job_s)
+            fail_job(self.db, job.job_pk, self.worker_id,
+                     f"exceeded the per-job time limit of {jobs_cfg.max_job_s:.0f} s (jobs.max_job_s)",
+                     attempt=job.attempt, policy=self.policy)
+            return
         except Exception as exc:
             # Only the exception class in the log: messages from DICOM libraries may quote
             # attribute values. The full reason goes to the registry (the audit trail).

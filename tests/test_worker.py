@@ -228,6 +228,34 @@ def test_pipeline_returning_a_non_final_state_is_a_failure(db: Database) -> None
     assert row.state == "failed" and row.reason is not None and "expected done or skipped" in row.reason
 
 
+def test_a_hung_job_is_stopped_at_the_time_limit_and_counts_as_a_failed_attempt(db: Database) -> None:
+    """A job past ``jobs.max_job_s`` is interrupted even though the pipeline swallows ordinary
+    exceptions (as its per-hip guards do), and fails with the reason; the next job runs."""
+    hung_pk, next_pk = add_jobs(db, 2, max_attempts=1)
+    swallowed: list[str] = []
+
+    def script(job_pk: int, _n: int) -> JobOutcome:
+        if job_pk == hung_pk:
+            for _ in range(600):  # 60 s unless interrupted
+                try:
+                    time.sleep(0.1)
+                except Exception as exc:  # noqa: BLE001 - a guard like the pipeline's own
+                    swallowed.append(type(exc).__name__)
+        return JobOutcome(JobState.DONE)
+
+    pipeline = ScriptedPipeline(script)
+    cfg = make_cfg(db.url, max_job_s=1.0, heartbeat_s=0.2, lease_s=5.0)
+    worker = Worker(cfg, db, pipeline_factory=lambda _c, _d: pipeline, worker_id="w1")
+    start = time.monotonic()
+    assert worker.run_once()
+    assert time.monotonic() - start < 15.0
+    row = job_row(db, hung_pk)
+    assert row.state == "failed" and row.reason is not None and "time limit of 1 s" in row.reason
+    assert swallowed == []
+    assert worker.run_once()
+    assert job_row(db, next_pk).state == "done"
+
+
 def test_heartbeats_keep_a_long_job_from_being_swept(db: Database) -> None:
     (pk,) = add_jobs(db, 1)
     cfg = make_cfg(db.url, lease_s=1.0, heartbeat_s=0.2)
