@@ -64,3 +64,30 @@ def test_ingest_versions_completion_and_status(any_db: Database, tmp_path: Path)
     assert status["instances"] == {"received": 3}
     assert status["series"] == {"complete": 1}
     assert status["queue_depth"] == 2 or status["jobs"].get("queued", 0) + status["jobs"].get("skipped", 0) == 2
+
+
+def test_a_sop_instance_uid_reused_in_another_study_is_kept_apart(any_db: Database, tmp_path: Path) -> None:  # noqa: F811
+    """The same SOP Instance UID arriving in another patient's study (a modality or archive that
+    reuses UIDs) is a second object: the first is not superseded, both series keep their image,
+    and the reuse is an event."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    cfg = parse_config({"storage": {"root": str(tmp_path / "storage"), "min_free_mb": 1}})
+    store = InstanceStore(cfg.storage.root, min_free_mb=1)
+    first = _files(tmp_path)[0]
+    other = pydicom.dcmread(first)
+    other.PatientID = "OTHER-PATIENT"
+    other.StudyInstanceUID = generate_uid()
+    other.SeriesInstanceUID = generate_uid()
+    reused = tmp_path / "reused.dcm"
+    other.save_as(reused)
+    assert import_file(cfg, any_db, store, first, "CR1") == "new"
+    assert import_file(cfg, any_db, store, reused, "CR2") == "new"
+    assert import_file(cfg, any_db, store, reused, "CR2") == "duplicate"
+    with any_db.session() as s:
+        rows = s.scalars(select(Instance).order_by(Instance.id)).all()
+        assert [(r.version, r.superseded) for r in rows] == [(1, False), (2, False)]
+        assert rows[0].series_pk != rows[1].series_pk
+        kinds = s.scalars(select(Event.kind).where(Event.entity == "instance", Event.entity_pk == rows[1].id)).all()
+        assert "uid_reused" in kinds

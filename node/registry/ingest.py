@@ -87,6 +87,12 @@ _LATEST_INSTANCE = (
     .limit(1)
 )
 _SERIES_BY_UID = select(_SE.c.id, _SE.c.state, _SE.c.generation).where(_SE.c.series_uid == bindparam("uid"))
+_LATEST_IN_SERIES = (
+    select(_I.c.id, _I.c.version, _I.c.sha256, _I.c.series_pk)
+    .where(_I.c.sop_instance_uid == bindparam("sop_uid"), _I.c.series_pk == bindparam("series_pk"))
+    .order_by(_I.c.version.desc())
+    .limit(1)
+)
 _SERIES_STATE = select(_SE.c.state).where(_SE.c.id == bindparam("pk"))
 _STUDY_BY_UID = select(_ST.c.id).where(_ST.c.study_uid == bindparam("uid"))
 _PATIENT_BY_ID = select(_P.c.id).where(
@@ -243,7 +249,15 @@ def record_instance(
             raise ValueError(f"header: {name} is required")
 
     conn = session.connection()
-    latest = conn.execute(_LATEST_INSTANCE, {"sop_uid": sop_uid}).first()
+    # Versions of an instance are chained within its series only: the same SOP Instance UID in
+    # another series (another study, another patient: a modality or archive that reuses UIDs)
+    # is a different object, kept apart and flagged, never a correction of the first one.
+    anywhere = conn.execute(_LATEST_INSTANCE, {"sop_uid": sop_uid}).first()
+    known_series = conn.execute(_SERIES_BY_UID, {"uid": series_uid}).first()
+    latest = None
+    if anywhere is not None and known_series is not None:
+        latest = (anywhere if int(anywhere.series_pk) == int(known_series.id)
+                  else conn.execute(_LATEST_IN_SERIES, {"sop_uid": sop_uid, "series_pk": known_series.id}).first())
 
     if latest is not None and latest.sha256 == sha256:
         _event(
@@ -284,6 +298,12 @@ def record_instance(
         conn.execute(_SUPERSEDE, {"pk": latest.id})
         version = int(latest.version) + 1
         kind = IngestKind.NEW_VERSION
+    elif anywhere is not None:
+        version = int(anywhere.version) + 1  # the latest anywhere: (UID, version) stays unique
+        log.warning(
+            "SOP Instance UID %s already filed in another series (instance %d): kept apart, not superseded",
+            sop_uid[-24:], int(anywhere.id),
+        )
 
     instance_pk = _insert(
         conn,
@@ -307,12 +327,15 @@ def record_instance(
         },
     )
     if latest is None:
+        if anywhere is not None:
+            _event(conn, "instance", instance_pk, "uid_reused", other_instance=int(anywhere.id),
+                   other_series=int(anywhere.series_pk), sop_instance_uid=sop_uid)
         _event(
             conn,
             "instance",
             instance_pk,
             "received",
-            version=1,
+            version=version,
             calling_ae=calling_ae,
             peer_host=peer_host,
             sop_class_uid=sop_class,
