@@ -1,8 +1,8 @@
 """``hipnode`` command line: one entry point for every process and tool.
 
 Processes: ``receive`` (SCP only), ``work`` (job worker + dispatcher), ``run`` (both, for a
-single-machine install). Tools: ``check-config``, ``status``, ``audit``, ``echo``, ``send``, ``import``,
-``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
+single-machine install). Tools: ``check-config``, ``status``, ``health``, ``audit``, ``echo``,
+``send``, ``import``, ``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
 check-config`` works even where the heavy optional dependencies are absent.
 """
 
@@ -225,6 +225,43 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Liveness of a running ``receive`` / ``work`` / ``run`` process on this host, for container
+    healthchecks: its ``/metrics`` answers and its registry query succeeded (``hipnode_registry_up
+    1``), and a receiver's DICOM port accepts a connection (closed at once: logged at DEBUG only,
+    unlike a C-ECHO association, so a check every few seconds adds nothing to the log)."""
+    import socket
+    import urllib.request
+
+    cfg = _load(args)
+    receiver = args.role in ("receive", "run")
+
+    def local(host: str) -> str:
+        return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+    problems = []
+    if not cfg.metrics.enabled:
+        problems.append("metrics.enabled is false: nothing to ask the process")
+    else:
+        port = cfg.metrics.port if receiver else cfg.metrics.work_port
+        url = f"http://{local(cfg.metrics.host)}:{port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as rsp:
+                body = rsp.read().decode("utf-8", "replace")
+            if "\nhipnode_registry_up 1.0\n" not in f"\n{body}":
+                problems.append(f"{url}: the registry did not answer")
+        except OSError as exc:
+            problems.append(f"{url}: {exc}")
+    if receiver:
+        try:
+            socket.create_connection((local(cfg.node.host), cfg.node.port), timeout=args.timeout).close()
+        except OSError as exc:
+            problems.append(f"DICOM port {cfg.node.port}: {exc}")
+    for line in problems:
+        print(f"unhealthy: {line}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.dispatch import echo
 
@@ -332,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     p.set_defaults(func=cmd_audit)
+    p = sub.add_parser("health", help="exit 0 when this host's receive/work/run process answers (healthchecks)")
+    p.add_argument("role", choices=("receive", "work", "run"))
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_health)
     p = sub.add_parser("echo", help="C-ECHO a configured destination")
     p.add_argument("destination")
     p.set_defaults(func=cmd_echo)
