@@ -91,3 +91,44 @@ def test_a_sop_instance_uid_reused_in_another_study_is_kept_apart(any_db: Databa
         assert rows[0].series_pk != rows[1].series_pk
         kinds = s.scalars(select(Event.kind).where(Event.entity == "instance", Event.entity_pk == rows[1].id)).all()
         assert "uid_reused" in kinds
+
+
+def test_an_instance_arriving_while_its_series_completes_reopens_it(any_db: Database, tmp_path: Path) -> None:  # noqa: F811
+    """The completion race (issue 13): a completer holds the series row (marking it complete)
+    while an instance of that series arrives. The receiver must wait for it and re-open the
+    series, so the instance gets the next generation; had it read the row without a lock it
+    would have seen "open", only moved the quiet period, and left the instance out."""
+    import threading
+    import time
+
+    from sqlalchemy import update
+
+    cfg = parse_config({"storage": {"root": str(tmp_path / "storage"), "min_free_mb": 1}})
+    store = InstanceStore(cfg.storage.root, min_free_mb=1)
+    first, second = _files(tmp_path)
+    assert import_file(cfg, any_db, store, first, "CR1") == "new"
+    with any_db.session() as s:
+        series_pk = s.scalars(select(Series.id)).one()
+
+    locked, done = threading.Event(), threading.Event()
+
+    def completer() -> None:
+        with any_db.session() as s:
+            s.execute(select(Series).where(Series.id == series_pk).with_for_update()).scalar_one()
+            s.execute(update(Series).where(Series.id == series_pk).values(state="complete", generation=1))
+            locked.set()
+            time.sleep(1.0)  # the instance arrives while the completion is not yet committed
+            s.commit()
+        done.set()
+
+    t = threading.Thread(target=completer)
+    t.start()
+    assert locked.wait(10)
+    assert import_file(cfg, any_db, store, second, "CR1") == "new"
+    t.join(10)
+    assert done.is_set()
+    with any_db.session() as s:
+        series = s.get(Series, series_pk)
+        assert series is not None and series.state == "reopened", series.state
+        kinds = s.scalars(select(Event.kind).where(Event.entity == "series", Event.entity_pk == series_pk)).all()
+        assert "reopened" in kinds

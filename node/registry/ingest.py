@@ -87,6 +87,7 @@ _LATEST_INSTANCE = (
     .limit(1)
 )
 _SERIES_BY_UID = select(_SE.c.id, _SE.c.state, _SE.c.generation).where(_SE.c.series_uid == bindparam("uid"))
+_SERIES_BY_UID_LOCKED = _SERIES_BY_UID.with_for_update()
 _LATEST_IN_SERIES = (
     select(_I.c.id, _I.c.version, _I.c.sha256, _I.c.series_pk)
     .where(_I.c.sop_instance_uid == bindparam("sop_uid"), _I.c.series_pk == bindparam("series_pk"))
@@ -180,8 +181,13 @@ def _touch_series(
     complete_after: datetime,
 ) -> tuple[int, str, str | None]:
     """Get or create the series and move it along the state machine for one new instance.
-    Returns its primary key, its state afterwards and the transition (if any)."""
-    row = conn.execute(_SERIES_BY_UID, {"uid": series_uid}).first()
+    Returns its primary key, its state afterwards and the transition (if any).
+
+    The row is read ``FOR UPDATE`` (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
+    writers): a completer holding it must commit first, so an instance arriving while its series
+    is being completed sees the series complete and re-opens it. Read without the lock it saw
+    "open", only moved the quiet period, and the instance could miss every generation's job."""
+    row = conn.execute(_SERIES_BY_UID_LOCKED, {"uid": series_uid}).first()
     if row is None:
         pk = _insert(
             conn,
