@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,14 @@ class JobOutcome:
     state: JobState  # DONE or SKIPPED
     reason: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+class _NewerGeneration(Exception):
+    """A newer generation of the series was completed while this job ran."""
+
+    def __init__(self, generation: int) -> None:
+        super().__init__(f"generation {generation} is newer")
+        self.generation = generation
 
 
 @dataclass
@@ -176,7 +186,16 @@ class Pipeline:
         if not analysed:
             reasons = sorted({v for v in summary["screened_out"].values()})
             return JobOutcome(JobState.SKIPPED, "no hip radiograph analysed: " + "; ".join(reasons), summary)
-        results = self._compose_and_store(ctx)
+        try:
+            results = self._compose_and_store(ctx)
+        except _NewerGeneration as newer:
+            summary["superseded_by_generation"] = newer.generation
+            return JobOutcome(
+                JobState.SKIPPED,
+                f"superseded while running: generation {newer.generation} of the series is queued "
+                "(a late image arrived); it will report",
+                summary,
+            )
         summary["results"] = results
         return JobOutcome(JobState.DONE, None, summary)
 
@@ -353,6 +372,13 @@ class Pipeline:
             JPEG 2000) overlays are still encoding."""
             rel = self._write(ds)
             with self.db.session() as s:
+                # A late image re-completed the series while this job ran: generation N+1 reports
+                # for it (the row lock orders this check against that completion).
+                current = s.scalar(select(Series.generation).where(Series.id == ctx.series_pk).with_for_update())
+                if current is not None and current > ctx.generation:
+                    if s.scalar(select(Result.id).where(Result.path == rel)) is None:
+                        (self.results_root / rel).unlink(missing_ok=True)  # nobody's result: ours only
+                    raise _NewerGeneration(int(current))
                 result = self._upsert_result(s, ctx, rel, ds, kind, source, payload, predecessor)
                 if kind is ResultKind.SR:
                     self._record_measurements(s, ctx, result, findings)
@@ -418,7 +444,9 @@ class Pipeline:
         )
         final = self.results_root / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        # unique per writer: two worker threads (or processes) may write the same result (the
+        # same content gives the same SOP Instance UID) at the same moment
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
         ds.save_as(tmp, enforce_file_format=True)
         fd = os.open(tmp, os.O_RDONLY)
         try:

@@ -34,8 +34,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels.utils import pixel_array
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
 
 from node.config import ScreeningConfig
 from node.domain import ScreenReason, Side, View
