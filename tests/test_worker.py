@@ -239,7 +239,7 @@ def test_a_hung_job_is_stopped_at_the_time_limit_and_counts_as_a_failed_attempt(
             for _ in range(600):  # 60 s unless interrupted
                 try:
                     time.sleep(0.1)
-                except Exception as exc:  # noqa: BLE001 - a guard like the pipeline's own
+                except Exception as exc:  # a guard like the pipeline's own
                     swallowed.append(type(exc).__name__)
         return JobOutcome(JobState.DONE)
 
