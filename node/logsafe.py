@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from typing import Any
 
 # quoted runs, shortest match, up to a line: '...' or "..." (the quote characters kept)
 _QUOTED = re.compile(r"""(['"])(?:(?!\1)[^\n]){1,200}\1""")
@@ -53,13 +54,46 @@ class RedactQuoted(logging.Filter):
 
 _FILTER = RedactQuoted()
 
+# what a database error carries back from the server or the driver: "Key (patient_id, issuer)=
+# (MRN-1, )" in PostgreSQL's DETAIL, and SQLAlchemy's "[parameters: ...]" (hidden by the engine
+# anyway, see node.registry.db)
+_DB_KEY = re.compile(r"(Key \([^)\n]*\)=\()[^\n]*?(\)\s+(?:already exists|is not present|conflicts))")
+_DB_PARAMETERS = re.compile(r"\[parameters: [^\n]*\]")
+# a run without spaces longer than this is cut (a 60,000-character "UID" must not fill the log)
+MAX_RUN = 256
+_LONG_RUN = re.compile(r"\S{" + str(MAX_RUN + 1) + ",}")
+
+
+def scrub(text: str) -> str:
+    """``text`` safe to log: database key values and parameters, quoted values and overlong
+    runs removed. For tracebacks, whose messages come from libraries that quote what they read."""
+    text = _DB_KEY.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)
+    text = _DB_PARAMETERS.sub(f"[parameters: {REDACTED}]", text)
+    return cut_long(redact(text))
+
+
+def cut_long(text: str) -> str:
+    return _LONG_RUN.sub(lambda m: f"{m.group(0)[:64]}…({len(m.group(0))} characters)", text)
+
+
+class SafeFormatter(logging.Formatter):
+    """The log format with tracebacks scrubbed (``scrub``) and overlong runs cut everywhere."""
+
+    def formatException(self, ei: Any) -> str:
+        return scrub(super().formatException(ei))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return cut_long(super().format(record))
+
 
 def install(level: str | int = logging.INFO, fmt: str | None = None) -> None:
     """Configure the root logger once and make every third-party line safe to keep."""
     lvl = getattr(logging, level, logging.INFO) if isinstance(level, str) else level
-    logging.basicConfig(
-        level=lvl, format=fmt or "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-    )
+    fmt = fmt or "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    logging.basicConfig(level=lvl, format=fmt)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, SafeFormatter):
+            handler.setFormatter(SafeFormatter(fmt))
     protect()
     # pynetdicom logs every PDU at INFO; keep it for warnings and above.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, lvl))

@@ -19,6 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 
+READ_ONLY = "hipnode_read_only"  # execution option of ``Database.read_session`` connections
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -29,7 +32,10 @@ def make_engine(url: str, echo: bool = False) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 60, "check_same_thread": False})
+        # hide_parameters: a failing statement's message (logged with its traceback) must not carry
+        # the bound values - patient names, IDs and birth dates are among them
+        engine = create_engine(url, echo=echo, hide_parameters=True,
+                               connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -46,11 +52,13 @@ def make_engine(url: str, echo: bool = False) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock at BEGIN: no deadlock-prone lock upgrades between
-            # the receiver and workers, and claims are atomic.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # the receiver and workers, and claims are atomic. A read-only session (status,
+            # metrics, the web page) begins DEFERRED: in WAL mode it then never waits for, nor
+            # blocks, the receiver's writes.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, echo=echo, hide_parameters=True, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 class Database:
@@ -60,11 +68,21 @@ class Database:
         self.url = url
         self.engine = make_engine(url, echo=echo)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessionmaker = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}),
+                                              expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: commits on success, rolls back on any exception."""
         with self.sessionmaker() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction for reading only: on SQLite it begins DEFERRED instead of IMMEDIATE, so
+        readers (status, metrics, web page) do not take the write lock the receiver and the
+        workers queue on."""
+        with self.read_sessionmaker() as s, s.begin():
             yield s
 
     def migrate(self) -> None:
