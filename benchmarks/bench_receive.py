@@ -10,7 +10,8 @@ The machine is shared and noisy, so the receivers run in several repetitions (3 
 ``BENCH_RECEIVE_REPS`` to change), each repetition in a rotated order; the figures are medians,
 and the ratio ours / DCMTK is also given per repetition (side by side, same minute).
 
-Ours runs in its production configuration (row ``hipnode``): every file and its directory
+Ours runs in its production configuration (row ``hipnode``), with the default bounds on what a
+peer can make it hold (1 MiB PDUs, dataset, inflation and buffer caps, read deadlines): every file and its directory
 fsynced, SQLite registry with ``synchronous=FULL``, acknowledgement only after commit. DCMTK's
 and pynetdicom's storescp do **not** fsync: their files may still be in the page cache when they
 answer. Row ``hipnode-nofsync`` (``storage.fsync: false``; the registry commit still syncs) is
@@ -179,7 +180,9 @@ def _ours_cmd(port: int, out: Path, fsync: bool) -> list[str]:
     cfg.write_text(
         json.dumps(
             {
-                "node": {"host": "127.0.0.1", "port": port, "max_pdu": 0},
+                # The node's default limits (max PDU 1 MiB, dataset/inflation/buffer caps,
+                # timeouts): the figure is what a site gets out of the box.
+                "node": {"host": "127.0.0.1", "port": port},
                 "storage": {"root": str(out / "storage"), "min_free_mb": 100, "fsync": fsync},
                 "database": {"url": f"sqlite:///{out / 'hipnode.db'}"},
                 "log_level": "WARNING",

@@ -89,6 +89,12 @@ class NodeConfig(_Strict):
     max_inflated_mb: float = Field(
         256.0, gt=0, description="a deflated dataset inflating beyond this is refused (0xA700)"
     )
+    max_buffered_mb: float = Field(
+        64.0,
+        gt=0,
+        description="per association, received dataset bytes not yet written; beyond it reading "
+        "pauses (TCP slows the sender)",
+    )
     tls: NodeTLSConfig = NodeTLSConfig()
     require_called_ae: bool = False  # reject associations not addressed to ae_title
 

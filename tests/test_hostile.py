@@ -615,3 +615,64 @@ def test_pdu_fuzz_leaves_the_node_answering_and_every_acknowledged_instance_stor
     assert wait_until(lambda: not list((node.root / ".incoming").iterdir()), 10), "staged files left behind"
     log = node.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 2000 : log.index("Traceback") + 3000]
+
+
+# ------------------------------------------------------------------------------ TLS, inflation
+
+
+def test_idle_tcp_connect_does_not_block_tls_associations(tmp_path: Path) -> None:
+    """pynetdicom ran the TLS handshake in the accept loop: one client that connects and sends
+    no ClientHello blocked every new association. The handshake now runs in the connection's
+    thread and is abandoned after tls.handshake_timeout_s."""
+    import ssl
+
+    from tests.test_receive_support import running_receiver
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    tls = {"enabled": True, "cert_file": str(cert), "key_file": str(key), "handshake_timeout_s": 2}
+    with running_receiver(tmp_path, node={"tls": tls}) as rx:
+        idle = [socket.create_connection(("127.0.0.1", rx.port), timeout=10) for _ in range(3)]
+        try:
+            client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+            ae = scu_ae((VERIFICATION, [ExplicitVRLittleEndian]))
+            t0 = time.monotonic()
+            assoc = ae.associate("127.0.0.1", rx.port, ae_title="HIPNODE", tls_args=(client, "127.0.0.1"))
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+            assert time.monotonic() - t0 < 1.5  # well before the idle handshakes time out
+            closed = [read_until_closed(sock, 8)[1] for sock in idle]
+            assert all(c is not None and c < 5 for c in closed), closed
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_inflate_bounded_stops_at_the_cap_and_rejects_broken_streams() -> None:
+    from node.receive.handlers import InvalidDataset, StoreStatus, inflate_bounded
+
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    payload = b"hip" * 100_000
+    stream = deflater.compress(payload) + deflater.flush()
+    assert inflate_bounded(stream, len(payload)) == payload
+    with pytest.raises(InvalidDataset) as over:
+        inflate_bounded(stream, len(payload) - 1)
+    assert over.value.status is StoreStatus.OUT_OF_RESOURCES
+    with pytest.raises(InvalidDataset) as truncated:
+        inflate_bounded(stream[: len(stream) // 2], 10 * len(payload))
+    assert truncated.value.status is StoreStatus.UNPARSEABLE
+    with pytest.raises(InvalidDataset) as garbage:
+        inflate_bounded(b"\xff" * 100, 1000)
+    assert garbage.value.status is StoreStatus.UNPARSEABLE
+    # A 2 GiB bomb against a 1 MiB cap: refused after inflating about the cap, not the bomb.
+    bomb = deflate_bomb(str(uid_for("hostile", "unit-bomb")))
+    t0 = time.process_time()
+    with pytest.raises(InvalidDataset) as refused:
+        inflate_bounded(bomb, 2**20)
+    assert refused.value.status is StoreStatus.OUT_OF_RESOURCES
+    assert time.process_time() - t0 < 1.0

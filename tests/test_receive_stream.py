@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import threading
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -113,3 +114,94 @@ def _meta_prefix(path: Path) -> bytes:
     data = path.read_bytes()
     group_len = int.from_bytes(data[140:144], "little")  # (0002,0000) UL value
     return data[: 144 + group_len]
+
+
+def test_free_space_is_watched_while_a_dataset_streams_in(tmp_path: Path) -> None:
+    """The watermark is checked before the first byte and every FREE_SPACE_STEP bytes after
+    it, so a dataset that would take the disk below it fails while it arrives (0xA700, with the
+    reason in the Error Comment), not after it has filled the disk."""
+    from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tests.dicom_factory import split_part10
+    from tests.test_receive_support import scu_ae, send_raw_response
+
+    big = make_image(rows=2048, cols=1536, seed=32)  # 6 MiB: two free-space checks
+    fp = BytesIO()
+    big.save_as(fp, enforce_file_format=True)
+    data = split_part10(fp.getvalue())[1]
+    with running_receiver(tmp_path) as rx:
+        store = rx.receiver.store
+        checks: list[int] = []
+        room = store.min_free_bytes + 64 * 2**20
+
+        def free_bytes() -> int:  # the disk fills up (another writer) after the first check
+            checks.append(1)
+            return room if len(checks) == 1 else store.min_free_bytes - 1
+
+        store.free_bytes = free_bytes  # type: ignore[method-assign]
+        ae = scu_ae((DX, [ExplicitVRLittleEndian]))
+        assoc = ae.associate("127.0.0.1", rx.port, ae_title="HIPNODE")
+        rsp = send_raw_response(assoc, DX, str(big.SOPInstanceUID), data)
+        assoc.release()
+        assert rsp is not None and rsp.Status == 0xA700
+        assert rsp.ErrorComment == "storage below free-space watermark"
+        assert len(checks) == 2  # the second check, 4 MiB in, refused it: not the handler's
+        assert stored_instances(rx) == []
+        assert list(store.staging.iterdir()) == []
+
+
+def test_backlog_bounds_memory_and_pauses_the_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the disk slower than the network, fed fragments must not pile up in memory: once
+    ``max_backlog`` bytes wait to be written, ``feed`` (the association's reader) waits too."""
+    store = InstanceStore(tmp_path / "root", min_free_mb=0, max_backlog=1 << 20)
+    disk = threading.Event()
+    real = storage._write_all
+
+    def slow_disk(fd: int, data: bytes | memoryview) -> None:
+        disk.wait()
+        real(fd, data)
+
+    staged = store.stage(b"meta")
+    monkeypatch.setattr(storage, "_write_all", slow_disk)
+    fragment = os.urandom(128 * 1024)
+    fed: list[int] = []
+
+    def reader() -> None:
+        for i in range(32):  # 4 MiB, four times the backlog
+            staged.feed(fragment)
+            fed.append(i)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        thread.join(1.0)
+        assert thread.is_alive() and len(fed) <= 9, len(fed)  # 1 MiB queued, 1 being written
+    finally:
+        disk.set()
+    thread.join(10)
+    assert not thread.is_alive() and len(fed) == 32
+    assert staged.hexdigest() == hashlib.sha256(fragment * 32).hexdigest()
+    staged.discard()
+
+
+def test_a_stalled_disk_gives_the_dataset_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "BACKLOG_WAIT_S", 0.3)
+    store = InstanceStore(tmp_path / "root", min_free_mb=0, max_backlog=1 << 20)
+    disk = threading.Event()
+    real = storage._write_all
+
+    def stalled(fd: int, data: bytes | memoryview) -> None:
+        disk.wait()
+        real(fd, data)
+
+    staged = store.stage(b"meta")
+    monkeypatch.setattr(storage, "_write_all", stalled)
+    try:
+        for _ in range(32):
+            staged.feed(b"\x00" * 131072)  # returns: after 0.3 s without progress it stops waiting
+        assert staged.error is not None and staged.error.errno == errno.ETIMEDOUT
+    finally:
+        disk.set()
+    staged.discard()
+    assert list(store.staging.iterdir()) == []

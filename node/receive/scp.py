@@ -827,7 +827,10 @@ class Receiver:
         self.tuned_transport = tuned_transport
         self.db = db
         self.store = store or InstanceStore(
-            cfg.storage.root, min_free_mb=cfg.storage.min_free_mb, fsync=cfg.storage.fsync
+            cfg.storage.root,
+            min_free_mb=cfg.storage.min_free_mb,
+            fsync=cfg.storage.fsync,
+            max_backlog=int(cfg.node.max_buffered_mb * 2**20),
         )
         self.ae = build_ae(cfg, db)
         self.handlers, self.store_handler = build_handlers(cfg, db, self.store)

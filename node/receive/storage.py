@@ -25,6 +25,7 @@ import mmap
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ WRITEBACK_STEP = 512 * 1024
 #: While a dataset streams in, free space is checked again every this many bytes (a statvfs costs
 #: microseconds; a multi-gigabyte dataset must not fill the disk before anyone looks).
 FREE_SPACE_STEP = 4 * 1024 * 1024
+#: Default bound on dataset bytes received but not yet written and hashed, per staged file
+#: (``node.max_buffered_mb``). Beyond it :meth:`StagedFile.feed` waits, so the association's
+#: reader stops reading and TCP slows the sender, instead of queueing in memory without limit
+#: when the disk is slower than the network.
+DEFAULT_MAX_BACKLOG = 64 * 1024 * 1024
+#: How long ``feed`` waits for the disk before giving the dataset up (a stalled filesystem).
+BACKLOG_WAIT_S = 60.0
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -117,6 +125,7 @@ class StagedFile:
         writeback: bool,
         background: bool = True,
         room: Callable[[], None] | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
         self.path = directory / f".{uuid.uuid4().hex}{_TMP_SUFFIX}"
         # Raises OutOfResources when the storage is below its watermark; called before the
@@ -138,6 +147,11 @@ class StagedFile:
         self._worker: threading.Thread | None = None
         self._hash_queue: queue.SimpleQueue[bytes | memoryview | None] | None = None
         self._hasher: threading.Thread | None = None
+        # Bytes fed but not yet written / not yet hashed: a fragment is freed when both are.
+        self._unwritten = 0
+        self._unhashed = 0
+        self._max_backlog = max_backlog
+        self._backlog_cv = threading.Condition()
         try:
             _write_all(self._fd, prefix)
         except OSError:
@@ -168,6 +182,8 @@ class StagedFile:
         if not self._feeding:
             return
         if self._queue is not None and self._hash_queue is not None:
+            if not self._reserve(len(data)):
+                return
             self._queue.put(data)
             self._hash_queue.put(data)
         else:
@@ -178,11 +194,43 @@ class StagedFile:
         assert self._queue is not None
         while (item := self._queue.get()) is not None:
             self._append(item)
+            with self._backlog_cv:
+                self._unwritten -= len(item)
+                self._backlog_cv.notify()
 
     def _drain_hash(self) -> None:
         assert self._hash_queue is not None
         while (item := self._hash_queue.get()) is not None:
             self._hash.update(item)  # releases the GIL: runs beside the writer and the receiver
+            with self._backlog_cv:
+                self._unhashed -= len(item)
+                self._backlog_cv.notify()
+
+    def _reserve(self, n: int) -> bool:
+        """Wait until ``n`` more bytes fit in the backlog; False (and the dataset given up, as a
+        write error) if the disk made no room for BACKLOG_WAIT_S."""
+        with self._backlog_cv:
+            if self._over_backlog(n):
+                deadline = time.monotonic() + BACKLOG_WAIT_S
+                while self._over_backlog(n):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        # Not under self._lock: the stalled writer holds it. Later appends
+                        # see the error and stop; discard() removes the file.
+                        if self.error is None:
+                            self.error = OSError(
+                                errno.ETIMEDOUT, f"storage made no progress for {BACKLOG_WAIT_S:g} s"
+                            )
+                        self._feeding = False
+                        return False
+                    self._backlog_cv.wait(remaining)
+            self._unwritten += n
+            self._unhashed += n
+        return True
+
+    def _over_backlog(self, n: int) -> bool:
+        pending = max(self._unwritten, self._unhashed)
+        return pending > 0 and pending + n > self._max_backlog  # one fragment always fits
 
     def finish(self) -> None:
         """Stop feeding and wait until every fed fragment is written and hashed. Idempotent."""
@@ -271,7 +319,15 @@ class StagedFile:
 class InstanceStore:
     """Writes received instances durably; one per process, shared by every association thread."""
 
-    def __init__(self, root: Path, *, min_free_mb: float = 512.0, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        min_free_mb: float = 512.0,
+        fsync: bool = True,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+    ) -> None:
+        self.max_backlog = max_backlog
         self.root = Path(root).resolve()
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
         self.fsync = fsync
@@ -285,7 +341,13 @@ class InstanceStore:
         """A new streamed temp file on the storage filesystem (so the final rename is atomic),
         which checks the free-space watermark while the dataset streams in: a dataset that
         would fill the disk fails (0xA700) when the watermark is crossed, not after arriving."""
-        return StagedFile(self.staging, prefix, writeback=self.fsync, room=self._check_streaming_room)
+        return StagedFile(
+            self.staging,
+            prefix,
+            writeback=self.fsync,
+            room=self._check_streaming_room,
+            max_backlog=self.max_backlog,
+        )
 
     def _check_streaming_room(self) -> None:
         free = self.free_bytes()
