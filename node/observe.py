@@ -289,7 +289,7 @@ def _job_timed(state: str, analysis_s: float, composition_s: float) -> None:
 
 @_safe
 def _job_waits(db: Database, job_pk: int) -> None:
-    with db.sessionmaker() as s:
+    with db.read_sessionmaker() as s:
         row = s.execute(
             select(Job.created_at, Job.started_at, Series.last_received_at, Series.completed_at)
             .join(Series, Series.id == Job.series_pk)
@@ -316,7 +316,7 @@ def delivery_recorded(db: Database, result_pk: int, destination: str, state: Any
     DELIVERY_OUTCOMES.labels(destination, value).inc()
     if value != "sent":
         return
-    with db.sessionmaker() as s:
+    with db.read_sessionmaker() as s:
         last_received = s.scalar(
             select(Series.last_received_at).join(Result, Result.series_pk == Series.id).where(Result.id == result_pk)
         )
@@ -341,7 +341,7 @@ class RegistryCollector(Collector):
             return
         up = GaugeMetricFamily("hipnode_registry_up", "1 when the registry answered this scrape")
         try:
-            with db.sessionmaker() as s:
+            with db.read_sessionmaker() as s:
                 series = s.execute(select(Series.state, func.count()).group_by(Series.state)).all()
                 jobs = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
                 deliveries = s.execute(

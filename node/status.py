@@ -11,13 +11,13 @@ from node.registry import Database, Delivery, Instance, Job, Result, Series, utc
 
 
 def _counts(db: Database, column: Any) -> dict[str, int]:
-    with db.session() as s:
+    with db.read_session() as s:
         return {str(k): int(v) for k, v in s.execute(select(column, func.count()).group_by(column)).all()}
 
 
 def collect_status(cfg: Config, db: Database) -> dict[str, Any]:
     now = utcnow()
-    with db.session() as s:
+    with db.read_session() as s:
         queue_depth = s.scalar(
             select(func.count()).select_from(Job).where(Job.state == "queued", Job.not_before <= now)
         )
