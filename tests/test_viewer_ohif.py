@@ -10,7 +10,8 @@ is recorded; one that leaves 127.0.0.1 fails the test (and is aborted, so nothin
 Checked on the SR's display: no console error, every cup rim drawn where the Secondary Capture
 draws it (the SR's polyline points within 2 px of the SC's green rim, and OHIF's drawn rim
 within 2 px of the SR's points at the viewer's scale), the inclination and anteversion values
-and the hip's side visible. The screenshot goes to ``docs/ohif_sr.png``.
+visible. The hip's side is not checked: OHIF 3.13.2 does not display it (see the end of the test
+and docs/results.md). The screenshot goes to ``docs/ohif_sr.png``.
 
 The node is also configured with two destinations on the same Orthanc, one taking SR + SC + GSPS
 and one the SR only (issue 14: outputs per destination); the delivery counts per destination
@@ -300,7 +301,7 @@ def _dismiss_tour(page: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_sr_opens_in_ohif_with_cup_rims_values_and_side(
+def test_sr_opens_in_ohif_with_cup_rims_and_values(
     tmp_path: Path, pacs_with_dicomweb: OrthancServer, make_node: Any  # noqa: F811
 ) -> None:
     chromium, sync_playwright = _require()
