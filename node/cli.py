@@ -85,6 +85,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(line)
         print(f"{len(exc.errors)} error(s) in {path}")
         return 1
+    problems = cfg.node.tls.file_problems("node") + [
+        line for i, d in enumerate(cfg.destinations) for line in d.tls.file_problems(f"destinations[{i}]")
+    ]
+    if problems:
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} error(s) in {path}")
+        return 1
     print(f"{path if path.exists() else '(embedded defaults)'}: OK")
     print(f"  AE {cfg.node.ae_title} on {cfg.node.host}:{cfg.node.port}, database {cfg.database.url.split('@')[-1]}")
     print(f"  {len(cfg.calling_aes)} calling AE(s), {len(cfg.destinations)} destination(s), {len(cfg.routing)} rule(s)")

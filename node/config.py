@@ -8,6 +8,7 @@ defaults that ``make run`` uses: SQLite + storage under ``./var``, AE ``HIPNODE`
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -41,13 +42,28 @@ class TLSConfig(_Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = None
-    verify_peer: bool = False  # SCP: require and verify client certificates; SCU: verify server
+    # SCP: require and verify client certificates (default: no). SCU (a destination): verify the
+    # PACS's certificate (default: yes, against ca_file or the system's CAs; false is an explicit
+    # opt-out, logged at every start)
+    verify_peer: bool | None = None
 
     @model_validator(mode="after")
     def _need_files(self) -> TLSConfig:
-        if self.enabled and self.verify_peer and self.ca_file is None:
+        if self.enabled and self.verify_peer is True and self.ca_file is None:
             raise ValueError("ca_file is required when verify_peer is true")
         return self
+
+    def file_problems(self, where: str) -> list[str]:
+        """Certificate, key and CA files that are named but missing or unreadable (check-config:
+        a node must not learn at its first association that its TLS cannot start)."""
+        if not self.enabled:
+            return []
+        out = []
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not (Path(path).is_file() and os.access(path, os.R_OK)):
+                out.append(f"{where}.tls.{name}: {path} is not a readable file")
+        return out
 
 
 class NodeTLSConfig(TLSConfig):

@@ -289,6 +289,9 @@ def _enable_raw_send() -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True
 
 
+_UNVERIFIED_WARNED: set[str] = set()  # destinations whose unverified TLS was logged in this process
+
+
 def _tls_args(dest: Destination) -> tuple[ssl.SSLContext, str] | None:
     tls = dest.tls
     if not tls.enabled:
@@ -296,11 +299,16 @@ def _tls_args(dest: Destination) -> tuple[ssl.SSLContext, str] | None:
     ctx = ssl.create_default_context(
         ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
     )
-    if not tls.verify_peer:
+    if tls.verify_peer is False:
         # Many hospital PACS run self-signed certificates; encryption without verification is
-        # then the site's explicit choice (verify_peer: false), never the default of a CA file.
+        # then the site's explicit choice (verify_peer: false); the default verifies, against
+        # ca_file or the system's CAs.
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        if dest.name not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(dest.name)
+            log.warning("TLS to destination %s does not verify the PACS's certificate (verify_peer: false)",
+                        dest.name)
     if tls.cert_file is not None:
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
     return ctx, dest.host
