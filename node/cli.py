@@ -2,7 +2,8 @@
 
 Processes: ``receive`` (SCP only), ``work`` (job worker + dispatcher), ``run`` (both, for a
 single-machine install). Tools: ``check-config``, ``status``, ``health``, ``audit``, ``echo``,
-``send``, ``import``, ``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
+``send``, ``import``, operator actions (``requeue``, ``resend``, ``reprocess``, ``pause``,
+``resume``), ``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
 check-config`` works even where the heavy optional dependencies are absent.
 """
 
@@ -270,6 +271,80 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _actor() -> str:
+    """Who an action is recorded as: the login running the command (no patient data, and the
+    audit trail can tell a person from the page's logins, ``web:<user>``)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _act(args: argparse.Namespace, do: Callable[[Config, Any, str], Any]) -> int:
+    """Run an operator action (``node.actions``): print what it did; exit 1 when it refused all."""
+    from node.actions import ActionOutcome, ActionRefused
+
+    cfg = _load(args)
+    db = _database(cfg)
+    try:
+        outcome = do(cfg, db, _actor())
+    except ActionRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    if isinstance(outcome, ActionOutcome):
+        for line in outcome.lines():
+            print(line)
+        if not outcome.done and not outcome.refused:
+            print("nothing to do")
+        return 1 if outcome.refused and not outcome.done else 0
+    print(outcome)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from node import actions
+
+    if args.failed:
+        return _act(args, lambda cfg, db, who: actions.requeue_failed(db, who))
+    return _act(args, lambda cfg, db, who: actions.requeue_job(db, args.job, who))
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from node import actions
+
+    if args.failed:
+        return _act(args, lambda cfg, db, who: actions.resend_failed(db, who, destination=args.destination))
+    return _act(args, lambda cfg, db, who: actions.resend_delivery(db, args.delivery, who))
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from node import actions
+    from node.registry.audit import parse_when
+
+    if args.series:
+        return _act(args, lambda cfg, db, who: actions.reprocess_series(db, cfg, args.series, who))
+    try:
+        since = parse_when(args.since)
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"hipnode reprocess: {exc}", file=sys.stderr)
+        return 2
+    return _act(args, lambda cfg, db, who: actions.reprocess_range(db, cfg, since, until, who))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from node import actions
+
+    paused = args.command == "pause"
+    return _act(
+        args, lambda cfg, db, who: actions.set_paused(db, cfg, args.destination, paused, who, reason=args.reason)
+    )
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.dispatch import echo
 
@@ -381,6 +456,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("role", choices=("receive", "work", "run"))
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_health)
+    p = sub.add_parser("requeue", help="queue a failed job again (an event records who)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("job", type=int, nargs="?", help="job id (hipnode status --json, the status page)")
+    g.add_argument("--failed", action="store_true", help="every failed job (newest generation of its series)")
+    p.set_defaults(func=cmd_requeue)
+    p = sub.add_parser("resend", help="send a delivery again (an event records who)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("delivery", type=int, nargs="?", help="delivery id")
+    g.add_argument("--failed", action="store_true", help="every failed delivery")
+    p.add_argument("--destination", default=None, help="with --failed: only this destination's")
+    p.set_defaults(func=cmd_resend)
+    p = sub.add_parser("reprocess", help="analyse again as a new generation (amended SR after a model upgrade)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--series", help="Series Instance UID")
+    g.add_argument("--since", help="series first received from (ISO 8601 or a span: 24h, 7d)")
+    p.add_argument("--until", default=None, help="with --since: received before this (default now)")
+    p.set_defaults(func=cmd_reprocess)
+    for name, text in (("pause", "stop sending to a destination (results stay queued)"),
+                       ("resume", "send to a paused destination again")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("destination")
+        p.add_argument("--reason", default=None, help="kept with the pause (shown on the status page)")
+        p.set_defaults(func=cmd_pause)
     p = sub.add_parser("echo", help="C-ECHO a configured destination")
     p.add_argument("destination")
     p.set_defaults(func=cmd_echo)

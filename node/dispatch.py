@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session
 from node import observe, wake
 from node.config import Config, Destination, RouteMatch
 from node.domain import DeliveryState, ResultKind
-from node.registry import Database, Delivery, Event, Result, record_event, utcnow
+from node.registry import Database, Delivery, DestinationState, Event, Result, record_event, utcnow
 from node.registry.db import is_sqlite
 
 log = logging.getLogger(__name__)
@@ -582,7 +582,13 @@ class Dispatcher:
         # run "in the future" (tests, catch-up) cannot steal another dispatcher's live claim.
         clock = utcnow()
         free = or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < clock)
-        due = Delivery.state.in_(_DUE_STATES) & (Delivery.next_attempt_at <= now) & free
+        # A paused destination (``hipnode pause``) is left alone: its deliveries stay due and go
+        # out on resume; one already claimed when the pause came finishes its send.
+        paused = select(DestinationState.name).where(DestinationState.paused.is_(True))
+        due = (
+            Delivery.state.in_(_DUE_STATES) & (Delivery.next_attempt_at <= now) & free
+            & Delivery.destination.not_in(paused)
+        )
         with self.db.session() as s:
             q = (
                 select(Delivery.id)

@@ -33,9 +33,18 @@ def collect_status(cfg: Config, db: Database) -> dict[str, Any]:
         destinations = destination_health(db)
     except ImportError:  # pragma: no cover - dispatch is part of the package
         pass
+    from node.actions import paused_destinations
+
+    paused = paused_destinations(db)
     for d in cfg.destinations:
         destinations.setdefault(d.name, {})
         destinations[d.name]["address"] = f"{d.ae_title}@{d.host}:{d.port}"
+    for name, entry in destinations.items():
+        row = paused.get(name)
+        entry["paused"] = row is not None
+        if row is not None:
+            entry["paused_at"] = row.changed_at
+            entry["paused_by"] = row.changed_by
     return {
         "node": f"{cfg.node.ae_title}@{cfg.node.host}:{cfg.node.port}",
         "instances": _counts(db, Instance.state),
@@ -60,6 +69,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"results     {status['results']}")
     lines.append(f"last image  {status['last_instance_received_at'] or 'never'}")
     for name, health in sorted(status["destinations"].items()):
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(health.items()) if k != "address")
-        lines.append(f"destination {name} ({health.get('address', '?')}): {detail or 'no deliveries yet'}")
+        detail = ", ".join(
+            f"{k} {v}" for k, v in sorted(health.items()) if k not in ("address", "paused", "paused_at", "paused_by")
+        )
+        state = f"PAUSED by {health.get('paused_by')} since {health.get('paused_at')}; " if health.get("paused") else ""
+        lines.append(f"destination {name} ({health.get('address', '?')}): {state}{detail or 'no deliveries yet'}")
     return "\n".join(lines)

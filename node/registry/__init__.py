@@ -5,6 +5,7 @@ from node.registry.events import record_event
 from node.registry.models import (
     Base,
     Delivery,
+    DestinationState,
     Event,
     Instance,
     Job,
@@ -20,6 +21,7 @@ __all__ = [
     "Base",
     "Database",
     "Delivery",
+    "DestinationState",
     "Event",
     "Instance",
     "Job",

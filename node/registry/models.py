@@ -145,6 +145,9 @@ class Result(Base):
     supersedes_pk: Mapped[int | None] = mapped_column(ForeignKey("result.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # measured values
+    # Set when retention removed the file (``node.retention``); the row stays, because its
+    # deliveries, measurements (priors) and the SR chain (``supersedes_pk``) still point to it.
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Measurement(Base):
@@ -181,6 +184,19 @@ class Delivery(Base):
         UniqueConstraint("result_pk", "destination", name="uq_delivery"),
         Index("ix_delivery_due", "state", "next_attempt_at"),
     )
+
+
+class DestinationState(Base):
+    """Operator state of a destination (``hipnode pause`` / ``resume``): kept in the registry,
+    not the config, so a pause reaches every dispatcher process at once and survives restarts.
+    A destination without a row is active."""
+
+    __tablename__ = "destination_state"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    changed_by: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Event(Base):
