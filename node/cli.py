@@ -3,7 +3,7 @@
 Processes: ``receive`` (SCP only), ``work`` (job worker + dispatcher), ``run`` (both, for a
 single-machine install). Tools: ``check-config``, ``status``, ``health``, ``audit``, ``echo``,
 ``send``, ``import``, operator actions (``requeue``, ``resend``, ``reprocess``, ``pause``,
-``resume``), ``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
+``resume``), ``retention``, ``web-password``, ``phantom``, ``train``, ``evaluate``. Stage modules are imported lazily so that ``hipnode
 check-config`` works even where the heavy optional dependencies are absent.
 """
 
@@ -345,6 +345,48 @@ def cmd_pause(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Print what the ``retention:`` policy removes; remove it unless ``--dry-run``."""
+    from node import retention
+    from node.registry import utcnow
+
+    cfg = _load(args)
+    if not args.dry_run:
+        _setup_logging(cfg.log_level)
+    db = _database(cfg)
+    now = utcnow()
+    try:
+        items = retention.plan(cfg, db, now=now)
+        if args.dry_run:
+            for d in items:
+                print(f"would remove {d.line(now)}")
+            print(f"dry run: {len(items)} item(s), {sum(d.size for d in items) / 1e6:.1f} MB would be removed")
+            return 0
+        report = retention.apply(db, items, _actor(), now=now)
+    finally:
+        db.dispose()
+    for d in report.removed:
+        print(f"removed {d.line(now)}")
+    for d in report.kept_busy:
+        print(f"kept (became busy) {d.line(now)}")
+    print(f"{len(report.removed)} item(s) removed, {report.bytes / 1e6:.1f} MB; {len(report.kept_busy)} kept because busy")
+    return 1 if report.orphaned_files else 0
+
+
+def cmd_web_password(args: argparse.Namespace) -> int:
+    """Print a ``web.users[].password_hash`` for a password read from the terminal (or stdin)."""
+    import getpass
+
+    from node.web.auth import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("hipnode web-password: at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.dispatch import echo
 
@@ -479,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("destination")
         p.add_argument("--reason", default=None, help="kept with the pause (shown on the status page)")
         p.set_defaults(func=cmd_pause)
+    p = sub.add_parser("retention", help="remove old images / superseded versions / results by the retention policy")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    p.set_defaults(func=cmd_retention)
+    p = sub.add_parser("web-password", help="hash a status page password (for web.users[].password_hash)")
+    p.set_defaults(func=cmd_web_password)
     p = sub.add_parser("echo", help="C-ECHO a configured destination")
     p.add_argument("destination")
     p.set_defaults(func=cmd_echo)

@@ -283,6 +283,64 @@ class MetricsConfig(_Strict):
     _port = field_validator("port", "work_port")(_check_port)
 
 
+class WebUser(_Strict):
+    """A login of the status page. Only a salted PBKDF2 hash is kept (``hipnode web-password``
+    makes one): ``pbkdf2_sha256$<iterations>$<salt, base64>$<hash, base64>``."""
+
+    name: str = Field(min_length=1, max_length=64)
+    password_hash: str
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_format(cls, v: str) -> str:
+        parts = v.split("$")
+        if len(parts) != 4 or parts[0] != "pbkdf2_sha256" or not parts[1].isdigit() or int(parts[1]) < 100_000:
+            raise ValueError("must be pbkdf2_sha256$<iterations >= 100000>$<salt>$<hash> (hipnode web-password)")
+        return v
+
+
+class WebConfig(_Strict):
+    """The status page (``node.web``), served by ``hipnode run`` and ``hipnode receive``.
+
+    Loopback by default and read-only: anyone who can reach it sees state, none can change
+    it. With ``users`` it asks for a login first, and only then offers the operator actions
+    (re-queue, re-send, re-process, pause / resume), each form carrying a CSRF token."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8480
+    users: list[WebUser] = []
+    session_hours: float = Field(12.0, gt=0, description="a login lasts this long")
+    cookie_secure: bool = False  # true when a TLS proxy fronts the page: the cookie then never goes over http
+    recent_studies: int = Field(20, ge=1, le=500)
+
+    _port = field_validator("port")(_check_port)
+
+    @field_validator("users")
+    @classmethod
+    def _unique_users(cls, v: list[WebUser]) -> list[WebUser]:
+        names = [u.name for u in v]
+        if len(set(names)) != len(names):
+            raise ValueError("user names must be unique")
+        return v
+
+
+class RetentionConfig(_Strict):
+    """What ``hipnode retention`` removes (``node.retention``); every rule is off by default
+    (``null``: kept for ever). Nothing is removed while a job of its series is queued or
+    running, the series is still receiving, or a delivery of its results is pending or retrying
+    (a paused destination's included)."""
+
+    instances_days: float | None = Field(None, gt=0, description="received instances older than this")
+    superseded_days: float | None = Field(
+        None, ge=0, description="superseded instance versions and superseded SRs older than this"
+    )
+    results_days: float | None = Field(None, gt=0, description="result files (SR, SC, GSPS) older than this")
+    min_free_mb: float | None = Field(
+        None, gt=0, description="free-space target under storage.root: the oldest removable instances go until it is met"
+    )
+
+
 class Config(_Strict):
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
@@ -298,6 +356,8 @@ class Config(_Strict):
     models: ModelsConfig = ModelsConfig()
     outputs: OutputsConfig = OutputsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
+    retention: RetentionConfig = RetentionConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

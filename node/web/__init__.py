@@ -1,0 +1,1 @@
+"""Status web page (issue 15 part 2); see ``node.web.server``."""
