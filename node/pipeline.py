@@ -72,6 +72,7 @@ from node.pixels import (
 )
 from node.receive.storage import uid_digest
 from node.registry import Database, Instance, Job, Measurement, Result, Series, Study, record_event
+from node.sanitise import sanitise_for_output
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,16 @@ class Pipeline:
     def _compose_and_store(self, ctx: _Context) -> dict[str, int]:
         models = self.models.infos()
         with_pixels = [s for s in ctx.sources if s.header is not None and s.findings is not None]
+        # what the outputs copy from each source, made fit to copy (a malformed date or an
+        # over-long accession number must not cost the report); every change is noted
+        clean: dict[int, Dataset] = {}
+        for src in with_pixels:
+            assert src.header is not None and src.findings is not None
+            clean[id(src)], changes = sanitise_for_output(src.header)
+            for change in changes:
+                note = f"Source header: {change}"
+                if note not in src.findings.notes:
+                    src.findings.notes.append(note)
         findings = SeriesFindings(
             series_instance_uid=ctx.series_uid,
             study_instance_uid=ctx.study_uid,
@@ -387,7 +398,7 @@ class Pipeline:
             wake.notify(wake.DELIVERIES)
 
         if ResultKind.SR in compose:
-            headers = [s.header for s in with_pixels if s.header is not None]
+            headers = [clean[id(s)] for s in with_pixels]
             uids = sr_uids(ctx.series_uid, [str(h.SOPInstanceUID) for h in headers], models, salt=salt)
             if predecessor is not None and predecessor.sop_instance_uid == uids.sop_instance_uid:
                 predecessor = None
@@ -409,7 +420,7 @@ class Pipeline:
                     continue
                 gsps = build_gsps(
                     src.findings,
-                    src.header,
+                    clean[id(src)],
                     models=models,
                     manufacturer=self.cfg.outputs.manufacturer,
                     software_version=__version__,
@@ -423,7 +434,7 @@ class Pipeline:
                     continue
                 sc = build_sc(
                     src.findings,
-                    src.header,
+                    clean[id(src)],
                     src.radiograph.image01,
                     models=models,
                     heatmaps=src.heatmaps,
