@@ -150,13 +150,23 @@ def _start_threads(cfg: Config, db: Any, stop: threading.Event, workers: list[An
     return threads
 
 
+def _start_web(args: argparse.Namespace, cfg: Config, db: Any) -> Any:
+    """The status page (``node.web``) of ``hipnode run`` / ``receive``; it re-reads the config
+    file it was started with to show what ``check-config`` would say about it now."""
+    from node.web.server import serve
+
+    path: Path | None = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    return serve(cfg, db, path)
+
+
 def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
     """Run the receiver and/or workers + dispatcher until SIGTERM/SIGINT.
 
     Series completion and the stale-job sweeper run in every process: both are atomic, so a
     receiver and several workers running them at once still queue one job per generation.
     Each process serves its own ``/metrics`` (``node.observe``): ``metrics.port`` when it
-    receives, ``metrics.work_port`` for ``hipnode work``, or ``--metrics-port``.
+    receives, ``metrics.work_port`` for ``hipnode work``, or ``--metrics-port``. A receiving
+    process also serves the status page (``web.port``, ``node.web``).
     """
     from node import observe
 
@@ -168,6 +178,7 @@ def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
     stop = _stop_event()
     port = getattr(args, "metrics_port", None) or (cfg.metrics.port if receiver else cfg.metrics.work_port)
     metrics = observe.serve(cfg, port=port)
+    web = _start_web(args, cfg, db) if receiver else None
     server = _start_receiver(cfg, db) if receiver else None
     if server is not None:
         observe.watch_receiver(server)
@@ -184,6 +195,10 @@ def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
     for t in threads:
         t.join(timeout=cfg.jobs.lease_s)
     observe.stop(metrics)
+    if web is not None:
+        from node.web.server import stop as stop_web
+
+        stop_web(web)
     db.dispose()
     return 0
 
