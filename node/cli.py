@@ -439,14 +439,40 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from node.bulk import import_folder
+    """Walk, record and analyse an archive (``node.importer``); ``--workers 0`` only records."""
+    from node.importer import ImportOptions, format_summary, run_import
 
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     db = _database(cfg)
-    counts = import_folder(cfg, db, args.folder, calling_ae=args.calling_ae)
-    print(", ".join(f"{v} {k}" for k, v in counts.items()))
-    return 0 if counts.get("failed", 0) == 0 else 1
+    opts = ImportOptions(
+        calling_ae=args.calling_ae, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
+        out=args.out, send=args.send, priority=args.priority, manifest=args.manifest,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_import(cfg, db, args.folder, opts)
+    except KeyError:
+        print(f"unknown destination {args.send!r}; configured: {[d.name for d in cfg.destinations]}",
+              file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 1 if summary["files"].get("refused") or summary["jobs"].get("failed") or summary["stopped_for_space"] else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """One row per image for research (``node.export``), CSV or Parquet."""
+    from node.export import export
+
+    cfg = _load(args)
+    try:
+        rows = export(_database(cfg), args.results or Path(cfg.outputs.root), args)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"hipnode export: {exc}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        print(f"{rows} row(s) written to {args.out}", file=sys.stderr)
+    return 0
 
 
 def _delegate(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
@@ -548,10 +574,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("destination")
     p.set_defaults(func=cmd_send)
-    p = sub.add_parser("import", help="bulk import an archive folder (same job path as received images)")
+    p = sub.add_parser("import", help="import and analyse an archive folder (same ingest and job path as received images)")
     p.add_argument("folder", type=Path)
     p.add_argument("--calling-ae", default="IMPORT")
+    p.add_argument("--workers", type=int, default=1, help="analysis threads (or Ray actors); 0: record only")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: actors on a Ray cluster (extra 'ray')")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
+    p.add_argument("--out", type=Path, default=None, help="write SR / SC here instead of outputs.root")
+    p.add_argument("--send", default=None, metavar="DEST", help="queue the results for this configured destination")
+    p.add_argument("--priority", type=int, default=-10, help="job priority (live traffic: 0; larger runs first)")
+    p.add_argument("--manifest", type=Path, default=None, help="resume file (default: under storage.root/.import/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=cmd_import)
+    p = sub.add_parser("export", help="one row per image (CSV or Parquet), optionally pseudonymised")
+    from node.export import add_arguments as export_arguments
+
+    export_arguments(p)
+    p.set_defaults(func=cmd_export)
     _lazy_subcommand(sub, "phantom", "node.phantom.cli", "write synthetic hip radiographs with exact ground truth")
     _lazy_subcommand(sub, "train", "node.train.cli", "train triage / detector / morphology models (train extra)")
     _lazy_subcommand(sub, "evaluate", "node.evaluate", "metrics of predictions against labels")

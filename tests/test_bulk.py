@@ -41,12 +41,18 @@ def test_import_folder_records_instances_and_dedupes(tmp_path: Path) -> None:
         "database": {"url": f"sqlite:///{var / 'db.sqlite'}"},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "node.cli", "--config", str(tmp_path / "config.yaml"), "import", str(archive)]
+    cmd = [sys.executable, "-m", "node.cli", "--config", str(tmp_path / "config.yaml"), "import", str(archive),
+           "--workers", "0", "--no-progress"]  # record only: a running node analyses them
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 1, first.stdout + first.stderr  # the text file is refused
-    assert "3 new" in first.stdout and "1 failed" in first.stdout, first.stdout
+    assert "files: new 3, refused 1" in first.stdout, first.stdout
+    # started again: every file is in the manifest, none is read again, none counted twice
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert "0 new" in second.stdout and "3 duplicate" in second.stdout, second.stdout
+    assert "files: new 3, refused 1" in second.stdout, second.stdout
+    # the same bytes under another name: recorded by the registry as a duplicate
+    (archive / "sub" / "copy.dcm").write_bytes(files[0].read_bytes())
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert "files: duplicate 1, new 3, refused 1" in third.stdout, third.stdout
 
     cfg = parse_config(config)
     db = Database(cfg.database.url)
