@@ -11,7 +11,7 @@ column; rows present in only one file are counted and reported, not silently dro
     columns ``inclination_deg``, ``anteversion_deg``, ``lce_deg``, ``tonnis_deg``.
     Empty cells mean "not labelled" and leave the row out of that flag / angle.
 
-``--pred`` (the node's output):
+``--pred`` (the node's output; a ``hipnode export`` CSV is read as it is, one row per hip):
     ``image_id``, [``side``], ``<flag>_prob`` (probability 0..1) for each flag — a plain
     ``<flag>`` 0/1 column is accepted when there is no probability (AUROC is then the one-point
     ROC) — and the same optional angle columns. An empty angle cell is a refusal.
@@ -30,7 +30,7 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,38 @@ Row = dict[str, str]
 
 
 def read_csv(path: Path) -> list[Row]:
+    """A labels / predictions CSV, or a ``hipnode export`` CSV (read as predictions, see
+    :func:`rows_from_export`)."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "image_id" not in reader.fieldnames:
+        fields = reader.fieldnames or []
+        if "image_id" not in fields and "sop_instance_uid" in fields:
+            return rows_from_export(
+                {k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader
+            )
+        if "image_id" not in fields:
             raise ValueError(f"{path}: needs a header row with an 'image_id' column")
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+
+
+EXPORT_SIDES = ("R", "L")
+
+
+def rows_from_export(rows: Iterable[Row]) -> list[Row]:
+    """``hipnode export`` rows (one per image, per-side columns ``<name>_R`` / ``<name>_L``) as
+    prediction rows: one per imaged hip, ``image_id`` the SOP Instance UID, ``side`` R / L, the
+    side's columns without their suffix (``dysplasia_prob``, ``inclination_deg``, …). So the
+    labels only need the SOP Instance UID of each image and the side."""
+    out: list[Row] = []
+    for row in rows:
+        for side in EXPORT_SIDES:
+            if side not in row.get("sides", ""):
+                continue
+            hip = {"image_id": row["sop_instance_uid"], "side": side}
+            suffix = f"_{side}"
+            hip.update({k.removesuffix(suffix): v for k, v in row.items() if k.endswith(suffix)})
+            out.append(hip)
+    return out
 
 
 def _key(row: Row, with_side: bool) -> tuple[str, str]:
