@@ -121,6 +121,8 @@ def _findings_html(payload: dict[str, Any] | None) -> str:
                     parts.append(f"anteversion {h['anteversion_deg']:.1f}°")
                 if h.get("refusal"):
                     parts.append(f"cup not measured: {esc(h['refusal'])}")
+                elif h.get("inclination_deg") is None and h.get("anteversion_deg") is None:
+                    parts.append("cup not measured")
             else:
                 parts.append("no implant")
             if h.get("lce_deg") is not None:
