@@ -436,14 +436,16 @@ class RayWorker:
 def _run_ray(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, progress: Progress) -> None:
     """``--engine ray``: ``--workers`` actors claim jobs from the shared registry. On a cluster
     (``--ray-address``) the registry must be PostgreSQL and storage / results shared paths."""
-    import ray
+    import ray  # type: ignore[import-not-found,unused-ignore]
 
     started_here = not ray.is_initialized()
     if started_here:
         if opts.ray_address:
             ray.init(address=opts.ray_address, log_to_driver=False)
         else:
-            ray.init(num_cpus=max(opts.workers, 1), include_dashboard=False, log_to_driver=False)
+            # a one-machine Ray on loopback, no dashboard: nothing listens beyond this host
+            ray.init(num_cpus=max(opts.workers, 1), include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
     try:
         actor_cls: Any = ray.remote(num_cpus=1)(RayWorker)
         actors = [actor_cls.remote(cfg, i) for i in range(max(opts.workers, 1))]

@@ -242,3 +242,32 @@ def test_export_of_the_import_has_one_row_per_image(reference: tuple[Path, subpr
     assert all("hipnode-triage" in r["model_versions"] for r in analysed)
     screened = [r for r in rows if r["state"] == "screened_out"]
     assert screened and all(r["screen_reason"] for r in screened)
+
+
+def test_ray_engine_gives_the_same_registry_and_export(
+    archive: Path, reference: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """``--engine ray``: two actors on a local Ray (``ray.init(num_cpus=2)``), each with its own
+    models, claim the jobs from the registry; results identical to the local engine's."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ray is missing: make test installs it (the test extra)")
+        pytest.skip("ray not installed (extra 'ray')")
+    ref_config, ref_done = reference
+    config = _config(tmp_path, "ray")
+    done = subprocess.run(
+        _hipnode(config, "import", str(archive), "--engine", "ray", "--workers", "2", "--out", str(tmp_path / "out"),
+                 "--no-progress"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # the corrupt files, as before
+    assert registry_contents(config) == registry_contents(ref_config)
+    assert export_csv(config) == export_csv(ref_config)
+    assert done.stdout == ref_done.stdout  # the same summary
+    with sqlite3.connect(tmp_path / "ray" / "db.sqlite") as con:
+        claimers = {row[0] for row in con.execute(
+            "SELECT json_extract(detail, '$.worker') FROM event WHERE entity = 'job' AND kind = 'claimed'")}
+    assert claimers and all(":ray" in w for w in claimers), claimers  # the actors did the work
+    assert len({w.rsplit(":", 1)[0] for w in claimers}) == 2, claimers  # both of them
