@@ -224,7 +224,10 @@ class RouteRule(_Strict):
 class DispatchConfig(_Strict):
     backoff_s: float = Field(5.0, gt=0)
     backoff_max_s: float = Field(600.0, gt=0)
-    max_attempts: int = Field(50, ge=1, description="then the delivery is failed for good")
+    # A delivery is retried until this long after it was queued (or re-sent), however many
+    # attempts that takes: a PACS down over a long weekend must still get its results.
+    give_up_after_s: float = Field(7 * 24 * 3600.0, gt=0)
+    max_attempts: int | None = Field(None, ge=1, description="optional cap on attempts as well (none by default)")
     interval_s: float = Field(1.0, gt=0)
     calling_ae_title: str | None = None  # defaults to node.ae_title
 

@@ -16,7 +16,12 @@ Why it looks the way it does:
 * **Nothing blocks the queue**: a result refused for good is marked ``failed`` with the status
   and reason and the next one is sent on the same association (or a fresh one if the PACS
   dropped it). Transient trouble (network, association rejected, out of resources, processing
-  failure) retries with exponential backoff up to a cap, and gives up after ``max_attempts``.
+  failure) retries with exponential backoff up to a cap, and gives up ``give_up_after_s`` after
+  the result was queued (7 days by default; by time, not by count: an outage's length is what
+  matters). Each destination has its own sender thread, so a slow PACS holds up only itself; a
+  PACS that stops reading mid-transfer is given up after the destination's ``timeout_s`` (the
+  DIMSE timeout aborts the association, which also frees pynetdicom's blocked sender thread:
+  ``tests/test_dispatch_bounds.py``).
 * Every state change is written with its event in one short transaction, never held open
   across network I/O (on SQLite a transaction is the database-wide write lock).
 """
@@ -33,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
@@ -220,7 +226,7 @@ _PERMANENT_STATUSES = frozenset({0x0117, 0x0122})  # invalid SOP instance, SOP c
 def classify_status(status: int | None) -> Verdict:
     """Map a C-STORE response status to a verdict (PS3.4 B.2.3, PS3.7 C).
 
-    Unknown failure codes retry (and end ``failed`` after ``max_attempts``): giving up early on
+    Unknown failure codes retry (and end ``failed`` after ``give_up_after_s``): giving up early on
     a code we do not understand would lose a result a PACS may accept tomorrow.
     """
     if status is None:
@@ -547,9 +553,10 @@ class Dispatcher:
         by_dest: dict[str, list[_Claimed]] = {}
         for c in claimed:
             by_dest.setdefault(c.destination, []).append(c)
+        senders: list[tuple[Destination, list[_Claimed]]] = []
         for name, items in by_dest.items():
             try:
-                dest = self.cfg.destination(name)
+                senders.append((self.cfg.destination(name), items))
             except KeyError:
                 # Config validation ties routes to configured destinations, so this only
                 # happens when an operator removed the destination: they no longer want it.
@@ -557,8 +564,14 @@ class Dispatcher:
                     self._record(
                         c, StoreOutcome(None, Verdict.FAIL, f"destination {name!r} is not configured"), now
                     )
-                continue
-            self._deliver(dest, items, now)
+        if len(senders) == 1:
+            self._deliver(*senders[0], now)
+        elif senders:
+            # One sender per destination, side by side: a slow or stalled PACS delays only its
+            # own results (each send is bounded by the destination's timeout_s).
+            with ThreadPoolExecutor(max_workers=len(senders), thread_name_prefix="dispatch") as pool:
+                for f in [pool.submit(self._deliver, dest, items, now) for dest, items in senders]:
+                    f.result()
         return len(claimed)
 
     def run_forever(self, stop_event: threading.Event) -> None:
@@ -684,6 +697,30 @@ class Dispatcher:
         if not found:
             log.warning("delivery %d to %s: sent but %s", c.delivery_pk, c.destination, why)
 
+    def _queued_since(self, s: Session, d: Delivery) -> datetime | None:
+        """When the delivery was queued, or last re-sent by an operator (its events)."""
+        return s.scalar(
+            select(func.max(Event.at)).where(
+                Event.entity == "delivery", Event.entity_pk == d.id, Event.kind.in_(("enqueued", "resend"))
+            )
+        )
+
+    def _out_of_time(self, s: Session, d: Delivery, clock: datetime) -> bool:
+        """Retries end by elapsed time (``dispatch.give_up_after_s``, on the dispatcher's clock
+        ``now``), and by count only where ``dispatch.max_attempts`` is set."""
+        cfg = self.cfg.dispatch
+        if cfg.max_attempts is not None and d.attempts >= cfg.max_attempts:
+            return True
+        since = self._queued_since(s, d)
+        return since is not None and (clock - since).total_seconds() >= cfg.give_up_after_s
+
+    def _queued_for(self, s: Session, d: Delivery, clock: datetime) -> str:
+        since = self._queued_since(s, d)
+        if since is None:
+            return "an unknown time"
+        hours = (clock - since).total_seconds() / 3600.0
+        return f"{hours:.1f} h" if hours < 48 else f"{hours / 24.0:.1f} days"
+
     def _record(
         self, c: _Claimed, outcome: StoreOutcome, now: datetime, renew: Sequence[int] = ()
     ) -> DeliveryState | None:
@@ -715,7 +752,7 @@ class Dispatcher:
                 state = DeliveryState.SENT
                 d.sent_at = now
                 d.last_error = outcome.reason or None  # a warning status is kept as the note
-            elif outcome.verdict is Verdict.RETRY and d.attempts < self.cfg.dispatch.max_attempts:
+            elif outcome.verdict is Verdict.RETRY and not self._out_of_time(s, d, now):
                 state = DeliveryState.RETRYING
                 d.next_attempt_at = now + timedelta(seconds=_backoff_s(self.cfg, d.attempts))
                 d.last_error = outcome.reason
@@ -724,7 +761,7 @@ class Dispatcher:
                 state = DeliveryState.FAILED
                 reason = outcome.reason
                 if outcome.verdict is Verdict.RETRY:
-                    reason = f"gave up after {d.attempts} attempts: {reason}"
+                    reason = f"gave up after {d.attempts} attempts over {self._queued_for(s, d, now)}: {reason}"
                     detail["reason"] = reason
                 d.last_error = reason
             d.state = state.value
