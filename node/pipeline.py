@@ -413,13 +413,16 @@ class Pipeline:
                 uids=uids,
             )
             store(sr, ResultKind.SR, None, _payload(findings))
+        # images that were analysed: each gets its own GSPS and SC
+        analysed = [
+            (src, src.findings, src.radiograph)
+            for src in with_pixels
+            if src.findings is not None and src.findings.screened_out is None and src.radiograph is not None
+        ]
         if ResultKind.GSPS in compose:  # before the SCs: no pixels to encode, quick to send
-            for src in with_pixels:
-                assert src.findings is not None and src.header is not None
-                if src.findings.screened_out is not None or src.radiograph is None:
-                    continue
+            for src, image_findings, _ in analysed:
                 gsps = build_gsps(
-                    src.findings,
+                    image_findings,
                     clean[id(src)],
                     models=models,
                     manufacturer=self.cfg.outputs.manufacturer,
@@ -428,14 +431,11 @@ class Pipeline:
                 )
                 store(gsps, ResultKind.GSPS, src.sop_instance_uid, {})
         if ResultKind.SC in compose:
-            for src in with_pixels:
-                assert src.findings is not None and src.header is not None
-                if src.findings.screened_out is not None or src.radiograph is None:
-                    continue
+            for src, image_findings, radiograph in analysed:
                 sc = build_sc(
-                    src.findings,
+                    image_findings,
                     clean[id(src)],
-                    src.radiograph.image01,
+                    radiograph.image01,
                     models=models,
                     heatmaps=src.heatmaps,
                     compression=self.cfg.outputs.sc_compression,
