@@ -186,20 +186,25 @@ def test_highdicom_finds_groups_by_finding_site_and_source(report: tuple[Dataset
     content = parsed.content
     assert isinstance(content, hd.sr.MeasurementReport)
     hips = content.get_image_measurement_groups(finding_site=codes.HIP_JOINT)
-    # what has geometry: image 1 R + L cup and joint, image 2 R joint and femoral head; image 3 L
-    # is code-only
-    assert len(hips) == 6
+    # the labelled groups: image 1 R + L cup rim and cup ellipse fit, image 2 R femoral head; the
+    # joint boxes beside them are unlabelled (side as a group modifier); image 3 L is code-only
+    assert len(hips) == 5
     on_image_1 = content.get_image_measurement_groups(referenced_sop_instance_uid=findings.images[0].sop_instance_uid)
-    assert len(on_image_1) == 5  # two cups, two joints, one reference line shared by both cups
+    # two cups (rim + ellipse fit each), two joints, one reference line shared by both cups
+    assert len(on_image_1) == 7
     cups = [g for g in on_image_1 if g.get_measurements(name=codes.CUP_INCLINATION)]
     assert len(cups) == 2
     for group in cups:
         sites = group.finding_sites
-        assert len(sites) == 1
-        assert sites[0].value == codes.HIP_JOINT
-        assert sites[0].laterality in (codes.RIGHT, codes.LEFT)
-        side = "right" if sites[0].laterality == codes.RIGHT else "left"
-        assert str(group.tracking_identifier) == f"Image 1 {side} hip: acetabular cup"  # the side, as viewers label it
+        assert len(sites) == 2
+        # first the hip as viewers label it ("Right hip"), then the standard site + laterality
+        assert sites[1].value == codes.HIP_JOINT
+        assert sites[1].laterality in (codes.RIGHT, codes.LEFT)
+        side = Side.RIGHT if sites[1].laterality == codes.RIGHT else Side.LEFT
+        assert sites[0].value == codes.HIP_SITES[side]
+        assert sites[0].laterality is None
+        word = "right" if side == Side.RIGHT else "left"
+        assert str(group.tracking_identifier) == f"Image 1 {word} hip: acetabular cup"
         inclination = group.get_measurements(name=codes.CUP_INCLINATION)
         assert len(inclination) == 1 and inclination[0].unit == codes.DEGREE
         assert inclination[0].referenced_coordinates == []  # the outline is the group's, drawn once
@@ -230,7 +235,16 @@ def test_every_measurement_group_draws_and_each_outline_once(
         items = group.ContentSequence
         regions = [i for i in items if i.ValueType == "SCOORD"]
         assert regions, group
-        assert regions[0].GraphicType == "POLYLINE"
+        nums = {i.ConceptNameCodeSequence[0].CodeValue for i in items if i.ValueType == "NUM"}
+        if regions[0].GraphicType == "ELLIPSE":
+            # the cup's exact ellipse fit: OHIF does not draw it (tilted), so it holds only what
+            # the rim's label need not show — never the inclination or the anteversion
+            assert regions[0].ConceptNameCodeSequence[0].CodeValue == codes.CUP_RIM.value
+            assert nums and nums <= {codes.CUP_ANTEVERSION_LIAW.value, codes.ELLIPSE_FIT_QUALITY.value}, nums
+        else:
+            assert regions[0].GraphicType == "POLYLINE"
+        # OHIF shows five label lines: the NUMs, then the first finding site (the side)
+        assert len([i for i in items if i.ValueType == "NUM"]) <= 4
         assert [i.ValueType for i in items if i.RelationshipType == "CONTAINS" and i.ValueType in ("CODE", "TEXT")] == []
         for num in (i for i in items if i.ValueType == "NUM"):
             assert _scoords(num) == []
@@ -335,7 +349,7 @@ def test_dsr2html_renders_every_finding(tmp_path: Path, report: tuple[Dataset, S
         "Probability = 0.987",
         "Acetabular cup inclination: 42.37 deg",
         "Acetabular cup anteversion: 17.81 deg",
-        "Acetabular cup anteversion: 19.05 deg",
+        "Acetabular cup anteversion (Liaw): 19.05 deg",
         "Acetabular cup inclination: 38.12 deg",
         "Acetabular cup anteversion: 22.46 deg",
         "Measurement Method = Inclination: cup ellipse long axis to inter-teardrop line",

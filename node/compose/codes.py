@@ -107,6 +107,18 @@ HIP_JOINT_REGION = _private("HN016", "Hip joint region")
 # and the sourcil from its medial to its lateral end (SCOORD POLYLINE, 2 points).
 FEMORAL_HEAD_OUTLINE = _private("HN017", "Femoral head outline")
 SOURCIL = _private("HN018", "Acetabular sourcil (medial to lateral end)")
+# The second anteversion of an AP cup, by Liaw's method, under a name of its own: viewers label a
+# value with its concept name only (OHIF 3.13.2 shows no method), and two lines reading
+# "Acetabular cup anteversion" with different values would be ambiguous. The Measurement Method
+# modifier (HN024) stays on it. SRs before this code wrote HN012 with method HN024; readers take both.
+CUP_ANTEVERSION_LIAW = _private("HN026", "Acetabular cup anteversion (Liaw)")
+# The hip as a pre-coordinated finding site, written as the FIRST finding site of a measurement
+# group, before the standard SCT "Hip joint" + Laterality: OHIF 3.13.2 labels a group with the
+# first finding site's code meaning and never shows the Laterality modifier, so this is how the
+# side reaches a viewer's label. SNOMED CT has lateralized hip structures, but their identifiers
+# cannot be verified offline (see docs/results.md, code table).
+RIGHT_HIP = _private("HN070", "Right hip")
+LEFT_HIP = _private("HN071", "Left hip")
 
 # Measurement methods (value of SCT 370129005 "Measurement Method").
 METHOD_INCLINATION_INTER_TEARDROP = _private("HN020", "Inclination: cup ellipse long axis to inter-teardrop line")
@@ -162,6 +174,9 @@ VIEWS: dict[View, Code] = {
 
 LATERALITY: dict[Side, Code] = {Side.RIGHT: RIGHT, Side.LEFT: LEFT}
 
+# Side → the hip as a finding site (HN070 / HN071), for viewers' labels.
+HIP_SITES: dict[Side, Code] = {Side.RIGHT: RIGHT_HIP, Side.LEFT: LEFT_HIP}
+
 # MorphologyFlag.name (domain.MORPHOLOGY_FLAGS) → concept.
 MORPHOLOGY: dict[str, Code] = {
     "ischial_spine_sign": ISCHIAL_SPINE_SIGN,
@@ -209,7 +224,7 @@ def anteversion_method(method: str) -> Code:
 def all_codes() -> list[Code]:
     """Every code defined here (used by the docs test and for scheme declarations)."""
     found: list[Code] = [v for v in globals().values() if isinstance(v, Code)]
-    for table in (SCREEN_REASONS, VIEWS, LATERALITY, MORPHOLOGY, INCLINATION_METHODS, ANTEVERSION_METHODS):
+    for table in (SCREEN_REASONS, VIEWS, LATERALITY, HIP_SITES, MORPHOLOGY, INCLINATION_METHODS, ANTEVERSION_METHODS):
         found.extend(table.values())
     unique: dict[tuple[str, str], Code] = {}
     for code in found:

@@ -496,13 +496,29 @@ def _group(
     side: Side | None,
     measurements: Sequence[hd.sr.Measurement] = (),
     regions: Sequence[hd.sr.ScoordContentItem] = (),
+    labelled: bool = True,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """A TID 1501 group whose outlines (row 10c SCOORD, SELECTED FROM the image) come after the
     values: OHIF draws the first SCOORD of a group and labels it with the group's NUMs, so a
-    group holds exactly one thing to draw plus, where useful, the same thing in a second form."""
+    group holds exactly one thing to draw plus, where useful, the same thing in a second form.
+
+    The side goes in twice as a finding site: first the hip itself ("Right hip", HN070 / HN071),
+    then the standard SCT "Hip joint" with its Laterality modifier. OHIF 3.13.2 labels a drawn
+    group with its NUMs and then the *first* finding site's code meaning, and shows neither the
+    Tracking Identifier nor the Laterality modifier, so the pre-coordinated site is what puts the
+    side on screen; the standard pair is what TID 1501 readers (highdicom, read_report) use.
+
+    ``labelled=False`` is for an outline that sits next to another labelled outline of the same
+    hip (the joint box around a cup or a femoral head): OHIF places every group's label at the
+    right-hand end of its outline, half-way down, and always prints a finding site, so the box's
+    label would be written over the cup's or head's label. Such a group states its side as a
+    Laterality modifier of the group (HAS CONCEPT MOD, which OHIF does not print) instead."""
     sites = (
-        [hd.sr.FindingSite(anatomic_location=codes.HIP_JOINT, laterality=codes.LATERALITY[side])]
-        if side is not None
+        [
+            hd.sr.FindingSite(anatomic_location=codes.HIP_SITES[side]),
+            hd.sr.FindingSite(anatomic_location=codes.HIP_JOINT, laterality=codes.LATERALITY[side]),
+        ]
+        if side is not None and labelled
         else None
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -517,6 +533,17 @@ def _group(
             )
         ],
     )
+    if side is not None and not labelled:
+        content = group[0].ContentSequence
+        first_contained = next(i for i, item in enumerate(content) if item.RelationshipType == "CONTAINS")
+        content.insert(
+            first_contained,
+            hd.sr.CodeContentItem(
+                name=codes.LATERALITY_CONCEPT,
+                value=codes.LATERALITY[side],
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+            ),
+        )
     for region in regions:
         group[0].ContentSequence.append(region)
     return group
@@ -547,13 +574,16 @@ def _hip_groups(
     algorithm: hd.sr.AlgorithmIdentification,
     priors: Sequence[PriorMeasurement],
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The cup rim (closed POLYLINE for viewers, then the exact ELLIPSE) with the angles measured
-    on it; the hip joint box; the femoral head circle and the sourcil with the angles measured on
-    them (LCE, Tonnis). The head has a group of its own, not a second SCOORD in the joint's:
-    OHIF merges groups by tracking UID and draws only the first SCOORD of each, so one group
-    cannot show both the box and the head. Every group has its outline (a group without one is
-    what OHIF fails on), so angles without their geometry are an error of the caller; LCE /
-    Tonnis without a head (findings made before the head was carried) stay with the box."""
+    """The cup rim as a closed POLYLINE with the angles a radiologist reads (inclination,
+    anteversion, changes since the prior) and, in a second group, the exact ELLIPSE with what
+    the fit says beyond them (Liaw anteversion, fit quality); the hip joint box; the femoral head
+    circle and the sourcil with the angles measured on them (LCE, Tonnis). The head has a group
+    of its own, not a second SCOORD in the joint's: OHIF merges groups by tracking UID and draws
+    only the first SCOORD of each, so one group cannot show both the box and the head. Every
+    group has its outline (a group without one is what OHIF fails on), so angles without their
+    geometry are an error of the caller; LCE / Tonnis without a head (findings made before the
+    head was carried) stay with the box. The box is labelled (finding sites) only when the hip
+    has no cup or head label for it to be written over."""
     out = []
     label = _side_label(number, hip.side)
     uid = str(source.SOPInstanceUID)
@@ -562,13 +592,15 @@ def _hip_groups(
     if cup is not None and cup_values:
         if cup.ellipse is None:
             raise ValueError(f"{label}: cup angles without the rim they were measured on (CupMeasurement.ellipse).")
-        regions = [
-            _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.POLYLINE, ellipse_polyline_data(cup.ellipse), source),
-            _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.ELLIPSE, ellipse_graphic_data(cup.ellipse), source),
-        ]
+        rim = _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.POLYLINE, ellipse_polyline_data(cup.ellipse), source)
         out.append(
             _group(f"{label}: acetabular cup", (uid, hip.side.value, "cup"), algorithm, source,
-                   side=hip.side, measurements=cup_values, regions=regions)
+                   side=hip.side, measurements=cup_values, regions=[rim])
+        )
+        ellipse = _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.ELLIPSE, ellipse_graphic_data(cup.ellipse), source)
+        out.append(
+            _group(f"{label}: acetabular cup ellipse fit", (uid, hip.side.value, "cup ellipse"), algorithm, source,
+                   side=hip.side, measurements=_ellipse_measurements(cup), regions=[ellipse])
         )
     joint_values = []
     if hip.lateral_centre_edge_deg is not None:
@@ -591,7 +623,8 @@ def _hip_groups(
         region = _region(codes.HIP_JOINT_REGION, hd.sr.GraphicTypeValues.POLYLINE, box_polyline_data(hip.joint_box), source)
         out.append(
             _group(f"{label}: hip joint", (uid, hip.side.value, "joint"), algorithm, source,
-                   side=hip.side, measurements=joint_values, regions=[region])
+                   side=hip.side, measurements=joint_values, regions=[region],
+                   labelled=not out and head_group is None)
         )
     elif joint_values or head_group is not None:
         raise ValueError(f"{label}: LCE / Tonnis angles without the hip joint box they were measured in.")
@@ -636,26 +669,37 @@ def _angle(name: Code, value_deg: float, method: Code | None = None) -> hd.sr.Me
 
 
 def _cup_measurements(cup: CupMeasurement, priors: Sequence[PriorMeasurement]) -> list[hd.sr.Measurement]:
-    """Inclination and anteversion first (a viewer's label box shows the first few lines), then
-    the Liaw anteversion, the fit quality and the changes since the prior study."""
+    """What the cup's label shows, drawn on the rim's POLYLINE: inclination and anteversion
+    (Lewinnek on an AP view, Woo-Morrey on a cross-table lateral), then the changes since the
+    prior study — at most four NUMs, so that OHIF's five-line label still ends with the side
+    (the group's first finding site)."""
     out: list[hd.sr.Measurement] = []
     if cup.inclination_deg is not None:
         out.append(_angle(codes.CUP_INCLINATION, cup.inclination_deg, codes.inclination_method(cup.inclination_reference)))
     if cup.anteversion_deg is not None:
         out.append(_angle(codes.CUP_ANTEVERSION, cup.anteversion_deg, codes.anteversion_method(cup.anteversion_method)))
-    if cup.anteversion_liaw_deg is not None and cup.anteversion_method.strip().lower() != "liaw":
-        out.append(_angle(codes.CUP_ANTEVERSION, cup.anteversion_liaw_deg, codes.METHOD_ANTEVERSION_LIAW))
-    if cup.ellipse is not None and (cup.inclination_deg is not None or cup.anteversion_deg is not None):
-        out.append(
-            hd.sr.Measurement(
-                name=codes.ELLIPSE_FIT_QUALITY,
-                value=round(float(cup.quality), PROBABILITY_DECIMALS),
-                unit=codes.NO_UNITS,
-            )
-        )
     prior = _latest(priors)
-    if prior is not None:
+    if out and prior is not None:
         out.extend(_changes(cup, prior))
+    return out
+
+
+def _ellipse_measurements(cup: CupMeasurement) -> list[hd.sr.Measurement]:
+    """What the exact ellipse fit says beyond the label's angles: the Liaw anteversion (an
+    alternative reading of the same ellipse, under its own concept name so that no viewer shows
+    two different "Acetabular cup anteversion" values) and the fit quality. They sit with the
+    ELLIPSE SCOORD in a group of their own, which OHIF does not draw (it draws no tilted
+    ellipse), so the cup's label in OHIF keeps to the angles a radiologist reads first."""
+    out: list[hd.sr.Measurement] = []
+    if cup.anteversion_liaw_deg is not None and cup.anteversion_method.strip().lower() != "liaw":
+        out.append(_angle(codes.CUP_ANTEVERSION_LIAW, cup.anteversion_liaw_deg, codes.METHOD_ANTEVERSION_LIAW))
+    out.append(
+        hd.sr.Measurement(
+            name=codes.ELLIPSE_FIT_QUALITY,
+            value=round(float(cup.quality), PROBABILITY_DECIMALS),
+            unit=codes.NO_UNITS,
+        )
+    )
     return out
 
 
@@ -1006,11 +1050,16 @@ class _Reader:
 
 
 def _group_side(content: Sequence[Dataset]) -> Side | None:
+    """The side of a group: the Laterality of its "Hip joint" finding site, or of the group
+    itself (an unlabelled joint box, see ``_group``)."""
     for item in content:
         if item.get("ValueType") == "CODE" and _concept(item) == _FINDING_SITE:
             for child in item.get("ContentSequence", []):
                 if child.get("ValueType") == "CODE" and _concept(child) == _key(codes.LATERALITY_CONCEPT):
                     return _SIDE_BY_CODE.get(_code_value(child))
+        elif (item.get("ValueType") == "CODE" and _concept(item) == _key(codes.LATERALITY_CONCEPT)
+              and item.RelationshipType == "HAS CONCEPT MOD"):
+            return _SIDE_BY_CODE.get(_code_value(item))
     return None
 
 
@@ -1113,7 +1162,7 @@ def _read_num(result: ReportedGroup, concept: tuple[str, str], item: Dataset) ->
     )
     if concept == _key(codes.CUP_INCLINATION):
         result.inclination.append(ReportedAngle(value, method_meaning))
-    elif concept == _key(codes.CUP_ANTEVERSION):
+    elif concept in (_key(codes.CUP_ANTEVERSION), _key(codes.CUP_ANTEVERSION_LIAW)):
         result.anteversion.append(ReportedAngle(value, method_meaning))
     elif concept == _key(codes.LATERAL_CENTRE_EDGE_ANGLE):
         result.lateral_centre_edge_deg = value
