@@ -10,8 +10,13 @@ is recorded; one that leaves 127.0.0.1 fails the test (and is aborted, so nothin
 Checked on the SR's display: no console error, every cup rim drawn where the Secondary Capture
 draws it (the SR's polyline points within 2 px of the SC's green rim, and OHIF's drawn rim
 within 2 px of the SR's points at the viewer's scale), the inclination and anteversion values
-visible. The hip's side is not checked: OHIF 3.13.2 does not display it (see the end of the test
-and docs/results.md). The screenshot goes to ``docs/ohif_sr.png``.
+and the side ("Right hip" / "Left hip") in each cup's label box, no two label lines naming
+"Acetabular cup anteversion" with different values, and no two label boxes on top of each other.
+How OHIF 3.13.2 builds a label (cornerstone-dicom-sr extension, ``_processTID1410Measurement`` and
+``DICOMSRDisplayTool``): the group's NUMs as "<concept meaning>: <value to 2 decimals> <unit>",
+then "363698007: <meaning of the first finding site>", at most five lines, placed at the
+right-hand end of the group's first SCOORD, half-way down; docs/results.md says how the SR is
+written for it. The screenshot goes to ``docs/ohif_sr.png``.
 
 The node is also configured with two destinations on the same Orthanc, one taking SR + SC + GSPS
 and one the SR only (issue 14: outputs per destination); the delivery counts per destination
@@ -204,7 +209,7 @@ def pacs_with_dicomweb(tmp_path: Path) -> Iterator[OrthancServer]:
 def _ap_pelvis(out: Path) -> Path:
     """A neutral AP pelvis with bilateral THA: two cups to draw, one reference line."""
     rng = np.random.default_rng(1414)
-    cups = {Side.RIGHT: CupSpec(42.0, 18.0), Side.LEFT: CupSpec(50.0, 23.0)}
+    cups: dict[Side, CupSpec | None] = {Side.RIGHT: CupSpec(42.0, 18.0), Side.LEFT: CupSpec(50.0, 23.0)}
     spec = sample_spec(rng, view=View.AP_PELVIS, implants=cups, rows=768, sex="F")
     spec = dataclasses.replace(
         spec, geometry=dataclasses.replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0)
@@ -271,6 +276,22 @@ _READ_SR_ANNOTATIONS = """
     }
   }
   return {annotations: out};
+}
+"""
+
+_READ_LABEL_BOXES = """
+() => {
+  // every SVG text group OHIF drew (one per label box): its lines and its box on screen
+  const out = [];
+  for (const text of document.querySelectorAll('svg text')) {
+    const lines = Array.from(text.querySelectorAll('tspan')).map(t => t.textContent).filter(t => t);
+    if (!lines.length) continue;
+    const r = text.getBoundingClientRect();
+    const svg = text.ownerSVGElement.getBoundingClientRect();
+    out.push({lines, left: r.left, top: r.top, right: r.right, bottom: r.bottom,
+              svgLeft: svg.left, svgTop: svg.top, svgRight: svg.right, svgBottom: svg.bottom});
+  }
+  return out;
 }
 """
 
@@ -359,7 +380,9 @@ def test_sr_opens_in_ohif_with_cup_rims_and_values(
             browser = pw.chromium.launch(executable_path=chromium, headless=True,
                                          args=["--no-sandbox", "--disable-dev-shm-usage", "--use-gl=swiftshader",
                                                "--enable-unsafe-swiftshader"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # a radiologist's 1920 x 1080 screen: at 1400 px the left cup's label (placed right
+            # of its rim by OHIF) ran past the viewport's edge
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
 
             def on_request(route: Any) -> None:
                 url = route.request.url
@@ -397,6 +420,7 @@ def test_sr_opens_in_ohif_with_cup_rims_and_values(
             _dismiss_tour(page)
             time.sleep(1.0)  # let the label boxes settle before the screenshot
             text = page.inner_text("body")
+            boxes: list[dict[str, Any]] = page.evaluate(_READ_LABEL_BOXES)
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(tmp_path / "ohif.png"))
             # read again after the settle: the first poll can precede the viewport's final fit
@@ -430,16 +454,39 @@ def test_sr_opens_in_ohif_with_cup_rims_and_values(
         print(f"{side.value} rim: OHIF within {error_px:.3f} px of the SR's points at the viewer's scale")
         assert error_px <= TOLERANCE_PX, (side, error_px)
 
-    # The values are on screen, in each rim's label box (OHIF: "<concept>: <value> <unit>", the
-    # group's NUMs in order, at most five lines, then the finding site).
-    for group in (g for g in read_report(sr) if g.side is not None and g.inclination):
-        assert f"Acetabular cup inclination: {group.inclination_deg:.2f} deg" in text, (group.side, text[:2000])
-        assert f"Acetabular cup anteversion: {group.anteversion_deg:.2f} deg" in text, (group.side, text[:2000])
-    # The side: OHIF 3.13.2 labels a group with its NUMs and the finding site's code meaning
-    # ("Hip joint"); the Tracking Identifier that names the side ("Image 1 right hip: acetabular
-    # cup") and the Laterality modifier are not shown, and its measurement panel lists only SRs it
-    # can re-hydrate into its own tools. What shows the side is each rim's label box lying on its
-    # side of the image, which the drawn positions above check; see docs/results.md.
-    assert "Hip joint" in text
+    # Each cup's label box (OHIF: the group's NUMs, "<concept>: <value> <unit>", then the first
+    # finding site "363698007: <meaning>", at most five lines) holds its inclination, its
+    # anteversion and its side.
+    print("label boxes:", [b["lines"] for b in boxes])
+    sides_seen = set()
+    for group in read_report(sr):
+        if group.side is None or not group.inclination:
+            continue
+        side_text = {Side.RIGHT: "Right hip", Side.LEFT: "Left hip"}[group.side]
+        inclination = f"Acetabular cup inclination: {group.inclination_deg:.2f} deg"
+        anteversion = f"Acetabular cup anteversion: {group.anteversion_deg:.2f} deg"
+        found = [b for b in boxes if inclination in b["lines"]]
+        assert len(found) == 1, (group.side, [b["lines"] for b in boxes])
+        (box,) = found
+        assert anteversion in box["lines"], (group.side, box["lines"])
+        assert f"363698007: {side_text}" in box["lines"], (group.side, box["lines"])
+        # on screen, not cut off at the viewport's edge
+        assert box["svgLeft"] <= box["left"] and box["right"] <= box["svgRight"], (group.side, box)
+        assert box["svgTop"] <= box["top"] and box["bottom"] <= box["svgBottom"], (group.side, box)
+        assert side_text in text
+        sides_seen.add(group.side)
+    assert sides_seen == {Side.RIGHT, Side.LEFT}
+    # No ambiguous anteversion: every visible line named "Acetabular cup anteversion" carries the
+    # same value as any other such line of its hip — here, one line per cup (the Liaw value has a
+    # name of its own and is not in OHIF's labels).
+    anteversions = [line for b in boxes for line in b["lines"] if line.startswith("Acetabular cup anteversion:")]
+    assert len(anteversions) == len(sides_seen), anteversions
+    # No label box written over another (OHIF's boxes are not moved apart; the joint box around a
+    # cup is drawn without a label for that reason).
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap = min(a["right"], b["right"]) - max(a["left"], b["left"]) > 0 and \
+                min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > 0
+            assert not overlap, (a, b)
     shutil.copyfile(tmp_path / "ohif.png", SCREENSHOT)
     assert time.monotonic() - started < 180
