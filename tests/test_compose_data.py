@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
 
 from node.domain import (
     Box,
@@ -57,7 +57,7 @@ def synthetic_pixels(rows: int = ROWS, cols: int = COLS) -> np.ndarray:
         img += 2500 * ((r > 34) & (r < 40))
     ring = np.hypot((xx - cols / 2) / 1.6, yy - rows * 0.45)
     img += 700 * ((ring > 90) & (ring < 100))
-    return np.clip(img, 0, 4095).astype(np.uint16)
+    return np.asarray(np.clip(img, 0, 4095), dtype=np.uint16)
 
 
 def make_source(
@@ -70,8 +70,8 @@ def make_source(
 ) -> Dataset:
     """A CR image of the hip study, as a modality would send it."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid(n)
+    meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid(n))
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
