@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-AREAS = ("receive", "phantom", "infer", "analyse", "generalise", "e2e")
+AREAS = ("receive", "phantom", "infer", "analyse", "generalise", "e2e", "import")
 
 
 def main() -> int:

@@ -331,8 +331,8 @@ def _parquet_type(column: str) -> str:
 def write_parquet(rows: Iterable[dict[str, Any]], path: Path) -> int:
     """Parquet needs the ``parquet`` extra (pyarrow); columns typed string or float64."""
     try:
-        import pyarrow as pa  # type: ignore[import-not-found,unused-ignore]
-        import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+        import pyarrow as pa  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        import pyarrow.parquet as pq  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError as exc:
         raise RuntimeError("Parquet export needs pyarrow: pip install 'hipnode[parquet]'") from exc
     data: dict[str, list[Any]] = {c: [] for c in COLUMNS}

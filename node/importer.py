@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 IMPORT_PRIORITY = -10  # live traffic's default is 0; larger runs first
 IMPORT_QUIET_S = 7 * 24 * 3600.0  # keeps a running node's completion off the import's series
 WORKER_PREFIX = "import"
+WORKER_STACK_BYTES = 64 * 2**20
 _COMPLETABLE = (SeriesState.OPEN.value, SeriesState.REOPENED.value)
 _UNFINISHED = (JobState.QUEUED.value, JobState.RUNNING.value)
 
@@ -396,10 +397,17 @@ def _run_local(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, 
             else:
                 wake.wait(wake.JOBS, cfg.jobs.poll_interval_s)
 
-    threads = [threading.Thread(target=loop, args=(w, i == 0), name=f"import-worker-{i}", daemon=True)
-               for i, w in enumerate(workers)]
-    for t in threads:
-        t.start()
+    # SR composition (highdicom content trees, deep-copied recursively) can outgrow a thread's
+    # default C stack: a worker thread segfaulted on the JPEG 2000 bench archive. The main
+    # thread's 8 MiB is not at issue; worker threads get as much explicitly.
+    previous = threading.stack_size(WORKER_STACK_BYTES)
+    try:
+        threads = [threading.Thread(target=loop, args=(w, i == 0), name=f"import-worker-{i}", daemon=True)
+                   for i, w in enumerate(workers)]
+        for t in threads:
+            t.start()
+    finally:
+        threading.stack_size(previous)
     for t in threads:
         t.join()
 
@@ -436,7 +444,7 @@ class RayWorker:
 def _run_ray(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, progress: Progress) -> None:
     """``--engine ray``: ``--workers`` actors claim jobs from the shared registry. On a cluster
     (``--ray-address``) the registry must be PostgreSQL and storage / results shared paths."""
-    import ray  # type: ignore[import-not-found,unused-ignore]
+    import ray  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -146,7 +146,7 @@ def _days(da: str) -> int:
 
 def test_parquet_export_matches_csv(imported: Path, tmp_path: Path) -> None:
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+        import pyarrow.parquet as pq  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         if os.environ.get("CI") == "true":
             pytest.fail("pyarrow is missing: make test installs it (extra 'parquet' in the test extra)")
