@@ -16,6 +16,7 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -195,8 +196,9 @@ def build_handlers(cfg: Config, db: Database, store: InstanceStore) -> tuple[lis
 # and a dataset kept in memory have caps, and a streamed dataset has node.max_dataset_mb.
 # --------------------------------------------------------------------------------------------
 
-#: Any PDU but P-DATA-TF: an A-ASSOCIATE-RQ with every storage SOP class and all our transfer
-#: syntaxes is ~50 KiB at most in practice; release and abort PDUs are 10 bytes.
+#: Any PDU but P-DATA-TF (and every PDU before the A-ASSOCIATE-RQ has been read): an
+#: A-ASSOCIATE-RQ carries at most 128 presentation contexts, ~20-40 KiB with a few transfer
+#: syntaxes each; release and abort PDUs are 10 bytes.
 MAX_OTHER_PDU = 64 * 1024
 #: Senders that count the 6-byte PDU header (or a PDV item header) inside the maximum we offered
 #: are tolerated by this much.
@@ -554,6 +556,21 @@ def _split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
     return pdvs or None
 
 
+def _set_deadline(sock: socket.socket, timeout_s: float) -> None:
+    """Bound every recv and send on ``sock`` to ``timeout_s`` (a stalled reader must not hold
+    our response either). A plain socket stays in blocking mode with kernel timeouts
+    (SO_RCVTIMEO / SO_SNDTIMEO: a timed-out call fails with EAGAIN), because Python's own
+    socket timeout polls before every call and drops the GIL twice per read, measurably slower
+    on the receive path; a TLS socket needs Python's timeout (the SSL layer retries reads)."""
+    if type(sock) is socket.socket:
+        seconds = max(timeout_s, 0.001)
+        timeval = struct.pack("@ll", int(seconds), int((seconds % 1) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    else:
+        sock.settimeout(timeout_s)
+
+
 class _BoundedDUL(DULServiceProvider):
     """DUL that reads every PDU within the bounds of :class:`ReceiveLimits`: the announced
     length is checked against what we accept before the body is read (a PDU over it aborts the
@@ -584,22 +601,20 @@ class _BoundedDUL(DULServiceProvider):
     def _peer(self) -> str:
         return str(self.assoc.requestor.address)
 
-    def _read_timeout(self) -> tuple[float, str]:
-        """Seconds the next recv may wait, and the setting that bounds it."""
-        limits = self._hipnode_limits
+    def _read_timeout(self) -> float:
+        """Seconds the next recv may wait (called per recv: kept cheap)."""
+        network = self._hipnode_limits.network_timeout_s
         # Not the FSM state: the first PDU may be read before the FSM has processed the
         # connection event (Sta1, not yet Sta2).
         if self._hipnode_negotiating:
-            remaining = self._hipnode_deadline - time.monotonic()
-            if remaining < limits.network_timeout_s:
-                return (
-                    remaining,
-                    f"no complete A-ASSOCIATE-RQ within {limits.acse_timeout_s:g} s (acse_timeout_s)",
-                )
-        return (
-            limits.network_timeout_s,
-            f"nothing received for {limits.network_timeout_s:g} s (network_timeout_s)",
-        )
+            return min(network, self._hipnode_deadline - time.monotonic())
+        return network
+
+    def _timeout_reason(self) -> str:
+        limits = self._hipnode_limits
+        if self._hipnode_negotiating and self._hipnode_deadline - time.monotonic() < limits.network_timeout_s:
+            return f"no complete A-ASSOCIATE-RQ within {limits.acse_timeout_s:g} s (acse_timeout_s)"
+        return f"nothing received for {limits.network_timeout_s:g} s (network_timeout_s)"
 
     def _recv_exact(self, sock: socket.socket, n: int) -> bytearray:
         """Exactly ``n`` bytes (``n`` already bounded by the caller), or :class:`_ReadFailed`."""
@@ -608,16 +623,16 @@ class _BoundedDUL(DULServiceProvider):
         got = 0
         try:
             while got < n:
-                timeout, why = self._read_timeout()
+                timeout = self._read_timeout()
                 if timeout <= 0:
-                    raise _ReadFailed(why)
-                if timeout != self._hipnode_timeout:  # settimeout is a syscall: only on change
-                    sock.settimeout(timeout)
+                    raise _ReadFailed(self._timeout_reason())
+                if timeout != self._hipnode_timeout:  # a syscall: only on change
+                    _set_deadline(sock, timeout)
                     self._hipnode_timeout = timeout
                 try:
                     k = sock.recv_into(view[got:], n - got)
-                except TimeoutError:
-                    raise _ReadFailed(why) from None
+                except (TimeoutError, BlockingIOError):
+                    raise _ReadFailed(self._timeout_reason()) from None
                 except OSError as exc:
                     raise _ReadFailed(f"connection failed: {exc.strerror or type(exc).__name__}") from None
                 if k == 0:

@@ -152,6 +152,7 @@ class StagedFile:
         self._unhashed = 0
         self._max_backlog = max_backlog
         self._backlog_cv = threading.Condition()
+        self._backlog_waiting = False  # feed is waiting: only then is a notify worth its cost
         try:
             _write_all(self._fd, prefix)
         except OSError:
@@ -196,7 +197,8 @@ class StagedFile:
             self._append(item)
             with self._backlog_cv:
                 self._unwritten -= len(item)
-                self._backlog_cv.notify()
+                if self._backlog_waiting:
+                    self._backlog_cv.notify()
 
     def _drain_hash(self) -> None:
         assert self._hash_queue is not None
@@ -204,7 +206,8 @@ class StagedFile:
             self._hash.update(item)  # releases the GIL: runs beside the writer and the receiver
             with self._backlog_cv:
                 self._unhashed -= len(item)
-                self._backlog_cv.notify()
+                if self._backlog_waiting:
+                    self._backlog_cv.notify()
 
     def _reserve(self, n: int) -> bool:
         """Wait until ``n`` more bytes fit in the backlog; False (and the dataset given up, as a
@@ -223,7 +226,9 @@ class StagedFile:
                             )
                         self._feeding = False
                         return False
+                    self._backlog_waiting = True
                     self._backlog_cv.wait(remaining)
+                    self._backlog_waiting = False
             self._unwritten += n
             self._unhashed += n
         return True
