@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from node.domain import View
+
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
 
 
@@ -92,6 +94,12 @@ class NodeConfig(_Strict):
         "(PDUs are never unlimited: a longer announced PDU aborts the association unread)",
     )
     max_associations: int = Field(16, ge=1, le=1000)
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="TCP connections open at once (associations, and connections still in TLS or "
+        "negotiation); more are closed on accept. Default 4 x max_associations",
+    )
     acse_timeout_s: float = Field(
         30.0, gt=0, description="a connection must complete its A-ASSOCIATE-RQ within this, or is closed"
     )
@@ -116,6 +124,18 @@ class NodeConfig(_Strict):
 
     _ae = field_validator("ae_title")(_check_ae)
     _port = field_validator("port")(_check_port)
+
+    @property
+    def connection_limit(self) -> int:
+        """``max_connections``, or its default: room for every association plus as many
+        connections again three times over still handshaking or negotiating."""
+        return self.max_connections or 4 * self.max_associations
+
+    @model_validator(mode="after")
+    def _connections(self) -> NodeConfig:
+        if self.max_connections is not None and self.max_connections < self.max_associations:
+            raise ValueError("max_connections must be at least max_associations")
+        return self
 
     @field_validator("max_pdu")
     @classmethod
@@ -153,13 +173,45 @@ class CallingAE(_Strict):
     quiet_period_s: float | None = Field(None, gt=0)
     priority: int = 0  # larger runs first
     destinations: list[str] | None = None  # overrides routing rules when set
+    # View-aware completion (node.series, node.viewhint): once every view named here has arrived
+    # in a study (by header hints), its open series from this AE complete without waiting out
+    # the quiet period.
+    expected_views: list[str] = []
+    # view name -> regular expression (case-insensitive) over SeriesDescription / ProtocolName,
+    # tried before the built-in header rules; may name views of its own
+    view_patterns: dict[str, str] = {}
+    # quiet period = clamp(3 x typical gap between instances of one series, series.adaptive_min_s,
+    # quiet_period_s), the gap measured from this AE's recent series in the registry
+    adaptive_quiet: bool = False
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("view_patterns")
+    @classmethod
+    def _patterns_compile(cls, v: dict[str, str]) -> dict[str, str]:
+        for view, rx in v.items():
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise ValueError(f"{view}: not a regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _known_views(self) -> CallingAE:
+        builtin = {v.value for v in View if v is not View.OTHER}  # as node.viewhint.BUILTIN_VIEWS
+        unknown = [v for v in self.expected_views if v not in builtin | set(self.view_patterns)]
+        if unknown:
+            raise ValueError(
+                f"expected_views: unknown view(s) {unknown}: use {sorted(builtin)} or a view_patterns name"
+            )
+        return self
 
 
 class SeriesConfig(_Strict):
     quiet_period_s: float = Field(10.0, gt=0)
     check_interval_s: float = Field(1.0, gt=0)
+    # the shortest quiet period adaptive_quiet (per calling AE) may choose
+    adaptive_min_s: float = Field(2.0, gt=0)
 
 
 class JobsConfig(_Strict):
@@ -227,7 +279,9 @@ class DispatchConfig(_Strict):
     # A delivery is retried until this long after it was queued (or re-sent), however many
     # attempts that takes: a PACS down over a long weekend must still get its results.
     give_up_after_s: float = Field(7 * 24 * 3600.0, gt=0)
-    max_attempts: int | None = Field(None, ge=1, description="optional cap on attempts as well (none by default)")
+    max_attempts: int | None = Field(
+        None, ge=1, description="optional cap on attempts as well (none by default)"
+    )
     interval_s: float = Field(1.0, gt=0)
     calling_ae_title: str | None = None  # defaults to node.ae_title
 
@@ -297,8 +351,15 @@ class WebUser(_Strict):
     @classmethod
     def _hash_format(cls, v: str) -> str:
         parts = v.split("$")
-        if len(parts) != 4 or parts[0] != "pbkdf2_sha256" or not parts[1].isdigit() or int(parts[1]) < 100_000:
-            raise ValueError("must be pbkdf2_sha256$<iterations >= 100000>$<salt>$<hash> (hipnode web-password)")
+        if (
+            len(parts) != 4
+            or parts[0] != "pbkdf2_sha256"
+            or not parts[1].isdigit()
+            or int(parts[1]) < 100_000
+        ):
+            raise ValueError(
+                "must be pbkdf2_sha256$<iterations >= 100000>$<salt>$<hash> (hipnode web-password)"
+            )
         return v
 
 
@@ -340,7 +401,9 @@ class RetentionConfig(_Strict):
     )
     results_days: float | None = Field(None, gt=0, description="result files (SR, SC, GSPS) older than this")
     min_free_mb: float | None = Field(
-        None, gt=0, description="free-space target under storage.root: the oldest removable instances go until it is met"
+        None,
+        gt=0,
+        description="free-space target under storage.root: the oldest removable instances go until it is met",
     )
 
 

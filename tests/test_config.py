@@ -55,6 +55,11 @@ def test_receive_limits_are_finite_by_default() -> None:
     errors = "\n".join(info.value.errors)
     assert "node.max_pdu: must be 0 (the default, 1048576) or 4096-16777216" in errors
     assert "node.max_dataset_mb:" in errors and "node.tls.handshake_timeout_s:" in errors
+    assert node.connection_limit == 4 * node.max_associations
+    assert parse_config({"node": {"max_connections": 20}}).node.connection_limit == 20
+    with pytest.raises(ConfigError) as small:
+        parse_config({"node": {"max_associations": 10, "max_connections": 5}})
+    assert small.value.errors == ["node: max_connections must be at least max_associations"]
 
 
 def test_per_ae_quiet_period_and_lookup() -> None:

@@ -676,3 +676,30 @@ def test_inflate_bounded_stops_at_the_cap_and_rejects_broken_streams() -> None:
         inflate_bounded(bomb, 2**20)
     assert refused.value.status is StoreStatus.OUT_OF_RESOURCES
     assert time.process_time() - t0 < 1.0
+
+
+def test_connections_beyond_max_connections_are_closed_on_accept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections that never associate still cost threads until acse_timeout_s; beyond
+    max_connections the node closes new ones at once, and takes them again when room is made."""
+    from tests.test_receive_support import running_receiver
+
+    with running_receiver(
+        tmp_path, node={"max_associations": 2, "max_connections": 4, "acse_timeout_s": 2}
+    ) as rx:
+        idle = [socket.create_connection(("127.0.0.1", rx.port), timeout=10) for _ in range(4)]
+        try:
+            time.sleep(0.3)  # all four accepted
+            extra = socket.create_connection(("127.0.0.1", rx.port), timeout=10)
+            _, closed_after = read_until_closed(extra, 1.0)
+            extra.close()
+            assert closed_after is not None and closed_after < 0.5
+            assert echo(rx.port) is None  # no room for a modality either, until...
+            closed = [read_until_closed(sock, 6)[1] for sock in idle]
+            assert all(c is not None for c in closed)  # ...acse_timeout_s closes the idle ones
+        finally:
+            for sock in idle:
+                sock.close()
+        assert wait_until(lambda: echo(rx.port) == 0, 5)
+    assert "4 connections open (max_connections): closing new connections" in caplog.text

@@ -803,6 +803,55 @@ class _RequestHandler(RequestHandler):
                 stager.discard_all()
 
 
+class _BoundedServer(ThreadedAssociationServer):
+    """The association server with a cap on connections open at once. pynetdicom starts a
+    thread (and an association with its own DUL thread) per accepted connection and only
+    counts them against maximum_associations once an A-ASSOCIATE-RQ has arrived; a flood of
+    connections that never get that far would each hold threads until acse_timeout_s. Beyond
+    ``hipnode_max_connections`` a new connection is closed on accept, in the accept loop (no
+    thread); the warning is logged once per burst."""
+
+    hipnode_max_connections = 64
+    _hipnode_open = 0
+    _hipnode_refused = 0
+    _hipnode_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._hipnode_lock:
+            full = self._hipnode_open >= self.hipnode_max_connections
+            if full:
+                self._hipnode_refused += 1
+                first = self._hipnode_refused == 1
+            else:
+                self._hipnode_open += 1
+                refused, self._hipnode_refused = self._hipnode_refused, 0
+        if full:
+            if first:
+                log.warning(
+                    "%d connections open (max_connections): closing new connections until one ends",
+                    self.hipnode_max_connections,
+                )
+            self.shutdown_request(request)
+            return
+        if refused:
+            log.warning("%d connection(s) were closed on accept: max_connections was reached", refused)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._hipnode_done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._hipnode_done()
+
+    def _hipnode_done(self) -> None:
+        with self._hipnode_lock:
+            self._hipnode_open -= 1
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
@@ -860,12 +909,13 @@ class Receiver:
         self.store.remove_stale_temp_files()
         node = self.cfg.node
         log.info(
-            "receiver %s listening on %s:%d (max PDU %s, max %d associations, TLS %s)",
+            "receiver %s listening on %s:%d (max PDU %s, max %d associations, %d connections, TLS %s)",
             node.ae_title,
             node.host,
             node.port,
             node.max_pdu,
             node.max_associations,
+            node.connection_limit,
             "on" if node.tls.enabled else "off",
         )
         # The TLS context is kept from pynetdicom, which would wrap (and so handshake) each
@@ -875,9 +925,10 @@ class Receiver:
             (node.host, node.port),
             ssl_context=None,
             evt_handlers=self.handlers,
-            server_class=ThreadedAssociationServer,
+            server_class=_BoundedServer,
             request_handler=_RequestHandler,
         )
+        server.hipnode_max_connections = node.connection_limit
         server.hipnode_ssl_context = ssl_context
         server.hipnode_limits = ReceiveLimits.from_config(self.cfg)
         server.hipnode_tuned_transport = self.tuned_transport
