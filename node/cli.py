@@ -138,11 +138,18 @@ def _build_workers(cfg: Config, db: Any, workers: int) -> list[Any]:
 
 def _start_threads(cfg: Config, db: Any, stop: threading.Event, workers: list[Any]) -> list[threading.Thread]:
     from node.dispatch import Dispatcher
+    from node.worker import WORKER_STACK_BYTES
 
-    threads = [
-        threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}", daemon=True)
-        for i, w in enumerate(workers)
-    ]
+    # worker threads compose SRs (deep highdicom trees); they get the stack the import's workers
+    # get (a thread segfaulted there on the default one)
+    previous = threading.stack_size(WORKER_STACK_BYTES)
+    try:
+        threads = [
+            threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}", daemon=True)
+            for i, w in enumerate(workers)
+        ]
+    finally:
+        threading.stack_size(previous)
     d = Dispatcher(cfg, db)
     threads.append(threading.Thread(target=d.run_forever, args=(stop,), name="dispatcher", daemon=True))
     for t in threads:

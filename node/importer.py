@@ -75,7 +75,6 @@ log = logging.getLogger(__name__)
 IMPORT_PRIORITY = -10  # live traffic's default is 0; larger runs first
 IMPORT_QUIET_S = 7 * 24 * 3600.0  # keeps a running node's completion off the import's series
 WORKER_PREFIX = "import"
-WORKER_STACK_BYTES = 64 * 2**20
 _COMPLETABLE = (SeriesState.OPEN.value, SeriesState.REOPENED.value)
 _UNFINISHED = (JobState.QUEUED.value, JobState.RUNNING.value)
 
@@ -368,7 +367,7 @@ def _finished(walker: _Walker, db: Database, calling_ae: str) -> bool:
 def _run_local(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, progress: Progress) -> None:
     """``--workers N`` threads, one set of models (onnxruntime sessions are thread-safe)."""
     from node.pipeline import Models, Pipeline
-    from node.worker import Worker
+    from node.worker import WORKER_STACK_BYTES, Worker
 
     models = Models(cfg)
     workers = [

@@ -63,6 +63,11 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= _REASON_MAX_CHARS else text[: _REASON_MAX_CHARS - 1] + "…"
 
 
+#: C stack of a worker thread: SR composition deep-copies highdicom content trees recursively,
+#: and a worker thread on the platform default (8 MiB) segfaulted on the JPEG 2000 import bench.
+WORKER_STACK_BYTES = 64 * 2**20
+
+
 class JobTimeLimit(BaseException):
     """Raised inside the worker thread when its job exceeds ``jobs.max_job_s``.
 
