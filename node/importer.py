@@ -63,12 +63,12 @@ from node.bulk import (
 )
 from node.config import Config, RouteMatch, RouteRule
 from node.domain import JobState, SeriesState
-from node.jobs import RetryPolicy, enqueue_job, naive_utc, release_job, supersede_queued, sweep_stale
+from node.jobs import RetryPolicy, release_job, sweep_stale
 from node.receive.handlers import InvalidDataset
 from node.receive.storage import InstanceStore, OutOfResources, uid_digest
-from node.registry import Database, Job, Series, record_event
-from node.registry.db import is_sqlite
+from node.registry import Database, Job, Series
 from node.registry.ingest import IngestKind
+from node.series import complete_now
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +124,9 @@ def import_config(cfg: Config, opts: ImportOptions) -> Config:
 
 def complete_series(db: Database, cfg: Config, series_pk: int, priority: int) -> int | None:
     """Complete one imported series now and queue its job at ``priority``; ``None`` when it is
-    not open (completed already, by us or anybody).
-
-    The same transition as ``node.series`` makes after a quiet period (state, generation, one
-    job per generation, older queued generations superseded, an event), without the wait."""
-    now = naive_utc(None)
-    query = select(Series).where(Series.id == series_pk, Series.state.in_(_COMPLETABLE))
-    if not is_sqlite(db.engine):
-        query = query.with_for_update()
-    with db.session() as s:
-        series = s.execute(query).scalar_one_or_none()
-        if series is None:
-            return None
-        previous = series.state
-        series.state = SeriesState.COMPLETE.value
-        series.generation += 1
-        series.completed_at = now
-        generation = series.generation
-        job_pk = enqueue_job(s, series_pk, generation, priority=priority, max_attempts=cfg.jobs.max_attempts, now=now).id
-        superseded = supersede_queued(s, series_pk, generation, now) if generation > 1 else []
-        record_event(s, "series", series_pk, SeriesState.COMPLETE.value, previous_state=previous,
-                     generation=generation, job=job_pk, superseded_jobs=superseded or None, by="import")
-    wake.notify(wake.JOBS)
-    return job_pk
+    not open (completed already, by us or anybody). ``node.series.complete_now``: the same
+    transition as after a quiet period, without the wait."""
+    return complete_now(db, cfg, series_pk, priority=priority, by="import")
 
 
 def complete_open_series(db: Database, cfg: Config, calling_ae: str, priority: int) -> list[int]:

@@ -52,6 +52,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from node import wake
 from node.config import CallingAE, Config
@@ -146,43 +147,70 @@ def _complete_one(db: Database, cfg: Config, series_pk: int, now: datetime, earl
         series = s.execute(query).scalar_one_or_none()
         if series is None:
             return None
-        previous = series.state
-        series.state = SeriesState.COMPLETE.value
-        series.generation += 1
-        series.completed_at = now
-        generation = series.generation
         ae = cfg.calling_ae(series.calling_ae) if series.calling_ae.strip() else None
-        priority = ae.priority if ae is not None else 0
-        try:
-            with s.begin_nested():
-                job_pk: int | None = enqueue_job(
-                    s, series_pk, generation, priority=priority, max_attempts=cfg.jobs.max_attempts, now=now
-                ).id
-        except IntegrityError:
-            # Only possible if the registry was edited by hand (generation rewound): the job for
-            # this generation exists already, which is exactly the state we want.
-            existing = s.execute(
-                select(Job.id).where(Job.series_pk == series_pk, Job.generation == generation)
-            ).scalar_one_or_none()
-            log.warning("series %d generation %d already had job %s", series_pk, generation, existing)
-            job_pk = None
-        superseded = supersede_queued(s, series_pk, generation, now) if generation > 1 else []
-        record_event(
-            s,
-            ENTITY,
-            series_pk,
-            SeriesState.COMPLETE.value,
-            previous_state=previous,
-            generation=generation,
-            job=job_pk,
-            superseded_jobs=superseded or None,
-            **({"closed_by": early.closed_by, **early.detail} if early is not None else {}),
-        )
+        detail = {"closed_by": early.closed_by, **early.detail} if early is not None else {}
+        generation, job_pk = _transition(s, cfg, series, now, ae.priority if ae is not None else 0, detail)
     log.info(
         "series %d complete (generation %d%s), job %s queued",
         series_pk, generation, f", {early.closed_by}" if early is not None else "", job_pk,
     )
     return job_pk
+
+
+def complete_now(db: Database, cfg: Config, series_pk: int, *, priority: int, by: str) -> int | None:
+    """Complete an open series at once, with its job at ``priority`` (an archive import: no
+    quiet period to wait for); ``None`` when it is not open. The transition is the one
+    ``complete_due_series`` makes; the event says ``by`` whom."""
+    now = naive_utc(None)
+    query = select(Series).where(Series.id == series_pk, Series.state.in_(_COMPLETABLE))
+    if not is_sqlite(db.engine):
+        query = query.with_for_update()
+    with db.session() as s:
+        series = s.execute(query).scalar_one_or_none()
+        if series is None:
+            return None
+        _, job_pk = _transition(s, cfg, series, now, priority, {"by": by})
+    wake.notify(wake.JOBS)
+    return job_pk
+
+
+def _transition(
+    s: Session, cfg: Config, series: Series, now: datetime, priority: int, detail: dict[str, Any]
+) -> tuple[int, int | None]:
+    """Series → complete: next generation, its one job, older queued generations superseded,
+    the event (with ``detail``). Inside the caller's transaction, the row already locked."""
+    series_pk = series.id
+    previous = series.state
+    series.state = SeriesState.COMPLETE.value
+    series.generation += 1
+    series.completed_at = now
+    generation = series.generation
+    try:
+        with s.begin_nested():
+            job_pk: int | None = enqueue_job(
+                s, series_pk, generation, priority=priority, max_attempts=cfg.jobs.max_attempts, now=now
+            ).id
+    except IntegrityError:
+        # Only possible if the registry was edited by hand (generation rewound): the job for
+        # this generation exists already, which is exactly the state we want.
+        existing = s.execute(
+            select(Job.id).where(Job.series_pk == series_pk, Job.generation == generation)
+        ).scalar_one_or_none()
+        log.warning("series %d generation %d already had job %s", series_pk, generation, existing)
+        job_pk = None
+    superseded = supersede_queued(s, series_pk, generation, now) if generation > 1 else []
+    record_event(
+        s,
+        ENTITY,
+        series_pk,
+        SeriesState.COMPLETE.value,
+        previous_state=previous,
+        generation=generation,
+        job=job_pk,
+        superseded_jobs=superseded or None,
+        **detail,
+    )
+    return generation, job_pk
 
 
 def _held_on_purpose(ae: CallingAE, cfg: Config, complete_after: datetime, last_received_at: datetime) -> bool:
