@@ -30,7 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage
 
-from node.compose.overlay import set_body_part_and_laterality
+from node.compose.overlay import set_body_part_and_laterality, source_instance_number
 from node.compose.sr import (
     PIXEL_ORIGIN_SHIFT,
     box_polyline_data,
@@ -151,10 +151,7 @@ def build_gsps(
     if uids is None:
         uids = gsps_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), models, salt=salt)
     if instance_number is None:
-        try:
-            instance_number = int(source.get("InstanceNumber") or 1)
-        except (TypeError, ValueError):
-            instance_number = 1
+        instance_number = source_instance_number(source)
 
     def draw(data: np.ndarray, tracking: str) -> hd.pr.GraphicObject:
         return _polyline(data, tracking, image.sop_instance_uid, rows, columns)

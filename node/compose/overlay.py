@@ -393,10 +393,7 @@ def build_sc(
     if uids is None:
         uids = sc_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), models, salt=salt)
     if instance_number is None:
-        try:
-            instance_number = int(source.get("InstanceNumber") or 1)
-        except (TypeError, ValueError):
-            instance_number = 1
+        instance_number = source_instance_number(source)
 
     header = header_without_pixels(source)
     original_sex = fill_patient_study(header)
@@ -499,3 +496,10 @@ __all__ = [
 ]
 
 
+def source_instance_number(source: Dataset) -> int:
+    """The source image's Instance Number for the result that draws on it (1 when absent or
+    not a number: archives send "", "01a", None)."""
+    try:
+        return int(source.get("InstanceNumber") or 1)
+    except (TypeError, ValueError):
+        return 1
