@@ -114,11 +114,11 @@ def _requestor_transports() -> list[threading.Thread]:
 def test_a_pacs_that_stops_reading_cannot_hold_the_dispatcher(store: Store) -> None:  # noqa: F811
     """The PACS accepts the association, then stops reading (its reader is stuck for a minute):
     the send is abandoned after the destination's timeout and the delivery retried."""
-    stuck = threading.Event()
+    stuck, release = threading.Event(), threading.Event()
 
     def stop_reading(event: Any) -> None:
         stuck.set()
-        time.sleep(60)  # the association's reader thread: nothing more is read from the socket
+        release.wait(60)  # the association's reader thread: nothing more is read from the socket
 
     port = free_port()
     ae = AE("STALLED")
@@ -131,7 +131,8 @@ def test_a_pacs_that_stops_reading_cannot_hold_the_dispatcher(store: Store) -> N
         assert Dispatcher(config(store, dest), store.db).run_once() == 1
         took = time.monotonic() - start
     finally:
-        server.server_close()
+        release.set()
+        server.shutdown()  # stops its accept loop too (server_close alone left it spinning)
     assert stuck.is_set()
     assert took < 30.0, f"the dispatcher was held {took:.0f} s by a PACS that stopped reading"
     # pynetdicom sends from the association's own transport thread: it must not stay blocked in
