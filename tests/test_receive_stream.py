@@ -205,3 +205,19 @@ def test_a_stalled_disk_gives_the_dataset_up(tmp_path: Path, monkeypatch: pytest
         disk.set()
     staged.discard()
     assert list(store.staging.iterdir()) == []
+
+
+def test_start_up_reads_only_the_staging_folder(tmp_path: Path) -> None:
+    """Crash leftovers live in the staging folder only (whole-file writes stage there too), so
+    start-up does not walk the archive: a file named like a temp file elsewhere is not even
+    looked at, and a write leaves nothing behind in the staging folder."""
+    store = InstanceStore(tmp_path / "root", min_free_mb=0)
+    deep = store.root / "ab" / "abcdef" / "1.2.3"
+    deep.mkdir(parents=True)
+    (deep / ".not-ours.part").write_bytes(b"x")
+    stored = store.write(Path("ab/abcdef/1.2.3/4.dcm"), (b"meta", b"dataset"))
+    assert stored.absolute.read_bytes() == b"metadataset"
+    assert list(store.staging.iterdir()) == []
+    (store.staging / ".crashed.part").write_bytes(b"half")
+    assert store.remove_stale_temp_files() == 1
+    assert (deep / ".not-ours.part").exists()

@@ -434,7 +434,9 @@ class InstanceStore:
         size = sum(len(p) for p in parts)
         self._ensure_dir(final.parent)
         existed = final.exists()
-        tmp = final.with_name(f".{final.name}.{threading.get_ident()}{_TMP_SUFFIX}")
+        # in the staging folder (same filesystem: the rename stays atomic), so that start-up
+        # clears crash leftovers there without walking the whole archive
+        tmp = self.staging / f".{final.name}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
             try:
@@ -469,9 +471,12 @@ class InstanceStore:
             log.exception("could not remove orphan file %s", stored.relative)
 
     def remove_stale_temp_files(self) -> int:
-        """Delete ``*.part`` files left by a crash (called once at start-up); returns the count."""
+        """Delete ``*.part`` files left by a crash (called once at start-up); returns the count.
+
+        Every temp file is written in the staging folder, so only that folder is read: walking
+        an archive of millions of files at every start would delay the node by minutes."""
         count = 0
-        for p in self.root.rglob(f".*{_TMP_SUFFIX}"):
+        for p in self.staging.glob(f".*{_TMP_SUFFIX}"):
             try:
                 p.unlink()
                 count += 1
