@@ -369,3 +369,42 @@ def test_tls_with_client_certificate(tmp_path: Path) -> None:
         plain = ae.associate("127.0.0.1", rx.port, ae_title="HIPNODE")
         assert not plain.is_established
         assert len(stored_instances(rx)) == 1
+
+
+def test_non_conformant_uids_are_kept_and_unsafe_ones_refused() -> None:
+    """Modalities send UIDs the standard forbids (a letter, a leading zero, a trailing dot):
+    refusing them loses the study to the sender, so they are kept as received (and noted);
+    only what is unsafe to store or reference is refused with 0xC002."""
+    import pydicom
+    from pydicom import config as pydicom_config
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import ImplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from node.receive.handlers import InvalidDataset, StoreStatus, read_header
+
+    def encoded(series_uid: str) -> bytes:
+        ds = pydicom.Dataset()
+        settings = pydicom_config.settings
+        saved = (settings.reading_validation_mode, settings.writing_validation_mode)
+        settings.reading_validation_mode = settings.writing_validation_mode = pydicom_config.IGNORE
+        try:
+            ds.SOPClassUID = SecondaryCaptureImageStorage
+            ds.SOPInstanceUID = generate_uid()
+            ds.StudyInstanceUID = generate_uid()
+            ds.add(pydicom.DataElement(0x0020000E, "UI", series_uid))  # as a modality wrote it
+            buf = DicomBytesIO()
+            buf.is_implicit_VR, buf.is_little_endian = True, True
+            write_dataset(buf, ds)
+        finally:
+            settings.reading_validation_mode, settings.writing_validation_mode = saved
+        return buf.getvalue()
+
+    for kept in ("1.2.840.10008.77.2.DX", "1.2.840.010.5", "1.2.840.5."):
+        header = read_header(encoded(kept), ImplicitVRLittleEndian)
+        assert header.get_item("SeriesInstanceUID").value.decode().rstrip("\x00") == kept
+    for unsafe, why in (("1." + "2" * 70, "longer than 64"), ("1.2/../3", "path separator"),
+                        ("1.2\x013", "control characters")):
+        with pytest.raises(InvalidDataset) as refused:
+            read_header(encoded(unsafe), ImplicitVRLittleEndian)
+        assert refused.value.status == StoreStatus.MISSING_UID and why in str(refused.value)

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import RE_VALID_UID, UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -307,8 +307,24 @@ def _raw_uid(header: Dataset, keyword: str) -> str:
     return str(value or "").strip()
 
 
-def _valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and UID(value).is_valid
+def _unsafe_uid(value: str) -> str | None:
+    """Why a UID cannot be kept at all, or None. Only what is unsafe to store or reference is
+    refused: real modalities send UIDs the standard forbids (a letter, a leading zero in a
+    component, a trailing dot) and a refusal loses the study to the sender; such a UID is kept
+    as it came and flagged (``_nonconformant_uid``)."""
+    if len(value) > 64:
+        return "is longer than 64 characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "contains control characters"
+    if "/" in value or "\\" in value:
+        return "contains a path separator"
+    return None
+
+
+def _nonconformant_uid(value: str) -> bool:
+    # the pattern, not UID(value): constructing one warns (or, where warnings are errors,
+    # raises) on exactly the values this check is for
+    return RE_VALID_UID.match(value) is None
 
 
 def read_header(
@@ -359,8 +375,11 @@ def _read_header(
     for kw, value in uids.items():
         if not value:
             raise InvalidDataset(StoreStatus.MISSING_UID, f"{kw} is missing or empty")
-        if not _valid_uid(value):
-            raise InvalidDataset(StoreStatus.MISSING_UID, f"{kw} is not a valid UID")
+        why = _unsafe_uid(value)
+        if why is not None:
+            raise InvalidDataset(StoreStatus.MISSING_UID, f"{kw} {why}")
+        if _nonconformant_uid(value):
+            notes.append(f"{kw} is not a conformant UID (kept as received)")
     if command_sop_class is not None and uids["SOPClassUID"] != str(command_sop_class).strip():
         raise InvalidDataset(
             StoreStatus.SOP_CLASS_MISMATCH,
