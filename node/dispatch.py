@@ -667,7 +667,10 @@ class Dispatcher:
                 outcome = link.store(info)
                 remaining.remove(c.delivery_pk)
                 state = self._record(c, outcome, now, renew=remaining)
-                observe.delivery_recorded(self.db, c.result_pk, dest.name, state, time.monotonic() - started)
+                try:
+                    observe.delivery_recorded(self.db, c.result_pk, dest.name, state, time.monotonic() - started)
+                except Exception:  # a metric must never cost the rest of the batch its send
+                    log.debug("delivery metrics not recorded", exc_info=True)
                 if state is DeliveryState.SENT and dest.verify_with_cfind:
                     self._read_back(link, c, info)
         finally:

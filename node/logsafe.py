@@ -59,6 +59,7 @@ _FILTER = RedactQuoted()
 # anyway, see node.registry.db)
 _DB_KEY = re.compile(r"(Key \([^)\n]*\)=\()[^\n]*?(\)\s+(?:already exists|is not present|conflicts))")
 _DB_PARAMETERS = re.compile(r"\[parameters: [^\n]*\]")
+_DB_ROW = re.compile(r"(Failing row contains \()[^\n]*(\))")
 # a run without spaces longer than this is cut (a 60,000-character "UID" must not fill the log)
 MAX_RUN = 256
 _LONG_RUN = re.compile(r"\S{" + str(MAX_RUN + 1) + ",}")
@@ -69,6 +70,7 @@ def scrub(text: str) -> str:
     runs removed. For tracebacks, whose messages come from libraries that quote what they read."""
     text = _DB_KEY.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)
     text = _DB_PARAMETERS.sub(f"[parameters: {REDACTED}]", text)
+    text = _DB_ROW.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)
     return cut_long(redact(text))
 
 

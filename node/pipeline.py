@@ -387,8 +387,8 @@ class Pipeline:
                 # for it (the row lock orders this check against that completion).
                 current = s.scalar(select(Series.generation).where(Series.id == ctx.series_pk).with_for_update())
                 if current is not None and current > ctx.generation:
-                    if s.scalar(select(Result.id).where(Result.path == rel)) is None:
-                        (self.results_root / rel).unlink(missing_ok=True)  # nobody's result: ours only
+                    # the file is left: a newer job may have written the same path (an unchanged
+                    # image's SC / GSPS) and not recorded it yet
                     raise _NewerGeneration(int(current))
                 result = self._upsert_result(s, ctx, rel, ds, kind, source, payload, predecessor)
                 if kind is ResultKind.SR:
@@ -511,7 +511,8 @@ class Pipeline:
         return result
 
     def _priors_and_predecessor(self, ctx: _Context) -> tuple[list[PriorMeasurement], ReportReference | None]:
-        with self.db.session() as s:
+        # reads only (and reads files): no write lock held meanwhile
+        with self.db.read_session() as s:
             prev = s.scalars(
                 select(Result)
                 .join(Job, Job.id == Result.job_pk)

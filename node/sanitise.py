@@ -29,6 +29,7 @@ from copy import deepcopy
 
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 # the longest value a VR allows (PS3.5 table 6.2-1); PN per component group
@@ -124,10 +125,10 @@ def _clean(vr: str, value: object) -> tuple[object, str | None]:
     limit = MAX_LENGTH.get(vr)
     if limit is None:
         return value, None
-    if isinstance(value, str) or vr == "PN":
+    if isinstance(value, str) or (vr == "PN" and not isinstance(value, MultiValue)):
         text = str(value)
         return _clean_text(vr, text, limit, value)
-    try:
+    try:  # several values (a multi-valued PN too): each cleaned on its own
         items = [str(v) for v in value]  # type: ignore[attr-defined]
     except TypeError:
         return value, None

@@ -80,11 +80,13 @@ def test_sanitise_rewrites_or_empties_and_says_so_without_values() -> None:
         ds.PatientAge = "045Y"
         ds.SpecificCharacterSet = "ISO_IR 999"
         ds.PatientBirthDate = "19520417"
+        ds.OtherPatientNames = ["DOE^JOHN^A", "DOE^J^B", "SMITH^J^C"]
     clean, notes = sanitise_for_output(ds)
     assert (clean.StudyDate, clean.SeriesDate, clean.StudyTime) == ("20240105", "", "103000")
     assert clean.AcquisitionDateTime == "20240105103000"
     assert clean.AccessionNumber == "A" * 16 and clean.PatientAge == "045Y"
     assert clean.SpecificCharacterSet == "ISO_IR 192" and clean.PatientBirthDate == "19520417"
+    assert [str(n) for n in clean.OtherPatientNames] == ["DOE^JOHN^A", "DOE^J^B", "SMITH^J^C"]
     text = " ".join(notes)
     assert "SeriesDate is not a valid date" in text and "StudyDate rewritten" in text
     assert "2024" not in text and "AAAA" not in text  # what was done, never the values

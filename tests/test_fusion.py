@@ -147,3 +147,12 @@ def test_candidates_are_used_on_an_ap_pelvis_only() -> None:
     ap = run(View.AP_PELVIS, (Side.RIGHT, Side.LEFT))
     assert ap == {Side.RIGHT: cands[0], Side.LEFT: cands[1]}
     assert run(View.AP_HIP, (Side.RIGHT,)) == {Side.RIGHT: None}
+
+
+def test_a_lone_weak_hip_must_lie_on_its_own_sides_half() -> None:
+    """With no other hip to go by, a weak right-hip box on the image's right half (the
+    patient's left) is not taken: it would report the hips on the wrong sides."""
+    from node.infer.fusion import joint_candidates_for_ap_pelvis
+
+    wrong = [_joint("right", 340, 200, 0.15)]
+    assert joint_candidates_for_ap_pelvis([], wrong, image_width=512) == ([], {})

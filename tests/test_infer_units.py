@@ -335,6 +335,7 @@ def test_the_zoomed_out_look_maps_hip_boxes_back_and_drops_the_padding() -> None
         Box(100.0, 60.0, 130.0, 90.0, "hip_joint_right", 0.4),  # -> (50, 35, 80, 65)
         Box(0.0, 0.0, 40.0, 20.0, "hip_joint_left", 0.3),  # in the padding
         Box(100.0, 60.0, 130.0, 90.0, "cup", 0.9),  # not a joint: the first look's job
+        Box(0.0, 0.0, 20.0, 20.0, "hip_joint_right", 0.5),  # a corner of the padding: negative size
     ]
     out = _unpad(found, image.shape, 0.25)
     assert [(b.label, b.x0, b.y0, b.x1, b.y1) for b in out] == [("hip_joint_right", 50.0, 35.0, 80.0, 65.0)]

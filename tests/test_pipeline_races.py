@@ -63,7 +63,8 @@ def test_a_job_overtaken_by_a_newer_generation_does_not_report(db: Database, tmp
     with db.session() as s:
         assert s.scalars(select(Result)).all() == []
         assert s.get(Job, job_pk) is not None
-    assert not any(p.is_file() for p in (tmp_path / "results").rglob("*"))
+    # the SR file written before the check may stay (an unchanged image's SC / GSPS path is the
+    # newer job's too, so it is never deleted): nothing refers to it, nothing is sent
 
 
 def test_two_writers_of_one_result_never_share_a_temporary_file(db: Database, tmp_path: Path,

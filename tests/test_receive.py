@@ -404,7 +404,7 @@ def test_non_conformant_uids_are_kept_and_unsafe_ones_refused() -> None:
         header = read_header(encoded(kept), ImplicitVRLittleEndian)
         assert header.get_item("SeriesInstanceUID").value.decode().rstrip("\x00") == kept
     for unsafe, why in (("1." + "2" * 70, "longer than 64"), ("1.2/../3", "path separator"),
-                        ("1.2\x013", "control characters")):
+                        ("1.2\x013", "control or non-ASCII"), ("1.2.3é", "control or non-ASCII")):
         with pytest.raises(InvalidDataset) as refused:
             read_header(encoded(unsafe), ImplicitVRLittleEndian)
         assert refused.value.status == StoreStatus.MISSING_UID and why in str(refused.value)

@@ -91,6 +91,15 @@ def test_a_sop_instance_uid_reused_in_another_study_is_kept_apart(any_db: Databa
         assert rows[0].series_pk != rows[1].series_pk
         kinds = s.scalars(select(Event.kind).where(Event.entity == "instance", Event.entity_pk == rows[1].id)).all()
         assert "uid_reused" in kinds
+    # a corrected re-send in the first series: numbered after the other series' version
+    changed = tmp_path / "changed.dcm"
+    data = bytearray(first.read_bytes())
+    data[-100] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    assert import_file(cfg, any_db, store, changed, "CR1") == "new_version"
+    with any_db.session() as s:
+        rows = s.scalars(select(Instance).order_by(Instance.id)).all()
+        assert [(r.version, r.superseded) for r in rows] == [(1, True), (2, False), (3, False)]
 
 
 def test_an_instance_arriving_while_its_series_completes_reopens_it(any_db: Database, tmp_path: Path) -> None:  # noqa: F811

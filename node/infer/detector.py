@@ -97,7 +97,7 @@ def _unpad(boxes: list[Box], shape: tuple[int, ...], share: float) -> list[Box]:
             continue
         x0, y0 = max(b.x0 - px, 0.0), max(b.y0 - py, 0.0)
         x1, y1 = min(b.x1 - px, float(w)), min(b.y1 - py, float(h))
-        if (x1 - x0) * (y1 - y0) < 0.5 * b.width * b.height:
+        if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) < 0.5 * b.width * b.height:
             continue
         out.append(Box(x0, y0, x1, y1, b.label, b.score))
     return out

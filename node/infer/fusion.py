@@ -88,6 +88,8 @@ def joint_candidates_for_ap_pelvis(
         for c in sorted((c for c in candidates if c.label == label), key=lambda c: -c.score):
             if c.width > CANDIDATE_MAX_WIDTH_SHARE * image_width:
                 continue
+            if other is None and (c.centre.x < image_width / 2.0) is not (side is Side.RIGHT):
+                continue  # with no other hip to go by, a weak box must lie on its own side's half
             if other is not None:
                 area, other_area = c.width * c.height, max(other.width * other.height, 1e-6)
                 if not 1.0 / CANDIDATE_MAX_AREA_RATIO <= area / other_area <= CANDIDATE_MAX_AREA_RATIO:

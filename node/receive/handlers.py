@@ -314,8 +314,8 @@ def _unsafe_uid(value: str) -> str | None:
     as it came and flagged (``_nonconformant_uid``)."""
     if len(value) > 64:
         return "is longer than 64 characters"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return "contains control characters"
+    if any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        return "contains control or non-ASCII characters"
     if "/" in value or "\\" in value:
         return "contains a path separator"
     return None

@@ -300,12 +300,14 @@ def record_instance(
 
     version = 1
     kind = IngestKind.NEW
+    if anywhere is not None:
+        # numbered after the latest version anywhere: (UID, version) stays unique even when
+        # another series holds a newer one
+        version = int(anywhere.version) + 1
     if latest is not None:
         conn.execute(_SUPERSEDE, {"pk": latest.id})
-        version = int(latest.version) + 1
         kind = IngestKind.NEW_VERSION
     elif anywhere is not None:
-        version = int(anywhere.version) + 1  # the latest anywhere: (UID, version) stays unique
         log.warning(
             "SOP Instance UID %s already filed in another series (instance %d): kept apart, not superseded",
             sop_uid[-24:], int(anywhere.id),
