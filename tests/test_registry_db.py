@@ -74,3 +74,15 @@ def test_a_sqlite_reader_does_not_take_the_write_lock(tmp_path: Path) -> None:
     t.join(10)
     assert waited < 2.0, f"the reader waited {waited:.1f} s for the writer"
     db.dispose()
+
+
+def test_a_failing_row_detail_is_scrubbed() -> None:
+    """PostgreSQL reports a NOT NULL or CHECK violation with the whole row ("Failing row
+    contains (...)"), names and birth dates included."""
+    from node.logsafe import scrub
+
+    text = ('psycopg2.errors.NotNullViolation: null value in column "issuer"\n'
+            "DETAIL:  Failing row contains (7, MRN-7731, null, DOE^JANE, 19520417, F).")
+    out = scrub(text)
+    assert "MRN-7731" not in out and "DOE^JANE" not in out and "19520417" not in out
+    assert "Failing row contains (<redacted>)" in out
