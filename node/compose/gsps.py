@@ -30,7 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage
 
-from node.compose.overlay import set_body_part_and_laterality, source_instance_number
+from node.compose.overlay import VIEW_TEXT, set_body_part_and_laterality, source_instance_number
 from node.compose.sr import (
     PIXEL_ORIGIN_SHIFT,
     box_polyline_data,
@@ -54,13 +54,6 @@ _GREEN = hd.color.CIELabColor(88.0, -76.0, 61.0)
 _YELLOW = hd.color.CIELabColor(90.0, -5.0, 88.0)
 _WHITE = hd.color.CIELabColor(100.0, 0.0, 0.0)
 _TEXT_CHARS_PER_LINE = 40
-_VIEW_TEXT = {
-    "ap_pelvis": "AP pelvis",
-    "ap_hip": "AP hip",
-    "lateral_hip": "lateral hip",
-    "oblique_hip": "oblique hip",
-    "other": "other view",
-}
 _FLAG_TEXT = {
     "ischial_spine_sign": "ischial spine sign",
     "cam_deformity": "cam deformity",
@@ -184,7 +177,7 @@ def build_gsps(
         else:
             texts.append(hd.pr.TextObject(text, units=hd.pr.AnnotationUnitsValues.PIXEL, bounding_box=box,
                                           text_justification=hd.pr.TextJustificationValues.LEFT))
-    view = _VIEW_TEXT.get(image.view.value, image.view.value) if image.view is not None else "view unknown"
+    view = VIEW_TEXT.get(image.view.value, image.view.value) if image.view is not None else "view unknown"
     banner = [f"{BANNER} - {view}", *unplaced]
     for i, row in enumerate(banner):
         top = 0.01 + 0.045 * i

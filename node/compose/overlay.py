@@ -49,7 +49,7 @@ _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
-_VIEW_TEXT = {
+VIEW_TEXT = {
     "ap_pelvis": "AP pelvis",
     "ap_hip": "AP hip",
     "lateral_hip": "lateral hip",
@@ -333,7 +333,7 @@ def render_overlay(
     status = "hipnode"
     if image.view is not None:
         p = f" {image.view_probability:.2f}" if image.view_probability is not None else ""
-        status += f" | view: {_VIEW_TEXT.get(image.view.value, image.view.value)}{p}"
+        status += f" | view: {VIEW_TEXT.get(image.view.value, image.view.value)}{p}"
     if models:
         status += " | " + ", ".join(f"{m.name} {m.version}" for m in models)
     header.append((_clip(status, 96), _WHITE))
