@@ -235,17 +235,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_window(args: argparse.Namespace, command: str) -> tuple[Any, Any] | None:
+    """``--since`` / ``--until`` as the audit parser reads them (``7d``, ISO dates); None, after
+    saying why on stderr, when either cannot be read."""
+    from node.registry.audit import parse_when
+
+    try:
+        return parse_when(args.since), (parse_when(args.until) if args.until else None)
+    except ValueError as exc:
+        print(f"hipnode {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Who sent what and what was sent where (``node.registry.audit``), as CSV or JSON."""
-    from node.registry.audit import audit_rows, parse_when, write_csv, write_json
+    from node.registry.audit import audit_rows, write_csv, write_json
 
     cfg = _load(args)
-    try:
-        since = parse_when(args.since)
-        until = parse_when(args.until) if args.until else None
-    except ValueError as exc:
-        print(f"hipnode audit: {exc}", file=sys.stderr)
+    window = _time_window(args, "audit")
+    if window is None:
         return 2
+    since, until = window
     rows = audit_rows(_database(cfg), since, until)
     out = args.out.open("w", encoding="utf-8", newline="") if args.out else sys.stdout
     try:
@@ -345,16 +355,13 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from node import actions
-    from node.registry.audit import parse_when
 
     if args.series:
         return _act(args, lambda cfg, db, who: actions.reprocess_series(db, cfg, args.series, who))
-    try:
-        since = parse_when(args.since)
-        until = parse_when(args.until) if args.until else None
-    except ValueError as exc:
-        print(f"hipnode reprocess: {exc}", file=sys.stderr)
+    window = _time_window(args, "reprocess")
+    if window is None:
         return 2
+    since, until = window
     return _act(args, lambda cfg, db, who: actions.reprocess_range(db, cfg, since, until, who))
 
 
