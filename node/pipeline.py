@@ -56,8 +56,7 @@ from node.infer.familiarity import low_confidence_reason
 from node.infer.fusion import (
     ImplantDecision,
     SideAssigner,
-    decide_implant,
-    hardware_score,
+    decide_implant_on_side,
     joint_candidates_for_ap_pelvis,
 )
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
@@ -717,10 +716,8 @@ def analyse_hips(
             if metal is not None and metal.reliable
             else None
         )
-        decisions[side] = decide_implant(
-            triage.implant_probability.get(side),
-            hardware_score(boxes, side, side_of) if detector_ran else None,
-            evidence,
+        decisions[side] = decide_implant_on_side(
+            triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence
         )
     if metal is not None:
         for obj in sorted((o for o in metal.objects if o.box.label == "cup"), key=lambda o: -o.box.score):

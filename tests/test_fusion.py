@@ -62,7 +62,9 @@ from node.infer.fusion import decide_implant  # noqa: E402
     ("p", "hw", "metal", "present", "uncertain"),
     [
         (0.99, 0.00, 0.95, True, True),  # the case: triage sure, no box, obvious metal
-        (0.10, 0.00, 0.95, True, True),  # metal alone is enough, and says so
+        (0.30, 0.00, 0.95, True, True),  # metal alone is enough unless triage firmly denies, and says so
+        (0.10, 0.00, 0.95, False, True),  # metal only, both models deny it (a bright head): stated, not reported
+        (None, None, 0.95, True, True),  # no models ran: the metal finder stands alone
         (0.99, 0.90, 0.95, True, False),  # everyone agrees
         (0.01, 0.00, 0.00, False, False),  # everyone agrees: native hip
         (0.90, 0.00, 0.00, False, True),  # triage alone: not an implant, but stated
@@ -156,3 +158,55 @@ def test_a_lone_weak_hip_must_lie_on_its_own_sides_half() -> None:
 
     wrong = [_joint("right", 340, 200, 0.15)]
     assert joint_candidates_for_ap_pelvis([], wrong, image_width=512) == ([], {})
+
+
+def test_metal_only_claim_that_both_models_deny_is_not_reported_but_stated() -> None:
+    d = decide_implant(0.05, 0.0, 1.0)
+    assert d.present is False and d.probability is not None and d.probability < 0.5
+    assert d.uncertainty is not None and "metal finder" in d.uncertainty and "p=0.05" in d.uncertainty
+    # a weak detector box is not "no box": the union stands
+    assert decide_implant(0.05, 0.3, 1.0).present is True
+
+
+# --- detector boxes lying on fracture hardware (decide_implant_on_side) --------------------------
+
+
+def _dhs_boxes() -> list[Box]:
+    return [
+        Box(100, 100, 200, 200, "hip_joint_right", 0.9),
+        Box(600, 100, 700, 200, "hip_joint_left", 0.9),
+        Box(120, 120, 170, 170, "cup", 0.73),  # the lag screw in the femoral head, called a cup
+        Box(140, 150, 200, 300, "stem", 0.33),  # the side plate, called a stem
+        Box(110, 110, 210, 320, "other_hardware", 0.32),  # the same device as fixation hardware
+    ]
+
+
+def test_cup_and_stem_boxes_on_fixation_hardware_do_not_count_when_metal_saw_no_arthroplasty() -> None:
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes = _dhs_boxes()
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+    d = decide_implant_on_side(0.56, boxes, Side.RIGHT, assign, 0.0)
+    assert d.present is False
+    assert d.uncertainty is not None and "fracture hardware" in d.uncertainty and "0.73" in d.uncertainty
+
+
+def test_fixation_rule_never_overrides_metal_that_looks_like_an_arthroplasty() -> None:
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes = _dhs_boxes()
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+    assert decide_implant_on_side(0.56, boxes, Side.RIGHT, assign, 0.95).present is True
+    assert decide_implant_on_side(0.56, boxes, Side.RIGHT, assign, None).present is True  # no metal reading
+    # a cup beside (not on) the fixation box counts as before
+    apart = [*boxes[:2], Box(120, 20, 170, 70, "cup", 0.73), boxes[4]]
+    assign = SideAssigner(apart, (Side.RIGHT, Side.LEFT), 800)
+    d = decide_implant_on_side(0.56, apart, Side.RIGHT, assign, 0.0)
+    assert d.present is True and "fracture hardware" not in (d.uncertainty or "")
+
+
+def test_without_a_detector_the_side_decision_is_the_plain_union() -> None:
+    from node.infer.fusion import decide_implant_on_side
+
+    assign = SideAssigner([], (Side.RIGHT,), 800)
+    assert decide_implant_on_side(0.9, None, Side.RIGHT, assign, None).present is True
