@@ -52,8 +52,10 @@ fitted rim's ends must also lie in the cup box (``_outside_box``).
 *Cemented all-polyethylene cups* have no metal outline: the polyethylene is radiolucent and the
 "dome" is the bone-like cement mantle. Their orientation shows only by the marker wire, which is
 looked for first on AP views (``find_marker_wire``): a ring round the opening gives the opening's
-ellipse directly (read as a rim, point source included); an arc over the dome does not give the
-opening, and the cup is refused, saying so.
+ellipse directly (read as a rim, point source included); an arc over the dome is half a great
+circle whose ends lie on the opening, 180° apart on its ellipse, and whose apex is the dome's
+pole: it gives the opening too (``arc_opening``), but only where the version it implies is large
+enough to be read (``WIRE_ARC_MIN_VERSION_DEG``); otherwise the cup is refused, saying so.
 
 Angles
 ------
@@ -175,6 +177,20 @@ WIRE_ARC_MIN_RUN_DEG = 120.0
 WIRE_ARC_MAX_SYMMETRY = 0.3
 WIRE_MIN_BOX_IOU = 0.85  # rings 0.91–0.99 on phantoms; an arc taken for a rounder ring 0.71
 WIRE_MANTLE_SCALES = (1.0, 1.05, 1.1, 1.15, 1.2)  # cup outline (with its mantle) over the ring
+# A ring seen on both halves of its ellipse (symmetry at least this) cannot be a partly hidden
+# arc, so the box only has to roughly agree: on a style the detector never saw its cup boxes
+# overlap the true ones by IoU 0.64-0.88 (dev phantoms), and rings measured right were refused.
+WIRE_CLEAR_RING_SYMMETRY = 0.7
+WIRE_CLEAR_MIN_BOX_IOU = 0.6
+# An arc over the dome is a half great circle: its two ends lie on the opening, 180° apart on its
+# ellipse. Outside this run (a hidden end, or bright bone continuing it) the ends are not known.
+WIRE_ARC_RUN_DEG = (165.0, 195.0)
+# Version from an arc is arccos(|apex − centre| / r), both read off an ellipse fitted to half of
+# itself; near 0° the cosine is flat: a 1 % error in r is ~10° of version at 5°, ~1.6° at 20°.
+# On dev phantoms (seeds 424242/424243) arcs read at 18–19° included a cup of true version −4.5°
+# (read 18°) and one of 16° (read 19°); below 10° errors were 3–20°. Below this the arc is refused
+# rather than guessed.
+WIRE_ARC_MIN_VERSION_DEG = 20.0
 
 
 @dataclass(frozen=True)
@@ -1704,23 +1720,81 @@ def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | No
     """
     e = wire.ellipse
     if wire.kind == "arc":
-        return CupFit(e, None, rim_points=wire.points, refusal_reason=(
-            "the cup's marker wire is an arc over the dome: it does not mark the opening, and the "
-            "rim of an all-polyethylene cup does not show"))
-    th = math.radians(e.angle_deg)
-    v = np.array([-math.sin(th), math.cos(th)])
-    if v @ np.asarray(hint) < 0:
-        v = -v
-    opening = (float(v[0]), float(v[1]))
+        arc = arc_opening(wire)
+        if isinstance(arc, str):
+            return CupFit(e, None, rim_points=wire.points, refusal_reason=arc)
+        e, opening = arc
+        if np.asarray(opening) @ np.asarray(hint) <= 0:
+            return CupFit(e, None, rim_points=wire.points, refusal_reason=(
+                "the marker arc's apex is not on the dome side: the arc does not show the cup's opening"))
+        bar = WIRE_CLEAR_MIN_BOX_IOU
+    else:
+        th = math.radians(e.angle_deg)
+        v = np.array([-math.sin(th), math.cos(th)])
+        if v @ np.asarray(hint) < 0:
+            v = -v
+        opening = (float(v[0]), float(v[1]))
+        bar = WIRE_CLEAR_MIN_BOX_IOU if wire.symmetry >= WIRE_CLEAR_RING_SYMMETRY else WIRE_MIN_BOX_IOU
     # The ring lies inside the polyethylene (about a millimetre in) and the cement mantle (2–4 mm)
     # surrounds it, so the silhouette the box bounds is that of a hemisphere up to ~20 % larger
     # than the ring: the best of those sizes is compared.
     iou = max(_silhouette_iou(_scale_about_centre(e, k), opening, e.semi_major * k, box) for k in WIRE_MANTLE_SCALES)
-    if iou < WIRE_MIN_BOX_IOU:
+    if iou < bar:
         return None
     quality = float(math.exp(-wire.rms_px / 2.0) * min(1.0, wire.coverage / 0.5))
     return CupFit(e, opening, rim_points=wire.points, rim_rms_px=wire.rms_px, rim_coverage=wire.coverage,
                   quality=quality, box_iou=iou)
+
+
+def arc_opening(wire: WireFit) -> tuple[Ellipse, tuple[float, float]] | str:
+    """The opening a marker arc over the dome implies: the rim's ellipse and the open direction,
+    or why the arc does not give it.
+
+    The arc is half a great circle of the cup, in a plane through its axis: r·(cos s·e − sin s·n)
+    for s in [0°, 180°], with n the opening's normal and e a direction in the opening plane. Its
+    image is half an ellipse whose semi-major axis is r (a circle's projection keeps its radius
+    along the direction parallel to the detector) and on which the parametric angle runs exactly
+    as s does (an affine map keeps a circle's parametrisation up to a phase). So the arc's ends
+    are 180° apart on the ellipse, its apex (s = 90°, the dome's pole, at centre − r·n) lies
+    midway between them, and the vector from the apex to the centre is r times the in-plane part
+    of n. Its length gives how far n leaves the detector plane: cos(version) = |apex − centre| / r.
+    The rim is then the circle of radius r about n: an ellipse with semi-axes r and r·sin(version),
+    its minor axis along n's in-plane part, which is also the way the cup opens.
+
+    Version is the apex's parametric offset from the ellipse's major axis, so an error δ in
+    where the ends are seen is an error of about δ in version: the ends must both show (the
+    visible run 165–195°, ``WIRE_ARC_RUN_DEG``).
+    """
+    e = wire.ellipse
+    th = math.radians(e.angle_deg)
+    u = np.array([math.cos(th), math.sin(th)])
+    v = np.array([-math.sin(th), math.cos(th)])
+    c = np.array([e.cx, e.cy])
+    d = np.asarray(wire.points, dtype=np.float64) - c
+    if len(d) < 8 or e.semi_major <= 0 or e.semi_minor <= 0:
+        return "the cup's marker arc is too short to read"
+    t = np.sort(np.arctan2((d @ v) / e.semi_minor, (d @ u) / e.semi_major) % (2.0 * math.pi))
+    gaps = np.diff(np.concatenate([t, t[:1] + 2.0 * math.pi]))
+    k = int(np.argmax(gaps))
+    run = 2.0 * math.pi - float(gaps[k])
+    lo, hi = WIRE_ARC_RUN_DEG
+    if not lo <= math.degrees(run) <= hi:
+        return (f"the cup's marker arc runs {math.degrees(run):.0f}° of its ellipse, not the half circle it is: "
+                "its ends, which mark the opening, are not both seen")
+    mid = float(t[(k + 1) % len(t)]) + run / 2.0
+    apex = c + e.semi_major * math.cos(mid) * u + e.semi_minor * math.sin(mid) * v
+    n_xy = c - apex  # r times the in-plane part of the opening's normal
+    r = e.semi_major
+    length = float(np.hypot(*n_xy))
+    if length <= 1e-6:
+        return "the cup's marker arc gives no opening direction"
+    sin_v = math.sqrt(max(0.0, 1.0 - min(1.0, length / r) ** 2))
+    if math.degrees(math.asin(sin_v)) < WIRE_ARC_MIN_VERSION_DEG:
+        return (f"the cup's marker arc lies nearly flat to the film (version under {WIRE_ARC_MIN_VERSION_DEG:.0f}°), "
+                "where it does not show the version reliably")
+    opening = (float(n_xy[0] / length), float(n_xy[1] / length))
+    rim = Ellipse(e.cx, e.cy, r, max(r * sin_v, 1e-3), math.degrees(math.atan2(opening[0], -opening[1])) % 180.0)
+    return rim, opening
 
 
 def _measure_fit(
