@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node import __version__, wake
-from node.analyse.cup import ProjectionGeometry, measure_cup
+from node.analyse.cup import ProjectionGeometry, cup_box_from_marker_wire, measure_cup
 from node.analyse.dysplasia import measure_dysplasia
 from node.analyse.metal import arthroplasty_evidence, find_metal
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
@@ -755,6 +755,11 @@ def analyse_hips(
         if hip.implant_present and hip.cup_box is None and side in metal_cups:
             hip.cup_box = metal_cups[side]
             hip.notes.append("Cup located by the metal finder (the detector gave no cup box)")
+        if hip.implant_present and hip.cup_box is None and ap_view and hip.joint_box is not None:
+            hip.cup_box = cup_box_from_marker_wire(image, hip.joint_box, side)
+            if hip.cup_box is not None:
+                hip.notes.append("Cup located by its marker wire in the hip joint (no cup box from the detector "
+                                 "or the metal finder)")
         if hip.implant_present and hip.cup_box is not None:
             hip.cup = measure_cup(
                 image,

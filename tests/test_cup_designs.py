@@ -255,3 +255,42 @@ def test_marker_ring_gives_the_ellipse_and_an_arc_is_told_apart() -> None:
     disc = np.full((220, 220), 0.3, np.float32)
     cv2.circle(disc, (110, 110), 40, 1.0, -1)
     assert find_marker_wire(disc, box) is None
+
+
+# --- a cemented cup nobody boxed: found by its marker wire in the hip joint ----------------------
+
+
+def test_cemented_cup_without_a_cup_box_is_found_by_its_marker_wire_in_the_joint() -> None:
+    """On a style it never saw the detector boxed the stem of a cemented cup but not the cup, and
+    the metal finder sees no cup (polyethylene and cement): ``analyse_hips`` looks for the marker
+    wire where the cup sits in the hip-joint box (``cup_box_from_marker_wire``)."""
+    from node.infer.triage import TriageResult
+    from node.pipeline import analyse_hips
+
+    rng = np.random.default_rng([331, 0])
+    spec = sample_spec(rng, view=View.AP_PELVIS, implants="bilateral", rows=ROWS, variety="broad")
+    cups: dict[Side, CupSpec | None] = {}
+    for side in (Side.RIGHT, Side.LEFT):
+        c = sample_arthroplasty(rng, spec.patient, side, "broad",
+                                exclude=tuple(d for d in DESIGN_WEIGHTS if d != "cemented_pe"))
+        cups[side] = replace(c, inclination_deg=45.0, anteversion_deg=22.0, marker_wire="ring")
+    spec = replace(spec, implants=cups, geometry=replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0))
+    img = render(spec, style="voxel")
+    gt = img.truth
+    header = Dataset()
+    header.PhotometricInterpretation = gt.photometric
+    x = normalise(header, img.pixels.astype(np.float32))
+    # the detector's view of it: joints, stems and landmarks, no cup box
+    boxes = [replace(b, score=0.9) for b in gt.boxes if b.label != "cup"]
+    sides = (Side.RIGHT, Side.LEFT)
+    t = TriageResult(view=View.AP_PELVIS, view_probability=0.99, view_probabilities={View.AP_PELVIS: 0.99},
+                     imaged_sides=sides, side_probability=None, implant_probability={s: 0.99 for s in sides})
+    hips, _ = analyse_hips(x, t, boxes, morphology=None, detector_ran=True,
+                           pixel_spacing_mm=gt.imager_pixel_spacing_mm, geometry=ProjectionGeometry(spec.geometry.sid_mm))
+    for hip in hips:
+        truth = gt.hips[hip.side].cup
+        assert truth is not None and hip.implant_present
+        assert any("marker wire" in n for n in hip.notes), hip.notes
+        assert hip.cup is not None and hip.cup.inclination_deg is not None and hip.cup.anteversion_deg is not None, hip
+        assert abs(hip.cup.inclination_deg - truth.inclination_deg) <= WIRE_INCLINATION_BAR
+        assert abs(hip.cup.anteversion_deg - truth.anteversion_deg) <= WIRE_ANTEVERSION_BAR

@@ -1184,9 +1184,9 @@ def _scale_about_centre(e: Ellipse, k: float) -> Ellipse:
     return Ellipse(e.cx, e.cy, e.semi_major * k, e.semi_minor * k, e.angle_deg)
 
 
-def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box) -> float:
-    """IoU of the box around the modelled shell silhouette (dome half-circle of radius R plus
-    the open half of the rim ellipse) with the detector's cup box, in image pixels."""
+def _silhouette_bounds(e: Ellipse, opening: tuple[float, float], R: float) -> tuple[float, float, float, float]:
+    """Bounding box of the modelled shell silhouette: the dome half-circle of radius R plus the
+    open half of the rim ellipse."""
     u = np.asarray(opening)
     base = math.atan2(-u[1], -u[0])
     ang = base + np.radians(np.linspace(-90.0, 90.0, 61))
@@ -1196,6 +1196,13 @@ def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box
     pts = np.concatenate([dome, rim])
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box) -> float:
+    """IoU of the box around the modelled shell silhouette (``_silhouette_bounds``) with the
+    detector's cup box, in image pixels."""
+    x0, y0, x1, y1 = _silhouette_bounds(e, opening, R)
     ix = max(0.0, min(x1, box.x1) - max(x0, box.x0))
     iy = max(0.0, min(y1, box.y1) - max(y0, box.y0))
     inter = ix * iy
@@ -1714,6 +1721,48 @@ def _measure_cup(
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
             return m2
     return m
+
+
+# Where an all-polyethylene cup has no box at all (its polyethylene and cement are not metal, and
+# on a style the detector never saw it may box the stem but not the cup), its marker wire is
+# looked for where the cup sits in the hip-joint box: centred at these shares of the joint box's
+# width from its medial edge and of its height from the top, in square boxes of these shares of
+# its width (truth cup boxes on dev phantoms: centre 0.44–0.48 / 0.38–0.41, width 0.54–0.59).
+WIRE_JOINT_CENTRE = (0.46, 0.40)
+WIRE_JOINT_SIZES = (0.56, 0.48, 0.66)
+
+
+def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side) -> Box | None:
+    """A cup box for a cemented all-polyethylene cup nobody boxed, from its marker wire near the
+    hip joint (``WIRE_JOINT_CENTRE``, ``WIRE_JOINT_SIZES``): the box of the hemisphere the wire
+    implies (at ``WIRE_MANTLE_SCALES[2]`` of the wire's radius, the mantle's usual size), or
+    ``None`` where no ring or arc shows. Only a wire counts: an outline found in a box placed by
+    proportion alone could be any bone edge."""
+    fx, fy = WIRE_JOINT_CENTRE
+    cx = joint.x0 + fx * joint.width if side is Side.LEFT else joint.x1 - fx * joint.width
+    cy = joint.y0 + fy * joint.height
+    lateral = 1.0 if side is Side.LEFT else -1.0  # the patient's left hip lies on the image's right
+    hint = (lateral, 1.0)
+    for share in WIRE_JOINT_SIZES:
+        half = 0.5 * share * joint.width
+        wire = find_marker_wire(image, Box(cx - half, cy - half, cx + half, cy + half, "cup", 0.0))
+        if wire is None:
+            continue
+        if wire.kind == "arc":
+            arc = arc_opening(wire)
+            if isinstance(arc, str):
+                e, opening = wire.ellipse, hint
+            else:
+                e, opening = arc
+        else:
+            e = wire.ellipse
+            th = math.radians(e.angle_deg)
+            v = (-math.sin(th), math.cos(th))
+            opening = v if v[0] * hint[0] + v[1] * hint[1] >= 0 else (-v[0], -v[1])
+        k = WIRE_MANTLE_SCALES[2]
+        x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, k), opening, e.semi_major * k)
+        return Box(x0, y0, x1, y1, "cup", 0.0)
+    return None
 
 
 def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | None:
