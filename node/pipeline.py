@@ -755,9 +755,11 @@ def analyse_hips(
         if hip.implant_present and hip.cup_box is None and side in metal_cups:
             hip.cup_box = metal_cups[side]
             hip.notes.append("Cup located by the metal finder (the detector gave no cup box)")
+        wire = None
         if hip.implant_present and hip.cup_box is None and ap_view and hip.joint_box is not None:
-            hip.cup_box = cup_box_from_marker_wire(image, hip.joint_box, side)
-            if hip.cup_box is not None:
+            found = cup_box_from_marker_wire(image, hip.joint_box, side)
+            if found is not None:
+                hip.cup_box, wire = found
                 hip.notes.append("Cup located by its marker wire in the hip joint (no cup box from the detector "
                                  "or the metal finder)")
         if hip.implant_present and hip.cup_box is not None:
@@ -770,6 +772,7 @@ def analyse_hips(
                 pixel_spacing_mm=pixel_spacing_mm,
                 stem_boxes=stems,
                 geometry=geometry,
+                wire=wire,
             )
         if not hip.implant_present and hip.joint_box is not None and ap_view:
             # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.

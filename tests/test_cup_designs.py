@@ -294,3 +294,16 @@ def test_cemented_cup_without_a_cup_box_is_found_by_its_marker_wire_in_the_joint
         assert hip.cup is not None and hip.cup.inclination_deg is not None and hip.cup.anteversion_deg is not None, hip
         assert abs(hip.cup.inclination_deg - truth.inclination_deg) <= WIRE_INCLINATION_BAR
         assert abs(hip.cup.anteversion_deg - truth.anteversion_deg) <= WIRE_ANTEVERSION_BAR
+
+
+def test_a_cup_found_only_by_its_wire_is_never_read_by_the_shell_fit() -> None:
+    """With the wire given (``cup_box_from_marker_wire``), a wire that does not fit the box it
+    implies refuses the cup; it never falls back to an outline in a box placed by proportion
+    (a cemented cup read that way was 50° off on a held-out phantom)."""
+    img = _drawn(_ellipse_pts(112, 105, 66, 20, 40, 0, 2 * math.pi))
+    box = Box(50, 50, 170, 170, "cup", 1.0)
+    wire = find_marker_wire(img, box)
+    assert wire is not None and wire.kind == "ring"
+    elsewhere = Box(0, 0, 60, 60, "cup", 0.0)
+    m = measure_cup(img, elsewhere, Side.LEFT, View.AP_PELVIS, reference=None, wire=wire)
+    assert m.inclination_deg is None and m.refusal_reason is not None and "marker wire" in m.refusal_reason

@@ -1646,18 +1646,20 @@ def measure_cup(
     pixel_spacing_mm: float | None = None,
     stem_boxes: Sequence[Box] = (),
     geometry: ProjectionGeometry | None = None,
+    wire: WireFit | None = None,
 ) -> CupMeasurement:
     """Measure one cup: inclination and anteversion (AP) or Woo–Morrey version (lateral).
 
     ``image``: float32 0..1, MONOCHROME2 (metal bright). ``reference``: the pelvic reference line
     (``reference.reference_from_boxes``); ``None`` falls back to the image horizontal and flags
     the result. ``pixel_spacing_mm`` with ``geometry`` enables the point-source correction
-    (focal length in pixels = SID / detector pixel spacing). Never raises on bad images: an
+    (focal length in pixels = SID / detector pixel spacing). ``wire``: a marker wire already found
+    (``cup_box_from_marker_wire``): the cup is read from it alone. Never raises on bad images: an
     untrustworthy fit comes back with no numbers and a ``refusal_reason``.
     """
     try:
         return _measure_cup(image, cup_box, side, view, reference=reference, pixel_spacing_mm=pixel_spacing_mm,
-                            stem_boxes=stem_boxes, geometry=geometry)
+                            stem_boxes=stem_boxes, geometry=geometry, wire=wire)
     except Exception as exc:  # a bug here must cost one hip's angles, not the study's report
         log.exception("cup fit failed on the %s hip", side.name.lower())
         ref = reference if reference is not None else horizontal_line(int(np.shape(image)[1]))
@@ -1683,6 +1685,7 @@ def _measure_cup(
     pixel_spacing_mm: float | None,
     stem_boxes: Sequence[Box],
     geometry: ProjectionGeometry | None,
+    wire: WireFit | None = None,
 ) -> CupMeasurement:
     """``measure_cup`` without its guard against unexpected errors."""
     lateral_view = view in (View.LATERAL_HIP,)
@@ -1702,10 +1705,19 @@ def _measure_cup(
         # An all-polyethylene cup shows its orientation only by its marker wire; a wire, where
         # one shows, is read before (and instead of) any outline: the "dome" of such a cup is the
         # bone-like cement mantle, and its rim does not show.
-        wire = find_marker_wire(image, cup_box)
+        given = wire is not None
+        if wire is None:
+            wire = find_marker_wire(image, cup_box)
         wire_fit = None if wire is None else _wire_fit(wire, hint, cup_box)
         if wire_fit is not None:
             return _measure_fit(wire_fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
+        if given:
+            return _measure_fit(CupFit(None, None, refusal_reason="the marker wire found near the hip joint does "
+                                       "not match the cup it implies"), image, side, view, ref, flagged,
+                                pixel_spacing_mm, geometry)
+    elif wire is not None:
+        return _measure_fit(CupFit(None, None, refusal_reason="a cup found only by its marker wire is measured "
+                                   "on AP views only"), image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera)
     m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     suspect = m.anteversion_deg is not None and m.anteversion_deg > SUSPECT_ANTEVERSION_DEG
@@ -1732,12 +1744,13 @@ WIRE_JOINT_CENTRE = (0.46, 0.40)
 WIRE_JOINT_SIZES = (0.56, 0.48, 0.66)
 
 
-def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side) -> Box | None:
+def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side) -> tuple[Box, WireFit] | None:
     """A cup box for a cemented all-polyethylene cup nobody boxed, from its marker wire near the
     hip joint (``WIRE_JOINT_CENTRE``, ``WIRE_JOINT_SIZES``): the box of the hemisphere the wire
-    implies (at ``WIRE_MANTLE_SCALES[2]`` of the wire's radius, the mantle's usual size), or
-    ``None`` where no ring or arc shows. Only a wire counts: an outline found in a box placed by
-    proportion alone could be any bone edge."""
+    implies (at ``WIRE_MANTLE_SCALES[2]`` of the wire's radius, the mantle's usual size) with the
+    wire, or ``None`` where no ring or arc shows. Only a wire counts: an outline found in a box
+    placed by proportion alone could be any bone edge, so the cup is then measured from this wire
+    alone (``measure_cup(..., wire=...)``), never by the shell fit."""
     fx, fy = WIRE_JOINT_CENTRE
     cx = joint.x0 + fx * joint.width if side is Side.LEFT else joint.x1 - fx * joint.width
     cy = joint.y0 + fy * joint.height
@@ -1761,7 +1774,7 @@ def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side)
             opening = v if v[0] * hint[0] + v[1] * hint[1] >= 0 else (-v[0], -v[1])
         k = WIRE_MANTLE_SCALES[2]
         x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, k), opening, e.semi_major * k)
-        return Box(x0, y0, x1, y1, "cup", 0.0)
+        return Box(x0, y0, x1, y1, "cup", 0.0), wire
     return None
 
 
