@@ -717,7 +717,8 @@ def analyse_hips(
             else None
         )
         decisions[side] = decide_implant_on_side(
-            triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence
+            triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence,
+            ap_view=ap_view,
         )
     if metal is not None:
         for obj in sorted((o for o in metal.objects if o.box.label == "cup"), key=lambda o: -o.box.score):

