@@ -7,6 +7,19 @@ ONNX models through ``node.infer`` at batch 1; then batched throughput at the co
 size. Reported: median / p90 per stage, triage + detect per radiograph against the 100 ms
 target, and inference time / decode time measured in the same run.
 
+Batching across series (issue 16 part 3, ``node.infer.batcher``): ``ACROSS_SERIES`` series of
+``IMAGES_PER_SERIES`` radiographs each, one series per job, run by 1, 2 and 4 job threads over
+one ``node.pipeline.Models`` — with batching off (each job's batches hold its own series only:
+the per-series path), with the node's default batching (jobs share each model's runs, two runs
+of a model at once) and with ``batching.instances: 1`` (one run of a model at a time) — alternating round by round (7 rounds,
+order rotated; 1 with ``--quick``) in the same process. Each figure is the best round (the one
+least disturbed by other work on the machine), with the median beside it. Two paths: ``end_to_end`` is what
+``Pipeline._infer`` asks of the models (triage ``predict`` and the detector's two looks,
+preprocessing and decoding included); ``onnx_only`` submits the series' prepared input
+batches, so the model runs alone are compared. Reported: images/s of each, the ratios batched /
+per-series, the mean rows per ONNX run the batchers achieved, and the load average (other work
+on a shared machine moves every figure).
+
 Run: ``python -m benchmarks.bench_infer`` (writes ``benchmarks/results/infer.json``);
 ``BENCH_THREADS`` (default 2) sets onnxruntime intra-op threads, ``BENCH_MODELS_ROOT`` the models
 folder (default ``models``).
@@ -19,6 +32,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +47,17 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from node.config import ModelsConfig, ScreeningConfig
+from node.config import ModelsConfig, ScreeningConfig, parse_config
 from node.infer.detector import DetectorModel
 from node.infer.preprocess import make_batch
 from node.infer.triage import TriageModel
+from node.pipeline import Models
 from node.pixels import load_radiograph
 
 TARGET_MS = 100.0
+ACROSS_SERIES, ACROSS_SERIES_QUICK = 12, 4
+IMAGES_PER_SERIES = 3  # a hip series as a modality sends it: AP pelvis and two laterals
+ACROSS_THREADS = (1, 2, 4)
 
 
 def synthetic_dx(size: int = 2048, seed: int = 0) -> Dataset:
@@ -90,6 +108,131 @@ def _stats(ms: list[float]) -> dict[str, float]:
         "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 2),
         "min_ms": round(ms[0], 2),
         "n": len(ms),
+    }
+
+
+def _jobs(models: Models, work: Callable[[Models, int], None], series: int, threads: int) -> float:
+    """Wall seconds for ``threads`` job threads to work through ``series`` series, one series
+    per job, each job inside ``Models.inference`` as ``Pipeline._infer`` runs it."""
+    todo = iter(range(series))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def job_thread() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                with models.inference():
+                    work(models, i)
+            except BaseException as exc:  # re-raised below: a failed job must fail the bench
+                errors.append(exc)
+                return
+
+    pool = [threading.Thread(target=job_thread, name=f"bench-job-{k}") for k in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return wall
+
+
+def _mean_rows(before: dict[str, Any], after: dict[str, Any], name: str) -> float:
+    """Mean rows per ONNX run of one batcher between two ``BatchingGroup.stats()``."""
+    runs = after[name].runs - before[name].runs
+    return round((after[name].rows - before[name].rows) / runs, 2) if runs else 0.0
+
+
+def across_series(image01: np.ndarray, models_root: Path, intra_threads: int, quick: bool) -> dict[str, Any]:
+    """Batched-across-series against per-series inference throughput (module doc)."""
+    series = ACROSS_SERIES_QUICK if quick else ACROSS_SERIES
+    rounds = 1 if quick else 7
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    base = {"models": {"root": str(models_root), "intra_op_threads": intra_threads, "inter_op_threads": 1}}
+    batched_cfg = parse_config(base)  # the node's default batching
+    variants = {
+        "per_series": Models(parse_config({**base, "batching": {"enabled": False}})),
+        "batched": Models(batched_cfg),
+        "batched_1_instance": Models(parse_config({**base, "batching": {"instances": 1}})),
+    }
+    plain, batched = variants["per_series"], variants["batched"]
+    assert plain.triage and plain.detector and batched.triage and batched.detector
+    images = [image01] * IMAGES_PER_SERIES
+    t_batch, _ = make_batch(images, plain.triage.model.manifest.input)
+    d_batch, _ = make_batch(images, plain.detector.model.manifest.input)
+    names = {"triage": batched.triage.model.manifest.label.replace(" ", "-"),
+             "detector": batched.detector.model.manifest.label.replace(" ", "-")}
+
+    def end_to_end(m: Models, _i: int) -> None:
+        assert m.triage is not None and m.detector is not None
+        m.triage.predict(images)
+        m.detector.detect_with_candidates(images)
+
+    def onnx_only(m: Models, _i: int) -> None:
+        assert m.triage is not None and m.detector is not None
+        m.triage.model.run(t_batch)
+        m.detector.model.run(d_batch)
+        m.detector.model.run(d_batch)  # the detector's second (zoomed-out) look, same shape
+
+    rows: list[dict[str, Any]] = []
+    try:
+        # the same numbers either way (bit for bit on this provider; tests/test_batcher.py checks
+        # within float tolerance)
+        same = all(
+            np.array_equal(a, b) for a, b in zip(
+                plain.triage.probabilities(images).values(), batched.triage.probabilities(images).values(), strict=True)
+        ) and plain.detector.detect_with_candidates(images) == batched.detector.detect_with_candidates(images)
+        for path, work in (("end_to_end", end_to_end), ("onnx_only", onnx_only)):
+            for threads in ACROSS_THREADS:
+                for m in variants.values():  # warm-up
+                    _jobs(m, work, min(series, threads), threads)
+                walls: dict[str, list[float]] = {k: [] for k in variants}
+                before = {k: m.batching.stats() for k, m in variants.items() if m.batching is not None}
+                order = list(variants)
+                for i in range(rounds):  # alternating, order rotated: drift hits all alike
+                    for k in order[i % len(order):] + order[: i % len(order)]:
+                        walls[k].append(_jobs(variants[k], work, series, threads))
+                after = {k: m.batching.stats() for k, m in variants.items() if m.batching is not None}
+                n_images = series * IMAGES_PER_SERIES
+                rate = {k: n_images / min(w) for k, w in walls.items()}  # best round: least disturbed
+                median = {k: n_images / statistics.median(w) for k, w in walls.items()}
+                row: dict[str, Any] = {"path": path, "threads": threads, "rounds": rounds,
+                                       "per_series_rows_per_run": IMAGES_PER_SERIES}
+                for k in variants:
+                    row[f"{k}_images_per_s"] = round(rate[k], 1)
+                    row[f"{k}_images_per_s_median"] = round(median[k], 1)
+                for k in before:
+                    row[f"ratio_{k}_over_per_series"] = round(rate[k] / rate["per_series"], 3)
+                    row[f"ratio_{k}_over_per_series_median"] = round(median[k] / median["per_series"], 3)
+                    row[f"{k}_mean_rows_per_run"] = {
+                        model: _mean_rows(before[k], after[k], name) for model, name in names.items()}
+                rows.append(row)
+                print(f"across series, {path}, {threads} thread(s): "
+                      + ", ".join(f"{k} {r:.1f} images/s" for k, r in rate.items())
+                      + f"; batched / per-series x{row['ratio_batched_over_per_series']:.2f}, "
+                      f"1 instance x{row['ratio_batched_1_instance_over_per_series']:.2f}; rows per run "
+                      f"{row['batched_mean_rows_per_run']}")
+    finally:
+        for m in variants.values():
+            m.close()
+    return {
+        "series": series,
+        "images_per_series": IMAGES_PER_SERIES,
+        "models": "triage + detector (both looks)",
+        "max_batch": batched_cfg.batching.max_batch,
+        "max_wait_ms": batched_cfg.batching.max_wait_ms,
+        "instances": batched_cfg.batching.instances,
+        "intra_op_threads": intra_threads,
+        "batched_outputs_identical": same,
+        # other work on the machine moves these figures; the variants alternate round by round
+        "load_average_1_5_15_min": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+        "rows": rows,
     }
 
 
@@ -157,6 +300,7 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
         "triage_plus_detect_per_image_ms": round(per, 2),
         "images_per_s": round(1000.0 / per, 1),
     }
+    result["across_series"] = across_series(image01, root, threads, quick)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "infer.json").write_text(json.dumps(result, indent=2))
     print(

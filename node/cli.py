@@ -166,19 +166,26 @@ def _start_web(args: argparse.Namespace, cfg: Config, db: Any) -> Any:
     return serve(cfg, db, path)
 
 
-def _serve(args: argparse.Namespace, *, receiver: bool, workers: int) -> int:
+def _serve(args: argparse.Namespace, *, receiver: bool, workers: int | None) -> int:
     """Run the receiver and/or workers + dispatcher until SIGTERM/SIGINT.
 
     Series completion and the stale-job sweeper run in every process: both are atomic, so a
     receiver and several workers running them at once still queue one job per generation.
     Each process serves its own ``/metrics`` (``node.observe``): ``metrics.port`` when it
     receives, ``metrics.work_port`` for ``hipnode work``, or ``--metrics-port``. A receiving
-    process also serves the status page (``web.port``, ``node.web``).
+    process also serves the status page (``web.port``, ``node.web``). ``workers`` None:
+    ``batching.workers`` job threads (more than one, so that inference batches span series).
     """
     from node import observe
 
     cfg = _load(args)
     _setup_logging(cfg.log_level)
+    if workers is None:
+        workers = cfg.batching.workers
+    if workers and not receiver:  # hipnode work: before the models load (issue 13, memory)
+        from node.worker import apply_address_space_limit
+
+        apply_address_space_limit(cfg)
     db = _database(cfg)
     observe.watch_node(cfg, db)
     built = _build_workers(cfg, db, workers) if workers else []
@@ -460,7 +467,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     _setup_logging(cfg.log_level)
     db = _database(cfg)
     opts = ImportOptions(
-        calling_ae=args.calling_ae, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
+        calling_ae=args.calling_ae, workers=cfg.batching.workers if args.workers is None else args.workers,
+        engine=args.engine, ray_address=args.ray_address,
         out=args.out, send=args.send, priority=args.priority, manifest=args.manifest,
         progress=not args.no_progress,
     )
@@ -537,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run receiver, worker(s) and dispatcher in one process"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--workers", type=int, default=1)
+        p.add_argument("--workers", type=int, default=None,
+                       help="job threads sharing one set of models (default: batching.workers, 2)")
         p.add_argument("--metrics-port", type=int, default=None, help=metrics_help)
         p.set_defaults(func=func)
     p = sub.add_parser("status", help="counts by state, queue depth, destination health")
@@ -591,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import and analyse an archive folder (same ingest and job path as received images)")
     p.add_argument("folder", type=Path)
     p.add_argument("--calling-ae", default="IMPORT")
-    p.add_argument("--workers", type=int, default=1, help="analysis threads (or Ray actors); 0: record only")
+    p.add_argument("--workers", type=int, default=None,
+                   help="analysis threads (or Ray actors; default: batching.workers, 2); 0: record only")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: actors on a Ray cluster (extra 'ray')")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
     p.add_argument("--out", type=Path, default=None, help="write SR / SC here instead of outputs.root")

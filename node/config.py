@@ -105,7 +105,9 @@ class NodeConfig(_Strict):
     )
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(
-        60.0, gt=0, description="an association that sends nothing for this long is aborted"
+        60.0,
+        gt=0,
+        description="an association that completes no PDU for this long (silent, or trickling bytes) is aborted",
     )
     max_dataset_mb: float = Field(
         2048.0, gt=0, description="larger C-STORE datasets are discarded as they arrive and answered 0xA700"
@@ -225,6 +227,13 @@ class JobsConfig(_Strict):
     # A job still running after this long is stopped and counted as a failed attempt, and its
     # lease is no longer renewed: a hung job must not hold its series for ever.
     max_job_s: float = Field(900.0, gt=0)
+    # ``hipnode work`` only: the process's address space (RLIMIT_AS), so that an allocation no
+    # screening foresaw fails with MemoryError in the job that made it instead of waking the
+    # kernel's OOM killer. Off by default; not applied with a GPU provider (CUDA reserves far
+    # more address space than memory) nor by ``hipnode run`` (it would cap the receiver too).
+    max_address_space_mb: float | None = Field(
+        None, ge=1024, description="hipnode work: RLIMIT_AS of the process, MiB (null: no limit)"
+    )
 
     @model_validator(mode="after")
     def _lease(self) -> JobsConfig:
@@ -293,6 +302,13 @@ class ScreeningConfig(_Strict):
     max_size_px: int = Field(8192, ge=256)
     min_bits: int = Field(8, ge=1)
     max_bits: int = Field(16, le=32)
+    # What decoding one image may allocate, estimated from the header before any decoder runs
+    # (Rows x Columns x SamplesPerPixel x BitsAllocated x frames decoded: the first frame
+    # only); a larger image is excluded with the estimate as its reason, the rest of its
+    # series is analysed. Working copies (float32, colour) cost several times this.
+    max_decoded_mb: float = Field(
+        256.0, gt=0, description="largest decoded frame one image may need, MiB (header estimate, before decoding)"
+    )
 
 
 ProviderName = Literal["cpu", "cuda", "tensorrt"]
@@ -313,6 +329,23 @@ class ModelsConfig(_Strict):
         le=1.0,
         description="below this, the triage's most likely view is not trusted: the image is treated as not a hip radiograph",
     )
+
+
+class BatchingConfig(_Strict):
+    """Inference batches across series (``node.infer.batcher``): the jobs in flight in one
+    process share each model's runs. A batch starts when it holds ``max_batch`` images, when its
+    oldest request has waited ``max_wait_ms`` (the latency budget), or at once when every job in
+    flight is waiting on a model; live jobs' images go before imported ones. ``instances``: runs
+    of one model at once; with one, two jobs' runs of the detector queue behind each other, which
+    cost 8-22 % of inference throughput on a 2-core CPU (``benchmarks/bench_infer.py``), with two
+    about none. ``workers`` is the default of ``--workers`` for ``hipnode run`` / ``work`` /
+    ``import``: with one job in flight per process no batch can span series."""
+
+    enabled: bool = True
+    max_batch: int = Field(32, ge=1, le=4096, description="images per model run at most")
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10000.0, description="longest a request is held to fill a batch")
+    instances: int = Field(2, ge=1, le=16, description="runs of one model at once, each batching what piled up")
+    workers: int = Field(2, ge=1, le=256, description="job threads per process when --workers is not given")
 
 
 class OutputsConfig(_Strict):
@@ -420,6 +453,7 @@ class Config(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
     screening: ScreeningConfig = ScreeningConfig()
     models: ModelsConfig = ModelsConfig()
+    batching: BatchingConfig = BatchingConfig()
     outputs: OutputsConfig = OutputsConfig()
     metrics: MetricsConfig = MetricsConfig()
     web: WebConfig = WebConfig()

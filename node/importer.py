@@ -23,6 +23,8 @@ How it runs (one process; ``node.bulk`` reads the files):
 traffic; calling AEs may set their own, larger runs first). Workers claim the most urgent job
 first, so a node sharing the registry serves its live series before the archive's, and the
 import's own workers, being ordinary workers, also take a live job first when one is waiting.
+Where jobs share inference batches (``node.infer.batcher``), a job's images carry its priority
+too: a batch takes live images first and fills the rest with imported ones.
 
 **Outputs.** Results go where the pipeline writes them (``outputs.root``, or ``--out DIR``)
 and are recorded in the registry; they are queued for a destination only with ``--send DEST``
@@ -345,7 +347,8 @@ def _finished(walker: _Walker, db: Database, calling_ae: str) -> bool:
 
 
 def _run_local(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, progress: Progress) -> None:
-    """``--workers N`` threads, one set of models (onnxruntime sessions are thread-safe)."""
+    """``--workers N`` threads, one set of models (onnxruntime sessions are thread-safe); the
+    threads' jobs share inference batches (``node.infer.batcher``, ``batching`` in the config)."""
     from node.pipeline import Models, Pipeline
     from node.worker import WORKER_STACK_BYTES, Worker
 
@@ -389,6 +392,7 @@ def _run_local(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, 
         threading.stack_size(previous)
     for t in threads:
         t.join()
+    models.close()  # the batchers' threads (``node.infer.batcher``) end with the import
 
 
 class RayWorker:

@@ -188,7 +188,11 @@ def claim_job(db: Database, worker_id: str, lease_s: float, now: datetime | None
         if row is None:
             return None
         record_event(s, ENTITY, row.id, JobEvent.CLAIMED.value, worker=worker_id, attempt=row.attempts)
-    log.info("job %d claimed by %s (attempt %d/%d)", row.id, worker_id, row.attempts, row.max_attempts)
+    # a first attempt is routine (the job's one INFO line is its outcome); a retry is news
+    log.log(
+        logging.INFO if row.attempts > 1 else logging.DEBUG,
+        "job %d claimed by %s (attempt %d/%d)", row.id, worker_id, row.attempts, row.max_attempts,
+    )
     return ClaimedJob(
         job_pk=row.id,
         series_pk=row.series_pk,

@@ -15,6 +15,18 @@ which systemd writes to the journal. Two measures:
 
 APScheduler logs every run of every job at INFO (the worker's poll runs every 0.2 s) and
 highdicom every module it copies; both are kept to warnings and above so the log stays readable.
+
+Quiet logs (issue 13): at INFO the steady state is one line per association, series completion,
+job and delivery, each written by the node. ``LibraryChatter``, on the node's log handlers,
+keeps every other library's chatter for DEBUG: its INFO lines (openjpeg's "tile number 1 / 1"
+per encoded SC, Alembic's plugins at every start), and pynetdicom's per-association WARNING and
+ERROR lines ("Network timeout reached", "Association Rejected", "Association Aborted", "DIMSE
+timeout reached"...), whose event the node logs itself with its reason (the receiver's line
+per association, the dispatcher's per delivery), and APScheduler's warning that a tick was
+skipped because the previous one still ran. Lines with a traceback, and every other
+library's warnings, still show. Being on the handlers, it sees the records of child loggers
+(``pynetdicom.association``...), which a filter on a parent logger never does; so it also
+redacts their quoted values.
 """
 
 from __future__ import annotations
@@ -88,6 +100,37 @@ class SafeFormatter(logging.Formatter):
         return cut_long(super().format(record))
 
 
+# libraries whose warnings and errors without a traceback are routine events, not news
+_CHATTY = ("pynetdicom", "apscheduler")
+
+
+def _is_ours(name: str) -> bool:
+    return name == "node" or name.startswith("node.") or name == "__main__"
+
+
+class LibraryChatter(logging.Filter):
+    """On a log handler: third-party records get their quoted values redacted, and their
+    chatter is kept for DEBUG (see the module's docstring). ``level`` is the node's log level:
+    at DEBUG everything passes."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _is_ours(record.name):
+            return True
+        _FILTER.filter(record)
+        if self.level <= logging.DEBUG:
+            return True
+        if record.levelno < logging.WARNING:
+            return False  # a library's INFO is its chatter
+        # pynetdicom's per-association chatter (the node logs the event in its own words) and
+        # APScheduler's "skipped: maximum number of running instances reached" when a tick runs
+        # long (the next one runs soon enough): without a traceback, not news
+        return not (record.name.startswith(_CHATTY) and record.levelno < logging.CRITICAL and not record.exc_info)
+
+
 def install(level: str | int = logging.INFO, fmt: str | None = None) -> None:
     """Configure the root logger once and make every third-party line safe to keep."""
     lvl = getattr(logging, level, logging.INFO) if isinstance(level, str) else level
@@ -96,6 +139,9 @@ def install(level: str | int = logging.INFO, fmt: str | None = None) -> None:
     for handler in logging.getLogger().handlers:
         if not isinstance(handler.formatter, SafeFormatter):
             handler.setFormatter(SafeFormatter(fmt))
+        for old in [f for f in handler.filters if isinstance(f, LibraryChatter)]:
+            handler.removeFilter(old)
+        handler.addFilter(LibraryChatter(lvl))
     protect()
     # pynetdicom logs every PDU at INFO; keep it for warnings and above.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, lvl))

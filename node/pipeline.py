@@ -14,9 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from node.domain import (
     Side,
     View,
 )
+from node.infer.batcher import LIVE_PRIORITY, BatchingGroup
 from node.infer.detector import DetectorModel
 from node.infer.familiarity import low_confidence_reason
 from node.infer.fusion import (
@@ -119,10 +119,16 @@ class _Context:
     modality: str
     body_part: str
     sources: list[_Source]
+    priority: int = LIVE_PRIORITY  # the job's: its images' place in shared inference batches
 
 
 class Models:
-    """The configured models, loaded once per worker process (start-up fails loudly)."""
+    """The configured models, loaded once per worker process (start-up fails loudly).
+
+    With ``batching.enabled`` every session runs through a per-model batcher
+    (``node.infer.batcher``), so that the jobs in flight in this process — worker threads sharing
+    these models — share inference batches across series. The model objects keep their
+    interface: only their sessions' ``run`` is routed through the batcher."""
 
     def __init__(self, cfg: Config) -> None:
         m = cfg.models
@@ -132,6 +138,27 @@ class Models:
             self.morphology = MorphologyEnsemble.load(m, m.morphology) if m.morphology else None
         except Exception as exc:
             raise ModelUnavailable(f"cannot load the configured models from {m.root}: {exc}") from exc
+        b = cfg.batching
+        self.batching = BatchingGroup(b.max_batch, b.max_wait_ms, b.instances) if b.enabled else None
+        if self.batching is not None:
+            group = self.batching
+            if self.triage is not None:
+                self.triage.model = group.wrap(self.triage.model)
+            if self.detector is not None:
+                self.detector.model = group.wrap(self.detector.model)
+            for member in self.morphology.models if self.morphology is not None else []:
+                member.model = group.wrap(member.model)
+
+    def inference(self, priority: int = LIVE_PRIORITY) -> AbstractContextManager[None]:
+        """The block in which a job runs the models: its thread is a client of the batchers
+        (batches wait for it, up to the latency budget, only while it is in here) and its
+        images carry the job's priority."""
+        return self.batching.client(priority) if self.batching is not None else nullcontext()
+
+    def close(self) -> None:
+        """Stop the batchers (their idle threads would also end by themselves)."""
+        if self.batching is not None:
+            self.batching.close()
 
     def infos(self) -> list[ModelInfo]:
         """Every contributing model and algorithm (IHE AIR); they also enter the output UIDs."""
@@ -171,7 +198,7 @@ class Pipeline:
         for src in ctx.sources:
             self._screen(src)
         hips = [s for s in ctx.sources if s.radiograph is not None]
-        self._infer(hips)
+        self._infer(hips, ctx.priority)
         analysed = [s for s in ctx.sources if s.findings is not None and s.findings.screened_out is None]
         self._record_instance_states(ctx)
         summary: dict[str, Any] = {
@@ -229,6 +256,7 @@ class Pipeline:
                 sources=[
                     _Source(r.id, r.sop_instance_uid, self.storage_root / r.path, r.sha256) for r in rows
                 ],
+                priority=job.priority,
             )
 
     def _screen(self, src: _Source) -> None:
@@ -244,14 +272,21 @@ class Pipeline:
                 screened_out=verdict.reason or ScreenReason.UNDECODABLE,
                 screen_detail=verdict.detail,
             )
-            log.info("instance %s screened out: %s", uid_digest(src.sop_instance_uid)[:12], verdict.reason)
+            # per image: the job's summary and the instance's row say it (quiet logs, issue 13)
+            log.debug("instance %s screened out: %s", uid_digest(src.sop_instance_uid)[:12], verdict.reason)
             return
         src.radiograph = radiograph
         src.header = radiograph.dataset
 
-    def _infer(self, sources: list[_Source]) -> None:
+    def _infer(self, sources: list[_Source], priority: int = LIVE_PRIORITY) -> None:
+        """Models and per-image analysis. Registered with the batchers for its duration only:
+        a job decoding images or composing its SR is not worth holding a batch for."""
         if not sources:
             return
+        with self.models.inference(priority):
+            self._infer_images(sources)
+
+    def _infer_images(self, sources: list[_Source]) -> None:
         images = [s.radiograph.image01 for s in sources if s.radiograph is not None]
         triage: list[TriageResult | None] = (
             list(self.models.triage.predict(images)) if self.models.triage else [None] * len(images)
@@ -452,18 +487,29 @@ class Pipeline:
             uid_digest(str(ds.SeriesInstanceUID)),
             f"{ds.SOPInstanceUID}.dcm",
         )
+        from node import tempfiles
+
         final = self.results_root / rel
         final.parent.mkdir(parents=True, exist_ok=True)
         # unique per writer: two worker threads (or processes) may write the same result (the
-        # same content gives the same SOP Instance UID) at the same moment
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        fd = os.open(tmp, os.O_RDONLY)
+        # same content gives the same SOP Instance UID) at the same moment. In the results'
+        # staging folder, named by its writer, so start-up finds crash leftovers without
+        # walking the results (``node.tempfiles``); removed here on any failure, the per-job
+        # time limit (an asynchronous exception) included.
+        staging = self.results_root / tempfiles.STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / tempfiles.temp_name(final.name, ".tmp")
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+            ds.save_as(tmp, enforce_file_format=True)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)

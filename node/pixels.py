@@ -4,11 +4,15 @@ Three steps, each with a reason when it says no (``ScreenReason`` + a one-line d
 up in the registry and in the SR):
 
 1. ``screen_metadata`` — header only, no pixel decode: is it an image at all, an accepted
-   modality and image type, a plausible size and bit depth? Cheap, so it runs first.
+   modality and image type, a plausible size and bit depth, and does decoding it fit
+   ``screening.max_decoded_mb``? Cheap, so it runs first. A stored file is read up to its pixel
+   data only (``read_header``), so a 2 GB multi-frame object costs its header, not 2 GB.
 2. ``decode`` — pixel data in any transfer syntax the receiver accepts (native, deflate, RLE,
    JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000) via pydicom's handlers (pylibjpeg,
-   openjpeg, gdcm). Any failure (truncated, corrupt codestream) becomes ``UNDECODABLE``; a
-   constant image becomes ``BLANK``.
+   openjpeg, gdcm), the first frame only, read from the file alone. A compressed frame whose
+   own header declares a larger image than the DICOM header is refused before any decoder runs
+   (``node.codestream``: decoders allocate what the codestream says). Any failure (truncated,
+   corrupt codestream) becomes ``UNDECODABLE``; a constant image becomes ``BLANK``.
    Colour-encoded grey (RGB or YBR whose channels are equal or nearly so, as digitised films
    and some exports are) is reduced to one grey channel here; a true colour image is
    ``NOT_RADIOGRAPH`` with the channel difference in the detail (``colour_to_grey``).
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +42,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from node.codestream import FrameGeometry, first_fragment, read_geometry
 from node.config import ScreeningConfig
 from node.domain import ScreenReason, Side, View
 
@@ -95,6 +103,106 @@ def read_dataset(source: Path | str | bytes | Dataset) -> Dataset:
         raise PixelError(ScreenReason.NOT_IMAGE, f"cannot parse DICOM: {exc}") from None
 
 
+#: Pixel data elements, by tag; ``read_header`` stops in front of the first of them.
+_PIXEL_ELEMENTS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+#: Frames decoded per image: the models look at the first frame of a multi-frame object only.
+FRAMES_DECODED = 1
+
+
+@dataclass(frozen=True)
+class PixelElement:
+    """Where a stored file's pixel data is, without having read it."""
+
+    keyword: str
+    encapsulated: bool
+    geometry: FrameGeometry | None = None  # what the first compressed frame declares, if readable
+
+
+def read_header(path: Path | str) -> tuple[Dataset, PixelElement | None] | None:
+    """A stored file's dataset up to its pixel data, and that element located (``None``: the
+    file has none), reading no pixel bytes but the first compressed frame's own header.
+    ``None`` for a Deflated Explicit VR file, which cannot be positioned in without inflating
+    it, and for a file without File Meta: the caller reads those whole, as before (the receiver
+    bounds inflation, ``node.max_inflated_mb``, and always writes File Meta).
+    Raises ``PixelError(NOT_IMAGE)`` if it is not DICOM."""
+    try:
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            meta = getattr(ds, "file_meta", None)
+            if meta is None or not meta.get("TransferSyntaxUID"):
+                return None  # no File Meta (an archive's raw dataset): read whole, as before
+            syntax = UID(str(meta.TransferSyntaxUID))
+            if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
+                return None
+            order = "<" if syntax.is_little_endian else ">"
+            head = fp.read(8)  # pydicom stopped in front of the pixel data element, if any
+            if len(head) != 8:
+                return ds, None
+            group, element = struct.unpack(order + "HH", head[:4])
+            keyword = _PIXEL_ELEMENTS.get(group << 16 | element)
+            if keyword is None:
+                return ds, None
+            if syntax.is_implicit_VR:
+                (length,) = struct.unpack(order + "L", head[4:])
+            else:
+                tail = fp.read(4)
+                if len(tail) != 4:
+                    return ds, None
+                (length,) = struct.unpack(order + "L", tail)
+            if length != 0xFFFFFFFF:
+                return ds, PixelElement(keyword, False)
+            fragment = first_fragment(fp)
+            geometry = read_geometry(fp, fragment) if fragment else None
+            return ds, PixelElement(keyword, True, geometry)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error) as exc:
+        raise PixelError(ScreenReason.NOT_IMAGE, f"cannot parse DICOM: {exc}") from None
+
+
+def decoded_frame_bytes(ds: Dataset) -> int:
+    """Bytes the decoder's output for the frames we decode takes, from the header alone."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    return rows * cols * samples * ((bits + 7) // 8) * FRAMES_DECODED
+
+
+def check_frame_geometry(ds: Dataset, geometry: FrameGeometry | None) -> None:
+    """Refuse a compressed frame that declares a larger image than the header (before any
+    decoder allocates it): ``PixelError(UNDECODABLE)`` naming both sizes."""
+    if geometry is None:
+        return
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if (
+        geometry.rows > rows
+        or geometry.columns > cols
+        or geometry.components > samples
+        or geometry.decoded_bytes > decoded_frame_bytes(ds)
+    ):
+        raise PixelError(
+            ScreenReason.UNDECODABLE,
+            f"the compressed frame declares {geometry.rows}x{geometry.columns}, {geometry.components} "
+            f"component(s) of {geometry.precision} bits, the header {rows}x{cols}, {samples} of {bits}: "
+            "not decoded (a decoder allocates what the frame declares)",
+        )
+
+
+def frame_geometry_in_memory(ds: Dataset) -> FrameGeometry | None:
+    """``FrameGeometry`` of the first frame of a dataset whose (encapsulated) pixel data is
+    already in memory; ``None`` for native pixel data or a codestream that cannot be sized."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or not UID(str(syntax)).is_encapsulated:
+        return None
+    value = ds.get("PixelData")
+    if not isinstance(value, bytes | bytearray):
+        return None
+    fp = io.BytesIO(value)
+    fragment = first_fragment(fp)
+    return read_geometry(fp, fragment) if fragment else None
+
+
 def _image_type_matches(image_type: list[str], pattern: str) -> bool:
     """``pattern`` (values joined by backslash) occurs as a contiguous run in ``image_type``."""
     want = [p.strip().upper() for p in pattern.split("\\") if p.strip()]
@@ -104,9 +212,12 @@ def _image_type_matches(image_type: list[str], pattern: str) -> bool:
     return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
-def screen_metadata(ds: Dataset, cfg: ScreeningConfig) -> ScreenResult:
-    """Header-only checks, in the order an operator would want them reported."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+def screen_metadata(ds: Dataset, cfg: ScreeningConfig, *, has_pixels: bool | None = None) -> ScreenResult:
+    """Header-only checks, in the order an operator would want them reported. ``has_pixels``
+    for a header read without its pixel data (``read_header``)."""
+    if has_pixels is None:
+        has_pixels = any(k in ds for k in _PIXEL_ELEMENTS.values())
+    if not has_pixels:
         return ScreenResult(ScreenReason.NOT_IMAGE, f"no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
     modality = str(ds.get("Modality", "")).strip().upper()
     if modality not in {m.upper() for m in cfg.modalities}:
@@ -141,6 +252,14 @@ def screen_metadata(ds: Dataset, cfg: ScreeningConfig) -> ScreenResult:
         return ScreenResult(
             ScreenReason.NOT_RADIOGRAPH,
             f"{photometric or 'no photometric interpretation'}, {samples} samples/pixel",
+        )
+    need, cap = decoded_frame_bytes(ds), int(cfg.max_decoded_mb * 2**20)
+    if need > cap:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        return ScreenResult(
+            ScreenReason.SIZE,
+            f"decoding needs {need / 2**20:.1f} MiB ({rows}x{cols}, {samples} sample(s) of {bits_alloc} bits, "
+            f"{FRAMES_DECODED} of {frames} frame(s)), over screening.max_decoded_mb ({cfg.max_decoded_mb:g} MiB)",
         )
     return ACCEPTED
 
@@ -194,13 +313,28 @@ def decode(ds: Dataset) -> np.ndarray:
     return decode_with_notes(ds)[0]
 
 
-def decode_with_notes(ds: Dataset) -> tuple[np.ndarray, tuple[str, ...]]:
-    """``decode`` plus what was done to read the pixels (colour-encoded grey), for the SR."""
+def decode_with_notes(ds: Dataset, path: Path | str | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``decode`` plus what was done to read the pixels (colour-encoded grey), for the SR.
+
+    With ``path`` (the file ``ds`` is the header of, ``read_header``) the first frame is read
+    from the file alone; the rest of the pixel data is never loaded."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         # only the first frame is read: a many-frame object must not cost a worker the memory
         # of all its frames (the size screen bounds one frame, not their number)
-        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+        if path is not None:
+            arr = pixel_array(os.fspath(path), index=0)
+        else:
+            check_frame_geometry(ds, frame_geometry_in_memory(ds))
+            arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+    except PixelError:
+        raise
+    except MemoryError:
+        raise PixelError(
+            ScreenReason.SIZE,
+            f"out of memory decoding {ds.get('Rows', '?')}x{ds.get('Columns', '?')} "
+            "(the worker's address space, jobs.max_address_space_mb, or the host's memory)",
+        ) from None
     except Exception as exc:  # every decoder failure means the same thing here
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
@@ -291,19 +425,43 @@ def load_radiograph(
     low_pct: float = 0.5,
     high_pct: float = 99.5,
 ) -> tuple[Radiograph | None, ScreenResult]:
-    """Read, screen, decode and normalise; ``(None, reason)`` for an excluded image."""
+    """Read, screen, decode and normalise; ``(None, reason)`` for an excluded image.
+
+    A file is read up to its pixel data first and screened on that header (size, bit depth,
+    ``max_decoded_mb``, a compressed frame's own declared size) before its first frame alone is
+    decoded; bytes or a dataset are already in memory and are decoded from there."""
+    ds: Dataset | None = None
     try:
-        ds = read_dataset(source)
-        verdict = screen_metadata(ds, cfg)
+        path = source if isinstance(source, str | Path) else None
+        header = read_header(path) if path is not None else None
+        if header is not None:
+            ds, pixel = header
+            verdict = screen_metadata(ds, cfg, has_pixels=pixel is not None)
+            if not verdict.accepted:
+                return None, verdict
+            assert pixel is not None
+            check_frame_geometry(ds, pixel.geometry)
+        else:
+            path = None
+            ds = read_dataset(source)
+            verdict = screen_metadata(ds, cfg)
+            if not verdict.accepted:
+                return None, verdict
+        raw, notes = decode_with_notes(ds, path)
+        verdict = screen_pixels(raw)
         if not verdict.accepted:
             return None, verdict
-        raw, notes = decode_with_notes(ds)
+        image01 = normalise(ds, raw, window, low_pct, high_pct)
     except PixelError as exc:
         return None, ScreenResult(exc.reason, exc.detail)
-    verdict = screen_pixels(raw)
-    if not verdict.accepted:
-        return None, verdict
-    return Radiograph(ds, raw, normalise(ds, raw, window, low_pct, high_pct), notes), ACCEPTED
+    except MemoryError:
+        rows, cols = (ds.get("Rows", "?"), ds.get("Columns", "?")) if ds is not None else ("?", "?")
+        return None, ScreenResult(
+            ScreenReason.SIZE,
+            f"out of memory preparing {rows}x{cols} for the models "
+            "(the worker's address space, jobs.max_address_space_mb, or the host's memory)",
+        )
+    return Radiograph(ds, raw, image01, notes), ACCEPTED
 
 
 # --- pixel spacing --------------------------------------------------------------------------

@@ -183,19 +183,55 @@ def _tm(text: str) -> str:
     return t
 
 
+_SEPARATED_DT = re.compile(r"^(\d{4})[-./](\d{2})[-./](\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?(.*)$")
+# what may follow the time of a separated date-time: fractional seconds, a UTC offset (ISO 8601)
+_DT_TAIL = re.compile(r"^(?:[.,](\d{1,6}))?\s*(Z|[+-]\d{2}(?::?\d{2})?)?$")
+_DT_DICOM = re.compile(r"^(\d{4,14})(\.\d{1,6})?([+-]\d{4}|Z)?$")
+
+
+def _utc_offset(text: str) -> str | None:
+    """``Z``, ``+01``, ``+01:00``, ``-0500`` → DICOM's ``&ZZXX``; None outside -1200..+1400."""
+    if text == "Z":
+        return "+0000"
+    sign, digits = text[0], text[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+    if minutes > 59 or hours * 60 + minutes > (14 * 60 if sign == "+" else 12 * 60):
+        return None
+    return f"{sign}{hours:02d}{minutes:02d}"
+
+
 def _dt(text: str) -> str:
+    """A DT in DICOM form (``YYYYMMDDHHMMSS.FFFFFF&ZZXX``, trailing parts optional), or ""
+    when it is not a real date-time. Fractional seconds and the UTC offset are kept when
+    valid (fractions only after the seconds; offsets -1200..+1400)."""
     t = text.strip()
     if not t:
         return t
-    m = re.match(r"^(\d{4})[-./](\d{2})[-./](\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?(.*)$", t)
+    m = _SEPARATED_DT.match(t)
     if m:
+        tail = _DT_TAIL.match(m.group(7).strip())
+        if tail is None or (tail.group(1) and m.group(6) is None):
+            return ""
         t = f"{m.group(1)}{m.group(2)}{m.group(3)}{m.group(4)}{m.group(5)}{m.group(6) or '00'}"
-    core = re.match(r"^(\d{4,14})(\.\d{1,6})?([+-]\d{4})?$", t)
+        t += f".{tail.group(1)}" if tail.group(1) else ""
+        if tail.group(2):
+            offset = _utc_offset(tail.group(2))
+            if offset is None:
+                return ""
+            t += offset
+    core = _DT_DICOM.match(t)
     if not core or len(core.group(1)) % 2:
         return ""
-    digits = core.group(1)
+    digits, fraction, offset = core.group(1), core.group(2) or "", core.group(3) or ""
+    if fraction and len(digits) != 14:
+        return ""
     if len(digits) >= 8 and not _da(digits[:8]):
         return ""
     if len(digits) > 8 and not _tm(digits[8:]):
         return ""
-    return t
+    if offset:
+        fixed = _utc_offset(offset)
+        if fixed is None:
+            return ""
+        offset = fixed
+    return digits + fraction + offset

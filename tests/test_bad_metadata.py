@@ -92,6 +92,35 @@ def test_sanitise_rewrites_or_empties_and_says_so_without_values() -> None:
     assert "2024" not in text and "AAAA" not in text  # what was done, never the values
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("2024-01-05T10:30:00.123+01:00", "20240105103000.123+0100"),  # ISO 8601 with both
+        ("2024-01-05 10:30:00,25 -05:00", "20240105103000.25-0500"),
+        ("2024-01-05T10:30:00.5Z", "20240105103000.5+0000"),
+        ("2024-01-05T10:30+02", "20240105103000+0200"),
+        ("20240105103000.123456+0100", "20240105103000.123456+0100"),  # DICOM form: unchanged
+        ("20240105103000Z", "20240105103000+0000"),
+        ("2024-01-05T10:30:00+15:00", ""),  # offsets run from -1200 to +1400
+        ("2024-01-05T10:30.5", ""),  # a fraction without seconds
+        ("202401051030.5", ""),
+        ("2024-01-05T10:30:00 junk", ""),
+    ],
+)
+def test_sanitise_keeps_fractional_seconds_and_utc_offset_of_a_date_time(sent: str, kept: str) -> None:
+    ds = pydicom.Dataset()
+    with _as_archives_write():
+        ds.AcquisitionDateTime = sent
+    clean, notes = sanitise_for_output(ds)
+    assert clean.AcquisitionDateTime == kept
+    if kept == sent:
+        assert notes == []
+    elif kept:
+        assert notes == ["AcquisitionDateTime rewritten in DICOM form"]
+    else:
+        assert notes == ["AcquisitionDateTime is not a valid date-time; left empty in the results"]
+
+
 @pytest.mark.slow
 def test_each_malformed_header_still_gets_its_sr_and_no_identity_is_logged(
     tmp_path: Path, orthanc: OrthancServer, make_node: Any  # noqa: F811

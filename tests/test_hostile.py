@@ -393,6 +393,73 @@ def test_silent_clients_are_closed_and_free_their_slots(node: Node, tmp_path: Pa
     assert "nothing received for 3 s (network_timeout_s)" in log
 
 
+def test_trickling_clients_are_closed_and_free_their_slots(node: Node, tmp_path: Path) -> None:
+    """A peer that sends one byte every half second never lets a single read time out, so a
+    deadline per read alone let it hold its association slot for ever (issue 13: 20 s and
+    counting at a 3 s network_timeout_s). Each PDU must now be complete within network_timeout_s
+    of the previous complete PDU, and the A-ASSOCIATE-RQ within acse_timeout_s of the connect.
+
+    All 16 association slots are taken by tricklers (a P-DATA-TF body, or its header, a byte at
+    a time), four more connections trickle their A-ASSOCIATE-RQ; a modality is refused while
+    they hold the slots and served once they are closed."""
+    rq = associate_rq()
+    socks: list[socket.socket] = []
+    last_sent: list[float] = []
+    for i in range(16):
+        sock, _ = raw_associate(node.port)
+        sock.sendall(b"\x04\x00\x00\x00\x03\xe8" if i % 2 else b"\x04")  # 1000-byte body / header
+        socks.append(sock)
+        last_sent.append(time.monotonic())
+    t0 = time.monotonic()
+    pre = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(4)]
+    socks += pre
+    last_sent += [time.monotonic()] * len(pre)
+    sent = [0] * len(socks)
+    longest_gap = 0.0
+    full: int | None = -1
+    closed_at: dict[int, float] = {}
+    try:
+        while len(closed_at) < len(socks) and time.monotonic() - t0 < NETWORK_TIMEOUT_S + 8:
+            if sent[0] == 1 and full == -1:  # after a first round: every slot is held
+                full = echo(node.port)
+            for i, sock in enumerate(socks):
+                if i in closed_at:
+                    continue
+                try:
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(65536) == b"":
+                            closed_at[i] = time.monotonic() - t0
+                            continue
+                    except BlockingIOError:
+                        pass
+                    byte = rq[sent[i] : sent[i] + 1] if sock in pre else b"\x00"
+                    sock.sendall(byte)
+                    sent[i] += 1
+                    now = time.monotonic()
+                    longest_gap = max(longest_gap, now - last_sent[i])
+                    last_sent[i] = now
+                except OSError:  # reset by the node
+                    closed_at[i] = time.monotonic() - t0
+            time.sleep(0.5)
+    finally:
+        for sock in socks:
+            sock.close()
+    still_open = [i for i in range(len(socks)) if i not in closed_at]
+    assert not still_open, f"still open after {NETWORK_TIMEOUT_S + 8} s of trickling: {still_open}"
+    assert max(closed_at[i] for i in range(16)) < NETWORK_TIMEOUT_S + 1.5, closed_at
+    assert max(closed_at[i] for i in range(16, 20)) < ACSE_TIMEOUT_S + 1.5, closed_at
+    assert full is None, "the tricklers should have held every association slot"
+    # never silent for as long as network_timeout_s: only a bound on whole PDUs closes them
+    assert longest_gap < NETWORK_TIMEOUT_S - 1 and min(sent[:16]) >= 3, (longest_gap, sent)
+    assert echo(node.port) == 0
+    sent_ok = storescu(node.port, write(make_image(seed=1307), tmp_path / "after-trickle.dcm"))
+    assert "Received Store Response (Success)" in sent_ok.stdout + sent_ok.stderr, sent_ok.stdout + sent_ok.stderr
+    log = node.log()
+    assert "no complete PDU within 3 s (network_timeout_s): bytes trickle in" in log
+    assert "no complete A-ASSOCIATE-RQ within 2 s (acse_timeout_s)" in log
+
+
 def deflate_bomb(sop_instance: str, inflated_gib: int = 2) -> bytes:
     """A Deflated Explicit VR Little Endian dataset whose pixel data inflates to ``inflated_gib``
     GiB of zeros from a few megabytes: a 64 MiB block of zeros is deflated once after a full

@@ -85,3 +85,34 @@ def test_filter_rewrites_records_of_third_party_loggers() -> None:
         assert mine.getMessage() == "AE 'PACS'", "the node's own lines are not rewritten"
     finally:
         logging.captureWarnings(False)
+
+
+def _record(name: str, level: int, msg: str, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            import sys
+
+            exc_info = sys.exc_info()
+    return logging.LogRecord(name, level, __file__, 1, msg, None, exc_info)
+
+
+def test_library_chatter_is_kept_for_debug_and_child_loggers_are_redacted() -> None:
+    """Quiet logs (issue 13): at INFO a library's INFO lines and pynetdicom's / APScheduler's
+    routine warnings and errors are dropped by the handler filter; the node's own lines, other
+    libraries' warnings and anything with a traceback stay; at DEBUG everything passes."""
+    info = logsafe.LibraryChatter(logging.INFO)
+    assert not info.filter(_record("pynetdicom.association", logging.ERROR, "Network timeout reached"))
+    assert not info.filter(_record("pynetdicom.acse", logging.ERROR, "Association Rejected"))
+    assert not info.filter(_record("apscheduler.scheduler", logging.WARNING, "Execution of job skipped"))
+    assert not info.filter(_record("openjpeg.encode", logging.INFO, "tile number 1 / 1"))
+    assert not info.filter(_record("alembic.runtime.migration", logging.INFO, "Context impl SQLiteImpl."))
+    assert info.filter(_record("pynetdicom.dul", logging.ERROR, "Exception in DUL.run()", exc=True))
+    assert info.filter(_record("node.receive.scp", logging.INFO, "association from 'CR1'"))
+    child = _record("highdicom.sr.value_types", logging.WARNING, "odd name 'Doe^John'")
+    assert info.filter(child) and child.getMessage() == f"odd name '{logsafe.REDACTED}'"
+    debug = logsafe.LibraryChatter(logging.DEBUG)
+    assert debug.filter(_record("pynetdicom.association", logging.ERROR, "Network timeout reached"))
+    assert debug.filter(_record("openjpeg.encode", logging.INFO, "tile number 1 / 1"))

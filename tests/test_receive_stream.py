@@ -9,7 +9,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
+import sys
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -70,12 +73,25 @@ def test_staged_file_write_error_is_kept_and_file_removed(
     staged.discard()
 
 
+_STAGE_AND_EXIT = r"""
+import sys
+from pathlib import Path
+from node.receive.storage import InstanceStore
+staged = InstanceStore(Path(sys.argv[1]), min_free_mb=0).stage(b"meta")
+staged.feed(b"half an instance")
+staged.finish()  # and the process ends here, as if killed: the file stays
+"""
+
+
 def test_stale_staged_files_removed_at_start(tmp_path: Path) -> None:
-    store = InstanceStore(tmp_path / "root", min_free_mb=0)
-    staged = store.stage(b"meta")
-    staged.feed(b"half an instance")
-    staged.finish()
-    os.close(staged._fd or -1)  # as if the process died here: the file stays
+    """A receiver that died mid-instance (here: a process that staged half an instance and
+    ended) leaves its staged file; the next start removes it at once, its writer being gone
+    (``node.tempfiles``; a live writer's files are kept, see tests/test_tempfiles.py)."""
+    root = tmp_path / "root"
+    subprocess.run([sys.executable, "-c", _STAGE_AND_EXIT, str(root)], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[1])
+    store = InstanceStore(root, min_free_mb=0)
+    assert len(list(store.staging.iterdir())) == 1
     assert store.remove_stale_temp_files() == 1
     assert list(store.staging.iterdir()) == []
 
@@ -218,6 +234,9 @@ def test_start_up_reads_only_the_staging_folder(tmp_path: Path) -> None:
     stored = store.write(Path("ab/abcdef/1.2.3/4.dcm"), (b"meta", b"dataset"))
     assert stored.absolute.read_bytes() == b"metadataset"
     assert list(store.staging.iterdir()) == []
-    (store.staging / ".crashed.part").write_bytes(b"half")
+    crashed = store.staging / ".crashed.part"  # an earlier version's name: no writer in it
+    crashed.write_bytes(b"half")
+    an_hour_ago = time.time() - 3601
+    os.utime(crashed, (an_hour_ago, an_hour_ago))  # such a file goes once an hour old
     assert store.remove_stale_temp_files() == 1
     assert (deep / ".not-ours.part").exists()

@@ -19,7 +19,9 @@ image type, so an overlay routed back to the node is never analysed again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Literal
 
 import cv2
@@ -37,6 +39,11 @@ Compression = Literal["jpeg2000-lossless", "jpeg-baseline", "none"]
 BANNER = "AI RESULT - NOT FOR DIAGNOSIS"
 SERIES_DESCRIPTION = "AI overlays (hipnode) - NOT FOR DIAGNOSIS"
 DEFAULT_MAX_SIZE_PX = 2048
+#: One JPEG 2000 encode at a time per process: pylibjpeg-openjpeg 2.6's ``encode`` run from two
+#: threads at once corrupts the heap (segfaults in unrelated code moments later; reproduced with
+#: two threads encoding a 512 x 512 image in a loop, and in ``hipnode import --workers 2``),
+#: and worker threads compose SCs concurrently. Decoding was not affected in the same test.
+_OPENJPEG_ENCODE = threading.Lock()
 
 # RGB colours.
 _YELLOW = (255, 221, 0)
@@ -413,22 +420,23 @@ def build_sc(
         )
         for m in models
     ]
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=header,
-        pixel_array=rgb,
-        photometric_interpretation=photometric,
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=uids.series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=uids.sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=manufacturer,
-        patient_orientation=orientation if orientation is not None else ("L", "F"),
-        transfer_syntax_uid=transfer_syntax,
-        contributing_equipment=equipment,
-        series_description=SERIES_DESCRIPTION,
-    )
+    with _OPENJPEG_ENCODE if compression == "jpeg2000-lossless" else nullcontext():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=header,
+            pixel_array=rgb,
+            photometric_interpretation=photometric,
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=uids.series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=uids.sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            patient_orientation=orientation if orientation is not None else ("L", "F"),
+            transfer_syntax_uid=transfer_syntax,
+            contributing_equipment=equipment,
+            series_description=SERIES_DESCRIPTION,
+        )
     sc.copy_patient_and_study_information(header)
     if orientation is None:
         sc["PatientOrientation"].value = None  # type 2: unknown, not guessed

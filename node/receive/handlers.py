@@ -474,6 +474,24 @@ class StoreStats:
     bytes: int = 0
 
 
+@dataclass
+class AssociationCounts(StoreStats):
+    """What one association did, for its one log line when it ends (``scp._RequestHandler``):
+    the steady state at INFO is one line per association, not one per instance."""
+
+    echoes: int = 0
+    accepted: bool = False  # an A-ASSOCIATE-AC was sent
+
+
+#: The association whose C-STORE the current thread is handling (its reactor thread).
+_current = threading.local()
+
+
+def association_counts(assoc: Any) -> AssociationCounts | None:
+    counts = getattr(assoc, "hipnode_counts", None)
+    return counts if isinstance(counts, AssociationCounts) else None
+
+
 class StoreHandler:
     """EVT_C_STORE handler bound once per server; shared by every association thread."""
 
@@ -496,7 +514,20 @@ class StoreHandler:
         # remove each other's file on a failure path (striped: bounded memory).
         self._locks = [threading.Lock() for _ in range(64)]
 
+    def _count(self, name: str, n: int = 1) -> None:
+        setattr(self.stats, name, getattr(self.stats, name) + n)
+        counts: AssociationCounts | None = getattr(_current, "counts", None)
+        if counts is not None:
+            setattr(counts, name, getattr(counts, name) + n)
+
     def __call__(self, event: Any) -> Dataset:
+        _current.counts = association_counts(event.assoc)
+        try:
+            return self._handle(event)
+        finally:
+            _current.counts = None
+
+    def _handle(self, event: Any) -> Dataset:
         req = event.request
         assoc = event.assoc
         calling_ae = str(assoc.requestor.ae_title).strip()
@@ -504,13 +535,13 @@ class StoreHandler:
         transfer_syntax = str(event.context.transfer_syntax)
         raw: BytesIO | None = req.DataSet
         if raw is None:
-            self.stats.rejected += 1
+            self._count("rejected")
             log.warning("C-STORE from %s@%s without a dataset", calling_ae, peer_host)
             return _response(StoreStatus.CANNOT_UNDERSTAND, "no dataset")
         over_limit: int | None = getattr(raw, "over_limit", None)
         if over_limit is not None:
             # Streamed and discarded as it arrived (see scp._TeeBuffer): nothing to store.
-            self.stats.failed += 1
+            self._count("failed")
             log.error(
                 "C-STORE refused (0xA700) from %s@%s, instance %s: dataset larger than the %d MiB cap "
                 "(node.max_dataset_mb); discarded as it arrived",
@@ -546,7 +577,7 @@ class StoreHandler:
                 raise staged.error
             mapped = staged.map_dataset()
         except OSError as exc:
-            self.stats.failed += 1
+            self._count("failed")
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 log.error("C-STORE failed (0xA700), instance %s: %s", sop_hash, exc.strerror)
                 if isinstance(exc, OutOfResources):  # the watermark, watched while streaming
@@ -589,7 +620,7 @@ class StoreHandler:
                 max_inflated=self.max_inflated,
             )
         except InvalidDataset as exc:
-            self.stats.rejected += 1
+            self._count("rejected")
             log.warning(
                 "C-STORE rejected (0x%04X) from %s@%s, instance %s, %s: %s",
                 exc.status,
@@ -605,7 +636,7 @@ class StoreHandler:
         try:
             self.store.check_room(size)
         except OutOfResources as exc:
-            self.stats.failed += 1
+            self._count("failed")
             log.error(
                 "C-STORE refused (0xA700) from %s@%s, instance %s: %s",
                 calling_ae,
@@ -635,18 +666,18 @@ class StoreHandler:
                     meta = file_meta_bytes(str(header.SOPClassUID), sop, transfer_syntax, calling_ae)
                     stored = self.store.write(rel, (meta, buf))
             except OutOfResources as exc:
-                self.stats.failed += 1
+                self._count("failed")
                 log.error("C-STORE failed (0xA700), instance %s: %s", sop_hash, exc.strerror)
                 return _response(StoreStatus.OUT_OF_RESOURCES, "storage full")
             except OSError as exc:
-                self.stats.failed += 1
+                self._count("failed")
                 log.error("C-STORE failed (0xC010), instance %s: cannot write file: %s", sop_hash, exc)
                 return _response(StoreStatus.STORAGE_FAILURE, "cannot write file")
             try:
                 outcome = self._record(header, stored, sha256, transfer_syntax, calling_ae, peer_host)
             except Exception as exc:
                 self.store.discard(stored)
-                self.stats.failed += 1
+                self._count("failed")
                 if _is_disk_full(exc):
                     log.error(
                         "C-STORE failed (0xA700), instance %s: registry out of space: %s", sop_hash, exc
@@ -655,11 +686,11 @@ class StoreHandler:
                 log.exception("C-STORE failed (0xC011), instance %s: registry error", sop_hash)
                 return _response(StoreStatus.REGISTRY_FAILURE, "registry error")
 
-        self.stats.bytes += size
+        self._count("bytes", size)
         observe.instance_received(calling_ae, str(header.SOPClassUID), size)
         if outcome.is_duplicate:
-            self.stats.duplicates += 1
-            log.info(
+            self._count("duplicates")
+            log.debug(  # per instance: the association's line counts them
                 "duplicate of instance %s v%d from %s@%s (identical bytes): acknowledged, not re-recorded",
                 sop_hash,
                 outcome.version,
@@ -667,7 +698,7 @@ class StoreHandler:
                 peer_host,
             )
         elif outcome.version > 1:
-            self.stats.versions += 1
+            self._count("versions")
             log.warning(
                 "instance %s re-sent with different content by %s@%s: stored as version %d",
                 sop_hash,
@@ -676,7 +707,7 @@ class StoreHandler:
                 outcome.version,
             )
         else:
-            self.stats.stored += 1
+            self._count("stored")
             log.debug(
                 "stored instance %s (%d bytes, %s) from %s", sop_hash, size, transfer_syntax, calling_ae
             )
@@ -722,6 +753,9 @@ class StoreHandler:
 
 def handle_echo(event: Any) -> int:
     """C-ECHO: the association was admitted, so we are up and willing."""
+    counts = association_counts(event.assoc)
+    if counts is not None:
+        counts.echoes += 1
     return 0x0000
 
 

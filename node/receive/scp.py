@@ -57,6 +57,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.config import Config
 from node.receive.handlers import (
+    AssociationCounts,
     AssociationGate,
     StoreHandler,
     file_meta_bytes,
@@ -191,9 +192,11 @@ def build_handlers(cfg: Config, db: Database, store: InstanceStore) -> tuple[lis
 # Data from the network is hostile until bounded. Every PDU length is compared with what we
 # accept before a byte of its body is read or a buffer allocated (a 6-byte header announcing
 # 2 GiB is refused at once); every blocking read has a deadline (the whole A-ASSOCIATE-RQ within
-# acse_timeout_s of the connect, then no more than network_timeout_s of silence), so a peer that
-# sends half a header and goes quiet is closed and its association slot freed; a command set
-# and a dataset kept in memory have caps, and a streamed dataset has node.max_dataset_mb.
+# acse_timeout_s of the connect, then each PDU whole within network_timeout_s of the previous
+# complete PDU, received or sent), so a peer that sends half a header and goes quiet, or keeps
+# the connection alive with a byte every few seconds and never completes a PDU, is closed and
+# its association slot freed; a command set and a dataset kept in memory have caps, and a
+# streamed dataset has node.max_dataset_mb.
 # --------------------------------------------------------------------------------------------
 
 #: Any PDU but P-DATA-TF (and every PDU before the A-ASSOCIATE-RQ has been read): an
@@ -307,6 +310,9 @@ class _WakingStateMachine(StateMachine):
 # --------------------------------------------------------------------------------------------
 
 _IDLE_WAIT_S = 0.05  # upper bound on a DUL wait: ARTIM/idle timers and kill flags stay prompt
+#: A read deadline is re-armed on the socket (a syscall) only when it moved by more than this,
+#: so a PDU's reads cost no syscall and a deadline is kept to within this much.
+_DEADLINE_STEP_S = 0.25
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -576,7 +582,11 @@ class _BoundedDUL(DULServiceProvider):
     length is checked against what we accept before the body is read (a PDU over it aborts the
     association unread), and every read has a deadline. pynetdicom reads a PDU with a blocking
     ``recv(length)`` on a socket without a timeout, so half a PDU header held the DUL (and the
-    association's slot) until the peer closed.
+    association's slot) until the peer closed; and a deadline per ``recv`` alone let a peer
+    that sends a byte every few seconds hold it for ever. So each PDU must be complete within
+    ``network_timeout_s`` of the previous complete PDU (received, or sent by us: a peer waiting
+    for our answer is not idle), the bound pynetdicom's idle timer checks between PDUs, which
+    this DUL restarts when it sends as well.
 
     With ``_hipnode_fast_pdata`` a P-DATA-TF PDU is read with one ``recv_into`` and split
     without copies (see :class:`_PDataPDU`); every other PDU, and every PDU when someone listens
@@ -588,6 +598,9 @@ class _BoundedDUL(DULServiceProvider):
     _hipnode_deadline = 0.0  # monotonic: the A-ASSOCIATE-RQ must be complete by then
     _hipnode_negotiating = True  # no complete A-ASSOCIATE-RQ read yet
     _hipnode_timeout: float | None = None  # the timeout currently set on the socket
+    _hipnode_idle_from = 0.0  # monotonic: the last complete PDU received or sent
+    _hipnode_close_reason: str | None = None  # why we closed an accepted association
+    _hipnode_idle_expired = False  # pynetdicom's idle timer ran out (it then aborts)
 
     def _pdata_fast_path(self) -> bool:
         if not self._hipnode_fast_pdata:
@@ -608,31 +621,49 @@ class _BoundedDUL(DULServiceProvider):
         # connection event (Sta1, not yet Sta2).
         if self._hipnode_negotiating:
             return min(network, self._hipnode_deadline - time.monotonic())
-        return network
+        return min(network, self._hipnode_idle_from + network - time.monotonic())
 
-    def _timeout_reason(self) -> str:
+    def _timeout_reason(self, got: int, n: int, last_byte: float) -> str:
         limits = self._hipnode_limits
-        if self._hipnode_negotiating and self._hipnode_deadline - time.monotonic() < limits.network_timeout_s:
+        now = time.monotonic()
+        if self._hipnode_negotiating and self._hipnode_deadline - now < limits.network_timeout_s:
             return f"no complete A-ASSOCIATE-RQ within {limits.acse_timeout_s:g} s (acse_timeout_s)"
-        return f"nothing received for {limits.network_timeout_s:g} s (network_timeout_s)"
+        if now - last_byte >= limits.network_timeout_s - 2 * _DEADLINE_STEP_S:
+            return f"nothing received for {limits.network_timeout_s:g} s (network_timeout_s)"
+        part = "header" if n == 6 else "body"
+        return (
+            f"no complete PDU within {limits.network_timeout_s:g} s (network_timeout_s): bytes trickle in "
+            f"({got} of {n} of a PDU {part}, the last {now - last_byte:.1f} s ago)"
+        )
+
+    def _send(self, pdu: Any) -> None:
+        """Send, and count it as activity: a peer that waits for our answer is not idle (the
+        read deadline and pynetdicom's idle timer both restart)."""
+        if self._idle_timer.expired:  # pynetdicom's reactor aborts an idle association
+            self._hipnode_idle_expired = True
+        super()._send(pdu)
+        self._hipnode_idle_from = time.monotonic()
+        self._idle_timer.restart()
 
     def _recv_exact(self, sock: socket.socket, n: int) -> bytearray:
         """Exactly ``n`` bytes (``n`` already bounded by the caller), or :class:`_ReadFailed`."""
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
+        last_byte = time.monotonic()
         try:
             while got < n:
                 timeout = self._read_timeout()
                 if timeout <= 0:
-                    raise _ReadFailed(self._timeout_reason())
-                if timeout != self._hipnode_timeout:  # a syscall: only on change
+                    raise _ReadFailed(self._timeout_reason(got, n, last_byte))
+                current = self._hipnode_timeout
+                if current is None or abs(timeout - current) > _DEADLINE_STEP_S:  # a syscall
                     _set_deadline(sock, timeout)
                     self._hipnode_timeout = timeout
                 try:
                     k = sock.recv_into(view[got:], n - got)
                 except (TimeoutError, BlockingIOError):
-                    raise _ReadFailed(self._timeout_reason()) from None
+                    raise _ReadFailed(self._timeout_reason(got, n, last_byte)) from None
                 except OSError as exc:
                     raise _ReadFailed(f"connection failed: {exc.strerror or type(exc).__name__}") from None
                 if k == 0:
@@ -640,6 +671,7 @@ class _BoundedDUL(DULServiceProvider):
                         f"connection closed after {got} of {n} bytes", quiet=got == 0 and n == 6
                     )
                 got += k
+                last_byte = time.monotonic()
         finally:
             view.release()
         return buf
@@ -685,11 +717,16 @@ class _BoundedDUL(DULServiceProvider):
                 )
                 return
             body = self._recv_exact(sock, pdu_length)
+            self._hipnode_idle_from = time.monotonic()  # a complete PDU: the next has its full time
             if pdu_type == 0x01:
                 self._hipnode_negotiating = False
         except _ReadFailed as exc:
+            counts = getattr(self.assoc, "hipnode_counts", None)
             if exc.quiet:
                 log.debug("connection from %s closed", self._peer())
+            elif isinstance(counts, AssociationCounts) and counts.accepted:
+                self._hipnode_close_reason = exc.why  # the association's one line says it
+                log.debug("closing connection from %s: %s", self._peer(), exc.why)
             else:
                 log.warning("closing connection from %s: %s", self._peer(), exc.why)
             self._close_transport()
@@ -719,6 +756,57 @@ class _BoundedDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+
+def _accepted(event: Any) -> None:
+    counts = getattr(event.assoc, "hipnode_counts", None)
+    if isinstance(counts, AssociationCounts):
+        counts.accepted = True
+
+
+def log_association(assoc: Any, counts: AssociationCounts, seconds: float, network_timeout_s: float) -> None:
+    """The one log line of an accepted association, when it ends (issue 13, quiet logs): who,
+    how it ended and what it did. INFO when it ended normally; WARNING when the node closed or
+    aborted it (the reason is in the line). Associations never accepted are not logged here:
+    a rejection is logged by ``AssociationGate``, a connection that never negotiated by the DUL
+    (and a health check's bare connect not at all)."""
+    if not counts.accepted:
+        return
+    did = [
+        f"{n} {what}"
+        for n, what in (
+            (counts.stored, "stored"),
+            (counts.duplicates, "duplicate(s) acknowledged"),
+            (counts.versions, "new version(s)"),
+            (counts.rejected + counts.failed, "refused"),
+            (counts.echoes, "C-ECHO"),
+        )
+        if n
+    ]
+    if counts.bytes:
+        did.append(f"{counts.bytes / 2**20:.1f} MiB")
+    reason = getattr(assoc.dul, "_hipnode_close_reason", None)
+    level = logging.INFO
+    if reason:
+        how, level = f"closed by the node: {reason}", logging.WARNING
+    elif assoc.is_released:
+        how = "released"
+    elif assoc.is_aborted and (getattr(assoc.dul, "_hipnode_idle_expired", False) or assoc.dul.idle_timer_expired()):
+        how = f"aborted by the node: nothing received for {network_timeout_s:g} s (network_timeout_s)"
+        level = logging.WARNING
+    elif assoc.is_aborted:
+        how = "aborted"
+    else:
+        how = "ended without release (connection closed)"
+    log.log(
+        level,
+        "association from %s@%s, %.1f s: %s; %s",
+        str(assoc.requestor.ae_title).strip(),
+        assoc.requestor.address,
+        seconds,
+        ", ".join(did) or "nothing sent",
+        how,
+    )
 
 
 class _RequestHandler(RequestHandler):
@@ -754,7 +842,11 @@ class _RequestHandler(RequestHandler):
         ssl_context: ssl.SSLContext | None = getattr(server, "hipnode_ssl_context", None)
         if ssl_context is not None and not self._tls_handshake(ssl_context, limits.tls_handshake_timeout_s):
             return
-        assoc = self._create_association()
+        started = time.monotonic()
+        assoc: Any = self._create_association()
+        counts = AssociationCounts()
+        assoc.hipnode_counts = counts  # filled by the C-STORE / C-ECHO handlers
+        assoc.bind(evt.EVT_ACCEPTED, _accepted)
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
             # pynetdicom's standard PDU/DIMSE handlers only format debug lines, and raise (one
             # ERROR traceback each) on many malformed PDUs and commands.
@@ -801,6 +893,10 @@ class _RequestHandler(RequestHandler):
                 wake_w.close()
             if stager is not None:
                 stager.discard_all()
+            try:
+                log_association(assoc, counts, time.monotonic() - started, limits.network_timeout_s)
+            except Exception:  # a log line must never cost the connection's clean-up
+                log.debug("association summary not logged", exc_info=True)
 
 
 class _BoundedServer(ThreadedAssociationServer):

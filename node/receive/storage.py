@@ -31,12 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import tempfiles
+
 log = logging.getLogger(__name__)
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _TMP_SUFFIX = ".part"
-#: Staging folder under the root for files streamed while an instance is still arriving.
-STAGING_DIR = ".incoming"
+#: Staging folder under the root for every temp file (``node.tempfiles``).
+STAGING_DIR = tempfiles.STAGING_DIR
 #: Start writeback of a streamed file every this many bytes, so the fsync before the answer
 #: finds most pages already on their way to the disk.
 WRITEBACK_STEP = 512 * 1024
@@ -127,7 +129,7 @@ class StagedFile:
         room: Callable[[], None] | None = None,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
     ) -> None:
-        self.path = directory / f".{uuid.uuid4().hex}{_TMP_SUFFIX}"
+        self.path = directory / tempfiles.temp_name(uuid.uuid4().hex[:16], _TMP_SUFFIX)
         # Raises OutOfResources when the storage is below its watermark; called before the
         # first byte and every FREE_SPACE_STEP bytes after it.
         self._room = room
@@ -436,7 +438,7 @@ class InstanceStore:
         existed = final.exists()
         # in the staging folder (same filesystem: the rename stays atomic), so that start-up
         # clears crash leftovers there without walking the whole archive
-        tmp = self.staging / f".{final.name}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
+        tmp = self.staging / tempfiles.temp_name(final.name, _TMP_SUFFIX)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
             try:
@@ -474,14 +476,8 @@ class InstanceStore:
         """Delete ``*.part`` files left by a crash (called once at start-up); returns the count.
 
         Every temp file is written in the staging folder, so only that folder is read: walking
-        an archive of millions of files at every start would delay the node by minutes."""
-        count = 0
-        for p in self.staging.glob(f".*{_TMP_SUFFIX}"):
-            try:
-                p.unlink()
-                count += 1
-            except OSError:
-                log.exception("could not remove stale temp file %s", p)
-        if count:
-            log.info("removed %d stale temp file(s) left by an interrupted receive", count)
-        return count
+        an archive of millions of files at every start would delay the node by minutes. Only
+        files whose writer is gone are removed (``node.tempfiles``): another process writing
+        into the same storage (``hipnode import``, a second receiver) keeps its files. An
+        earlier version's leftovers elsewhere in the tree go in one background walk, once."""
+        return tempfiles.sweep_at_start(self.root, _TMP_SUFFIX, "receive")

@@ -8,10 +8,11 @@ power cut. PostgreSQL is selected by URL.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,31 @@ log = logging.getLogger(__name__)
 
 
 READ_ONLY = "hipnode_read_only"  # execution option of ``Database.read_session`` connections
+
+
+class SessionGuard(Protocol):
+    """Wraps every session of one thread (``node.worker``: the per-job time limit is an
+    asynchronous exception, and must not land inside SQLAlchemy)."""
+
+    def section(self) -> AbstractContextManager[None]: ...
+
+
+_guards = threading.local()
+
+
+def guard_sessions(guard: SessionGuard | None) -> None:
+    """Install ``guard`` around the sessions this thread opens from now on (None: remove it)."""
+    _guards.current = guard
+
+
+@contextmanager
+def _guarded() -> Iterator[None]:
+    guard: SessionGuard | None = getattr(_guards, "current", None)
+    if guard is None:
+        yield
+    else:
+        with guard.section():
+            yield
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -74,7 +100,7 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: commits on success, rolls back on any exception."""
-        with self.sessionmaker() as s, s.begin():
+        with _guarded(), self.sessionmaker() as s, s.begin():
             yield s
 
     @contextmanager
@@ -82,7 +108,7 @@ class Database:
         """A transaction for reading only: on SQLite it begins DEFERRED instead of IMMEDIATE, so
         readers (status, metrics, web page) do not take the write lock the receiver and the
         workers queue on."""
-        with self.read_sessionmaker() as s, s.begin():
+        with _guarded(), self.read_sessionmaker() as s, s.begin():
             yield s
 
     def migrate(self) -> None:
