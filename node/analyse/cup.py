@@ -1761,17 +1761,7 @@ def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side)
         wire = find_marker_wire(image, Box(cx - half, cy - half, cx + half, cy + half, "cup", 0.0))
         if wire is None:
             continue
-        if wire.kind == "arc":
-            arc = arc_opening(wire)
-            if isinstance(arc, str):
-                e, opening = wire.ellipse, hint
-            else:
-                e, opening = arc
-        else:
-            e = wire.ellipse
-            th = math.radians(e.angle_deg)
-            v = (-math.sin(th), math.cos(th))
-            opening = v if v[0] * hint[0] + v[1] * hint[1] >= 0 else (-v[0], -v[1])
+        e, opening, _ = _wire_opening(wire, hint)
         k = WIRE_MANTLE_SCALES[2]
         x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, k), opening, e.semi_major * k)
         return Box(x0, y0, x1, y1, "cup", 0.0), wire
@@ -1789,23 +1779,11 @@ def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | No
     the ring) must fill the cup box, as a shell's outline must (a partly hidden arc can pass for a
     rounder ring; its hemisphere does not fit the box).
     """
-    e = wire.ellipse
-    if wire.kind == "arc":
-        arc = arc_opening(wire)
-        if isinstance(arc, str):
-            return CupFit(e, None, rim_points=wire.points, refusal_reason=arc)
-        e, opening = arc
-        if np.asarray(opening) @ np.asarray(hint) <= 0:
-            return CupFit(e, None, rim_points=wire.points, refusal_reason=(
-                "the marker arc's apex is not on the dome side: the arc does not show the cup's opening"))
-        bar = WIRE_CLEAR_MIN_BOX_IOU
-    else:
-        th = math.radians(e.angle_deg)
-        v = np.array([-math.sin(th), math.cos(th)])
-        if v @ np.asarray(hint) < 0:
-            v = -v
-        opening = (float(v[0]), float(v[1]))
-        bar = WIRE_CLEAR_MIN_BOX_IOU if wire.symmetry >= WIRE_CLEAR_RING_SYMMETRY else WIRE_MIN_BOX_IOU
+    e, opening, refusal = _wire_opening(wire, hint)
+    if refusal is not None:
+        return CupFit(e, None, rim_points=wire.points, refusal_reason=refusal)
+    clear = wire.kind == "arc" or wire.symmetry >= WIRE_CLEAR_RING_SYMMETRY
+    bar = WIRE_CLEAR_MIN_BOX_IOU if clear else WIRE_MIN_BOX_IOU
     # The ring lies inside the polyethylene (about a millimetre in) and the cement mantle (2–4 mm)
     # surrounds it, so the silhouette the box bounds is that of a hemisphere up to ~20 % larger
     # than the ring: the best of those sizes is compared.
@@ -1815,6 +1793,32 @@ def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | No
     quality = float(math.exp(-wire.rms_px / 2.0) * min(1.0, wire.coverage / 0.5))
     return CupFit(e, opening, rim_points=wire.points, rim_rms_px=wire.rms_px, rim_coverage=wire.coverage,
                   quality=quality, box_iou=iou)
+
+
+def _wire_opening(wire: WireFit, hint: tuple[float, float]) -> tuple[Ellipse, tuple[float, float], str | None]:
+    """The rim ellipse and open direction a marker wire implies, and why it cannot be read
+    (``None`` when it can).
+
+    A ring's ellipse is the opening's; which way the cup opens it does not say, so its minor axis
+    is turned towards ``hint`` (on an AP laterally and inferiorly). An arc gives both through
+    ``arc_opening``; where that fails, the arc's own ellipse and ``hint`` stand in (for placing a
+    box only), and an opening that points away from ``hint`` is refused.
+    """
+    if wire.kind == "arc":
+        arc = arc_opening(wire)
+        if isinstance(arc, str):
+            return wire.ellipse, hint, arc
+        e, opening = arc
+        if np.asarray(opening) @ np.asarray(hint) <= 0:
+            return e, opening, ("the marker arc's apex is not on the dome side: the arc does not show "
+                                "the cup's opening")
+        return e, opening, None
+    e = wire.ellipse
+    th = math.radians(e.angle_deg)
+    v = np.array([-math.sin(th), math.cos(th)])
+    if v @ np.asarray(hint) < 0:
+        v = -v
+    return e, (float(v[0]), float(v[1])), None
 
 
 def arc_opening(wire: WireFit) -> tuple[Ellipse, tuple[float, float]] | str:
