@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from node import __version__, wake
 from node.analyse.cup import ProjectionGeometry, cup_box_from_marker_wire, measure_cup
 from node.analyse.dysplasia import measure_dysplasia
-from node.analyse.metal import arthroplasty_evidence, find_metal
+from node.analyse.metal import arthroplasty_evidence, arthroplasty_objects, find_metal
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
 from node.analyse.reference import reference_from_boxes
 from node.compose import ReportReference, build_gsps, build_sc, build_sr, sr_uids
@@ -762,9 +762,14 @@ def analyse_hips(
             if metal is not None and metal.reliable
             else None
         )
+        metal_boxes = (
+            [o.box for o in arthroplasty_objects(metal, side_of, side, joints.get(side), ap_view=ap_view)]
+            if metal is not None and metal.reliable
+            else []
+        )
         decisions[side] = decide_implant_on_side(
             triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence,
-            ap_view=ap_view,
+            ap_view=ap_view, metal_boxes=metal_boxes,
         )
     if metal is not None:
         for obj in sorted((o for o in metal.objects if o.box.label == "cup"), key=lambda o: -o.box.score):

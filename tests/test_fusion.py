@@ -217,3 +217,60 @@ def test_without_a_detector_the_side_decision_is_the_plain_union() -> None:
 
     assign = SideAssigner([], (Side.RIGHT,), 800)
     assert decide_implant_on_side(0.9, None, Side.RIGHT, assign, None).present is True
+
+
+# --- metal-only claims on metal the detector boxed as fixation (metal_on_fixation) ---------------
+
+
+def _dhs_seen_by_metal() -> tuple[list[Box], list[Box]]:
+    """Detector: hips and one fracture-hardware box, no cup or stem. Metal finder: a "stem"
+    (the lag screw, barrel and side plate of a sliding hip screw) inside that box."""
+    boxes = [
+        Box(100, 100, 200, 200, "hip_joint_right", 0.9),
+        Box(600, 100, 700, 200, "hip_joint_left", 0.9),
+        Box(110, 110, 230, 420, "other_hardware", 0.62),
+    ]
+    return boxes, [Box(120, 120, 225, 400, "stem", 0.99)]
+
+
+def test_metal_only_stem_on_the_detectors_fixation_box_is_not_reported_but_stated() -> None:
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes, metal_boxes = _dhs_seen_by_metal()
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+    # without the metal boxes (callers that do not pass them) the union stands as before
+    assert decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.99).present is True
+    d = decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.99, metal_boxes=metal_boxes)
+    assert d.present is False and not d.by_metal_only
+    assert d.uncertainty is not None
+    assert "fracture hardware" in d.uncertainty and "0.62" in d.uncertainty and "p=0.29" in d.uncertainty
+    # on a lateral view the same: the detector's cup/stem classes are absent there too
+    assert decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.99, ap_view=False,
+                                  metal_boxes=metal_boxes).present is False
+
+
+def test_metal_on_fixation_rule_keeps_the_union_whenever_another_source_or_place_disagrees() -> None:
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes, metal_boxes = _dhs_seen_by_metal()
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+
+    def present(t: float | None, bx: list[Box], mb: list[Box], metal: float = 0.99) -> bool | None:
+        return decide_implant_on_side(t, bx, Side.RIGHT, SideAssigner(bx, (Side.RIGHT, Side.LEFT), 800), metal,
+                                      metal_boxes=mb).present
+
+    assert present(0.5, boxes, metal_boxes) is True  # triage sees an implant (issue 12's films: p >= 0.99)
+    assert present(None, boxes, metal_boxes) is True  # no triage reading: nothing to agree with
+    # a cup box at the detector's floor is not "no box"
+    assert present(0.29, [*boxes, Box(120, 120, 170, 170, "cup", 0.26)], metal_boxes) is True
+    # metal beside the fixation box (a prosthesis next to a plate)
+    assert present(0.29, boxes, [Box(300, 100, 380, 400, "stem", 0.99)]) is True
+    # one of two metal objects off the fixation box is enough to keep the claim
+    assert present(0.29, boxes, [*metal_boxes, Box(120, 20, 190, 90, "cup", 0.95)]) is True
+    # a fixation box below the detector's floor is no detection
+    weak = [*boxes[:2], replace(boxes[2], score=0.2)]
+    assert present(0.29, weak, metal_boxes) is True
+    # the fixation box must be on this side
+    other_side = [*boxes[:2], Box(560, 110, 720, 420, "other_hardware", 0.62)]
+    assert present(0.29, other_side, metal_boxes) is True
+    assert decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.3, metal_boxes=metal_boxes).present is False

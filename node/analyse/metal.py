@@ -834,6 +834,19 @@ def near_joint(box: Box, joint: Box) -> bool:
             and box.y0 <= joint.y1 + pad and joint.y0 - pad <= box.y1)
 
 
+def _object_kind(o: MetalObject, joint: Box | None, ap_view: bool) -> str:
+    """An object's kind as the side's evidence counts it: a cup, stem or head that does not reach
+    the side's joint, and on an AP view a "stem" above it, count as "other" (see
+    ``arthroplasty_evidence``)."""
+    kind = o.kind
+    if kind in ARTHROPLASTY_KINDS and joint is not None and not near_joint(o.box, joint):
+        kind = "other"
+    if kind == "stem" and ap_view and joint is not None \
+            and o.box.centre.y < joint.centre.y - STEM_MAX_RISE * joint.height:
+        kind = "other"
+    return kind
+
+
 def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side], side: Side,
                           joint: Box | None = None, ap_view: bool = False) -> float:
     """0..1: how strongly the metal on ``side`` looks like a hip arthroplasty.
@@ -850,12 +863,7 @@ def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side
         if side_of(o.box) is not side:
             continue
         t = (o.box.score - 0.5) / 0.5
-        kind = o.kind
-        if kind in ARTHROPLASTY_KINDS and joint is not None and not near_joint(o.box, joint):
-            kind = "other"
-        if kind == "stem" and ap_view and joint is not None \
-                and o.box.centre.y < joint.centre.y - STEM_MAX_RISE * joint.height:
-            kind = "other"
+        kind = _object_kind(o, joint, ap_view)
         if kind in ARTHROPLASTY_KINDS:
             v = 0.9 + 0.1 * t
         elif kind == "other":
@@ -864,3 +872,11 @@ def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side
             v = 0.0
         best = max(best, float(np.clip(v, 0.0, 1.0)))
     return best
+
+
+def arthroplasty_objects(evidence: MetalEvidence, side_of: Callable[[Box], Side], side: Side,
+                         joint: Box | None = None, ap_view: bool = False) -> list[MetalObject]:
+    """The objects on ``side`` that ``arthroplasty_evidence`` counts as a cup, stem or head: the
+    fusion checks where they lie (on fracture hardware the detector boxed, say)."""
+    return [o for o in evidence.objects
+            if side_of(o.box) is side and _object_kind(o, joint, ap_view) in ARTHROPLASTY_KINDS]

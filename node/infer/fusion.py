@@ -271,8 +271,15 @@ def decide_implant_on_side(
     metal: float | None,
     *,
     ap_view: bool = True,
+    metal_boxes: Sequence[Box] = (),
 ) -> ImplantDecision:
     """``decide_implant`` for one side from the detector's boxes (``None``: no detector ran).
+
+    ``metal_boxes``: the metal finder's cup / stem / head objects on that side (what its
+    ``metal`` evidence rests on). Where metal alone claims an arthroplasty - no cup or stem box
+    at the detector's floor, triage below its threshold - and every such object lies on a
+    fracture-hardware box the detector drew on that side (``METAL_ON_FIXATION_COVER``), the claim
+    is not reported and the decision says why (``metal_on_fixation``).
 
     On AP views, where the metal finder read the image and saw nothing arthroplasty-like on that
     side, a cup or stem box scoring under ``FIXATION_MAX_SCORE`` and lying on the detector's own
@@ -284,6 +291,9 @@ def decide_implant_on_side(
     if boxes is None:
         return decide_implant(triage_probability, None, metal)
     hw = hardware_score(boxes, side, assign)
+    on_fixation = metal_on_fixation(triage_probability, boxes, side, assign, metal, hw, metal_boxes)
+    if on_fixation is not None:
+        return on_fixation
     note = None
     if ap_view and metal is not None and metal < METAL_NONE:
         kept, dropped = hardware_score_beside_fixation(boxes, side, assign)
@@ -297,3 +307,49 @@ def decide_implant_on_side(
         return decision
     uncertainty = note if decision.uncertainty is None else f"{decision.uncertainty}; {note}"
     return ImplantDecision(decision.present, decision.probability, uncertainty, decision.by_metal_only)
+
+
+# The metal finder's arthroplasty-like objects on a side are this much covered by the detector's
+# own fracture-hardware box: the detector saw the same metal and named it fixation.
+METAL_ON_FIXATION_COVER = 0.6
+
+
+def metal_on_fixation(
+    triage_probability: float | None,
+    boxes: Sequence[Box],
+    side: Side,
+    assign: SideAssigner,
+    metal: float | None,
+    hardware: float,
+    metal_boxes: Sequence[Box],
+) -> ImplantDecision | None:
+    """A metal-only arthroplasty claim on metal the detector itself boxed as fracture hardware,
+    with the triage model not seeing an implant: not reported, with the reason (None: the rule
+    does not apply).
+
+    Why: the metal finder tells a stem from a plate by silhouette alone, and a sliding hip screw
+    (lag screw into the head, barrel, side plate) has a stem's outline and a rounded tip for its
+    ball. On dev phantoms (seed 424250, never the bench seed) one such device was reported as an
+    arthroplasty by metal alone (triage p 0.29, no cup or stem box) while the detector boxed it as
+    ``other_hardware`` at 0.62. Every learned opinion then says "fixation, not arthroplasty";
+    metal that lies anywhere else, or any cup/stem box at the floor, or triage at 0.5, keeps the
+    union (a prosthesis the models missed - triage >= 0.99 on the films behind issue 12 - is
+    still reported).
+    """
+    t = triage_probability
+    if (metal is None or metal < IMPLANT_THRESHOLD or hardware >= DETECTOR_FLOOR or t is None
+            or t >= IMPLANT_THRESHOLD or not metal_boxes):
+        return None
+    fixation = [b for b in boxes if b.label == "other_hardware" and b.score >= DETECTOR_FLOOR and assign(b) is side]
+    if not fixation:
+        return None
+    covers = [max(_covered(m, f) for f in fixation) for m in metal_boxes]
+    if min(covers) < METAL_ON_FIXATION_COVER:
+        return None
+    kinds = " and ".join(sorted({m.label for m in metal_boxes}))
+    best = max(f.score for f in fixation)
+    model = implant_score(t, hardware)
+    note = (f"the metal finder's {kinds}-shaped metal (evidence {metal:.2f}) lies on fracture hardware the detector "
+            f"boxed (score {best:.2f}), the detector found no cup or stem and the triage model did not see one "
+            f"(p={t:.2f}): not reported")
+    return ImplantDecision(False, None if model is None else round(model, 4), note, False)
