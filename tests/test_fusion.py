@@ -244,9 +244,15 @@ def test_metal_only_stem_on_the_detectors_fixation_box_is_not_reported_but_state
     assert d.present is False and not d.by_metal_only
     assert d.uncertainty is not None
     assert "fracture hardware" in d.uncertainty and "0.62" in d.uncertainty and "p=0.29" in d.uncertainty
-    # on a lateral view the same: the detector's cup/stem classes are absent there too
+    # on a lateral view the same while triage is below its threshold
     assert decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.99, ap_view=False,
                                   metal_boxes=metal_boxes).present is False
+    # on an AP view a triage that is not confident does not keep it either ...
+    d = decide_implant_on_side(0.64, boxes, Side.RIGHT, assign, 0.99, metal_boxes=metal_boxes)
+    assert d.present is False and d.uncertainty is not None and "not confident" in d.uncertainty
+    # ... but on a lateral view, where a prosthesis overlaps a plate in projection, it does
+    assert decide_implant_on_side(0.64, boxes, Side.RIGHT, assign, 0.99, ap_view=False,
+                                  metal_boxes=metal_boxes).present is True
 
 
 def test_metal_on_fixation_rule_keeps_the_union_whenever_another_source_or_place_disagrees() -> None:
@@ -259,7 +265,7 @@ def test_metal_on_fixation_rule_keeps_the_union_whenever_another_source_or_place
         return decide_implant_on_side(t, bx, Side.RIGHT, SideAssigner(bx, (Side.RIGHT, Side.LEFT), 800), metal,
                                       metal_boxes=mb).present
 
-    assert present(0.5, boxes, metal_boxes) is True  # triage sees an implant (issue 12's films: p >= 0.99)
+    assert present(0.9, boxes, metal_boxes) is True  # triage is confident (issue 12's films: p >= 0.99)
     assert present(None, boxes, metal_boxes) is True  # no triage reading: nothing to agree with
     # a cup box at the detector's floor is not "no box"
     assert present(0.29, [*boxes, Box(120, 120, 170, 170, "cup", 0.26)], metal_boxes) is True

@@ -291,7 +291,7 @@ def decide_implant_on_side(
     if boxes is None:
         return decide_implant(triage_probability, None, metal)
     hw = hardware_score(boxes, side, assign)
-    on_fixation = metal_on_fixation(triage_probability, boxes, side, assign, metal, hw, metal_boxes)
+    on_fixation = metal_on_fixation(triage_probability, boxes, side, assign, metal, hw, metal_boxes, ap_view=ap_view)
     if on_fixation is not None:
         return on_fixation
     note = None
@@ -312,6 +312,10 @@ def decide_implant_on_side(
 # The metal finder's arthroplasty-like objects on a side are this much covered by the detector's
 # own fracture-hardware box: the detector saw the same metal and named it fixation.
 METAL_ON_FIXATION_COVER = 0.6
+# ... and the triage model is below this: its threshold on lateral and oblique views (where a
+# prosthesis and a plate overlap in projection), "not confident" on AP views
+METAL_ON_FIXATION_MAX_TRIAGE = 0.5
+METAL_ON_FIXATION_MAX_TRIAGE_AP = 0.9
 
 
 def metal_on_fixation(
@@ -322,6 +326,8 @@ def metal_on_fixation(
     metal: float | None,
     hardware: float,
     metal_boxes: Sequence[Box],
+    *,
+    ap_view: bool = True,
 ) -> ImplantDecision | None:
     """A metal-only arthroplasty claim on metal the detector itself boxed as fracture hardware,
     with the triage model not seeing an implant: not reported, with the reason (None: the rule
@@ -329,16 +335,19 @@ def metal_on_fixation(
 
     Why: the metal finder tells a stem from a plate by silhouette alone, and a sliding hip screw
     (lag screw into the head, barrel, side plate) has a stem's outline and a rounded tip for its
-    ball. On dev phantoms (seed 424250, never the bench seed) one such device was reported as an
-    arthroplasty by metal alone (triage p 0.29, no cup or stem box) while the detector boxed it as
-    ``other_hardware`` at 0.62. Every learned opinion then says "fixation, not arthroplasty";
-    metal that lies anywhere else, or any cup/stem box at the floor, or triage at 0.5, keeps the
-    union (a prosthesis the models missed - triage >= 0.99 on the films behind issue 12 - is
-    still reported).
+    ball; the triage model, which sees the whole image, also calls such a device an implant at
+    p 0.3-0.9 on a style it was not trained on. On dev phantoms (voxel seeds 424240-424260, never
+    the bench seed) the rule's condition held on 6 sides: the 4 on AP views were all fixation
+    devices (triage 0.00-0.64); of 2 on lateral/oblique views one was a cemented prosthesis
+    (triage 0.83) boxed as hardware where it overlaps a plate in projection, hence the lower
+    triage limit there (``METAL_ON_FIXATION_MAX_TRIAGE``). Metal that lies anywhere else, any
+    cup/stem box at the detector's floor, or a confident triage keeps the union: the prostheses
+    the models missed on the films behind issue 12 came with triage >= 0.99 and no box at all.
     """
     t = triage_probability
+    limit = METAL_ON_FIXATION_MAX_TRIAGE_AP if ap_view else METAL_ON_FIXATION_MAX_TRIAGE
     if (metal is None or metal < IMPLANT_THRESHOLD or hardware >= DETECTOR_FLOOR or t is None
-            or t >= IMPLANT_THRESHOLD or not metal_boxes):
+            or t >= limit or not metal_boxes):
         return None
     fixation = [b for b in boxes if b.label == "other_hardware" and b.score >= DETECTOR_FLOOR and assign(b) is side]
     if not fixation:
@@ -349,7 +358,8 @@ def metal_on_fixation(
     kinds = " and ".join(sorted({m.label for m in metal_boxes}))
     best = max(f.score for f in fixation)
     model = implant_score(t, hardware)
+    triage_said = "did not see one" if t < IMPLANT_THRESHOLD else "is not confident of one"
     note = (f"the metal finder's {kinds}-shaped metal (evidence {metal:.2f}) lies on fracture hardware the detector "
-            f"boxed (score {best:.2f}), the detector found no cup or stem and the triage model did not see one "
+            f"boxed (score {best:.2f}), the detector found no cup or stem and the triage model {triage_said} "
             f"(p={t:.2f}): not reported")
     return ImplantDecision(False, None if model is None else round(model, 4), note, False)
