@@ -142,6 +142,8 @@ class CupMeasurement:
     """Acetabular cup angles for one side of one image.
 
     A measurement that is not trustworthy carries no numbers and a ``refusal_reason`` instead.
+    A partial one - inclination without anteversion, where the film shows the opening's direction
+    but not its width (a head filling the cup) - carries ``anteversion_refusal`` saying why.
     """
 
     side: Side
@@ -155,6 +157,9 @@ class CupMeasurement:
     quality: float = 0.0  # 0..1, fit quality
     refusal_reason: str | None = None
     flagged: bool = False  # e.g. horizontal reference used as a last resort
+    anteversion_refusal: str | None = None  # inclination measured, anteversion not: why
+    # inclination only: the opening's long axis (the rim's two ends), what it was measured on
+    opening_line: tuple[Point, Point] | None = None
 
 
 @dataclass(frozen=True)

@@ -897,7 +897,7 @@ def _payload(findings: SeriesFindings) -> dict[str, Any]:
                         "implant": h.implant_present,
                         "inclination_deg": h.cup.inclination_deg if h.cup else None,
                         "anteversion_deg": h.cup.anteversion_deg if h.cup else None,
-                        "refusal": h.cup.refusal_reason if h.cup else None,
+                        "refusal": (h.cup.refusal_reason or h.cup.anteversion_refusal) if h.cup else None,
                         "morphology": {f.name: round(f.probability, 4) for f in h.morphology},
                         "implant_probability": h.implant_probability,
                         "joint_box": None if h.joint_box is None else [

@@ -172,6 +172,23 @@ def _flagged_horizontal() -> tuple[SeriesFindings, list[Dataset], dict[str, obje
     return _series([image]), [_source(1)], {}
 
 
+def _inclination_only() -> tuple[SeriesFindings, list[Dataset], dict[str, object]]:
+    """AP hip with a resurfacing cup whose head hides the rim: inclination only, drawn on the
+    opening's long axis, anteversion refused with the reason."""
+    cup = CupMeasurement(side=Side.LEFT, inclination_deg=47.3, anteversion_deg=None,
+                         inclination_reference="inter-teardrop line", anteversion_method="Lewinnek",
+                         reference_line=(Point(40.0, 300.0), Point(470.0, 296.0)), quality=0.0,
+                         anteversion_refusal="the femoral head fills the cup (its outline runs at 87% of the cup's "
+                                             "radius next to both ends of the opening): the rim is hidden behind it",
+                         opening_line=(Point(300.0, 160.0), Point(350.0, 214.0)))
+    hip = HipFindings(side=Side.LEFT, implant_present=True, implant_probability=0.99, cup=cup,
+                      cup_box=Box(290, 140, 370, 220, "cup", 0.9),
+                      joint_box=Box(270, 120, 390, 250, "hip_joint_left", 0.9))
+    image = ImageFindings(sop_uid(1), CR_IMAGE_STORAGE, view=View.AP_HIP, view_probability=0.9,
+                          imaged_sides=(Side.LEFT,), hips=[hip])
+    return _series([image]), [_source(1)], {}
+
+
 def _nothing_to_draw() -> tuple[SeriesFindings, list[Dataset], dict[str, object]]:
     """Every object screened out (a chest radiograph and a PDF): no Imaging Measurements at all."""
     pdf = make_non_image(7)
@@ -186,6 +203,7 @@ CASES: dict[str, Callable[[], tuple[SeriesFindings, list[Dataset], dict[str, obj
     "native-morphology+lateral-cup": _native_and_lateral_cup,
     "child-not-assessed": _child,
     "flagged-horizontal-reference": _flagged_horizontal,
+    "inclination-only-cup": _inclination_only,
     "nothing-to-draw": _nothing_to_draw,
 }
 
@@ -225,3 +243,30 @@ def test_validator_check_can_fail(tmp_path: Path) -> None:
     procedure.ConceptCodeSequence[0].CodeMeaning = "Plain radiography"
     result = pixelmed(write(sr, tmp_path / "sr.dcm"))
     assert any("not found in context group 100" in e for e in result.errors), result.errors
+
+
+def test_inclination_only_cup_is_drawn_on_its_opening_and_says_why_no_anteversion() -> None:
+    """A cup whose head hides the rim keeps its inclination in the SR, on a group drawn with the
+    opening's long axis, no anteversion NUM, and the reason as a comment."""
+    findings, sources, _ = _inclination_only()
+    sr = build_sr(findings, sources, models=MODELS)
+
+    def texts(ds: Dataset) -> list[str]:
+        out = []
+        for item in ds.get("ContentSequence", []):
+            if item.ValueType == "TEXT":
+                out.append(str(item.TextValue))
+            out.extend(texts(item))
+        return out
+
+    assert any(t.startswith("Cup anteversion not reported (inclination is): the femoral head fills the cup")
+               for t in texts(sr)), texts(sr)
+    (measurements,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    cups = [g for g in measurements.ContentSequence
+            if any(i.ValueType == "TEXT" and str(i.TextValue).endswith("acetabular cup")
+                   for i in g.ContentSequence)]
+    assert len(cups) == 1, [g.ContentSequence for g in measurements.ContentSequence]
+    nums = [i for i in cups[0].ContentSequence if i.ValueType == "NUM"]
+    assert [float(n.MeasuredValueSequence[0].NumericValue) for n in nums] == [47.3]
+    (region,) = [i for i in cups[0].ContentSequence if i.ValueType == "SCOORD"]
+    assert region.GraphicType == "POLYLINE" and len(region.GraphicData) == 4

@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -240,6 +240,9 @@ class CupFit:
     box_iou: float = 0.0  # overlap of the modelled silhouette's bounding box with the cup box
     gap_turn_deg: float = 0.0  # angle between the rim's minor axis and the dome's gap direction
     head_fills_shell: bool = False  # a head (or resurfacing cap) of nearly the shell's size hides the rim
+    # a filled cup: the opening's direction from where the outline leaves the dome at both ends
+    # of the opening (``_opening_from_outline``), unit vector, to check the dome's gap against
+    outline_opening_dir: tuple[float, float] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,6 +703,54 @@ def _filling_head(
     return rho
 
 
+def _opening_from_outline(
+    smooth: NDArray[np.float32], cx: float, cy: float, R: float, gap_dir: float, head_r: float
+) -> float | None:
+    """Direction (rad) of a filled cup's opening from its silhouette, independently of
+    ``_dome_side``'s sector count: the outline's radius, read every 0.5° from 115° either side of
+    the gap, falls from the dome's radius to the head's across the rim's two ends; the opening
+    faces midway between the two angles where it crosses the middle radius (the rim ellipse and
+    the concentric head are symmetric about the cup's axis). The outline on each ray is the
+    outermost point still above the level midway between the metal inside (0.5-0.65 R) and the
+    background outside (beyond 1.12 R). ``None`` when either crossing is not found."""
+    r = np.arange(0.5 * R, 1.25 * R, 0.25)
+    d = np.radians(np.arange(-115.0, 115.01, 0.5))
+    th = gap_dir + d
+    xs = (cx + r[None, :] * np.cos(th)[:, None]).astype(np.float32)
+    ys = (cy + r[None, :] * np.sin(th)[:, None]).astype(np.float32)
+    prof = sample_bilinear(smooth, xs, ys)
+    inside = np.median(prof[:, (r >= 0.5 * R) & (r <= 0.65 * R)], axis=1)
+    outside = np.median(prof[:, r >= 1.12 * R], axis=1)
+    half = 0.5 * (inside + outside)
+    rad = np.full(len(d), np.nan)
+    for i in range(len(d)):
+        above = np.flatnonzero(prof[i] >= half[i])
+        if above.size == 0 or above[-1] + 1 >= len(r) or inside[i] <= outside[i]:
+            continue
+        j = int(above[-1])
+        p0, p1 = float(prof[i, j]), float(prof[i, j + 1])
+        rad[i] = r[j] + 0.25 * ((p0 - half[i]) / (p0 - p1) if p0 != p1 else 0.0)
+    level = 0.5 * (R + head_r)
+
+    def crossing(order: range) -> float | None:
+        prev: int | None = None
+        for k in order:
+            if not np.isfinite(rad[k]):
+                continue
+            if rad[k] < level:
+                if prev is None:
+                    return None
+                t = (rad[prev] - level) / (rad[prev] - rad[k])
+                return float(d[prev] + t * (d[k] - d[prev]))
+            prev = k
+        return None
+
+    lo, hi = crossing(range(len(d))), crossing(range(len(d) - 1, -1, -1))
+    if lo is None or hi is None:
+        return None
+    return gap_dir + 0.5 * (lo + hi)
+
+
 def _off_head(pts: FloatArray, head: tuple[float, float, float] | None, tol: float) -> NDArray[np.bool_]:
     """True for points outside the head's disc and clear of its outline by ``tol`` (all of them
     when there is no head).
@@ -1039,7 +1090,12 @@ def _fit_from_circle(
         return _refuse(base, "no contrast at the cup outline")
     filling = _filling_head(smooth, ccx, ccy, R, gap_dir, dome_step)
     if filling is not None:
-        return _refuse(replace(base, head_fills_shell=True),
+        # the opening's direction still shows - the dome's outline ends where the rim begins, at
+        # both ends of the opening - and with it the inclination (``_measure_fit``); only the
+        # rim's width, hence anteversion, is hidden
+        lip = _opening_from_outline(smooth, ccx, ccy, R, gap_dir, filling)
+        return _refuse(replace(base, head_fills_shell=True, opening_dir=(math.cos(gap_dir), math.sin(gap_dir)),
+                               outline_opening_dir=None if lip is None else (math.cos(lip), math.sin(lip))),
                        f"the femoral head fills the cup (its outline runs at {filling / R:.0%} of the cup's radius "
                        "next to both ends of the opening): the rim is hidden behind it")
     theta0 = gap_dir + math.pi / 2.0
@@ -1227,6 +1283,7 @@ def _refuse(fit: CupFit, reason: str) -> CupFit:
         box_iou=fit.box_iou,
         gap_turn_deg=fit.gap_turn_deg,
         head_fills_shell=fit.head_fills_shell,
+        outline_opening_dir=fit.outline_opening_dir,
     )
 
 
@@ -1903,6 +1960,8 @@ def _measure_fit(
 
     if view not in (View.AP_PELVIS, View.AP_HIP, View.LATERAL_HIP):
         return refuse(f"cup angles are not measured on a {view.value} view")
+    if fit.head_fills_shell and fit.opening_dir is not None and not lateral_view:
+        return _inclination_only(fit, side, ref, flagged, refuse)
     if fit.refusal_reason is not None or fit.ellipse is None or fit.opening_dir is None:
         return refuse(fit.refusal_reason or "no rim ellipse")
     e = fit.ellipse
@@ -1940,6 +1999,64 @@ def _measure_fit(
         reference_line=ref_pts,
         quality=fit.quality,
         flagged=flagged,
+    )
+
+
+# A cup whose head fills it is read for inclination when its dome outline covers at least this
+# arc, and when the opening's direction from the dome's gap (``_dome_side``) and from the
+# outline's crossings (``_opening_from_outline``) agree within this many degrees.
+FILLED_MIN_DOME_SPAN_DEG = 150.0
+FILLED_MAX_DISAGREEMENT_DEG = 3.0
+
+
+def _inclination_only(fit: CupFit, side: Side, ref: ReferenceLine, flagged: bool,
+                      refuse: Callable[[str], CupMeasurement]) -> CupMeasurement:
+    """Inclination of a cup whose rim a filling head hides (resurfacing, large metal heads).
+
+    On an AP film the rim ellipse's long axis is perpendicular to the projected cup axis
+    whatever the anteversion, so the direction of the opening - the middle of the gap the dome
+    outline leaves between the rim's two ends - gives the radiographic inclination on its own;
+    the ellipse's width, which gives anteversion, lies behind the head. The direction is read
+    two ways - the middle of the gap the dome leaves, and midway between where the outline
+    crosses from the dome's radius to the head's - and taken halfway between them only when
+    they agree (``FILLED_MAX_DISAGREEMENT_DEG``) on a dome seen over most of its half
+    (``FILLED_MIN_DOME_SPAN_DEG``). On three dev sets (voxel seeds 424242 / 424243, analytic
+    424242; never the bench seed) 52 of 67 such cups were read, inclination MAE 1.2°, worst
+    3.7°; without those checks the worst were 12° and 30° off (one a cemented cup whose head was
+    taken for the shell). Inclination is what metal-on-metal surveillance asks of an AP film;
+    anteversion is refused with the reason. A point-source correction is not applied (it needs
+    the ellipse).
+    """
+    assert fit.opening_dir is not None and fit.refusal_reason is not None
+    gap = math.atan2(fit.opening_dir[1], fit.opening_dir[0])
+    lip = None if fit.outline_opening_dir is None else math.atan2(fit.outline_opening_dir[1],
+                                                                  fit.outline_opening_dir[0])
+    turn = None if lip is None else (lip - gap + math.pi) % (2.0 * math.pi) - math.pi
+    if fit.dome_span_deg < FILLED_MIN_DOME_SPAN_DEG or turn is None \
+            or abs(math.degrees(turn)) > FILLED_MAX_DISAGREEMENT_DEG:
+        return refuse(f"{fit.refusal_reason}; the opening's direction is not clear enough for the inclination "
+                      "either")
+    opening = gap + 0.5 * turn
+    n = np.array([math.cos(opening), math.sin(opening), 0.0])
+    ri, _ = angles_from_axis(n, ref, side)
+    if ri < MIN_INCLINATION_DEG or ri > MAX_INCLINATION_DEG:
+        return refuse(f"cup opening points the wrong way for the {side.name.lower()} hip (side mislabelled?)")
+    line = None
+    if fit.dome_centre is not None and fit.dome_radius_px is not None:
+        c, r = fit.dome_centre, fit.dome_radius_px
+        px, py = -math.sin(opening), math.cos(opening)
+        line = (Point(c.x - r * px, c.y - r * py), Point(c.x + r * px, c.y + r * py))
+    return CupMeasurement(
+        side=side,
+        inclination_deg=round(ri, 2),
+        anteversion_deg=None,
+        inclination_reference=ref.method,
+        anteversion_method=LEWINNEK,
+        reference_line=ref.as_points(),
+        quality=fit.quality,
+        flagged=flagged,
+        anteversion_refusal=fit.refusal_reason,
+        opening_line=line,
     )
 
 

@@ -76,6 +76,8 @@ def hip_text(hip: HipFindings) -> str:
             parts.append(f"AV {cup.anteversion_deg:.1f} deg ({cup.anteversion_method})")
         if cup.refusal_reason:
             parts.append("cup not measured")
+        if cup.anteversion_refusal:
+            parts.append("AV not measured")
     if hip.lateral_centre_edge_deg is not None:
         parts.append(f"LCE {hip.lateral_centre_edge_deg:.1f} deg")
     if hip.tonnis_deg is not None:
@@ -159,6 +161,8 @@ def build_gsps(
         cup = hip.cup
         if cup is not None and cup.ellipse is not None and (cup.inclination_deg is not None or cup.anteversion_deg is not None):
             cup_objects.append(draw(ellipse_polyline_data(cup.ellipse), f"{side} cup rim"))
+        elif cup is not None and cup.opening_line is not None and cup.inclination_deg is not None:
+            cup_objects.append(draw(_pixel(list(cup.opening_line)), f"{side} cup opening"))
         line = cup.reference_line if cup is not None and cup.inclination_deg is not None else None
         if cup is not None and line is not None and line not in lines_drawn:  # AP pelvis: one line, both cups
             lines_drawn.add(line)

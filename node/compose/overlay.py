@@ -224,6 +224,9 @@ def _cup(canvas: _Canvas, cup: CupMeasurement) -> None:
         cv2.ellipse(canvas.rgb, centre, axes, e.angle_deg, 0, 360, colour, canvas.thickness, cv2.LINE_AA)
         a, b = e.major_axis_endpoints()
         cv2.line(canvas.rgb, canvas.pt(a), canvas.pt(b), colour, max(1, canvas.thickness - 1), cv2.LINE_AA)
+    elif cup.opening_line is not None:  # inclination only: the opening's long axis
+        a, b = cup.opening_line
+        cv2.line(canvas.rgb, canvas.pt(a), canvas.pt(b), colour, canvas.thickness, cv2.LINE_AA)
     if cup.reference_line is not None:
         p, q = cup.reference_line
         cv2.line(canvas.rgb, canvas.pt(p), canvas.pt(q), _ORANGE, canvas.thickness, cv2.LINE_AA)
@@ -252,6 +255,8 @@ def _hip_lines(hip: HipFindings) -> list[tuple[str, tuple[int, int, int]]]:
             lines.append((f"AV {cup.anteversion_deg:.1f} deg ({cup.anteversion_method})", colour))
         if cup.refusal_reason:
             lines.append((_clip(f"cup not measured: {cup.refusal_reason}"), _MAGENTA))
+        if cup.anteversion_refusal:
+            lines.append((_clip(f"AV not measured: {cup.anteversion_refusal}"), _MAGENTA))
     if hip.lateral_centre_edge_deg is not None:
         lines.append((f"LCE {hip.lateral_centre_edge_deg:.1f} deg", _WHITE))
     if hip.tonnis_deg is not None:

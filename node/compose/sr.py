@@ -474,6 +474,8 @@ def _cup_comments(cup: CupMeasurement) -> list[str]:
     comments = []
     if cup.refusal_reason:
         comments.append(f"Cup angles not reported: {cup.refusal_reason}")
+    if cup.anteversion_refusal:
+        comments.append(f"Cup anteversion not reported (inclination is): {cup.anteversion_refusal}")
     if cup.flagged:
         comments.append(
             f"Inclination measured against the {cup.inclination_reference}: pelvic landmarks were not "
@@ -589,7 +591,14 @@ def _hip_groups(
     uid = str(source.SOPInstanceUID)
     cup = hip.cup
     cup_values = _cup_measurements(cup, priors) if cup is not None else []
-    if cup is not None and cup_values:
+    if cup is not None and cup_values and cup.ellipse is None and cup.opening_line is not None:
+        # inclination only (a head fills the cup): drawn on the opening's long axis it was read on
+        axis = _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.POLYLINE, _points(list(cup.opening_line)), source)
+        out.append(
+            _group(f"{label}: acetabular cup", (uid, hip.side.value, "cup"), algorithm, source,
+                   side=hip.side, measurements=cup_values, regions=[axis])
+        )
+    elif cup is not None and cup_values:
         if cup.ellipse is None:
             raise ValueError(f"{label}: cup angles without the rim they were measured on (CupMeasurement.ellipse).")
         rim = _region(codes.CUP_RIM, hd.sr.GraphicTypeValues.POLYLINE, ellipse_polyline_data(cup.ellipse), source)

@@ -148,6 +148,7 @@ def score_mixed(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any
 def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]:
     e_inc: list[float] = []
     e_ant: list[float] = []
+    e_inc_only: list[float] = []  # inclination without anteversion (a head fills the cup)
     visible = 0
     refusals: dict[str, int] = {}
     by_design: dict[str, dict[str, Any]] = {}
@@ -163,8 +164,12 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
             design["visible"] += 1
             hip = by_side.get(side)
             cup = hip.cup if hip is not None else None
+            if cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is None:
+                e_inc_only.append(cup.inclination_deg - truth.cup.inclination_deg)
+                design["inclination_only"] = design.get("inclination_only", 0) + 1
             if cup is None or cup.inclination_deg is None or cup.anteversion_deg is None:
-                why = "no cup box" if cup is None else (cup.refusal_reason or "refused").split(" (")[0]
+                why = "no cup box" if cup is None else (
+                    cup.refusal_reason or cup.anteversion_refusal or "refused").split(" (")[0]
                 if hip is not None and not hip.implant_present:
                     why = "implant not found"
                 refusals[why] = refusals.get(why, 0) + 1
@@ -183,11 +188,17 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
         "inclination_worst_deg": round(max(map(abs, e_inc)), 2) if e_inc else None,
         "anteversion_worst_deg": round(max(map(abs, e_ant)), 2) if e_ant else None,
         "not_measured": refusals,
+        # "measured" above means both angles; a cup whose head hides the rim's width may still get
+        # its inclination, scored here on its own
+        "inclination_only": len(e_inc_only),
+        "inclination_only_mae_deg": _mae(e_inc_only),
+        "inclination_only_worst_deg": round(max(map(abs, e_inc_only)), 2) if e_inc_only else None,
+        "cups_with_inclination_fraction": round((len(e_inc) + len(e_inc_only)) / visible, 4) if visible else None,
         # per implant design: some refuse by principle (a head filling the shell hides the rim,
         # an arc marker wire does not mark the opening), so "all designs" mixes two questions
         "per_design": {
             k: {"visible": v["visible"], "measured": v["measured"], "inclination_mae_deg": _mae(v["inc"]),
-                "anteversion_mae_deg": _mae(v["ant"])}
+                "anteversion_mae_deg": _mae(v["ant"]), "inclination_only": v.get("inclination_only", 0)}
             for k, v in sorted(by_design.items())
         },
     }
@@ -232,6 +243,8 @@ TABLE_ROWS = (
     ("implant per side", "implant_per_side_accuracy", "{:.1%}"),
     ("cup recall (IoU 0.5)", "cup_recall_iou50", "{:.1%}"),
     ("visible cups measured", "cups_measured_fraction", "{:.1%}"),
+    ("visible cups with an inclination", "cups_with_inclination_fraction", "{:.1%}"),
+    ("inclination-only MAE (deg)", "inclination_only_mae_deg", "{:.2f}"),
     ("inclination MAE (deg)", "inclination_mae_deg", "{:.2f}"),
     ("anteversion MAE (deg)", "anteversion_mae_deg", "{:.2f}"),
 )
