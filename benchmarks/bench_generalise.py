@@ -48,7 +48,7 @@ def targets_met(figures: dict[str, Any]) -> dict[str, bool | None]:
 # the first pair bundled before issue 12 and the pair before the current one.
 BASELINES: tuple[tuple[str, str, str], ...] = (
     ("triage 1.2.0 + detector 1.1.0 (before issue 12)", "triage/1.2.0", "detector/1.1.0"),
-    ("triage 2.0.0 + detector 2.0.0 (the previous bundled pair)", "triage/2.0.0", "detector/2.0.0"),
+    ("triage 2.1.0 + detector 2.1.0 (the previous bundled pair)", "triage/2.1.0", "detector/2.1.0"),
 )
 # held-out figures quoted as ratios against each baseline
 RATIO_KEYS = ("implant_per_side_accuracy", "lateral_accuracy", "cups_measured_fraction", "view_accuracy")
