@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-AREAS = ("receive", "phantom", "infer", "analyse", "generalise", "e2e", "import")
+AREAS = ("receive", "phantom", "infer", "analyse", "generalise", "e2e", "import", "import_resume")
 
 
 def main() -> int:

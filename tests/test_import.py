@@ -7,6 +7,7 @@ and the same export as an uninterrupted import; files done before the kill are n
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,34 @@ def test_import_analyses_and_summarises(archive: Path, reference: tuple[Path, su
     assert len(results) == len(contents["results"])  # every result written under --out
 
 
+@contextlib.contextmanager
+def stand_ins(paths: list[str], held: Path) -> Iterator[None]:
+    """Swap each file for a zero-filled, mode-0 stand-in of the same size and mtime (what the
+    import manifest compares), the original inode kept aside under ``held`` (hard link) and put
+    back on exit. A file read through its stand-in is refused as corrupt (or denied), also when
+    the reader is root, for whom mode 0 alone changes nothing."""
+    swapped: list[tuple[Path, Path]] = []
+    try:
+        for i, name in enumerate(paths):
+            path = Path(name)
+            st = path.stat()
+            keep = held / f"{i:06d}"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, keep)
+            stand_in = path.with_name(path.name + ".stand-in")
+            with open(stand_in, "wb") as f:
+                f.truncate(st.st_size)
+            os.utime(stand_in, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.chmod(stand_in, 0)
+            os.replace(stand_in, path)  # the original inode lives on under `keep`
+            swapped.append((path, keep))
+        yield
+    finally:
+        for path, keep in swapped:
+            os.replace(keep, path)
+        shutil.rmtree(held, ignore_errors=True)
+
+
 def test_import_killed_halfway_and_restarted_matches_uninterrupted(
     archive: Path, reference: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
@@ -214,14 +244,10 @@ def test_import_killed_halfway_and_restarted_matches_uninterrupted(
         recorded_before = {p for (p,) in con.execute("SELECT path FROM file")}
     assert recorded_before, "nothing was recorded before the kill"
 
-    # the restart must not open the files done before: make them unreadable, keep size / mtime
-    for p in recorded_before:
-        os.chmod(p, 0)
-    try:
+    # the restart must not open the files done before: each is swapped for an unreadable,
+    # zero-filled stand-in of the same size and mtime (mode 0 alone does not stop root)
+    with stand_ins(sorted(recorded_before), tmp_path / "held-back"):
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    finally:
-        for p in recorded_before:
-            os.chmod(p, 0o644)
     assert second.returncode == 1, second.stdout + second.stderr  # the corrupt files, as before
     assert "Permission denied" not in second.stdout + second.stderr
     assert registry_contents(config) == registry_contents(ref_config)
