@@ -277,7 +277,7 @@ def decide_implant_on_side(
 
     ``metal_boxes``: the metal finder's cup / stem / head objects on that side (what its
     ``metal`` evidence rests on). Where metal alone claims an arthroplasty - no cup or stem box
-    at the detector's floor, triage below its threshold - and every such object lies on a
+    at the detector's floor, triage below 0.5 (0.9 on AP views) - and every such object lies on a
     fracture-hardware box the detector drew on that side (``METAL_ON_FIXATION_COVER``), the claim
     is not reported and the decision says why (``metal_on_fixation``).
 
@@ -330,8 +330,8 @@ def metal_on_fixation(
     ap_view: bool = True,
 ) -> ImplantDecision | None:
     """A metal-only arthroplasty claim on metal the detector itself boxed as fracture hardware,
-    with the triage model not seeing an implant: not reported, with the reason (None: the rule
-    does not apply).
+    with the triage model not confident of an implant: not reported, with the reason (None: the
+    rule does not apply).
 
     Why: the metal finder tells a stem from a plate by silhouette alone, and a sliding hip screw
     (lag screw into the head, barrel, side plate) has a stem's outline and a rounded tip for its
