@@ -463,12 +463,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     """Walk, record and analyse an archive (``node.importer``); ``--workers 0`` only records."""
     from node.importer import ImportOptions, format_summary, run_import
 
+    if args.ray_gpus_per_actor is not None and args.ray_gpus_per_actor < 0:
+        print(f"--ray-gpus-per-actor must be >= 0, got {args.ray_gpus_per_actor:g}", file=sys.stderr)
+        return 2
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     db = _database(cfg)
     opts = ImportOptions(
         calling_ae=args.calling_ae, workers=cfg.batching.workers if args.workers is None else args.workers,
-        engine=args.engine, ray_address=args.ray_address,
+        engine=args.engine, ray_address=args.ray_address, ray_gpus_per_actor=args.ray_gpus_per_actor,
         out=args.out, send=args.send, priority=args.priority, manifest=args.manifest,
         progress=not args.no_progress,
     )
@@ -604,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analysis threads (or Ray actors; default: batching.workers, 2); 0: record only")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: actors on a Ray cluster (extra 'ray')")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=None,
+                   help="GPUs each Ray actor asks for (default: 1 with models.provider cuda or tensorrt, else 0; "
+                        "0.5 puts two actors on one GPU)")
     p.add_argument("--out", type=Path, default=None, help="write SR / SC here instead of outputs.root")
     p.add_argument("--send", default=None, metavar="DEST", help="queue the results for this configured destination")
     p.add_argument("--priority", type=int, default=-10, help="job priority (live traffic: 0; larger runs first)")

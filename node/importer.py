@@ -87,6 +87,7 @@ class ImportOptions:
     workers: int = 1  # 0: record only, a running node analyses after its quiet period
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None: a local Ray with ``workers`` CPUs
+    ray_gpus_per_actor: float | None = None  # None: 1 with a GPU provider (models.provider), else 0
     out: Path | None = None  # results root instead of outputs.root
     send: str | None = None  # destination to queue results for
     priority: int = IMPORT_PRIORITY
@@ -424,6 +425,20 @@ class RayWorker:
         return done
 
 
+def ray_actor_options(cfg: Config, opts: ImportOptions) -> dict[str, float]:
+    """Resources each Ray actor asks for: one CPU, and with a GPU provider (``models.provider``
+    cuda or tensorrt) one GPU unless ``--ray-gpus-per-actor`` says otherwise (0.5: two actors
+    share a GPU). Why ask at all: Ray places an actor on a node with the resources it requests
+    and hands it that GPU (``CUDA_VISIBLE_DEVICES``); an actor that asks for none may land on a
+    CPU-only node or see no GPU, and the node then refuses to start its models on the CPU."""
+    gpus = opts.ray_gpus_per_actor
+    if gpus is None:
+        gpus = 0.0 if cfg.models.provider == "cpu" else 1.0
+    if gpus < 0:
+        raise ValueError(f"--ray-gpus-per-actor must be >= 0, got {gpus:g}")
+    return {"num_cpus": 1.0, "num_gpus": float(gpus)} if gpus > 0 else {"num_cpus": 1.0}
+
+
 def _run_ray(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, progress: Progress) -> None:
     """``--engine ray``: ``--workers`` actors claim jobs from the shared registry. On a cluster
     (``--ray-address``) the registry must be PostgreSQL and storage / results shared paths."""
@@ -438,7 +453,8 @@ def _run_ray(cfg: Config, db: Database, opts: ImportOptions, walker: _Walker, pr
             ray.init(num_cpus=max(opts.workers, 1), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1")
     try:
-        actor_cls: Any = ray.remote(num_cpus=1)(RayWorker)
+        resources: dict[str, Any] = dict(ray_actor_options(cfg, opts))
+        actor_cls: Any = ray.remote(**resources)(RayWorker)
         actors = [actor_cls.remote(cfg, i) for i in range(max(opts.workers, 1))]
         inflight: dict[Any, Any] = {a.work.remote(2.0): a for a in actors}
         policy = RetryPolicy.from_config(cfg.jobs)

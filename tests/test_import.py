@@ -297,3 +297,24 @@ def test_ray_engine_gives_the_same_registry_and_export(
             "SELECT json_extract(detail, '$.worker') FROM event WHERE entity = 'job' AND kind = 'claimed'")}
     assert claimers and all(":ray" in w for w in claimers), claimers  # the actors did the work
     assert len({w.rsplit(":", 1)[0] for w in claimers}) == 2, claimers  # both of them
+
+
+def test_ray_actors_ask_for_a_gpu_with_a_gpu_provider(tmp_path: Path) -> None:
+    """No GPU here, so only the request is checked: with models.provider cuda / tensorrt each
+    actor asks Ray for one GPU (Ray then places it on a GPU node and hands it that device), or
+    what --ray-gpus-per-actor says; on the CPU provider none."""
+    from node.importer import ImportOptions, ray_actor_options
+
+    cfg = parse_config({})
+    assert ray_actor_options(cfg, ImportOptions(engine="ray")) == {"num_cpus": 1.0}
+    for provider in ("cuda", "tensorrt"):
+        gpu = parse_config({"models": {"provider": provider}})
+        assert ray_actor_options(gpu, ImportOptions(engine="ray")) == {"num_cpus": 1.0, "num_gpus": 1.0}
+        assert ray_actor_options(gpu, ImportOptions(engine="ray", ray_gpus_per_actor=0.5))["num_gpus"] == 0.5
+        assert ray_actor_options(gpu, ImportOptions(engine="ray", ray_gpus_per_actor=0)) == {"num_cpus": 1.0}
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ray_actor_options(cfg, ImportOptions(engine="ray", ray_gpus_per_actor=-1))
+    config = _config(tmp_path, "gpus")
+    done = subprocess.run(_hipnode(config, "import", str(tmp_path), "--engine", "ray", "--ray-gpus-per-actor", "-1"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--ray-gpus-per-actor must be >= 0" in done.stderr, done.stdout + done.stderr
