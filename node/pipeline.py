@@ -757,16 +757,11 @@ def analyse_hips(
     decisions: dict[Side, ImplantDecision] = {}
     metal_cups: dict[Side, Box] = {}
     for side in triage.imaged_sides:
-        evidence = (
-            arthroplasty_evidence(metal, side_of, side, joints.get(side), ap_view=ap_view)
-            if metal is not None and metal.reliable
-            else None
-        )
-        metal_boxes = (
-            [o.box for o in arthroplasty_objects(metal, side_of, side, joints.get(side), ap_view=ap_view)]
-            if metal is not None and metal.reliable
-            else []
-        )
+        evidence: float | None = None
+        metal_boxes: list[Box] = []
+        if metal is not None and metal.reliable:
+            evidence = arthroplasty_evidence(metal, side_of, side, joints.get(side), ap_view=ap_view)
+            metal_boxes = [o.box for o in arthroplasty_objects(metal, side_of, side, joints.get(side), ap_view=ap_view)]
         decisions[side] = decide_implant_on_side(
             triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence,
             ap_view=ap_view, metal_boxes=metal_boxes,
