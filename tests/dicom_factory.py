@@ -102,6 +102,20 @@ def make_image(
     return ds
 
 
+def make_result_stub() -> Dataset:
+    """The least a result object needs to be written by ``Pipeline._write``: an SR SOP class,
+    fresh instance and series UIDs and a file meta header (no content)."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
 def write(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM Part 10 file (preamble + file meta) and return ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,23 +73,13 @@ def test_two_writers_of_one_result_never_share_a_temporary_file(db: Database, tm
     temporary name per process the second rename would find the file gone."""
     import os
 
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     import node.pipeline as pl
+    from tests.dicom_factory import make_result_stub
 
     cfg = parse_config({"outputs": {"root": str(tmp_path / "results")}})
     models: Any = object()
     pipeline = Pipeline(cfg, db, models=models)
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
-    ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = make_result_stub()
 
     both_written = threading.Barrier(2, timeout=10)
     real_replace = os.replace

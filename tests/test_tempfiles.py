@@ -15,14 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node import tempfiles
 from node.config import parse_config
 from node.receive.storage import InstanceStore
+from tests.dicom_factory import make_result_stub
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR = 3600.0
@@ -99,18 +97,6 @@ def test_a_reused_pid_does_not_keep_a_dead_writers_file(tmp_path: Path) -> None:
     assert not tempfiles.is_stale(mine) and tempfiles.is_stale(reused)
 
 
-def _result() -> pydicom.Dataset:
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
-    ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return ds
-
-
 def test_a_result_write_interrupted_leaves_no_temp_file_and_temps_live_in_staging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,12 +114,12 @@ def test_a_result_write_interrupted_leaves_no_temp_file_and_temps_live_in_stagin
 
     monkeypatch.setattr(pl.os, "replace", interrupted)
     with pytest.raises(JobTimeLimit):
-        pipeline._write(_result())
+        pipeline._write(make_result_stub())
     (tmp,) = seen
     assert tmp.parent == tmp_path / "results" / tempfiles.STAGING_DIR
     assert not tmp.exists(), "the interrupted write left its temp file"
     monkeypatch.setattr(pl.os, "replace", real_replace)
-    rel = pipeline._write(_result())
+    rel = pipeline._write(make_result_stub())
     assert (tmp_path / "results" / rel).is_file()
     assert [p.name for p in (tmp_path / "results" / tempfiles.STAGING_DIR).iterdir()] == []
 
