@@ -60,7 +60,7 @@ from node.infer.fusion import (
     joint_candidates_for_ap_pelvis,
 )
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
-from node.infer.triage import TriageModel, TriageResult, confirm_uncertain_view
+from node.infer.triage import TriageModel, TriageResult, confirm_uncertain_view, side_from_header
 from node.pixels import (
     Radiograph,
     float_tag,
@@ -327,10 +327,14 @@ class Pipeline:
         if triage is None:
             findings.screen_detail = "no triage model configured"
             return findings
+        findings.metadata_mismatches = metadata_mismatches(ds, triage.view, triage.imaged_sides)
+        triage, side_note = side_from_header(
+            triage, str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or ""))
+        if side_note:
+            findings.notes.append(side_note)
         findings.view = triage.view
         findings.view_probability = triage.view_probability
         findings.imaged_sides = triage.imaged_sides
-        findings.metadata_mismatches = metadata_mismatches(ds, triage.view, triage.imaged_sides)
         if triage.view is View.OTHER:
             findings.screened_out = ScreenReason.NOT_HIP
             findings.screen_detail = (
@@ -821,6 +825,15 @@ def analyse_hips(
                 geometry=geometry,
                 wire=wire,
             )
+            alt = metal_cups.get(side)
+            if (hip.cup.refusal_reason is not None and hip.cup.refusal_reason.startswith(BOX_REFUSALS)
+                    and wire is None and alt is not None and _box_overlap(alt, hip.cup_box) < METAL_CUP_RETRY_MAX_IOU):
+                retry = measure_cup(image, alt, side, triage.view, reference=reference,
+                                    pixel_spacing_mm=pixel_spacing_mm, stem_boxes=stems, geometry=geometry)
+                if retry.refusal_reason is None:
+                    hip.notes.append(f"Cup measured in the metal finder's cup outline (in the detector's cup box: "
+                                     f"{hip.cup.refusal_reason})")
+                    hip.cup_box, hip.cup = alt, retry
         if not hip.implant_present and hip.joint_box is not None and ap_view:
             # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.
             dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)
@@ -852,6 +865,23 @@ def analyse_hips(
             hip.notes.append(contradiction)
         hips.append(hip)
     return hips, heatmaps
+
+
+# The metal finder's cup box is tried after a refused fit only where it differs from the box
+# that was refused (below this IoU); the same box would give the same answer.
+METAL_CUP_RETRY_MAX_IOU = 0.9
+# ... and only after a refusal that blames the box (the outline found is fine but the box does
+# not fit it); after any other refusal a second box finds the same unreadable rim (dev voxel
+# phantoms: a resurfacing cup "too little rim visible" in one box was read 32° off in the other)
+BOX_REFUSALS = ("cup outline does not match the cup box", "rim ellipse reaches beyond the cup box")
+
+
+def _box_overlap(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+    iy = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+    union = a.width * a.height + b.width * b.height - ix * iy
+    return ix * iy / union if union > 0 else 0.0
 
 
 def _place_heatmap(heat: np.ndarray, region: Box, shape: tuple[int, ...]) -> np.ndarray:

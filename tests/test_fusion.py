@@ -72,6 +72,10 @@ from node.infer.fusion import decide_implant  # noqa: E402
         (0.90, 0.00, 0.00, False, True),  # triage alone: not an implant, but stated
         (0.90, 0.00, None, False, True),  # no usable metal reading: the old rule, stated
         (0.05, 0.80, 0.00, True, True),  # detector box, no metal anywhere: stated
+        (0.05, 0.60, 0.00, False, True),  # an unsure detector box that triage and metal both deny: outvoted, stated
+        (0.45, 0.79, 0.45, False, True),  # ... however close the other two come to 0.5
+        (0.55, 0.60, 0.00, True, True),  # triage agrees with the box: reported, the metal's silence stated
+        (0.05, 0.60, None, True, False),  # no usable metal reading: two sources only, the box stands
         (0.05, 0.00, 0.30, False, True),  # ambiguous metal
         (None, None, None, None, False),  # nothing to decide with
     ],
@@ -83,6 +87,12 @@ def test_union_with_metal(p: float | None, hw: float | None, metal: float | None
     assert (d.uncertainty is not None) is uncertain, d.uncertainty
     if present:
         assert d.probability is not None and d.probability >= 0.5
+
+
+def test_an_outvoted_detector_box_is_stated_with_all_three_sources() -> None:
+    d = decide_implant(0.12, 0.66, 0.0)
+    assert d.present is False and d.uncertainty is not None
+    assert "0.66" in d.uncertainty and "p=0.12" in d.uncertainty and "not reported" in d.uncertainty
 
 
 def test_metal_only_finding_names_its_sources() -> None:

@@ -361,3 +361,25 @@ def test_an_uncertain_hip_view_is_confirmed_only_by_a_confident_hip_joint() -> N
     assert confirmed.implant_probability == {Side.LEFT: 0.9}
     assert note is not None and "p=0.56" in note and "0.77" in note
     assert confirm_uncertain_view(sure, strong) == (sure, None)  # a sure view is left as it is
+
+
+def test_a_laterals_side_comes_from_the_header_and_the_disagreement_is_stated() -> None:
+    import numpy as np
+
+    from node.domain import Side, View
+    from node.infer.triage import decode_triage, side_from_header
+
+    # rows: a lateral the model places on the left, an AP hip on the left, an AP pelvis
+    view = np.array([[0.0, 0.05, 0.9, 0.05, 0.0], [0.0, 0.9, 0.05, 0.05, 0.0], [0.9, 0.05, 0.0, 0.05, 0.0]])
+    side = np.array([[0.3, 0.7], [0.3, 0.7], [0.5, 0.5]])
+    implant = np.array([[0.1, 0.95], [0.1, 0.95], [0.2, 0.3]])
+    lateral, ap_hip, pelvis = decode_triage(view, side, implant)
+    moved, note = side_from_header(lateral, " r ")
+    assert moved.view is View.LATERAL_HIP and moved.imaged_sides == (Side.RIGHT,)
+    assert moved.implant_probability == {Side.RIGHT: 0.95}  # the hip the model saw is the one named
+    assert note is not None and "laterality R" in note and "left hip (p=0.70)" in note
+    assert side_from_header(lateral, "L") == (lateral, None)  # agreement: nothing to say
+    for blank in ("", "B", "U", "X"):
+        assert side_from_header(lateral, blank) == (lateral, None)  # the header does not name one hip
+    assert side_from_header(ap_hip, "R") == (ap_hip, None)  # an AP shows its side: pixels decide
+    assert side_from_header(pelvis, "R") == (pelvis, None)

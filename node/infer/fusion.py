@@ -34,12 +34,15 @@ three sources disagree the decision carries a sentence saying which said what (t
 it as "uncertain: …") instead of silently picking one. The metal finder's "no metal" counts as
 evidence only when it could read the image (``MetalEvidence.reliable``).
 
-Two limits on the union, each stated in the decision when it applies (measured on dev phantoms
+Three limits on the union, each stated in the decision when it applies (measured on dev phantoms
 of both styles, seeds 424240/424250, never the bench seed):
 
 * metal alone, with no cup or stem box at all and the triage model firmly denying an implant
   (``METAL_ONLY_MIN_TRIAGE``), is not reported: such claims were bright femoral heads, cerclage
   rings and stem-like shafts;
+* a cup or stem box the detector is unsure of (below ``DETECTOR_ALONE_MIN_SCORE``) is outvoted
+  when the triage model and a metal finder that read the image both see no arthroplasty (an
+  independently written renderer's native femoral heads and fixation plates, boxed at 0.52-0.76);
 * where the metal finder read the image and found nothing arthroplasty-like on a side, a cup or
   stem box lying on the detector's own "other_hardware" box there is not counted
   (``hardware_score_beside_fixation``): a dynamic hip screw's lag screw or a nail's head screw
@@ -202,6 +205,16 @@ DETECTOR_FLOOR = 0.25
 METAL_ONLY_MIN_TRIAGE = 0.2
 
 
+# A cup or stem box the detector is not sure of (below this score) is outvoted when the triage
+# model and a metal finder that read the image both see no arthroplasty. On an independently
+# written renderer's films (``node.phantom.sketch``, dev seed 424240) the detector boxed native
+# femoral heads, sliding hip screws and plates as cups or stems at 0.52-0.76 with triage <= 0.45
+# and metal evidence < 0.5: 26 sides, all without an arthroplasty; on 1,250 dev sides of three
+# styles no arthroplasty had a detector score in that range with both others below 0.5 (the true
+# ones there came with triage >= 0.69 or metal evidence 1.0).
+DETECTOR_ALONE_MIN_SCORE = 0.8
+
+
 @dataclass(frozen=True)
 class ImplantDecision:
     """Implant present on one side, the score behind it, and why it is uncertain (if it is)."""
@@ -237,6 +250,13 @@ def decide_implant(triage_probability: float | None, hardware: float | None, met
             f"or stem and the triage model did not see one (p={t:.2f}): not reported"
         )
         return ImplantDecision(False, round(model, 4), "; ".join(parts), False)
+    if (present and hardware is not None and detector_says and hw < DETECTOR_ALONE_MIN_SCORE and not metal_says
+            and metal is not None and t is not None and not triage_says):
+        parts.append(
+            f"the detector reports a cup or stem (score {hw:.2f}) but neither the triage model (p={t:.2f}) nor the "
+            f"metal finder (evidence {metal:.2f}) sees an arthroplasty: not reported"
+        )
+        return ImplantDecision(False, round(max(t, metal), 4), "; ".join(parts), False)
     if present:
         if metal_says and (model is None or model < IMPLANT_THRESHOLD):
             by_metal_only = True

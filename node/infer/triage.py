@@ -9,8 +9,9 @@ The triage model is one network with three heads (outputs of the ONNX graph, pro
 * ``implant`` ``(n, 2)`` independent sigmoids (R, L): arthroplasty present on that side. Only the
   imaged side(s) are reported.
 
-Sides are patient sides. The header's Laterality is *not* consulted here (``node.pixels``
-records disagreements); seed 004 found such metadata too unreliable to route on.
+Sides are patient sides. The header's Laterality is consulted only on lateral views
+(``side_from_header``); elsewhere ``node.pixels`` records disagreements, as seed 004 found such
+metadata too unreliable to route on.
 """
 
 from __future__ import annotations
@@ -129,6 +130,34 @@ def confirm_uncertain_view(triage: TriageResult, boxes: Sequence[Box]) -> tuple[
     note = (f"View uncertain ({leaned.view.value.replace('_', ' ')} at p={leaned.view_probability:.2f}): "
             f"analysed as such because the detector found a hip joint (score {joint.score:.2f})")
     return leaned, note
+
+
+def side_from_header(triage: TriageResult, laterality: str) -> tuple[TriageResult, str | None]:
+    """On a lateral hip view, the hip the header names (``ImageLaterality`` / ``Laterality``
+    "R" or "L") where the triage head chose the other one; the note says so.
+
+    Why only laterals: an AP view shows which hip it is (the pelvis lies to one side of it), but a
+    cross-table lateral shows one hip from the side and departments display it either way round,
+    so from pixels alone the side is a guess (an independently written renderer's laterals,
+    ``node.phantom.sketch``, drawn either way round: the triage head named the other hip on about
+    half). The radiographer's laterality is then the better source; a disagreement is stated, as
+    every header disagreement is. Elsewhere the header is not routed on (seed 004 found such
+    metadata too unreliable), and the implant probability stays the one the model gave the hip
+    it saw.
+    """
+    tagged = {"R": Side.RIGHT, "L": Side.LEFT}.get(laterality.strip().upper())
+    if triage.view is not View.LATERAL_HIP or tagged is None or triage.imaged_sides == (tagged,):
+        return triage, None
+    seen = triage.imaged_sides[0] if triage.imaged_sides else None
+    p = triage.implant_probability.get(seen) if seen is not None else None
+    moved = replace(triage, imaged_sides=(tagged,), side_probability=None,
+                    implant_probability={} if p is None else {tagged: p})
+    leaned = "" if seen is None else (f"; the model leaned to the {seen.name.lower()} hip"
+                                      + ("" if triage.side_probability is None
+                                         else f" (p={triage.side_probability:.2f})"))
+    note = (f"Side taken from the header (laterality {laterality.strip().upper()}): a lateral view does not show "
+            f"which hip it is{leaned}")
+    return moved, note
 
 
 class TriageModel:

@@ -252,7 +252,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     p.add_argument(
         "--styles",
-        default="analytic,voxel",
+        default="analytic,voxel,sketch",
         help="phantom styles scored side by side with the node's whole analysis (leave-one-style-out: "
         "the models' manifests say which style they trained on); empty to skip",
     )

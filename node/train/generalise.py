@@ -35,12 +35,16 @@ from node.analyse.cup import ProjectionGeometry
 from node.domain import Box, Side, View
 from node.infer.detector import DetectorModel
 from node.infer.nms import box_iou
-from node.infer.triage import TriageModel, confirm_uncertain_view
+from node.infer.triage import TriageModel, confirm_uncertain_view, side_from_header
 
 log = logging.getLogger(__name__)
 
 AP_VIEWS = (View.AP_PELVIS, View.AP_HIP)
 STYLES = ("analytic", "voxel")
+# Styles for evaluation only: ``sketch`` (``node.phantom.sketch``) shares no scene, shapes or
+# implant models with the generator that trains the models; it was written by a separate author
+# who did not read that generator, as an outside tester's renderer would be.
+EVAL_STYLES = (*STYLES, "sketch")
 
 
 @dataclass
@@ -58,6 +62,16 @@ def _render_job(job: tuple[str, str, int, int, int]) -> Rendered:
     from node.train.data import phantom_image01
 
     kind, style, seed, index, rows = job
+    if style == "sketch":
+        from pydicom.dataset import Dataset
+
+        from node.phantom.sketch import render_sketch
+        from node.pixels import normalise
+
+        pixels, truth = render_sketch(kind, seed, index, rows)
+        header = Dataset()
+        header.PhotometricInterpretation = truth.photometric
+        return Rendered(normalise(header, pixels.astype(np.float32)), truth, None)
     rng = np.random.default_rng([seed, index])
     if kind == "cups":
         implants = "unilateral" if rng.random() < 0.4 else "bilateral"
@@ -88,10 +102,23 @@ def _mae(errors: Sequence[float]) -> float | None:
     return round(float(np.mean(np.abs(errors))), 3) if errors else None
 
 
+def lateral_side_from_pixels(items: Sequence[Rendered], triage: TriageModel) -> tuple[float | None, int]:
+    """Share of true laterals on which the triage head, from pixels alone, names the imaged hip
+    (the analysis itself takes a lateral's side from the header: ``side_from_header``)."""
+    laterals = [r for r in items if r.truth.view is View.LATERAL_HIP]
+    results = triage.predict([r.image01 for r in laterals]) if laterals else []
+    ok = [t.imaged_sides == r.truth.imaged_sides for r, t in zip(laterals, results, strict=True)]
+    return _ratio(ok), len(ok)
+
+
 def analyse(
     items: Sequence[Rendered], triage: TriageModel, detector: DetectorModel
 ) -> list[tuple[Any, Any, list[Any]]]:
-    """(triage result, truth, hips) per image through the node's own analysis."""
+    """(triage result, truth, hips) per image through the node's own analysis.
+
+    A lateral's side comes from the laterality its header would carry (the truth's imaged side,
+    as ``node.phantom.dicom`` writes it), as the worker reads it; ``lateral_side_from_pixels``
+    scores the pixels' own answer."""
     from node.pipeline import analyse_hips
 
     images = [r.image01 for r in items]
@@ -101,6 +128,10 @@ def analyse(
     for r, t, (bx, candidates) in zip(items, results, found, strict=True):
         hips: list[Any] = []
         t, _ = confirm_uncertain_view(t, bx)
+        # the laterality a modality writes (``node.phantom.dicom`` does: the imaged side), read
+        # as the worker reads it on a lateral view (``side_from_header``)
+        sides = r.truth.imaged_sides
+        t, _ = side_from_header(t, sides[0].value if len(sides) == 1 else "")
         if t.view is not View.OTHER:
             spacing = r.truth.imager_pixel_spacing_mm
             geo = ProjectionGeometry(r.sid_mm) if r.sid_mm and spacing else None
@@ -215,7 +246,7 @@ def _iou(a: Box, b: Box) -> float:
 def evaluate_styles(
     triage: TriageModel,
     detector: DetectorModel,
-    styles: Sequence[str] = STYLES,
+    styles: Sequence[str] = EVAL_STYLES,
     *,
     mixed: int = 120,
     cups: int = 40,
@@ -232,6 +263,7 @@ def evaluate_styles(
         cup_set = render_set("cups", style, cups, seed + 1, rows, workers)
         progress(f"{style}: rendered {mixed} + {cups} phantoms in {time.perf_counter() - t0:.0f} s")
         figures = score_mixed(analyse(mixed_set, triage, detector))
+        figures["lateral_side_from_pixels"], _ = lateral_side_from_pixels(mixed_set, triage)
         figures.update(score_cups(analyse(cup_set, triage, detector)))
         out["styles"][style] = figures
     return out
@@ -240,6 +272,7 @@ def evaluate_styles(
 TABLE_ROWS = (
     ("view accuracy", "view_accuracy", "{:.1%}"),
     ("laterals recognised", "lateral_accuracy", "{:.1%}"),
+    ("lateral side from pixels (header used)", "lateral_side_from_pixels", "{:.1%}"),
     ("implant per side", "implant_per_side_accuracy", "{:.1%}"),
     ("cup recall (IoU 0.5)", "cup_recall_iou50", "{:.1%}"),
     ("visible cups measured", "cups_measured_fraction", "{:.1%}"),
