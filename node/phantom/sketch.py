@@ -1035,6 +1035,27 @@ def _paint_si_joints(canvas: Canvas, an: Anatomy) -> None:
             - MU_PLATE * 7.0 * np.exp(-(sd_polyline(u, v, line, 0.0) / 1.0) ** 2))
 
 
+def _femur_parts(parts_geo: Sequence[tuple[str, Any, float, float]], u: Arr, v: Arr, ellipse_angle: float,
+                 cut: tuple[Vec, Vec] | None) -> list[tuple[Arr, float, float]]:
+    """Signed distances of a femur's parts (circles, segments, ellipses at ``ellipse_angle``),
+    each with its radius and cortex weight, clipped by the cutting plane of an osteotomy (a
+    prosthesis replaces the head) where there is one. Shared by the AP and the lateral femur."""
+    parts: list[tuple[Arr, float, float]] = []
+    for kind, g, r, tc in parts_geo:
+        if kind == "circ":
+            sd = sd_circle(u, v, g[0], g[1])
+        elif kind == "seg":
+            sd = sd_segment(u, v, g[0], g[1], g[2], g[3])
+        else:
+            sd = sd_ellipse(u, v, g[0], g[1], g[2], ellipse_angle)
+        parts.append((sd, r, tc))
+    if cut is not None:
+        (cx, cy), (nx, ny) = cut
+        plane = -((u - cx) * nx + (v - cy) * ny)
+        parts = [(np.maximum(p, plane), r, tc) for p, r, tc in parts]
+    return parts
+
+
 def _paint_femur(canvas: Canvas, fg: FemurGeom, an: Anatomy, cut: tuple[Vec, Vec] | None, head: bool) -> None:
     """Proximal femur: head, neck, trochanters and shaft as one smooth union.
 
@@ -1064,19 +1085,7 @@ def _paint_femur(canvas: Canvas, fg: FemurGeom, an: Anatomy, cut: tuple[Vec, Vec
     bounds = _bounds(pts, rh + 5)
 
     def fem(u: Arr, v: Arr, t: Arr) -> Arr:
-        parts: list[tuple[Arr, float, float]] = []
-        for kind, g, r, tc in parts_geo:
-            if kind == "circ":
-                sd = sd_circle(u, v, g[0], g[1])
-            elif kind == "seg":
-                sd = sd_segment(u, v, g[0], g[1], g[2], g[3])
-            else:
-                sd = sd_ellipse(u, v, g[0], g[1], g[2], shaft_angle)
-            parts.append((sd, r, tc))
-        if cut is not None:
-            (cx, cy), (nx, ny) = cut
-            plane = -((u - cx) * nx + (v - cy) * ny)
-            parts = [(np.maximum(sd, plane), r, tc) for sd, r, tc in parts]
+        parts = _femur_parts(parts_geo, u, v, shaft_angle, cut)
         val = bone(parts, 4.0 * s, t, 0.2, marrow)
         if an.child:
             d1 = sd_polyline(u, v, physis, 0.0)
@@ -1697,19 +1706,7 @@ def _paint_lateral(canvas: Canvas, scene: SketchScene) -> None:
     fb = _bounds([(0.0, 0.0), L(700.0 * s, sq), L(60.0 * s, 40.0 * s), L(60.0 * s, -40.0 * s)], rh + 5)
 
     def fem(u: Arr, v: Arr, t: Arr) -> Arr:
-        parts = []
-        for kind, g, r, tc in parts_geo:
-            if kind == "circ":
-                sd = sd_circle(u, v, g[0], g[1])
-            elif kind == "seg":
-                sd = sd_segment(u, v, g[0], g[1], g[2], g[3])
-            else:
-                sd = sd_ellipse(u, v, g[0], g[1], g[2], math.degrees(math.atan2(d[1], d[0])))
-            parts.append((sd, r, tc))
-        if cut is not None:
-            (cx, cy), (nx, ny) = cut
-            plane = -((u - cx) * nx + (v - cy) * ny)
-            parts = [(np.maximum(p, plane), r, tc) for p, r, tc in parts]
+        parts = _femur_parts(parts_geo, u, v, math.degrees(math.atan2(d[1], d[0])), cut)
         val = bone(parts, 5.0 * s, t, 0.15)
         if an.child and head:
             val = val * (1.0 - 0.9 * np.exp(-((sd_polyline(u, v, physis, 0.0) / (1.3 * s)) ** 2)))
