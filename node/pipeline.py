@@ -60,10 +60,12 @@ from node.infer.fusion import (
     joint_candidates_for_ap_pelvis,
 )
 from node.infer.morphology import MorphologyEnsemble, select_joint_crops
+from node.infer.nms import pair_iou
 from node.infer.triage import TriageModel, TriageResult, confirm_uncertain_view, side_from_header
 from node.pixels import (
     Radiograph,
     float_tag,
+    header_side,
     load_radiograph,
     metadata_mismatches,
     patient_age_years,
@@ -328,8 +330,7 @@ class Pipeline:
             findings.screen_detail = "no triage model configured"
             return findings
         findings.metadata_mismatches = metadata_mismatches(ds, triage.view, triage.imaged_sides)
-        triage, side_note = side_from_header(
-            triage, str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or ""))
+        triage, side_note = side_from_header(triage, header_side(ds))
         if side_note:
             findings.notes.append(side_note)
         findings.view = triage.view
@@ -827,7 +828,7 @@ def analyse_hips(
             )
             alt = metal_cups.get(side)
             if (hip.cup.refusal_reason is not None and hip.cup.refusal_reason.startswith(BOX_REFUSALS)
-                    and wire is None and alt is not None and _box_overlap(alt, hip.cup_box) < METAL_CUP_RETRY_MAX_IOU):
+                    and wire is None and alt is not None and pair_iou(alt, hip.cup_box) < METAL_CUP_RETRY_MAX_IOU):
                 retry = measure_cup(image, alt, side, triage.view, reference=reference,
                                     pixel_spacing_mm=pixel_spacing_mm, stem_boxes=stems, geometry=geometry)
                 if retry.refusal_reason is None:
@@ -874,14 +875,6 @@ METAL_CUP_RETRY_MAX_IOU = 0.9
 # not fit it); after any other refusal a second box finds the same unreadable rim (dev voxel
 # phantoms: a resurfacing cup "too little rim visible" in one box was read 32° off in the other)
 BOX_REFUSALS = ("cup outline does not match the cup box", "rim ellipse reaches beyond the cup box")
-
-
-def _box_overlap(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes."""
-    ix = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    union = a.width * a.height + b.width * b.height - ix * iy
-    return ix * iy / union if union > 0 else 0.0
 
 
 def _place_heatmap(heat: np.ndarray, region: Box, shape: tuple[int, ...]) -> np.ndarray:

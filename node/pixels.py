@@ -538,6 +538,17 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip().upper() if value is not None else ""
 
 
+def header_laterality(ds: Dataset) -> str:
+    """The header's laterality code, upper case: ImageLaterality, else the series' Laterality
+    ("" when neither says)."""
+    return _text(ds, "ImageLaterality") or _text(ds, "Laterality")
+
+
+def header_side(ds: Dataset) -> Side | None:
+    """The one hip the header names (laterality R or L); None for B, U, blank or anything else."""
+    return _SIDE_CODES.get(header_laterality(ds))
+
+
 def metadata_mismatches(ds: Dataset, view: View, imaged_sides: tuple[Side, ...]) -> list[str]:
     """Human-readable disagreements between the models' decision and the DICOM header.
 
@@ -555,7 +566,7 @@ def metadata_mismatches(ds: Dataset, view: View, imaged_sides: tuple[Side, ...])
             out.append(f"BodyPartExamined is {body} but the image was classified as not a hip radiograph")
         elif view is not View.OTHER and not hip_like:
             out.append(f"BodyPartExamined is {body} but the image was classified as {view.value}")
-    laterality = _text(ds, "ImageLaterality") or _text(ds, "Laterality")
+    laterality = header_laterality(ds)
     tagged = _SIDE_CODES.get(laterality)
     if view in (View.AP_HIP, View.LATERAL_HIP, View.OBLIQUE_HIP) and len(imaged_sides) == 1:
         if tagged is not None and tagged is not imaged_sides[0]:

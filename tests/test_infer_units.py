@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 from onnx import TensorProto, helper
+from pydicom.dataset import Dataset
 
 from node.config import ModelsConfig
 from node.domain import DETECTOR_CLASSES, Side, View
@@ -368,18 +369,31 @@ def test_a_laterals_side_comes_from_the_header_and_the_disagreement_is_stated() 
 
     from node.domain import Side, View
     from node.infer.triage import decode_triage, side_from_header
+    from node.pixels import header_side
 
     # rows: a lateral the model places on the left, an AP hip on the left, an AP pelvis
     view = np.array([[0.0, 0.05, 0.9, 0.05, 0.0], [0.0, 0.9, 0.05, 0.05, 0.0], [0.9, 0.05, 0.0, 0.05, 0.0]])
     side = np.array([[0.3, 0.7], [0.3, 0.7], [0.5, 0.5]])
     implant = np.array([[0.1, 0.95], [0.1, 0.95], [0.2, 0.3]])
     lateral, ap_hip, pelvis = decode_triage(view, side, implant)
-    moved, note = side_from_header(lateral, " r ")
+    moved, note = side_from_header(lateral, header_side(_laterality(image="R ")))
     assert moved.view is View.LATERAL_HIP and moved.imaged_sides == (Side.RIGHT,)
     assert moved.implant_probability == {Side.RIGHT: 0.95}  # the hip the model saw is the one named
     assert note is not None and "laterality R" in note and "left hip (p=0.70)" in note
-    assert side_from_header(lateral, "L") == (lateral, None)  # agreement: nothing to say
+    assert side_from_header(lateral, header_side(_laterality(series="L"))) == (lateral, None)  # agreement
     for blank in ("", "B", "U", "X"):
-        assert side_from_header(lateral, blank) == (lateral, None)  # the header does not name one hip
-    assert side_from_header(ap_hip, "R") == (ap_hip, None)  # an AP shows its side: pixels decide
-    assert side_from_header(pelvis, "R") == (pelvis, None)
+        # the header does not name one hip
+        assert side_from_header(lateral, header_side(_laterality(image=blank))) == (lateral, None)
+    assert side_from_header(ap_hip, Side.RIGHT) == (ap_hip, None)  # an AP shows its side: pixels decide
+    assert side_from_header(pelvis, Side.RIGHT) == (pelvis, None)
+    # ImageLaterality wins over the series' Laterality, as in metadata_mismatches
+    assert header_side(_laterality(image="L", series="R")) is Side.LEFT
+
+
+def _laterality(image: str | None = None, series: str | None = None) -> Dataset:
+    ds = Dataset()
+    if image is not None:
+        ds.ImageLaterality = image
+    if series is not None:
+        ds.Laterality = series
+    return ds

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from node.domain import Box
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of ``(n, 4)`` and ``(m, 4)`` boxes → ``(n, m)``; empty boxes have IoU 0."""
@@ -25,6 +27,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
     return np.asarray(iou, dtype=np.float64)
+
+
+def pair_iou(a: Box, b: Box) -> float:
+    """IoU of two ``Box`` objects (``box_iou`` for one pair)."""
+    return float(box_iou(np.array([[a.x0, a.y0, a.x1, a.y1]]), np.array([[b.x0, b.y0, b.x1, b.y1]]))[0, 0])
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:

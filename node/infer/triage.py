@@ -132,9 +132,10 @@ def confirm_uncertain_view(triage: TriageResult, boxes: Sequence[Box]) -> tuple[
     return leaned, note
 
 
-def side_from_header(triage: TriageResult, laterality: str) -> tuple[TriageResult, str | None]:
-    """On a lateral hip view, the hip the header names (``ImageLaterality`` / ``Laterality``
-    "R" or "L") where the triage head chose the other one; the note says so.
+def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageResult, str | None]:
+    """On a lateral hip view, the hip the header names (``tagged``: ``node.pixels.header_side``,
+    ImageLaterality / Laterality R or L) where the triage head chose the other one; the note
+    says so.
 
     Why only laterals: an AP view shows which hip it is (the pelvis lies to one side of it), but a
     cross-table lateral shows one hip from the side and departments display it either way round,
@@ -145,7 +146,6 @@ def side_from_header(triage: TriageResult, laterality: str) -> tuple[TriageResul
     metadata too unreliable), and the implant probability stays the one the model gave the hip
     it saw.
     """
-    tagged = {"R": Side.RIGHT, "L": Side.LEFT}.get(laterality.strip().upper())
     if triage.view is not View.LATERAL_HIP or tagged is None or triage.imaged_sides == (tagged,):
         return triage, None
     seen = triage.imaged_sides[0] if triage.imaged_sides else None
@@ -155,7 +155,7 @@ def side_from_header(triage: TriageResult, laterality: str) -> tuple[TriageResul
     leaned = "" if seen is None else (f"; the model leaned to the {seen.name.lower()} hip"
                                       + ("" if triage.side_probability is None
                                          else f" (p={triage.side_probability:.2f})"))
-    note = (f"Side taken from the header (laterality {laterality.strip().upper()}): a lateral view does not show "
+    note = (f"Side taken from the header (laterality {tagged.value}): a lateral view does not show "
             f"which hip it is{leaned}")
     return moved, note
 

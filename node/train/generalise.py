@@ -34,7 +34,7 @@ import numpy as np
 from node.analyse.cup import ProjectionGeometry
 from node.domain import Box, Side, View
 from node.infer.detector import DetectorModel
-from node.infer.nms import box_iou
+from node.infer.nms import pair_iou
 from node.infer.triage import TriageModel, confirm_uncertain_view, side_from_header
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def analyse(
         # the laterality a modality writes (``node.phantom.dicom`` does: the imaged side), read
         # as the worker reads it on a lateral view (``side_from_header``)
         sides = r.truth.imaged_sides
-        t, _ = side_from_header(t, sides[0].value if len(sides) == 1 else "")
+        t, _ = side_from_header(t, sides[0] if len(sides) == 1 else None)
         if t.view is not View.OTHER:
             spacing = r.truth.imager_pixel_spacing_mm
             geo = ProjectionGeometry(r.sid_mm) if r.sid_mm and spacing else None
@@ -162,7 +162,7 @@ def score_mixed(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any
                 cup_boxes = [b for b in gt.boxes if b.label == "cup"]
                 true_box = _nearest_box(cup_boxes, truth.cup.ellipse.cx, truth.cup.ellipse.cy)
                 got = hip.cup_box if hip is not None else None
-                cup_found.append(true_box is not None and got is not None and _iou(true_box, got) >= 0.5)
+                cup_found.append(true_box is not None and got is not None and pair_iou(true_box, got) >= 0.5)
     return {
         "images": len(analysed),
         "view_accuracy": _ratio(view_ok),
@@ -237,10 +237,6 @@ def score_cups(analysed: Sequence[tuple[Any, Any, list[Any]]]) -> dict[str, Any]
 
 def _nearest_box(boxes: Sequence[Box], x: float, y: float) -> Box | None:
     return min(boxes, key=lambda b: math.hypot(b.centre.x - x, b.centre.y - y), default=None)
-
-
-def _iou(a: Box, b: Box) -> float:
-    return float(box_iou(np.array([[a.x0, a.y0, a.x1, a.y1]]), np.array([[b.x0, b.y0, b.x1, b.y1]]))[0, 0])
 
 
 def evaluate_styles(
