@@ -290,3 +290,18 @@ def test_metal_on_fixation_rule_keeps_the_union_whenever_another_source_or_place
     other_side = [*boxes[:2], Box(560, 110, 720, 420, "other_hardware", 0.62)]
     assert present(0.29, other_side, metal_boxes) is True
     assert decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.3, metal_boxes=metal_boxes).present is False
+
+
+def test_triage_with_a_weak_box_does_not_outweigh_no_metal_on_an_ap_view() -> None:
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes = [Box(100, 100, 160, 160, "cup", 0.35), Box(90, 90, 200, 200, "hip_joint_right", 0.9)]
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+    d = decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, 0.0)
+    assert d.present is False and d.uncertainty is not None
+    assert "p=0.84" in d.uncertainty and "0.35" in d.uncertainty and "not reported" in d.uncertainty
+    # a confident triage, metal of any shape, no metal reading, or a lateral view: the union stands
+    assert decide_implant_on_side(0.95, boxes, Side.RIGHT, assign, 0.0).present is True
+    assert decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, 0.3).present is True
+    assert decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, None).present is True
+    assert decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, 0.0, ap_view=False).present is True

@@ -397,3 +397,24 @@ def _laterality(image: str | None = None, series: str | None = None) -> Dataset:
     if series is not None:
         ds.Laterality = series
     return ds
+
+
+def test_other_by_a_narrow_margin_over_a_hip_view_is_an_uncertain_hip_view() -> None:
+    import numpy as np
+
+    from node.domain import Box, Side, View
+    from node.infer.triage import confirm_uncertain_view, decode_triage
+
+    # "other" narrowly over AP pelvis; "other" narrowly over a faint hip view; "other" sure
+    view = np.array([[0.48, 0.01, 0.01, 0.01, 0.49], [0.25, 0.1, 0.1, 0.1, 0.45], [0.03, 0.0, 0.0, 0.0, 0.97]])
+    side, implant = np.full((3, 2), 0.5), np.full((3, 2), 0.1)
+    narrow, faint, sure = decode_triage(view, side, implant, min_view_probability=0.6)
+    assert narrow.view is View.OTHER and narrow.uncertain_view is View.AP_PELVIS
+    assert narrow.view_probability == pytest.approx(0.48)
+    assert faint.uncertain_view is None and sure.uncertain_view is None
+    joints = [Box(0, 0, 10, 10, "hip_joint_right", 0.8), Box(50, 0, 60, 10, "hip_joint_left", 0.7)]
+    confirmed, note = confirm_uncertain_view(narrow, joints)
+    assert confirmed.view is View.AP_PELVIS and confirmed.imaged_sides == (Side.RIGHT, Side.LEFT)
+    assert note is not None and "p=0.48" in note
+    assert confirm_uncertain_view(sure, joints) == (sure, None)  # a sure "other" stays other
+    assert decode_triage(view, side, implant)[0].view is View.OTHER  # no minimum: the argmax stands

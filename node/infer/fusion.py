@@ -304,7 +304,9 @@ def decide_implant_on_side(
     On AP views, where the metal finder read the image and saw nothing arthroplasty-like on that
     side, a cup or stem box scoring under ``FIXATION_MAX_SCORE`` and lying on the detector's own
     fracture-hardware box is not counted (``hardware_score_beside_fixation``), and the decision
-    says so. Not on lateral or oblique views, where a prosthesis and the hardware boxed beside it
+    says so; and an implant resting on a triage model under ``NO_METAL_MAX_TRIAGE`` and a
+    detector box under 0.5, where the metal finder saw no arthroplasty-like metal at all, is not
+    reported (stated). Not on lateral or oblique views, where a prosthesis and the hardware boxed beside it
     overlap in projection (on the bench's held-out phantoms the rule cost a lateral
     hemiarthroplasty boxed at 0.91).
     """
@@ -323,10 +325,26 @@ def decide_implant_on_side(
                     "hardware it also found, and the metal finder found no arthroplasty-like metal: not counted")
             hw = kept
     decision = decide_implant(triage_probability, hw, metal)
+    t = triage_probability
+    if (ap_view and decision.present and not decision.by_metal_only and hw < IMPLANT_THRESHOLD and t is not None
+            and t < NO_METAL_MAX_TRIAGE and metal is not None and metal < METAL_NONE):
+        said = (f"the triage model suggests an implant (p={t:.2f}) with a weak detector box (score {hw:.2f}) but the "
+                "metal finder found no arthroplasty-like metal on this side: not reported")
+        note = said if note is None else f"{note}; {said}"
+        return ImplantDecision(False, decision.probability, note, False)
     if note is None:
         return decision
     uncertainty = note if decision.uncertainty is None else f"{decision.uncertainty}; {note}"
     return ImplantDecision(decision.present, decision.probability, uncertainty, decision.by_metal_only)
+
+
+# On AP views, an implant resting on the triage model (below this) and a detector box under 0.5,
+# where the metal finder read the image and saw no arthroplasty-like metal at all (< METAL_NONE),
+# is not reported. On an independently written renderer's films (``node.phantom.sketch``, dev
+# seed 424250) 3 native hips were called so (triage 0.50-0.88, boxes 0.25-0.42, metal 0.0); on
+# dev sets of three styles no arthroplasty on an AP view had a box under 0.5 with no metal (the
+# one such, a lateral, had triage 1.00).
+NO_METAL_MAX_TRIAGE = 0.9
 
 
 # The metal finder's arthroplasty-like objects on a side are this much covered by the detector's
