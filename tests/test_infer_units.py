@@ -365,6 +365,8 @@ def test_an_uncertain_hip_view_is_confirmed_only_by_a_confident_hip_joint() -> N
 
 
 def test_a_laterals_side_comes_from_the_header_and_the_disagreement_is_stated() -> None:
+    from dataclasses import replace
+
     import numpy as np
 
     from node.domain import Side, View
@@ -384,7 +386,13 @@ def test_a_laterals_side_comes_from_the_header_and_the_disagreement_is_stated() 
     for blank in ("", "B", "U", "X"):
         # the header does not name one hip
         assert side_from_header(lateral, header_side(_laterality(image=blank))) == (lateral, None)
-    assert side_from_header(ap_hip, Side.RIGHT) == (ap_hip, None)  # an AP shows its side: pixels decide
+    sure = replace(ap_hip, side_probability=0.95)
+    assert side_from_header(sure, Side.RIGHT) == (sure, None)  # an AP shows its side: pixels decide
+    # ... unless the model is unsure of it (p 0.7 < AP_HIP_HEADER_SIDE_BELOW): then the header's hip
+    moved, note = side_from_header(ap_hip, Side.RIGHT)
+    assert moved.imaged_sides == (Side.RIGHT,) and moved.implant_probability == {Side.RIGHT: 0.95}
+    assert note is not None and "unsure which hip this AP view shows" in note and "left hip (p=0.70)" in note
+    assert side_from_header(replace(ap_hip, side_probability=0.85), Side.RIGHT)[1] is None
     assert side_from_header(pelvis, Side.RIGHT) == (pelvis, None)
     # ImageLaterality wins over the series' Laterality, as in metadata_mismatches
     assert header_side(_laterality(image="L", series="R")) is Side.LEFT

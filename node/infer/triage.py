@@ -148,21 +148,35 @@ def confirm_uncertain_view(triage: TriageResult, boxes: Sequence[Box]) -> tuple[
     return leaned, note
 
 
-def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageResult, str | None]:
-    """On a lateral hip view, the hip the header names (``tagged``: ``node.pixels.header_side``,
-    ImageLaterality / Laterality R or L) where the triage head chose the other one; the note
-    says so.
+# An AP hip view's side is taken from the header where the triage side head is below this: the
+# pixels do show which hip it is (the pelvis lies to one side), but where the model is unsure the
+# radiographer's laterality is the better source. On an independently written renderer's AP hips
+# (``node.phantom.sketch``, dev seeds 424240 / 424250 / 424260, 168 films read as AP hips) every
+# side named at p >= 0.85 was right, and 2 of the 3 wrong ones came at p 0.54 and 0.58; on the
+# training styles every AP hip side is named at p >= 0.99.
+AP_HIP_HEADER_SIDE_BELOW = 0.8
 
-    Why only laterals: an AP view shows which hip it is (the pelvis lies to one side of it), but a
+
+def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageResult, str | None]:
+    """On a lateral hip view, and on an AP hip view whose side the model is unsure of
+    (``AP_HIP_HEADER_SIDE_BELOW``), the hip the header names (``tagged``:
+    ``node.pixels.header_side``, ImageLaterality / Laterality R or L) where the triage head chose
+    the other one; the note says so.
+
+    Why laterals: an AP view shows which hip it is (the pelvis lies to one side of it), but a
     cross-table lateral shows one hip from the side and departments display it either way round,
     so from pixels alone the side is a guess (an independently written renderer's laterals,
     ``node.phantom.sketch``, drawn either way round: the triage head named the other hip on about
     half). The radiographer's laterality is then the better source; a disagreement is stated, as
-    every header disagreement is. Elsewhere the header is not routed on (seed 004 found such
-    metadata too unreliable), and the implant probability stays the one the model gave the hip
-    it saw.
+    every header disagreement is. On an AP hip the pixels decide unless the model is unsure of
+    them. Elsewhere the header is not routed on (seed 004 found such metadata too unreliable),
+    and the implant probability stays the one the model gave the hip it saw.
     """
-    if triage.view is not View.LATERAL_HIP or tagged is None or triage.imaged_sides == (tagged,):
+    if tagged is None or triage.imaged_sides == (tagged,):
+        return triage, None
+    unsure_ap = (triage.view is View.AP_HIP and triage.side_probability is not None
+                 and triage.side_probability < AP_HIP_HEADER_SIDE_BELOW)
+    if triage.view is not View.LATERAL_HIP and not unsure_ap:
         return triage, None
     seen = triage.imaged_sides[0] if triage.imaged_sides else None
     p = triage.implant_probability.get(seen) if seen is not None else None
@@ -171,8 +185,9 @@ def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageR
     leaned = "" if seen is None else (f"; the model leaned to the {seen.name.lower()} hip"
                                       + ("" if triage.side_probability is None
                                          else f" (p={triage.side_probability:.2f})"))
-    note = (f"Side taken from the header (laterality {tagged.value}): a lateral view does not show "
-            f"which hip it is{leaned}")
+    why = "a lateral view does not show which hip it is" if triage.view is View.LATERAL_HIP else \
+        "the model was unsure which hip this AP view shows"
+    note = f"Side taken from the header (laterality {tagged.value}): {why}{leaned}"
     return moved, note
 
 

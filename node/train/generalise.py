@@ -116,9 +116,9 @@ def analyse(
 ) -> list[tuple[Any, Any, list[Any]]]:
     """(triage result, truth, hips) per image through the node's own analysis.
 
-    A lateral's side comes from the laterality its header would carry (the truth's imaged side,
-    as ``node.phantom.dicom`` writes it), as the worker reads it; ``lateral_side_from_pixels``
-    scores the pixels' own answer."""
+    A lateral's side (and an AP hip's where the model is unsure of it) comes from the laterality
+    its header would carry (the truth's imaged side, as ``node.phantom.dicom`` writes it), as the
+    worker reads it; ``lateral_side_from_pixels`` scores the pixels' own answer on laterals."""
     from node.pipeline import analyse_hips
 
     images = [r.image01 for r in items]
@@ -129,7 +129,7 @@ def analyse(
         hips: list[Any] = []
         t, _ = confirm_uncertain_view(t, bx)
         # the laterality a modality writes (``node.phantom.dicom`` does: the imaged side), read
-        # as the worker reads it on a lateral view (``side_from_header``)
+        # as the worker reads it (``side_from_header``)
         sides = r.truth.imaged_sides
         t, _ = side_from_header(t, sides[0] if len(sides) == 1 else None)
         if t.view is not View.OTHER:
