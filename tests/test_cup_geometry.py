@@ -349,3 +349,34 @@ def test_a_marker_ring_inside_its_cement_mantle_matches_the_mantle_s_box() -> No
     lopsided = WireFit("ring", ring, np.zeros((0, 2)), 0.5, 0.6, 200.0, 0.3)
     assert _wire_fit(lopsided, (1.0, 1.0), hemisphere_box(34.5)) is not None
     assert _wire_fit(lopsided, (1.0, 1.0), hemisphere_box(45.0)) is None
+
+
+def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_check() -> None:
+    """A box much larger than the cup (as a detector gives on a style it never saw) refuses a fit
+    that is right; a second, different loose box refuses the same ellipse; the pipeline's rule
+    (``node.pipeline._same_outline``) sees the agreement and the cup read without the box check
+    (``min_box_iou=0``) is the true one. Two readings of different ellipses do not agree."""
+    from dataclasses import replace as _replace
+
+    from node.pipeline import OUTLINE_REFUSAL, _same_outline
+
+    img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
+    ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
+    w, h = box.width, box.height
+    loose = [Box(box.x0 - 0.3 * w, box.y0, box.x1, box.y1 + 0.2 * h, label="cup"),  # IoU 0.61 and 0.57
+             Box(box.x0 - 0.25 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.3 * h, label="cup")]
+    refused = [measure_cup(img, b, Side.RIGHT, View.AP_PELVIS, reference=ref) for b in loose]
+    for m in refused:
+        assert m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_REFUSAL), m.refusal_reason
+    assert _same_outline(refused[0], refused[1])
+    again = measure_cup(img, loose[0], Side.RIGHT, View.AP_PELVIS, reference=ref, min_box_iou=0.0)
+    assert again.refusal_reason is None and _same_outline(refused[0], again, refused=False)
+    assert again.inclination_deg == pytest.approx(45.0, abs=1.0)
+    assert again.anteversion_deg == pytest.approx(20.0, abs=1.0)
+    # a different ellipse, or a refusal for another reason, is no agreement
+    e = refused[0].ellipse
+    assert e is not None
+    turned = _replace(refused[1], ellipse=_replace(e, angle_deg=e.angle_deg + 2.0))
+    assert not _same_outline(refused[0], turned)
+    other = _replace(refused[1], refusal_reason="rim ellipse reaches beyond the cup box: its ends are not the cup's")
+    assert not _same_outline(refused[0], other)

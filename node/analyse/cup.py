@@ -939,6 +939,7 @@ def fit_cup_ellipse(
     seed: int = 0,
     max_ratio: float | None = None,
     camera: tuple[float, Point] | None = None,
+    min_box_iou: float = MIN_BOX_IOU,
 ) -> CupFit:
     """Find the dome circle and the rim ellipse of the cup inside ``cup_box``.
 
@@ -978,7 +979,7 @@ def fit_cup_ellipse(
     for i, c in enumerate(circles):
         if i >= 2 and any(f.refusal_reason is None for f in fits):
             break  # the two strongest circles had a measurable cup; weaker ones are clutter
-        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box, max_ratio, cam))
+        fits.append(_fit_from_circle(smooth, gx, gy, c, (ox, oy), stems, hint, cup_box, max_ratio, cam, min_box_iou))
     filled = [f for f in fits if f.head_fills_shell]
     if filled:
         # a head that fills the shell hides the rim whichever circle is taken for the dome: what
@@ -1057,6 +1058,7 @@ def _fit_from_circle(
     box: Box,
     max_ratio: float | None = None,
     camera: tuple[float, Point] | None = None,
+    min_box_iou: float = MIN_BOX_IOU,
 ) -> CupFit:
     """The rim ellipse that goes with one dome circle (ROI coordinates in, image coordinates out)."""
     ccx, ccy, R = circle
@@ -1107,7 +1109,7 @@ def _fit_from_circle(
     first: CupFit | None = None
     for a_best, k_best, th_best in hyps:
         fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
-                       dome_width, span, (ox, oy), box, head, camera)
+                       dome_width, span, (ox, oy), box, head, camera, min_box_iou)
         if fit.refusal_reason is None:
             return fit
         first = first or fit
@@ -1131,6 +1133,7 @@ def _rim_fit(
     box: Box,
     head: tuple[float, float, float] | None = None,
     camera: tuple[float, Point] | None = None,
+    min_box_iou: float = MIN_BOX_IOU,
 ) -> CupFit:
     """Rim points and the robust ellipse fit from one search hypothesis (ROI coordinates)."""
     ccx, ccy, R = dome
@@ -1195,7 +1198,7 @@ def _rim_fit(
     )
     if rms > MAX_RIM_RMS_PX:
         return _refuse(fit, f"rim ellipse fit residual too large ({rms:.2f} px)")
-    if fit.box_iou < MIN_BOX_IOU:
+    if fit.box_iou < min_box_iou:
         return _refuse(fit, f"cup outline does not match the cup box (IoU {fit.box_iou:.2f})")
     clear_dome = span >= CLEAR_DOME_SPAN_DEG and quality >= CLEAR_DOME_QUALITY
     if _outside_box(ell, box) > (MAX_RIM_END_OUTSIDE_CLEAR_DOME if clear_dome else MAX_RIM_END_OUTSIDE_BOX):
@@ -1704,6 +1707,7 @@ def measure_cup(
     stem_boxes: Sequence[Box] = (),
     geometry: ProjectionGeometry | None = None,
     wire: WireFit | None = None,
+    min_box_iou: float = MIN_BOX_IOU,
 ) -> CupMeasurement:
     """Measure one cup: inclination and anteversion (AP) or Woo–Morrey version (lateral).
 
@@ -1711,12 +1715,14 @@ def measure_cup(
     (``reference.reference_from_boxes``); ``None`` falls back to the image horizontal and flags
     the result. ``pixel_spacing_mm`` with ``geometry`` enables the point-source correction
     (focal length in pixels = SID / detector pixel spacing). ``wire``: a marker wire already found
-    (``cup_box_from_marker_wire``): the cup is read from it alone. Never raises on bad images: an
-    untrustworthy fit comes back with no numbers and a ``refusal_reason``.
+    (``cup_box_from_marker_wire``): the cup is read from it alone. ``min_box_iou``: how well the
+    modelled cup outline must fill ``cup_box`` (``MIN_BOX_IOU``; the caller lowers it only where
+    two different boxes led to the same outline). Never raises on bad images: an untrustworthy fit
+    comes back with no numbers and a ``refusal_reason``.
     """
     try:
         return _measure_cup(image, cup_box, side, view, reference=reference, pixel_spacing_mm=pixel_spacing_mm,
-                            stem_boxes=stem_boxes, geometry=geometry, wire=wire)
+                            stem_boxes=stem_boxes, geometry=geometry, wire=wire, min_box_iou=min_box_iou)
     except Exception as exc:  # a bug here must cost one hip's angles, not the study's report
         log.exception("cup fit failed on the %s hip", side.name.lower())
         ref = reference if reference is not None else horizontal_line(int(np.shape(image)[1]))
@@ -1743,6 +1749,7 @@ def _measure_cup(
     stem_boxes: Sequence[Box],
     geometry: ProjectionGeometry | None,
     wire: WireFit | None = None,
+    min_box_iou: float = MIN_BOX_IOU,
 ) -> CupMeasurement:
     """``measure_cup`` without its guard against unexpected errors."""
     lateral_view = view in (View.LATERAL_HIP,)
@@ -1775,7 +1782,7 @@ def _measure_cup(
     elif wire is not None:
         return _measure_fit(CupFit(None, None, refusal_reason="a cup found only by its marker wire is measured "
                                    "on AP views only"), image, side, view, ref, flagged, pixel_spacing_mm, geometry)
-    fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera)
+    fit = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera, min_box_iou=min_box_iou)
     m = _measure_fit(fit, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
     suspect = m.anteversion_deg is not None and m.anteversion_deg > SUSPECT_ANTEVERSION_DEG
     if (m.refusal_reason is not None or suspect) and hint is not None and view in (View.AP_PELVIS, View.AP_HIP) \
@@ -1785,7 +1792,7 @@ def _measure_cup(
         # rims flatter than any head outline could be; keep that answer only when it passes
         # every check and a higher quality bar, else keep the first answer (or refusal).
         retry = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, max_ratio=RETRY_MAX_RATIO,
-                                camera=camera)
+                                camera=camera, min_box_iou=min_box_iou)
         m2 = _measure_fit(retry, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
             return m2
