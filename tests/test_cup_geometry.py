@@ -380,3 +380,20 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     assert not _same_outline(refused[0], turned)
     other = _replace(refused[1], refusal_reason="rim ellipse reaches beyond the cup box: its ends are not the cup's")
     assert not _same_outline(refused[0], other)
+
+
+def test_a_dome_without_contrast_is_no_cup_outline() -> None:
+    """In a box loose towards the femur, the search for a flatter rim once took a circle through
+    the background (its step 0.8 % of the region's range) for the dome and read the cup 13° off
+    in inclination and 16° in anteversion; a dome must show the metal's edge
+    (``MIN_DOME_CONTRAST_SHARE``). Refused or right - never that wrong angle."""
+    img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
+    ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
+    w, h = box.width, box.height
+    loose = Box(box.x0 - 0.05 * w, box.y0 - 0.1 * h, box.x1 + 0.25 * w, box.y1 + 0.2 * h, label="cup")
+    m = measure_cup(img, loose, Side.RIGHT, View.AP_PELVIS, reference=ref)
+    if m.refusal_reason is None:
+        assert m.inclination_deg == pytest.approx(45.0, abs=1.0)
+        assert m.anteversion_deg == pytest.approx(20.0, abs=1.0)
+    else:
+        assert m.inclination_deg is None and m.anteversion_deg is None

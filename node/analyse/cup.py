@@ -116,6 +116,15 @@ MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
 MIN_BOX_IOU = 0.7
+# The dome outline is the metal's outer edge: its contrast (the median step across it) is at
+# least this share of the region's range (5th to 95th percentile). A synthetic cup in a box loose
+# towards the femur was read 13° off through a "dome" in the background whose step was 0.8 % of
+# the range. On dev phantoms of three styles (sketch 424242, voxel 424243, analytic 424242; 396
+# fits that passed every other check) the right fits start at 0.095 and a right resurfacing cap
+# in a test phantom sat at 0.09, while the 8 fits below 0.09 were all wrong: the bar is set well
+# below the right ones (it removes none of those dev fits), as a guard against a dome with no
+# edge at all, not as a classifier.
+MIN_DOME_CONTRAST_SHARE = 0.05
 # The rim's ends may lie outside the cup box by this share of its longer side (correct fits on
 # phantoms: ≤ 0.065; a rim run off along bone below a flanged cup: 0.17).
 MAX_RIM_END_OUTSIDE_BOX = 0.1
@@ -1088,8 +1097,12 @@ def _fit_from_circle(
     # (axis ratio k, axis angle θ) with the dome's centre and radius is scored by how much of its
     # open half sits on a bright-inside/dark-outside step; the dome's own edge contrast sets
     # what "a step" is, so windowing and tone mapping do not matter.
+    p5, p95 = (float(v) for v in np.percentile(smooth, (5.0, 95.0)))
     if dome_step <= 1e-4:
         return _refuse(base, "no contrast at the cup outline")
+    if dome_step < MIN_DOME_CONTRAST_SHARE * (p95 - p5):
+        return _refuse(base, f"dome outline too faint for the metal's edge (its step is {dome_step / (p95 - p5):.0%} "
+                             "of the region's range)")
     filling = _filling_head(smooth, ccx, ccy, R, gap_dir, dome_step)
     if filling is not None:
         # the opening's direction still shows - the dome's outline ends where the rim begins, at
