@@ -450,8 +450,14 @@ def test_trickling_clients_are_closed_and_free_their_slots(node: Node, tmp_path:
     assert max(closed_at[i] for i in range(16)) < NETWORK_TIMEOUT_S + 1.5, closed_at
     assert max(closed_at[i] for i in range(16, 20)) < ACSE_TIMEOUT_S + 1.5, closed_at
     assert full is None, "the tricklers should have held every association slot"
-    # never silent for as long as network_timeout_s: only a bound on whole PDUs closes them
-    assert longest_gap < NETWORK_TIMEOUT_S - 1 and min(sent[:16]) >= 3, (longest_gap, sent)
+    # never silent for as long as network_timeout_s, and each closed sooner after its last byte
+    # than a deadline per read could have closed it: only a bound on whole PDUs closes them. (This
+    # once asked for 3 bytes from each; on a loaded 2-core machine the loop was starved to 1.9 s
+    # gaps and a trickler got 2 bytes out before the node, rightly, closed it.)
+    assert longest_gap < NETWORK_TIMEOUT_S - 1 and min(sent[:16]) >= 1, (longest_gap, sent)
+    late = {i: round(t0 + closed_at[i] - last_sent[i], 2) for i in range(16)
+            if t0 + closed_at[i] - last_sent[i] >= NETWORK_TIMEOUT_S}
+    assert not late, f"closed only network_timeout_s after their last byte (a per-read deadline): {late}"
     assert echo(node.port) == 0
     sent_ok = storescu(node.port, write(make_image(seed=1307), tmp_path / "after-trickle.dcm"))
     assert "Received Store Response (Success)" in sent_ok.stdout + sent_ok.stderr, sent_ok.stdout + sent_ok.stderr
