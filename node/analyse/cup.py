@@ -1282,24 +1282,8 @@ def _silhouette_iou(e: Ellipse, opening: tuple[float, float], R: float, box: Box
 
 
 def _refuse(fit: CupFit, reason: str) -> CupFit:
-    return CupFit(
-        fit.ellipse,
-        fit.opening_dir,
-        dome_centre=fit.dome_centre,
-        dome_radius_px=fit.dome_radius_px,
-        rim_points=fit.rim_points,
-        rim_rms_px=fit.rim_rms_px,
-        rim_coverage=fit.rim_coverage,
-        dome_span_deg=fit.dome_span_deg,
-        liaw_sin=fit.liaw_sin,
-        quality=fit.quality,
-        refusal_reason=reason,
-        dome_contrast=fit.dome_contrast,
-        box_iou=fit.box_iou,
-        gap_turn_deg=fit.gap_turn_deg,
-        head_fills_shell=fit.head_fills_shell,
-        outline_opening_dir=fit.outline_opening_dir,
-    )
+    """``fit`` with its refusal reason: everything found stays for overlays and quality control."""
+    return replace(fit, refusal_reason=reason)
 
 
 def _liaw_sin(xr: FloatArray, yr: FloatArray, a: float) -> float | None:
