@@ -28,7 +28,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node import __version__, wake
-from node.analyse.cup import ProjectionGeometry, cup_box_from_marker_wire, measure_cup
+from node.analyse.cup import (
+    OUTLINE_BOX_REFUSAL,
+    RIM_BEYOND_BOX_REFUSAL,
+    ProjectionGeometry,
+    cup_box_from_marker_wire,
+    measure_cup,
+)
 from node.analyse.dysplasia import measure_dysplasia
 from node.analyse.metal import arthroplasty_evidence, arthroplasty_objects, find_metal
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
@@ -890,17 +896,16 @@ def analyse_hips(
 # refused in both the detector's and the metal finder's box with IoU 0.61-0.68 and ellipses
 # agreeing within 0.04° / 0.17° / 0.2 px, all three within 0.6° of the truth; every pair that
 # disagreed (by 1.2° or more) was a wrong fit. Only a refusal for the outline-to-box overlap
-# counts (``OUTLINE_REFUSAL``): on an analytic hemiarthroplasty the head's outline was refused
+# counts (``OUTLINE_BOX_REFUSAL``): on an analytic hemiarthroplasty the head's outline was refused
 # in one box for that and in the other for reaching beyond the box.
 SAME_OUTLINE_DEG = 0.5
 SAME_OUTLINE_CENTRE = 0.02
-OUTLINE_REFUSAL = "cup outline does not match the cup box"
 
 
 def _same_outline(a: CupMeasurement, b: CupMeasurement, *, refused: bool = True) -> bool:
     """Whether two cup readings rest on the same rim ellipse (and, with ``refused``, were both
     refused for the outline-to-box overlap alone)."""
-    if refused and not all(m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_REFUSAL)
+    if refused and not all(m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_BOX_REFUSAL)
                            for m in (a, b)):
         return False
     ea, eb = a.ellipse, b.ellipse
@@ -921,7 +926,7 @@ METAL_CUP_RETRY_MAX_IOU = 0.9
 # ... and only after a refusal that blames the box (the outline found is fine but the box does
 # not fit it); after any other refusal a second box finds the same unreadable rim (dev voxel
 # phantoms: a resurfacing cup "too little rim visible" in one box was read 32° off in the other)
-BOX_REFUSALS = ("cup outline does not match the cup box", "rim ellipse reaches beyond the cup box")
+BOX_REFUSALS = (OUTLINE_BOX_REFUSAL, RIM_BEYOND_BOX_REFUSAL)
 
 
 def _place_heatmap(heat: np.ndarray, region: Box, shape: tuple[int, ...]) -> np.ndarray:

@@ -358,7 +358,8 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     (``min_box_iou=0``) is the true one. Two readings of different ellipses do not agree."""
     from dataclasses import replace as _replace
 
-    from node.pipeline import OUTLINE_REFUSAL, _same_outline
+    from node.analyse.cup import OUTLINE_BOX_REFUSAL
+    from node.pipeline import _same_outline
 
     img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
     ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
@@ -367,7 +368,7 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
              Box(box.x0 - 0.25 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.3 * h, label="cup")]
     refused = [measure_cup(img, b, Side.RIGHT, View.AP_PELVIS, reference=ref) for b in loose]
     for m in refused:
-        assert m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_REFUSAL), m.refusal_reason
+        assert m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_BOX_REFUSAL), m.refusal_reason
     assert _same_outline(refused[0], refused[1])
     again = measure_cup(img, loose[0], Side.RIGHT, View.AP_PELVIS, reference=ref, min_box_iou=0.0)
     assert again.refusal_reason is None and _same_outline(refused[0], again, refused=False)

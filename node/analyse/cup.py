@@ -116,6 +116,10 @@ MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
 EDGE_PERCENTILE = 92.0
 MIN_BOX_IOU = 0.7
+# The two refusals that blame the cup box rather than the outline (the caller may try another
+# box: ``node.pipeline``); each refusal reason starts with its phrase.
+OUTLINE_BOX_REFUSAL = "cup outline does not match the cup box"
+RIM_BEYOND_BOX_REFUSAL = "rim ellipse reaches beyond the cup box"
 # The dome outline is the metal's outer edge: its contrast (the median step across it) is at
 # least this share of the region's range (5th to 95th percentile). A synthetic cup in a box loose
 # towards the femur was read 13° off through a "dome" in the background whose step was 0.8 % of
@@ -1211,10 +1215,10 @@ def _rim_fit(
     if rms > MAX_RIM_RMS_PX:
         return _refuse(fit, f"rim ellipse fit residual too large ({rms:.2f} px)")
     if fit.box_iou < min_box_iou:
-        return _refuse(fit, f"cup outline does not match the cup box (IoU {fit.box_iou:.2f})")
+        return _refuse(fit, f"{OUTLINE_BOX_REFUSAL} (IoU {fit.box_iou:.2f})")
     clear_dome = span >= CLEAR_DOME_SPAN_DEG and quality >= CLEAR_DOME_QUALITY
     if _outside_box(ell, box) > (MAX_RIM_END_OUTSIDE_CLEAR_DOME if clear_dome else MAX_RIM_END_OUTSIDE_BOX):
-        return _refuse(fit, "rim ellipse reaches beyond the cup box: its ends are not the cup's")
+        return _refuse(fit, f"{RIM_BEYOND_BOX_REFUSAL}: its ends are not the cup's")
     if coverage < MIN_RIM_COVERAGE:
         return _refuse(fit, f"too little of the rim visible ({coverage:.0%})")
     if min(end_cov) < MIN_RIM_END_COVERAGE or sum(end_cov) < MIN_RIM_ENDS_COVERAGE:
