@@ -123,3 +123,31 @@ def test_labels_csv_parsing_and_site_folder(tmp_path: Path) -> None:
     bad.write_text("file,view,boxes\nx.dcm,other,femur 1 2 3 4\n")
     with pytest.raises(LabelError, match="bad box"):
         read_labels(bad)
+
+
+def test_extra_phantom_styles_join_training_and_validation_and_are_named(tmp_path: Path) -> None:
+    """``--extra-phantoms STYLE:N:SEED`` adds another image-forming style to training (and
+    ``--extra-val-phantoms`` to validation); the manifest's ``trained_on_styles`` names every style
+    used, and the evaluation-only ``sketch`` renderer is refused so it stays a held-out style."""
+    from node.train.cli import build_parser, load_training_data, parse_style_set, trained_styles
+
+    argv = [
+        "triage", "--phantoms", "3", "--phantom-seed", "77", "--phantom-size", "96", "--val-phantoms", "2",
+        "--val-phantom-seed", "78", "--phantom-variety", "broad",
+        "--extra-phantoms", "voxel:2:79", "--extra-val-phantoms", "voxel:1:80",
+    ]
+    args = build_parser().parse_args(argv)
+    train, val, description = load_training_data(args, task="triage")
+    assert len(train) == 5 and len(val) == 3
+    assert trained_styles(args) == ["analytic", "voxel"]
+    assert "training also: 2 phantoms, style voxel, seed 79" in description
+    assert "validation also: 1 phantoms, style voxel, seed 80" in description
+    # the voxel images are their own renderings, not copies of the analytic stream
+    voxel = list(phantom_samples(2, 79, 96, variety="broad", style="voxel"))
+    np.testing.assert_array_equal(train[3].image01, voxel[0].image01)
+    analytic = next(iter(phantom_samples(1, 79, 96, variety="broad")))
+    assert not np.array_equal(train[3].image01, analytic.image01)
+    assert trained_styles(build_parser().parse_args(argv[:5])) == ["analytic"]
+    for bad in ("sketch:10:1", "voxel:ten:1", "voxel:0:1", "voxel:10"):
+        with pytest.raises(SystemExit, match="extra-phantoms"):
+            parse_style_set(bad)

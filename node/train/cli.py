@@ -52,6 +52,22 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         help="how phantom pixels are formed; keep one style out of training to evaluate on it",
     )
     src.add_argument(
+        "--extra-phantoms",
+        action="append",
+        default=[],
+        metavar="STYLE:N:SEED",
+        help="add N training phantoms of another STYLE (own SEED, same size, variety and child share); "
+        "repeatable. Training on several image-forming styles is what SyntheX found to carry over to "
+        "images of a style never seen; keep at least one style out to evaluate on",
+    )
+    src.add_argument(
+        "--extra-val-phantoms",
+        action="append",
+        default=[],
+        metavar="STYLE:N:SEED",
+        help="add N validation phantoms of STYLE (rendered at --val-phantom-size); repeatable",
+    )
+    src.add_argument(
         "--phantom-child-share",
         type=float,
         help="broad variety: probability that an AP pelvis / AP hip phantom is a child (default 0.1)",
@@ -134,6 +150,37 @@ def _split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], lis
     return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
 
 
+STYLES = ("analytic", "voxel")
+
+
+def parse_style_set(spec: str, flag: str = "--extra-phantoms") -> tuple[str, int, int]:
+    """``STYLE:N:SEED`` → (style, n, seed); a bad value stops the command with the flag's name.
+
+    ``sketch`` is refused on purpose: it is the evaluation-only renderer (``node.phantom.sketch``),
+    and training on it would empty the one held-out figure that no model here has seen.
+    """
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] not in STYLES:
+        raise SystemExit(f"{flag} {spec!r}: expected STYLE:N:SEED with STYLE one of {', '.join(STYLES)}")
+    try:
+        n, seed = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise SystemExit(f"{flag} {spec!r}: N and SEED must be integers") from None
+    if n < 1:
+        raise SystemExit(f"{flag} {spec!r}: N must be at least 1")
+    return parts[0], n, seed
+
+
+def trained_styles(args: argparse.Namespace) -> list[str]:
+    """The phantom styles a command trains on, in order (for the manifest's ``trained_on_styles``)."""
+    out = [args.phantom_style] if getattr(args, "phantoms", 0) else []
+    for spec in getattr(args, "extra_phantoms", []):
+        style = parse_style_set(spec)[0]
+        if style not in out:
+            out.append(style)
+    return out
+
+
 def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], list[Any], str]:
     """(train samples, validation samples, human description for the manifest)."""
     from node.train.data import folder_samples, negative_samples, phantom_samples
@@ -183,6 +230,21 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
         parts.append(
             f"validation: {args.val_phantoms} fresh phantoms, seed {args.val_phantom_seed}, "
             f"variety {args.phantom_variety}, style {args.phantom_style}"
+        )
+    for flag, spec in [("--extra-phantoms", x) for x in getattr(args, "extra_phantoms", [])] + [
+        ("--extra-val-phantoms", x) for x in getattr(args, "extra_val_phantoms", [])
+    ]:
+        style, n, seed = parse_style_set(spec, flag)
+        is_val = flag == "--extra-val-phantoms"
+        size = (args.val_phantom_size or args.phantom_size) if is_val else args.phantom_size
+        got = list(
+            phantom_samples(
+                n, seed, size, args.workers, args.cache, args.phantom_variety, style, args.phantom_child_share
+            )
+        )
+        (val if is_val else train).extend(got)
+        parts.append(
+            f"{'validation' if is_val else 'training'} also: {n} phantoms, style {style}, seed {seed}, size {size}"
         )
     for folder in args.negatives:
         neg = list(negative_samples(folder))
@@ -257,7 +319,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "the models' manifests say which style they trained on); empty to skip",
     )
     p.add_argument(
-        "--trained-on", default="analytic", help="the style(s) the models trained on (marks the others held out)"
+        "--trained-on",
+        help="the style(s) the models trained on, comma-separated (marks the others held out; default: "
+        "the union of the two manifests' trained_on_styles)",
     )
     p.add_argument("--style-images", type=int, default=120, help="mixed-view phantoms per style")
     p.add_argument("--style-cups", type=int, default=40, help="AP pelvis cup phantoms per style")
@@ -353,13 +417,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # (tests, scripts) get the quick classic evaluation unless they ask for styles
     styles = [v.strip() for v in (getattr(args, "styles", "") or "").split(",") if v.strip()]
     if styles:
-        from node.train.generalise import evaluate_styles, real_films, table
+        from node.train.generalise import evaluate_styles, real_films, table, trained_on_styles
 
         by_style = evaluate_styles(
             triage, detector, styles, mixed=getattr(args, "style_images", 120), cups=getattr(args, "style_cups", 40),
             rows=getattr(args, "style_rows", 768), workers=args.workers,
         )
-        trained_on = [v.strip() for v in getattr(args, "trained_on", "analytic").split(",")]
+        given = getattr(args, "trained_on", None)
+        trained_on = (
+            [v.strip() for v in given.split(",") if v.strip()] if given else trained_on_styles(triage, detector)
+        )
         by_style["trained_on_styles"] = trained_on
         out["styles"] = by_style
         out["real_films"] = real_films(triage, detector)

@@ -39,7 +39,7 @@ from node.infer.manifest import InputSpec, Manifest, OutputSpec, load_manifest
 from node.infer.nms import box_iou
 from node.infer.preprocess import letterbox, make_batch
 from node.infer.session import create_session
-from node.train.cli import describe_randomisation, randomisation_of
+from node.train.cli import describe_randomisation, randomisation_of, trained_styles
 from node.train.common import (
     command_line,
     export_onnx,
@@ -437,6 +437,8 @@ def export_and_validate(
         "batch": args.batch,
         "randomisation": rs,
     }
+    if styles := trained_styles(args):
+        extra["trained_on_styles"] = styles
     if getattr(args, "init", None) is not None:
         extra["init"] = str(args.init)
     description = f"{description}; {describe_randomisation(rs)}"

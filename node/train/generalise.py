@@ -265,6 +265,18 @@ def evaluate_styles(
     return out
 
 
+def trained_on_styles(*models: TriageModel | DetectorModel) -> list[str]:
+    """The phantom styles any of ``models`` trained on, from their manifests' ``trained_on_styles``
+    (a manifest without the key predates style mixing: ``analytic``). A style is held out for a
+    model pair only when neither model saw it."""
+    out: list[str] = []
+    for model in models:
+        for style in model.model.manifest.extra.get("trained_on_styles") or ["analytic"]:
+            if style not in out:
+                out.append(str(style))
+    return out
+
+
 TABLE_ROWS = (
     ("view accuracy", "view_accuracy", "{:.1%}"),
     ("laterals recognised", "lateral_accuracy", "{:.1%}"),

@@ -451,7 +451,7 @@ def build_manifest(
 
 
 def main(args: argparse.Namespace) -> int:
-    from node.train.cli import describe_randomisation, load_training_data, randomisation_of
+    from node.train.cli import describe_randomisation, load_training_data, randomisation_of, trained_styles
 
     offline_environment()
     seed_everything(args.seed, args.threads)
@@ -491,7 +491,8 @@ def main(args: argparse.Namespace) -> int:
         f"{description}; {describe_randomisation(rs, task='triage')}",
         command_line(),
         val,
-        {"seed": args.seed, "epochs": args.epochs, "randomisation": rs},
+        {"seed": args.seed, "epochs": args.epochs, "randomisation": rs}
+        | ({"trained_on_styles": styles} if (styles := trained_styles(args)) else {}),
     )
     write_model(manifest, out_dir)
     log.info("wrote %s (%.1f MB): %s", out_dir, model_size_mb(out_dir / "model.onnx"), json.dumps(val))
