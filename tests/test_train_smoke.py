@@ -63,6 +63,16 @@ def test_triage_one_epoch_exports_and_runtime_matches_torch(phantoms: list, tmp_
     for name in ("view", "side", "implant"):
         np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=0)
     assert len(runtime.predict(images)) == len(images)
+    # --init: the saved trainable weights (batch norms intact) restore the same network
+    import torch
+
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    again, _ = tri_train.train(
+        tensors, tensors, "mobilenetv3_small_050", epochs=0, batch_size=5, lr=1e-3, seed=4,
+        init=tmp_path / "weights.pt",
+    )
+    for a, b in zip(torch_outputs(again, batch), torch_outputs(model, batch), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
 def test_detector_one_epoch_exports_and_runtime_matches_torch(phantoms: list, tmp_path: Path) -> None:

@@ -326,8 +326,11 @@ def train(
     log_every_s: float = 30.0,
     head: str = "sided",
     randomiser: Randomiser | None = None,
+    init: Path | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Train from scratch; returns the model (eval mode) and its validation metrics.
+    """Train from scratch, or from ``init`` (a ``weights.pt`` a previous run saved beside its
+    ONNX: the exported graph has its batch norms folded away, so it cannot be trained on);
+    returns the model (eval mode) and its validation metrics.
 
     With a ``randomiser`` the training images come from it (``train_t`` supplies the labels) and
     the torch ``augment`` is not applied: the randomiser covers far wider intensity, noise and
@@ -340,6 +343,8 @@ def train(
 
     seed_everything(seed)
     model = build_model(arch, head)
+    if init is not None:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
     steps_per_epoch = max(1, math.ceil(len(train_t) / batch_size))
     total = max(1, epochs * steps_per_epoch)
@@ -411,6 +416,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("models/triage"), help="model folder; a version folder is made in it"
     )
     p.add_argument("--version", default="1.0.0")
+    p.add_argument(
+        "--init", type=Path, help="start from this weights.pt (saved by an earlier run beside its model.onnx)"
+    )
 
 
 def export(model: torch.nn.Module, size: int, out_dir: Path, check: np.ndarray) -> float:
@@ -451,6 +459,8 @@ def build_manifest(
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from node.train.cli import describe_randomisation, load_training_data, randomisation_of, trained_styles
 
     offline_environment()
@@ -480,9 +490,12 @@ def main(args: argparse.Namespace) -> int:
         args.seed,
         head=args.head,
         randomiser=randomiser,
+        init=getattr(args, "init", None),
     )
     out_dir = Path(args.out) / args.version
     diff = export(model, args.size, out_dir, check)
+    # the trainable weights (batch norms intact) so that a later run can start from them
+    torch.save(model.state_dict(), out_dir / "weights.pt")
     val = {**val, "onnx_max_abs_diff": float(f"{diff:.3g}"), "train_seconds": round(time.monotonic() - t0, 1)}
     manifest = build_manifest(
         args.arch,
