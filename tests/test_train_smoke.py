@@ -98,6 +98,9 @@ def test_detector_one_epoch_exports_and_runtime_matches_torch(phantoms: list, tm
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     boxes = runtime.detect(images)
     assert len(boxes) == 3
+    # ultralytics' checkpoint is kept beside the ONNX (for --init) and is the exported network
+    (again,) = torch_outputs(det_train._export_module(det_train.load_weights_file(out_dir / "weights.pt")), batch)
+    np.testing.assert_allclose(again, want, atol=1e-5, rtol=0)
 
 
 def test_labels_csv_parsing_and_site_folder(tmp_path: Path) -> None:

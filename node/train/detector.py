@@ -239,8 +239,9 @@ def train_yolo(
     workdir: Path,
     threads: int,
     init: Path | None = None,
-) -> Any:
-    """Run ultralytics training on CPU, offline, deterministic; returns the best DetectionModel."""
+) -> tuple[Any, Path]:
+    """Run ultralytics training on CPU, offline, deterministic; returns the best DetectionModel
+    and the checkpoint it came from."""
     from ultralytics import YOLO
 
     workdir = workdir.resolve()  # ultralytics nests a relative project under its runs_dir
@@ -282,15 +283,25 @@ def train_yolo(
         close_mosaic=0,
     )
     save_dir = Path(getattr(yolo.trainer, "save_dir", workdir / "run"))
-    return load_weights(save_dir / "weights")
+    return load_weights(save_dir / "weights"), checkpoint_of(save_dir / "weights")
+
+
+def checkpoint_of(weights_dir: Path) -> Path:
+    """The checkpoint ``load_weights`` reads: ``best.pt``, else ``last.pt``."""
+    best = weights_dir / "best.pt"
+    return best if best.exists() else weights_dir / "last.pt"
 
 
 def load_weights(weights_dir: Path) -> Any:
     """The DetectionModel from ``best.pt`` (or ``last.pt``) of an ultralytics run."""
+    return load_weights_file(checkpoint_of(weights_dir))
+
+
+def load_weights_file(checkpoint: Path) -> Any:
+    """The DetectionModel of one ultralytics checkpoint (a run's best.pt, a model's weights.pt)."""
     from ultralytics import YOLO
 
-    best, last = weights_dir / "best.pt", weights_dir / "last.pt"
-    return YOLO(str(best if best.exists() else last)).model
+    return YOLO(str(checkpoint)).model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -378,7 +389,7 @@ def train_and_export(
         names = "\n".join(f"  {i}: {c}" for i, c in enumerate(DETECTOR_CLASSES))
         (ds / "data.yaml").write_text(f"path: {ds}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
         log.info("YOLO dataset: %d train / %d val images (%s)", n_train, n_val, ds)
-        net = train_yolo(
+        net, checkpoint = train_yolo(
             ds / "data.yaml",
             args.arch,
             args.size,
@@ -389,10 +400,14 @@ def train_and_export(
             args.threads,
             args.init,
         )
+        result = export_and_validate(net, args, train_samples, val_samples, description, t0)
+        # ultralytics' own checkpoint beside the ONNX (whose batch norms are folded away), so a
+        # later run can continue from it with --init even after the work folder is gone
+        shutil.copyfile(checkpoint, result[1] / "weights.pt")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return export_and_validate(net, args, train_samples, val_samples, description, t0)
+    return result
 
 
 def check_export(module: Any, onnx_path: Path, batch: np.ndarray, size: int, atol: float = 1e-4) -> float:
