@@ -231,8 +231,10 @@ def load_training_data(args: argparse.Namespace, task: str) -> tuple[list[Any], 
             f"validation: {args.val_phantoms} fresh phantoms, seed {args.val_phantom_seed}, "
             f"variety {args.phantom_variety}, style {args.phantom_style}"
         )
+    # like the main phantom validation: a site's own --val-data replaces phantom validation
+    phantom_val = args.data is None or args.val_data is None
     for flag, spec in [("--extra-phantoms", x) for x in getattr(args, "extra_phantoms", [])] + [
-        ("--extra-val-phantoms", x) for x in getattr(args, "extra_val_phantoms", [])
+        ("--extra-val-phantoms", x) for x in getattr(args, "extra_val_phantoms", []) if phantom_val
     ]:
         style, n, seed = parse_style_set(spec, flag)
         is_val = flag == "--extra-val-phantoms"
@@ -304,7 +306,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models", type=Path, default=Path("models"), help="models root (triage/, detector/ under it)"
     )
-    p.add_argument("--triage", default="triage", help="triage model name or path under --models")
+    p.add_argument(
+        "--triage",
+        help="triage model name or path under --models; several, comma-separated, are an ensemble "
+        "(default: the configured default, models.triage)",
+    )
     p.add_argument("--detector", default="detector", help="detector model name or path under --models")
     p.add_argument("--phantoms", type=int, default=500, help="fresh phantom images to evaluate on")
     p.add_argument("--phantom-seed", type=int, default=900001, help="a seed never used in training")
@@ -321,7 +327,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trained-on",
         help="the style(s) the models trained on, comma-separated (marks the others held out; default: "
-        "the union of the two manifests' trained_on_styles)",
+        "the union of the models' manifests' trained_on_styles, ensemble members each)",
     )
     p.add_argument("--style-images", type=int, default=120, help="mixed-view phantoms per style")
     p.add_argument("--style-cups", type=int, default=40, help="AP pelvis cup phantoms per style")
@@ -344,7 +350,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from node.train.detector import detector_metrics
 
     cfg = ModelsConfig(root=args.models)
-    triage = TriageModel.load(args.triage, cfg)
+    names = [n.strip() for n in args.triage.split(",") if n.strip()] if getattr(args, "triage", None) else None
+    triage = TriageModel.load(names or cfg.triage or "triage", cfg)
     detector = DetectorModel.load(args.detector, cfg)
     samples = list(
         phantom_samples(args.phantoms, args.phantom_seed, args.phantom_size, args.workers, args.cache)

@@ -452,8 +452,7 @@ def export_and_validate(
         "batch": args.batch,
         "randomisation": rs,
     }
-    if styles := trained_styles(args):
-        extra["trained_on_styles"] = styles
+    extra["trained_on_styles"] = trained_styles(args)  # [] = site data only
     if getattr(args, "init", None) is not None:
         extra["init"] = str(args.init)
     description = f"{description}; {describe_randomisation(rs)}"

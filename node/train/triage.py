@@ -504,8 +504,8 @@ def main(args: argparse.Namespace) -> int:
         f"{description}; {describe_randomisation(rs, task='triage')}",
         command_line(),
         val,
-        {"seed": args.seed, "epochs": args.epochs, "randomisation": rs}
-        | ({"trained_on_styles": styles} if (styles := trained_styles(args)) else {}),
+        {"seed": args.seed, "epochs": args.epochs, "randomisation": rs, "trained_on_styles": trained_styles(args)}
+        | ({"init": str(args.init)} if getattr(args, "init", None) is not None else {}),
     )
     write_model(manifest, out_dir)
     log.info("wrote %s (%.1f MB): %s", out_dir, model_size_mb(out_dir / "model.onnx"), json.dumps(val))
