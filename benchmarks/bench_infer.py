@@ -166,8 +166,9 @@ def across_series(image01: np.ndarray, models_root: Path, intra_threads: int, qu
     images = [image01] * IMAGES_PER_SERIES
     t_batch, _ = make_batch(images, plain.triage.model.manifest.input)
     d_batch, _ = make_batch(images, plain.detector.model.manifest.input)
-    names = {"triage": batched.triage.model.manifest.label.replace(" ", "-"),
-             "detector": batched.detector.model.manifest.label.replace(" ", "-")}
+    # one entry per session: an ensemble triage has several networks, each batched on its own
+    names = {s.manifest.label: s.manifest.label.replace(" ", "-") for s in batched.triage.sessions}
+    names["detector"] = batched.detector.model.manifest.label.replace(" ", "-")
 
     def end_to_end(m: Models, _i: int) -> None:
         assert m.triage is not None and m.detector is not None
@@ -176,7 +177,8 @@ def across_series(image01: np.ndarray, models_root: Path, intra_threads: int, qu
 
     def onnx_only(m: Models, _i: int) -> None:
         assert m.triage is not None and m.detector is not None
-        m.triage.model.run(t_batch)
+        for session in m.triage.sessions:  # every member of an ensemble
+            session.run(t_batch)
         m.detector.model.run(d_batch)
         m.detector.model.run(d_batch)  # the detector's second (zoomed-out) look, same shape
 
@@ -268,7 +270,7 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     t_spec, d_spec = triage.model.manifest.input, detector.model.manifest.input
     pre_t, (tb, _) = _time(lambda: make_batch([image01], t_spec), repeats)
     pre_d, (db, _) = _time(lambda: make_batch([image01], d_spec), repeats)
-    run_t, _ = _time(lambda: triage.model.run(tb), repeats)
+    run_t, _ = _time(lambda: [s.run(tb) for s in triage.sessions], repeats)  # every member
     run_d, _ = _time(lambda: detector.model.run(db), repeats)
     full_t, _ = _time(lambda: triage.predict([image01]), repeats)
     full_d, _ = _time(lambda: detector.detect([image01]), repeats)

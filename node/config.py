@@ -320,7 +320,10 @@ class ModelsConfig(_Strict):
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
     inter_op_threads: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1)
-    triage: str | None = "triage"
+    # one name, or several: an ensemble whose probabilities are averaged (node.infer.triage).
+    # 2.3.0 lives under its own name so that "triage" (its newest version) stays the better
+    # single model, 2.2.0, for configs that name it alone
+    triage: str | list[str] | None = ["triage/2.2.0", "triage-styles/2.3.0"]
     detector: str | None = "detector"
     morphology: list[str] = ["morphology", "morphology-seed1"]
     min_view_probability: float = Field(
@@ -329,6 +332,13 @@ class ModelsConfig(_Strict):
         le=1.0,
         description="below this, the triage's most likely view is not trusted: the image is treated as not a hip radiograph",
     )
+
+    @property
+    def triage_names(self) -> list[str]:
+        """The configured triage model(s) as a list (empty when triage is off)."""
+        if self.triage is None:
+            return []
+        return [self.triage] if isinstance(self.triage, str) else list(self.triage)
 
 
 class BatchingConfig(_Strict):

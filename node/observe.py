@@ -432,7 +432,9 @@ def _register(collector: Collector) -> None:
 
 def models_loaded(models: Models) -> None:
     """Expose the sessions of a worker's :class:`node.pipeline.Models`."""
-    sessions = [m.model for m in (models.triage, models.detector) if m is not None]
+    sessions = (models.triage.sessions if models.triage is not None else []) + (
+        [models.detector.model] if models.detector is not None else []
+    )
     if models.morphology is not None:
         sessions += [member.model for member in models.morphology.models]
     _model_collector.models = [(s.manifest.name, s.manifest.version, s.provider) for s in sessions]

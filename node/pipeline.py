@@ -153,7 +153,7 @@ class Models:
         if self.batching is not None:
             group = self.batching
             if self.triage is not None:
-                self.triage.model = group.wrap(self.triage.model)
+                self.triage.wrap_sessions(group.wrap)
             if self.detector is not None:
                 self.detector.model = group.wrap(self.detector.model)
             for member in self.morphology.models if self.morphology is not None else []:
@@ -172,7 +172,9 @@ class Models:
 
     def infos(self) -> list[ModelInfo]:
         """Every contributing model and algorithm (IHE AIR); they also enter the output UIDs."""
-        sessions = [m.model for m in (self.triage, self.detector) if m is not None]
+        sessions = (self.triage.sessions if self.triage is not None else []) + (
+            [self.detector.model] if self.detector is not None else []
+        )
         if self.morphology is not None:
             sessions += [member.model for member in self.morphology.models]
         return [CUP_GEOMETRY] + [

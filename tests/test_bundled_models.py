@@ -22,7 +22,7 @@ from node.train.cli import evaluate
 @pytest.fixture(scope="module")
 def result() -> dict[str, object]:
     args = argparse.Namespace(
-        models=Path("models"), triage="triage", detector="detector", phantoms=60, phantom_seed=4_242_42,
+        models=Path("models"), triage=None, detector="detector", phantoms=60, phantom_seed=4_242_42,
         phantom_size=512, workers=1, cache=None, json=None,
     )
     return evaluate(args)

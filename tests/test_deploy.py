@@ -122,7 +122,7 @@ def test_models_are_found_where_the_dockerfile_copies_them(tmp_path: Path, docke
     root = tmp_path / str(cfg.models.root).lstrip("/")
     root.parent.mkdir(parents=True)
     root.symlink_to(ROOT / "models", target_is_directory=True)
-    names = [n for n in (cfg.models.triage, cfg.models.detector, *cfg.models.morphology) if n]
+    names = [n for n in (*cfg.models.triage_names, cfg.models.detector, *cfg.models.morphology) if n]
     assert names
     for name in names:
         manifest = load_manifest(resolve_model_dir(root, name))

@@ -7,6 +7,7 @@ output is a known function of the input, so the runtime path can be checked exac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -426,3 +427,43 @@ def test_other_by_a_narrow_margin_over_a_hip_view_is_an_uncertain_hip_view() -> 
     assert note is not None and "p=0.48" in note
     assert confirm_uncertain_view(sure, joints) == (sure, None)  # a sure "other" stays other
     assert decode_triage(view, side, implant)[0].view is View.OTHER  # no minimum: the argmax stands
+
+
+def test_triage_ensemble_averages_its_members_and_exposes_every_session() -> None:
+    """The bundled default triage is an ensemble (node.config): its probabilities are the mean of
+    its members' on the same images, decoded as one model's; every member's session is listed
+    (SR model list, metrics) and routed through the batcher wrap; a lone name stays one model."""
+    from node.infer.triage import TriageEnsemble, TriageModel
+
+    cfg = ModelsConfig(root=Path("models"), batch_size=2)
+    assert isinstance(cfg.triage, list) and len(cfg.triage) == 2
+    ens = TriageModel.load(cfg.triage, cfg)
+    assert isinstance(ens, TriageEnsemble)
+    members = [TriageModel.load(name, cfg) for name in cfg.triage]
+    rng = np.random.default_rng(5)
+    images = [rng.random((90, 70)).astype(np.float32), np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)]
+    got = ens.probabilities(images)
+    parts = [m.probabilities(images) for m in members]
+    for head in ("view", "side", "implant"):
+        np.testing.assert_allclose(got[head], (parts[0][head] + parts[1][head]) / 2, atol=1e-6)
+        assert not np.allclose(parts[0][head], parts[1][head]), head  # the members do differ
+    assert ens.label == "triage " + "+".join(m.model.manifest.version for m in members)
+    assert [s.manifest.version for s in ens.sessions] == [m.model.manifest.version for m in members]
+    wrapped: list[str] = []
+
+    def wrap(session: Any) -> Any:
+        wrapped.append(session.manifest.version)
+        return session
+
+    ens.wrap_sessions(wrap)
+    assert wrapped == [m.model.manifest.version for m in members]
+    assert len(ens.predict(images)) == 2
+    # a style is held out only when no member trained on it (the bench marks its columns so)
+    from node.train.generalise import trained_on_styles
+
+    assert trained_on_styles(members[0]) == ["analytic"]
+    assert trained_on_styles(ens) == ["analytic", "voxel"]
+    single = TriageModel.load(cfg.triage[:1], cfg)
+    assert not isinstance(single, TriageEnsemble) and single.label == members[0].label
+    with pytest.raises(ManifestError, match="empty"):
+        TriageModel.load([], cfg)

@@ -4,8 +4,10 @@ Why: a figure measured on the generator style a model was trained on says little
 drawn any other way (issue 12: the bundled models scored ~99 % in style and missed half the
 implants of an independent renderer). The phantom generator forms images in more than one way
 (``node.phantom``: ``analytic`` ray sums, ``voxel`` voxelised anatomy with its own textures and
-detector model); the bundled models are trained on ``analytic`` only, so ``voxel`` is a held-out
-style, and this module scores both side by side with the *node's own* analysis
+detector model; ``sketch``, an independently written painter, evaluation only). A style is held
+out for a model pair when no model in it (ensemble members each) lists it in its manifest's
+``trained_on_styles`` (``trained_on_styles``); this module scores the styles side by side with the
+*node's own* analysis
 (``node.pipeline.analyse_hips``: triage, detector, metal finder, fusion, cup fit).
 
 Two sets per style, both fresh seeds never trained on:
@@ -267,11 +269,14 @@ def evaluate_styles(
 
 def trained_on_styles(*models: TriageModel | DetectorModel) -> list[str]:
     """The phantom styles any of ``models`` trained on, from their manifests' ``trained_on_styles``
-    (a manifest without the key predates style mixing: ``analytic``). A style is held out for a
-    model pair only when neither model saw it."""
+    (a manifest without the key predates style mixing: ``analytic``; an empty list, a model
+    trained on site data only, saw none). A style is held out for a model pair only when neither
+    model saw it."""
     out: list[str] = []
-    for model in models:
-        for style in model.model.manifest.extra.get("trained_on_styles") or ["analytic"]:
+    sessions = [s for m in models for s in (m.sessions if isinstance(m, TriageModel) else [m.model])]
+    for session in sessions:  # an ensemble's members each
+        styles = session.manifest.extra.get("trained_on_styles", ["analytic"])
+        for style in [styles] if isinstance(styles, str) else styles or []:
             if style not in out:
                 out.append(str(style))
     return out
