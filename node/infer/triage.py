@@ -24,7 +24,7 @@ import numpy as np
 
 from node.config import ModelsConfig
 from node.domain import JOINT_LABELS, Box, Side, View
-from node.infer.manifest import ManifestError
+from node.infer.manifest import InputSpec, ManifestError
 from node.infer.preprocess import batched, make_batch
 from node.infer.session import ModelSession, load_model
 
@@ -244,13 +244,20 @@ class TriageModel:
         """Raw output arrays for all images, concatenated over batches."""
         parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUTS}
         for chunk in batched(images, self.batch_size):
-            batch, _ = make_batch(chunk, self.model.manifest.input)
-            out = self.model.run(batch)
+            out = self._run_chunk(chunk, {})
             for n in OUTPUTS:
                 parts[n].append(out[n])
         if not images:
             return {"view": np.zeros((0, 5)), "side": np.zeros((0, 2)), "implant": np.zeros((0, 2))}
         return {n: np.concatenate(v) for n, v in parts.items()}
+
+    def _run_chunk(self, chunk: Sequence[np.ndarray], prepared: dict[InputSpec, np.ndarray]) -> dict[str, np.ndarray]:
+        """The heads' outputs for one batch; ``prepared`` caches the letterboxed batch per input
+        spec, so that ensemble members with the same input share one preprocessing."""
+        spec = self.model.manifest.input
+        if spec not in prepared:
+            prepared[spec], _ = make_batch(chunk, spec)
+        return self.model.run(prepared[spec])
 
     def predict(self, images: Sequence[np.ndarray]) -> list[TriageResult]:
         p = self.probabilities(images)
@@ -266,8 +273,8 @@ class TriageEnsemble(TriageModel):
     on one; on phantoms of a third style neither saw (``sketch``, fresh dev seeds 424270-424300,
     800 films) the average named the view right more often than either (99.1 % against 97.4 / 99.0
     %) and erred on fewer implant sides (24 of 1054 against 29 / 31): the members err on different
-    films (2.3.0 is stored as ``models/triage-styles/2.3.0``). Each member prepares its own batch
-    (input sizes may differ) from the same 0..1 images; members must share the heads' classes
+    films (2.3.0 is stored as ``models/triage-styles/2.3.0``). Members with the same input spec
+    share one preprocessed batch (sizes may differ); members must share the heads' classes
     (each is checked at load) and the implant threshold.
     """
 
@@ -294,6 +301,6 @@ class TriageEnsemble(TriageModel):
             m.wrap_sessions(wrap)
         self.model = self.members[0].model
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        parts = [m.probabilities(images) for m in self.members]
-        return {n: np.mean([p[n] for p in parts], axis=0) for n in OUTPUTS}
+    def _run_chunk(self, chunk: Sequence[np.ndarray], prepared: dict[InputSpec, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = [m._run_chunk(chunk, prepared) for m in self.members]  # one preprocessing per input spec
+        return {n: np.mean([o[n] for o in outs], axis=0) for n in OUTPUTS}
