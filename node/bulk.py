@@ -25,17 +25,20 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
 
 from node.config import Config
 from node.pixels import screen_metadata
 from node.receive.handlers import InvalidDataset, read_header
 from node.receive.storage import InstanceStore, OutOfResources, relative_path
-from node.registry import Database
+from node.registry import Database, Instance
 from node.registry.ingest import IngestKind, record_instance
+from node.registry.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) lit
 # Outcomes of one file that are not registry ingest kinds
 SCREENED = "screened"  # valid DICOM the node would not analyse (header screening): not stored
 REFUSED = "refused"  # not DICOM, corrupt header, missing UIDs: not stored
+# A manifest row written before a file is ingested and replaced by its outcome after: a row still
+# pending on a later run marks the file that was in flight when the import was killed
+PENDING = "pending"
 
 
 def _dataset_offset(data: bytes) -> tuple[int, pydicom.Dataset]:
@@ -68,6 +74,8 @@ class FileOutcome:
     kind: str
     series_pk: int | None = None
     detail: str = ""
+    instance_pk: int | None = None  # the registry instance version it is, or duplicates
+    version: int = 0
 
 
 def _screen_header(header: pydicom.Dataset, data: bytes, offset: int, cfg: Config) -> str | None:
@@ -142,7 +150,28 @@ def ingest_file(
         if not stored.existed:
             store.discard(stored)
         raise
-    return FileOutcome(outcome.kind.value, outcome.series_pk)
+    return FileOutcome(outcome.kind.value, outcome.series_pk, instance_pk=outcome.instance_pk,
+                       version=outcome.version)
+
+
+def resumed_outcome(db: Database, outcome: FileOutcome, attempt_started: datetime) -> FileOutcome:
+    """The outcome of a file whose ingest was interrupted after the registry commit and before
+    its manifest row (a kill between the two): read again, it meets the copy its own first
+    attempt stored and the registry calls it a duplicate. That copy is recognised by being an
+    import's and received after the attempt began (one walker: nothing else was ingested in
+    that window), and the file is counted as what the first attempt found — ``new``, or
+    ``new_version`` for a later version — as an uninterrupted import would count it. A true
+    duplicate (the same bytes stored earlier, from another file or over the network) stays one."""
+    if outcome.kind != IngestKind.DUPLICATE.value or outcome.instance_pk is None:
+        return outcome
+    with db.session() as s:
+        row = s.execute(
+            select(Instance.received_at, Instance.peer_host).where(Instance.id == outcome.instance_pk)
+        ).first()
+    if row is None or row.peer_host != "import" or row.received_at < attempt_started:
+        return outcome
+    kind = IngestKind.NEW if outcome.version <= 1 else IngestKind.NEW_VERSION
+    return FileOutcome(kind.value, outcome.series_pk, outcome.detail, outcome.instance_pk, outcome.version)
 
 
 def import_file(cfg: Config, db: Database, store: InstanceStore, path: Path, calling_ae: str) -> str:
@@ -180,9 +209,14 @@ class ImportManifest:
 
     A file whose size and mtime (ns) still match is skipped on a later run without being opened;
     a changed file is imported again (the registry then sees a new version or a duplicate).
-    Written per file right after the registry commit (WAL, no fsync per row: a crash may forget
-    the last few files, which are then re-read and recorded by the registry as duplicates of
-    themselves — never counted twice, since counts come from this table, one row per path).
+    Each file gets a ``pending`` row with the time its ingest began before it is read, replaced
+    by its outcome right after the registry commit (WAL, no fsync per row). A file still pending
+    on a later run was in flight when the import was killed: it is read again, and if the registry
+    already holds the copy that attempt stored it is counted as that attempt's outcome
+    (:func:`resumed_outcome`), not as a duplicate of itself — so a killed and restarted import
+    counts every file as an uninterrupted one does, once (counts come from this table, one row
+    per path; pending rows are not counted). A crash that loses the last rows of the WAL loses
+    their pending rows too and those files then count as duplicates of themselves.
 
     SQLite through the standard library, one connection per importer thread that walks."""
 
@@ -194,8 +228,11 @@ class ImportManifest:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS file (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
-            "mtime_ns INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+            "mtime_ns INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', started TEXT)"
         )
+        columns = {str(r[1]) for r in self._conn.execute("PRAGMA table_info(file)")}
+        if "started" not in columns:  # a manifest from before pending rows
+            self._conn.execute("ALTER TABLE file ADD COLUMN started TEXT")
 
     @staticmethod
     def default_path(cfg: Config, root: Path) -> Path:
@@ -204,21 +241,38 @@ class ImportManifest:
         return Path(cfg.storage.root) / ".import" / f"{digest}.sqlite"
 
     def done(self, path: str, size: int, mtime_ns: int) -> bool:
-        row = self._conn.execute("SELECT size, mtime_ns FROM file WHERE path = ?", (path,)).fetchone()
-        return row is not None and row[0] == size and row[1] == mtime_ns
+        row = self._conn.execute("SELECT size, mtime_ns, outcome FROM file WHERE path = ?", (path,)).fetchone()
+        return row is not None and row[0] == size and row[1] == mtime_ns and row[2] != PENDING
+
+    def begin(self, path: str, size: int, mtime_ns: int) -> datetime | None:
+        """Mark ``path`` in flight. Returns when an earlier, interrupted attempt on the same file
+        (size and mtime unchanged) began, or ``None``; that earlier time is kept, so a file
+        interrupted twice is still matched to the copy its first attempt stored."""
+        row = self._conn.execute(
+            "SELECT size, mtime_ns, outcome, started FROM file WHERE path = ?", (path,)).fetchone()
+        if row is not None and row[2] == PENDING and row[0] == size and row[1] == mtime_ns and row[3]:
+            return datetime.fromisoformat(str(row[3]))
+        self._conn.execute(
+            "INSERT INTO file (path, size, mtime_ns, outcome, detail, started) VALUES (?, ?, ?, ?, '', ?) "
+            "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "outcome = excluded.outcome, detail = '', started = excluded.started",
+            (path, size, mtime_ns, PENDING, utcnow().isoformat()),
+        )
+        return None
 
     def record(self, path: str, size: int, mtime_ns: int, outcome: FileOutcome) -> None:
         self._conn.execute(
             "INSERT INTO file (path, size, mtime_ns, outcome, detail) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
-            "outcome = excluded.outcome, detail = excluded.detail",
+            "outcome = excluded.outcome, detail = excluded.detail, started = NULL",
             (path, size, mtime_ns, outcome.kind, outcome.detail[:200]),
         )
 
     def counts(self) -> dict[str, int]:
-        """Files per outcome (``new``, ``duplicate``, ``new_version``, ``screened``, ``refused``)."""
+        """Files per outcome (``new``, ``duplicate``, ``new_version``, ``screened``, ``refused``);
+        a file still pending (in flight when a run was killed, not seen since) is not counted."""
         return {str(k): int(n) for k, n in self._conn.execute(
-            "SELECT outcome, count(*) FROM file GROUP BY outcome ORDER BY outcome")}
+            "SELECT outcome, count(*) FROM file WHERE outcome != ? GROUP BY outcome ORDER BY outcome", (PENDING,))}
 
     def exclusions(self) -> dict[str, int]:
         """Files kept out of the registry, by reason: screened ones by their screening reason

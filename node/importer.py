@@ -61,6 +61,7 @@ from node.bulk import (
     count_files,
     ingest_file,
     refusal_reason,
+    resumed_outcome,
     walk_files,
 )
 from node.config import Config, RouteMatch, RouteRule
@@ -319,9 +320,12 @@ class _Walker:
                         self.progress.walked += 1
                         self.progress.skipped += 1
                     continue
+                interrupted = self.manifest.begin(key, st.st_size, st.st_mtime_ns)
                 try:
                     outcome = ingest_file(self.cfg, self.db, self.store, Path(entry.path), self.opts.calling_ae,
                                           quiet_period_s=quiet, screen=True)
+                    if interrupted is not None:
+                        outcome = resumed_outcome(self.db, outcome, interrupted)
                 except OutOfResources as exc:
                     log.error("import: storage below watermark, stopping the walk: %s", exc.strerror)
                     self.stopped_for_space = True

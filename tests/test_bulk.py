@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,21 @@ def test_import_folder_records_instances_and_dedupes(tmp_path: Path) -> None:
     (archive / "sub" / "copy.dcm").write_bytes(files[0].read_bytes())
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert "files: duplicate 1, new 3, refused 1" in third.stdout, third.stdout
+
+    # killed between a registry commit and its manifest row: the row is still pending from an
+    # attempt that began before that copy was stored (img1), or from one that began after the
+    # copy's original was stored (copy.dcm, a true duplicate). Read again, img1 counts as new,
+    # not as a duplicate of itself, and copy.dcm stays a duplicate.
+    manifest = next((var / "storage" / ".import").glob("*.sqlite"))
+    with sqlite3.connect(manifest) as con:
+        con.execute("UPDATE file SET outcome = 'pending', started = '2000-01-01T00:00:00' WHERE path LIKE '%img1.dcm'")
+        con.execute("UPDATE file SET outcome = 'pending', started = ? WHERE path LIKE '%copy.dcm'",
+                    (datetime.now(UTC).replace(tzinfo=None).isoformat(),))
+        assert con.execute("SELECT count(*) FROM file WHERE outcome = 'pending'").fetchone()[0] == 2
+    fourth = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert "files: duplicate 1, new 3, refused 1" in fourth.stdout, fourth.stdout
+    with sqlite3.connect(manifest) as con:
+        assert con.execute("SELECT count(*) FROM file WHERE outcome = 'pending'").fetchone()[0] == 0
 
     cfg = parse_config(config)
     db = Database(cfg.database.url)
