@@ -176,8 +176,13 @@ def test_metal_only_claim_that_both_models_deny_is_not_reported_but_stated() -> 
     d = decide_implant(0.05, 0.0, 1.0)
     assert d.present is False and d.probability is not None and d.probability < 0.5
     assert d.uncertainty is not None and "metal finder" in d.uncertainty and "p=0.05" in d.uncertainty
-    # a weak detector box is not "no box": the union stands
-    assert decide_implant(0.05, 0.3, 1.0).present is True
+    # a box under the detector's reporting threshold does not carry it past a denying triage model
+    weak = decide_implant(0.05, 0.3, 1.0)
+    assert weak.present is False and weak.uncertainty is not None and "weak cup or stem box (score 0.30" in weak.uncertainty
+    # ... but where the triage model does not firmly deny (p >= METAL_ONLY_MIN_TRIAGE), the union stands
+    assert decide_implant(0.25, 0.3, 1.0).present is True
+    # and a box at the threshold is a detection: the union stands
+    assert decide_implant(0.05, 0.5, 1.0).present is True
 
 
 # --- detector boxes lying on fracture hardware (decide_implant_on_side) --------------------------
