@@ -324,7 +324,9 @@ class ModelsConfig(_Strict):
     # 2.3.0 lives under its own name so that "triage" (its newest version) stays the better
     # single model, 2.2.0, for configs that name it alone
     triage: str | list[str] | None = ["triage/2.2.0", "triage-styles/2.3.0"]
-    detector: str | None = "detector"
+    # pinned like triage: a bare "detector" would take the newest version folder found, so a
+    # trial model dropped into models/detector/ would silently become the default
+    detector: str | None = "detector/2.1.0"
     morphology: list[str] = ["morphology", "morphology-seed1"]
     min_view_probability: float = Field(
         0.6,
