@@ -204,6 +204,15 @@ def count_files(root: Path) -> int:
     return sum(len(files) for _, files in walk_files(root))
 
 
+@dataclass(frozen=True)
+class FileClaim:
+    """``ImportManifest.begin``'s answer for one file: done already (skip it), or to ingest,
+    with the start of an earlier attempt that was interrupted, if there was one."""
+
+    done: bool
+    interrupted: datetime | None = None
+
+
 class ImportManifest:
     """Which files of an archive are done, keyed by path with their size and mtime.
 
@@ -240,25 +249,25 @@ class ImportManifest:
         digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
         return Path(cfg.storage.root) / ".import" / f"{digest}.sqlite"
 
-    def done(self, path: str, size: int, mtime_ns: int) -> bool:
-        row = self._conn.execute("SELECT size, mtime_ns, outcome FROM file WHERE path = ?", (path,)).fetchone()
-        return row is not None and row[0] == size and row[1] == mtime_ns and row[2] != PENDING
-
-    def begin(self, path: str, size: int, mtime_ns: int) -> datetime | None:
-        """Mark ``path`` in flight. Returns when an earlier, interrupted attempt on the same file
-        (size and mtime unchanged) began, or ``None``; that earlier time is kept, so a file
-        interrupted twice is still matched to the copy its first attempt stored."""
+    def begin(self, path: str, size: int, mtime_ns: int) -> FileClaim:
+        """Whether ``path`` is done (size and mtime unchanged: skip it without opening it);
+        otherwise mark it in flight, and say when an earlier, interrupted attempt on the same
+        file began (kept, so a file interrupted twice is still matched to the copy its first
+        attempt stored). One read of the row per file, one write only for files to ingest."""
         row = self._conn.execute(
             "SELECT size, mtime_ns, outcome, started FROM file WHERE path = ?", (path,)).fetchone()
-        if row is not None and row[2] == PENDING and row[0] == size and row[1] == mtime_ns and row[3]:
-            return datetime.fromisoformat(str(row[3]))
+        same = row is not None and row[0] == size and row[1] == mtime_ns
+        if same and row[2] != PENDING:
+            return FileClaim(done=True)
+        if same and row[3]:
+            return FileClaim(done=False, interrupted=datetime.fromisoformat(str(row[3])))
         self._conn.execute(
             "INSERT INTO file (path, size, mtime_ns, outcome, detail, started) VALUES (?, ?, ?, ?, '', ?) "
             "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
             "outcome = excluded.outcome, detail = '', started = excluded.started",
             (path, size, mtime_ns, PENDING, utcnow().isoformat()),
         )
-        return None
+        return FileClaim(done=False)
 
     def record(self, path: str, size: int, mtime_ns: int, outcome: FileOutcome) -> None:
         self._conn.execute(

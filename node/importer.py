@@ -315,17 +315,17 @@ class _Walker:
                 except OSError:
                     continue
                 key = entry.path
-                if self.manifest.done(key, st.st_size, st.st_mtime_ns):
+                claim = self.manifest.begin(key, st.st_size, st.st_mtime_ns)
+                if claim.done:
                     with self.progress.lock:
                         self.progress.walked += 1
                         self.progress.skipped += 1
                     continue
-                interrupted = self.manifest.begin(key, st.st_size, st.st_mtime_ns)
                 try:
                     outcome = ingest_file(self.cfg, self.db, self.store, Path(entry.path), self.opts.calling_ae,
                                           quiet_period_s=quiet, screen=True)
-                    if interrupted is not None:
-                        outcome = resumed_outcome(self.db, outcome, interrupted)
+                    if claim.interrupted is not None:
+                        outcome = resumed_outcome(self.db, outcome, claim.interrupted)
                 except OutOfResources as exc:
                     log.error("import: storage below watermark, stopping the walk: %s", exc.strerror)
                     self.stopped_for_space = True
