@@ -399,6 +399,32 @@ def test_a_laterals_side_comes_from_the_header_and_the_disagreement_is_stated() 
     assert header_side(_laterality(image="L", series="R")) is Side.LEFT
 
 
+def test_a_single_hip_view_the_model_was_unsure_of_takes_its_side_from_the_header() -> None:
+    """A view accepted only because the detector found a hip joint (``confirm_uncertain_view``):
+    the model was unsure what it saw, so its side - however confident - gives way to the header's
+    laterality (an unseen renderer's laterals read as oblique hips named the other hip at p 0.99).
+    The same view read with confidence keeps the side its pixels show."""
+    import numpy as np
+
+    from node.domain import Box, Side, View
+    from node.infer.triage import confirm_uncertain_view, decode_triage, side_from_header
+
+    # an oblique hip at p 0.56 (below the 0.6 bar), then the same read at p 0.9; both place it on the left
+    view = np.array([[0.01, 0.0, 0.01, 0.56, 0.42], [0.0, 0.05, 0.0, 0.9, 0.05]])
+    side = np.array([[0.01, 0.99], [0.01, 0.99]])
+    implant = np.array([[0.1, 0.3], [0.1, 0.3]])
+    unsure, sure = decode_triage(view, side, implant, min_view_probability=0.6)
+    confirmed, _ = confirm_uncertain_view(unsure, [Box(0, 0, 10, 10, "hip_joint_left", 0.64)])
+    assert confirmed.view is View.OBLIQUE_HIP and confirmed.view_confirmed_by_detector
+    moved, note = side_from_header(confirmed, Side.RIGHT)
+    assert moved.imaged_sides == (Side.RIGHT,) and moved.implant_probability == {Side.RIGHT: 0.3}
+    assert note is not None and "unsure which view this is" in note and "left hip (p=0.99)" in note
+    assert not sure.view_confirmed_by_detector
+    assert side_from_header(sure, Side.RIGHT) == (sure, None)
+    assert side_from_header(confirmed, Side.LEFT) == (confirmed, None)  # agreement
+    assert side_from_header(confirmed, None) == (confirmed, None)  # no laterality in the header
+
+
 def _laterality(image: str | None = None, series: str | None = None) -> Dataset:
     ds = Dataset()
     if image is not None:

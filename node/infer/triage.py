@@ -49,6 +49,10 @@ class TriageResult:
     # with ``uncertain_view``: the result as it would read had that view been accepted (sides,
     # implant probabilities), for ``confirm_uncertain_view``
     leaned: TriageResult | None = None
+    # the view is the uncertain lean, accepted because the detector found a hip joint
+    # (``confirm_uncertain_view``): the model was not sure what it saw, so its single-hip side
+    # does not stand against the header's (``side_from_header``)
+    view_confirmed_by_detector: bool = False
 
     def implant_present(self, side: Side) -> bool | None:
         p = self.implant_probability.get(side)
@@ -142,7 +146,7 @@ def confirm_uncertain_view(triage: TriageResult, boxes: Sequence[Box]) -> tuple[
     joint = max((b for b in boxes if b.label in JOINT_LABELS), key=lambda b: b.score, default=None)
     if joint is None or joint.score < VIEW_CONFIRM_JOINT_SCORE:
         return triage, None
-    leaned = triage.leaned
+    leaned = replace(triage.leaned, view_confirmed_by_detector=True)
     note = (f"View uncertain ({leaned.view.value.replace('_', ' ')} at p={leaned.view_probability:.2f}): "
             f"analysed as such because the detector found a hip joint (score {joint.score:.2f})")
     return leaned, note
@@ -169,14 +173,17 @@ def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageR
     ``node.phantom.sketch``, drawn either way round: the triage head named the other hip on about
     half). The radiographer's laterality is then the better source; a disagreement is stated, as
     every header disagreement is. On an AP hip the pixels decide unless the model is unsure of
-    them. Elsewhere the header is not routed on (seed 004 found such metadata too unreliable),
+    them. On any single-hip view the model was unsure of (``view_confirmed_by_detector``) the
+    header decides too: on that renderer's laterals read as oblique or AP hips at p 0.42-0.57,
+    the model named the other hip at p >= 0.86 on 4 of 6 (dev seeds 424290-424310). Elsewhere the header is not routed on (seed 004 found such metadata too unreliable),
     and the implant probability stays the one the model gave the hip it saw.
     """
     if tagged is None or triage.imaged_sides == (tagged,):
         return triage, None
     unsure_ap = (triage.view is View.AP_HIP and triage.side_probability is not None
                  and triage.side_probability < AP_HIP_HEADER_SIDE_BELOW)
-    if triage.view is not View.LATERAL_HIP and not unsure_ap:
+    unsure_view = triage.view in SINGLE_HIP_VIEWS and triage.view_confirmed_by_detector
+    if triage.view is not View.LATERAL_HIP and not unsure_ap and not unsure_view:
         return triage, None
     seen = triage.imaged_sides[0] if triage.imaged_sides else None
     p = triage.implant_probability.get(seen) if seen is not None else None
@@ -185,8 +192,9 @@ def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageR
     leaned = "" if seen is None else (f"; the model leaned to the {seen.name.lower()} hip"
                                       + ("" if triage.side_probability is None
                                          else f" (p={triage.side_probability:.2f})"))
-    why = "a lateral view does not show which hip it is" if triage.view is View.LATERAL_HIP else \
-        "the model was unsure which hip this AP view shows"
+    why = ("a lateral view does not show which hip it is" if triage.view is View.LATERAL_HIP
+           else "the model was unsure which view this is" if unsure_view
+           else "the model was unsure which hip this AP view shows")
     note = f"Side taken from the header (laterality {tagged.value}): {why}{leaned}"
     return moved, note
 
