@@ -409,3 +409,25 @@ def test_on_an_ap_view_a_stem_above_its_joint_is_not_an_arthroplasty() -> None:
     assert arthroplasty_evidence(stem, half, Side.RIGHT, above, ap_view=False) >= 0.9
     cup = _ev(_obj("cup", "cup", 100))  # a cup sits in the joint: the rule is for stems only
     assert arthroplasty_evidence(cup, half, Side.RIGHT, above, ap_view=True) >= 0.9
+
+
+@pytest.mark.parametrize(("kind", "seed", "index", "side"), [("mixed", 424310, 130, Side.RIGHT),
+                                                             ("cups", 424280, 6, Side.LEFT)])
+def test_a_clipped_cemented_stem_and_head_are_found(kind: str, seed: int, index: int, side: Side,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cemented prostheses on an independently written renderer's films (``node.phantom.sketch``,
+    dev seeds): head and stem clipped to white, the stem's flat core narrowed by the bright cement
+    round it (7-8 working pixels thick) and the 28 mm head under ``MIN_ZONE_PX`` once its edge band
+    is off. Both were missed, and triage (p 0.34 / 0.11) with the detector's stem box (0.64-0.68)
+    left the prosthesis unreported. As clipped plateaus far above bone (``_clipped``) they are
+    found; with that cue off they are not (what the finder did before)."""
+    import node.analyse.metal as metal_module
+    from node.train.generalise import _render_job
+
+    r = _render_job((kind, "sketch", seed, index, 768))
+    assert r.truth.hips[side].implant
+    half = _image_half(r.image01.shape[1])
+    ev = find_metal(r.image01)
+    assert arthroplasty_evidence(ev, half, side) >= 0.9, ev.note
+    monkeypatch.setattr(metal_module, "CLIPPED_LEV", (99.0, 100.0))
+    assert arthroplasty_evidence(find_metal(r.image01), half, side) < 0.5

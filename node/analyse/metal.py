@@ -48,7 +48,11 @@ How
 5. A candidate scores (a product of ramps: every cue must hold) by the share of its edges on
    which it is the bright side, how much of its outline such edges cover, its texture in excess
    of the noise relative to its own edge step (invariant to grey-level transforms), holes, the
-   plateau behind its edges, thickness and the amount of edge evidence.
+   plateau behind its edges, thickness and the amount of edge evidence. A *clipped plateau*
+   (most of the zone at the image's top level, well above the bone level, bright-sided all
+   round, no texture: processed films clip metal to white) may be smaller and thinner
+   (``_clipped``): a cemented stem's flat core inside its bright mantle and a prosthetic head
+   failed the size cues; such zones are kept only where they form a cup, head or stem.
 6. Accepted zones are merged into objects, grown into their edge band, and classified by shape
    and size relative to the image (cup, head, stem; nail, screw, wire, other). A stem carries
    a head: an elongated part with no ball of its own and no cup or head next to it is "other"
@@ -107,6 +111,11 @@ PROFILE_MIN_WIDTH, PROFILE_MAX_WIDTH = 1.2, 3.0  # px: an edge's blur, for its p
 N_LEVELS = 5
 LEVEL_QUANTILES = (35.0, 98.0)
 MIN_ZONE_PX = 300
+# A clipped plateau far above bone (see ``_clipped``) may be smaller and thinner: at the working
+# scale a cemented stem's flat core is 7-8 px thick and a 28 mm head's under 300 px.
+MIN_CLIPPED_ZONE_PX = 100
+CLIPPED_LEV = (1.3, 1.6)  # ramp of (mean - soft) / gap
+CLIPPED_SHARE = (0.5, 0.9)  # ramp of the zone's share at the image's top level
 MAX_ZONE_FRACTION = 0.3
 SHUTTER_TOL = 0.03
 SHUTTER_MAX_DEPTH = 0.4  # fraction of the image size
@@ -423,6 +432,8 @@ class _Candidate:
     excess: float = 0.0  # RMS texture in excess of the noise
     perimeter: float = 0.0
     score: float = 0.0
+    sat: float = 0.0  # share of its pixels at the image's top level (clipped)
+    clipped_only: bool = False  # accepted only as a clipped plateau (``_clipped``)
 
 
 def _first_label(labr: LabelArray, idx: list[NDArray[np.intp]]) -> LabelArray:
@@ -443,6 +454,7 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
         return [], []
     qs = np.percentile(sample[:: max(1, sample.size // 65536)], np.linspace(*LEVEL_QUANTILES, N_LEVELS))
     levels = [-np.inf, *(float(q) for q in qs)]
+    top = float(sample.max())
     near_out = cv2.dilate((~m.exposed).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
     cands: list[_Candidate] = []
     labels: list[LabelArray] = []
@@ -455,7 +467,7 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
         lab = np.asarray(lab_any, dtype=np.int32)
         labels.append(lab)
         area = st[:, cv2.CC_STAT_AREA]
-        good = (area >= MIN_ZONE_PX) & (area <= MAX_ZONE_FRACTION * h * w)
+        good = (area >= MIN_CLIPPED_ZONE_PX) & (area <= MAX_ZONE_FRACTION * h * w)
         good[0] = False
         if not good.any():
             continue
@@ -479,19 +491,20 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
             key = (*c.bbox, a)
             prev = seen.get(key)
             if prev is None:
-                _zone_features(m, lab, c, near_out)
+                _zone_features(m, lab, c, near_out, top)
                 seen[key] = c
             else:
-                c.lev, c.excess, c.border = prev.lev, prev.excess, prev.border
+                c.lev, c.excess, c.border, c.sat = prev.lev, prev.excess, prev.border, prev.sat
                 c.filled_area, c.thick, c.perimeter = prev.filled_area, prev.thick, prev.perimeter
                 c.cover = c.n_bright / max(c.perimeter, 1.0)
                 c.tex_step = c.excess / max(c.step, 1e-4)
-            c.score = _score(c)
+            c.score = _score(c, _clipped(c))
+            c.clipped_only = c.score >= ACCEPT_SCORE and _score(c, 0.0) < ACCEPT_SCORE
             cands.append(c)
     return cands, labels
 
 
-def _zone_features(m: _Maps, lab: LabelArray, c: _Candidate, near_out: BoolArray) -> None:
+def _zone_features(m: _Maps, lab: LabelArray, c: _Candidate, near_out: BoolArray, top: float) -> None:
     """Pixel and shape features of one candidate, on its bounding box."""
     x0, y0, x1, y1 = c.bbox
     inside = lab[y0:y1, x0:x1] == c.label
@@ -500,6 +513,7 @@ def _zone_features(m: _Maps, lab: LabelArray, c: _Candidate, near_out: BoolArray
     q2 = m.qmap[y0:y1, x0:x1][inside].astype(np.float64) ** 2
     gap = max(m.bone - m.soft, 1e-3)
     c.lev = (float(xs.mean()) - m.soft) / gap
+    c.sat = float((xs >= top - 0.01).mean())
     c.excess = math.sqrt(max(float(t2.mean() - TEX_NOISE_SHARE * q2.mean()), 0.0))
     c.tex_step = c.excess / max(c.step, 1e-4)
     crop = cv2.copyMakeBorder(inside.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
@@ -521,7 +535,21 @@ def _zone_features(m: _Maps, lab: LabelArray, c: _Candidate, near_out: BoolArray
 # Scoring
 
 
-def _score(c: _Candidate) -> float:
+def _clipped(c: _Candidate) -> float:
+    """0..1: how surely a zone is a clipped plateau far above bone - most of it at the image's
+    top level, its mean well above the bone level, bright-sided all round, no texture.
+
+    Processed radiographs clip metal to white. A cemented stem (its flat core narrowed by the
+    bright cement mantle round it) and a prosthetic head (28-36 mm, under 300 working pixels once
+    the edge band is off) then fail the size and thickness cues that keep bone out, though
+    nothing else in a film looks like them; where bone itself is clipped, the bone level is near
+    the top and the level cue fails. Zones accepted only through this are kept only where they
+    are shaped like a cup, head or stem (``_analyse``)."""
+    return (_ramp(c.lev, *CLIPPED_LEV) * _ramp(c.sat, *CLIPPED_SHARE) * _ramp(c.bright_frac, 0.95, 0.99)
+            * _ramp(c.tex_step, 0.01, 0.005))
+
+
+def _score(c: _Candidate, clipped: float = 0.0) -> float:
     """Metal-likeness of a zone, 0..1: every cue must hold (a product of ramps).
 
     * bright side of (nearly) all its edges, with such edges along much of its outline;
@@ -537,6 +565,8 @@ def _score(c: _Candidate) -> float:
     the bone level, are allowed more texture and holes."""
     if c.border > MAX_BORDER or c.filled_area <= 0:
         return 0.0
+    if c.area < MIN_ZONE_PX and clipped < 1.0:
+        return 0.0
     hole = 1.0 - c.area / c.filled_area
     big = _ramp(c.n_bright, 100.0, 200.0) * _ramp(c.thick, 10.0, 14.0) * _ramp(c.bright_frac, 0.88, 0.95)
     bright = _ramp(c.lev, 1.15, 1.4) * _ramp(c.bright_frac, 0.9, 0.97) * _ramp(c.thick, 8.0, 12.0)
@@ -547,7 +577,7 @@ def _score(c: _Candidate) -> float:
         _ramp(c.tex_step, TEX_STEP_BAD + 0.01 * slack, TEX_STEP_GOOD + 0.01 * slack),
         _ramp(hole, 0.12 + 0.08 * slack, 0.04 + 0.08 * slack),
         _ramp(abs(c.curv - CURV_METAL), CURV_BAD, CURV_GOOD),
-        _ramp(c.thick, 6.0, 10.0),
+        _ramp(c.thick, 6.0 - 2.0 * clipped, 10.0 - 4.0 * clipped),
         _ramp(c.n_bright, 30.0, 80.0),
         _ramp(c.lev, LEV_BAD, LEV_GOOD),
     )
@@ -579,6 +609,7 @@ def _select(cands: list[_Candidate], labels: list[LabelArray], shape: tuple[int,
 class _Object:
     mask: BoolArray  # working scale
     score: float
+    clipped_only: bool = False  # made only of zones accepted as clipped plateaus
 
 
 def _objects(m: _Maps, accepted: list[tuple[_Candidate, BoolArray]]) -> list[_Object]:
@@ -589,9 +620,12 @@ def _objects(m: _Maps, accepted: list[tuple[_Candidate, BoolArray]]) -> list[_Ob
     h, w = m.xs.shape
     union = np.zeros((h, w), dtype=np.uint8)
     score_map = np.zeros((h, w), dtype=np.float32)
+    firm = np.zeros((h, w), dtype=bool)
     for c, zone in accepted:
         union[zone] = 1
         score_map[zone] = np.maximum(score_map[zone], np.float32(c.score))
+        if not c.clipped_only:
+            firm |= zone
     bridged = np.asarray(cv2.morphologyEx(union, cv2.MORPH_CLOSE, _disk(MERGE_GAP_PX // 2 + 1)), dtype=np.uint8) | union
     n, lab, st, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
     out: list[_Object] = []
@@ -616,7 +650,8 @@ def _objects(m: _Maps, accepted: list[tuple[_Candidate, BoolArray]]) -> list[_Ob
         keep = np.unique(glab[core & grown])
         full = np.zeros((h, w), dtype=bool)
         full[Y0:Y1, X0:X1] = np.isin(glab, keep[keep > 0])
-        out.append(_Object(full, float(score_map[Y0:Y1, X0:X1][core].max())))
+        out.append(_Object(full, float(score_map[Y0:Y1, X0:X1][core].max()),
+                           not bool(firm[Y0:Y1, X0:X1][core].any())))
     return out
 
 
@@ -648,6 +683,7 @@ class _Part:
     kind: str
     score: float
     has_ball: bool = True  # a stem: cut from an object with its ball, or bulging into one
+    clipped_only: bool = False  # from an object made only of clipped plateaus
 
 
 def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
@@ -687,7 +723,7 @@ def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: Bo
         full = np.zeros_like(obj.mask)
         full[y0:y1, x0:x1] = piece[pad:-pad, pad:-pad] > 0
         out.append(_Part(full, _name(full, maybe_ball, split, long_side, mm_per_px, outside), obj.score,
-                         split or _has_bulb(piece)))
+                         split or _has_bulb(piece), obj.clipped_only))
     return out
 
 
@@ -808,6 +844,9 @@ def _analyse(image01: np.ndarray, pixel_spacing_mm: float | None = None
     parts = [p for o in _objects(m, _select(cands, labels, m.xs.shape))
              for p in _classify(o, max(m.xs.shape), mm_work, outside)]
     _stems_need_a_ball(parts)
+    # a clipped plateau that is no cup, head or stem is left out: it is admitted for those shapes
+    # (``_clipped``), and "metal of no recognised shape" there would only add doubt
+    parts = [p for p in parts if not p.clipped_only or p.kind in ARTHROPLASTY_KINDS]
     found = [mo for mo in (_to_full(p, work, m) for p in parts) if mo is not None]
     found.sort(key=lambda o: -o.box.score)
     kinds = ", ".join(f"{o.kind} {o.box.score:.2f}" for o in found) or "none"
