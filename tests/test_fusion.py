@@ -310,3 +310,35 @@ def test_triage_with_a_weak_box_does_not_outweigh_no_metal_on_an_ap_view() -> No
     assert decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, 0.3).present is True
     assert decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, None).present is True
     assert decide_implant_on_side(0.84, boxes, Side.RIGHT, assign, 0.0, ap_view=False).present is True
+
+
+def test_metal_of_no_arthroplasty_shape_the_detector_boxed_as_fixation_outweighs_triage_and_a_weak_box() -> None:
+    """Cannulated screws on an unseen style: triage says implant (0.58-0.80), the detector gives a
+    weak cup box (0.30-0.38) and boxes the screws as fracture hardware, and the metal finder sees
+    metal of no arthroplasty shape (evidence 0.25-0.45). On an AP view that is not reported, and
+    the SR says why; each other source or view keeps the union."""
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes = [Box(90, 90, 200, 200, "hip_joint_right", 0.9), Box(100, 100, 160, 160, "cup", 0.35),
+             Box(95, 110, 260, 260, "other_hardware", 0.7)]
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+    d = decide_implant_on_side(0.80, boxes, Side.RIGHT, assign, 0.45)
+    assert d.present is False and d.uncertainty is not None
+    assert "fracture hardware (score 0.70)" in d.uncertainty and "p=0.80" in d.uncertainty
+    assert "not reported" in d.uncertainty
+    # the union stands: a confident triage, an arthroplasty-shaped metal, a sure cup box, no
+    # fixation box, a lateral view
+    assert decide_implant_on_side(0.95, boxes, Side.RIGHT, assign, 0.45).present is True
+    assert decide_implant_on_side(0.80, boxes, Side.RIGHT, assign, 0.95).present is True
+    sure = [*boxes[:1], replace(boxes[1], score=0.6), *boxes[2:]]
+    assert decide_implant_on_side(0.80, sure, Side.RIGHT, SideAssigner(sure, (Side.RIGHT, Side.LEFT), 800),
+                                  0.45).present is True
+    no_fix = boxes[:2]
+    assert decide_implant_on_side(0.80, no_fix, Side.RIGHT, SideAssigner(no_fix, (Side.RIGHT, Side.LEFT), 800),
+                                  0.45).present is True
+    assert decide_implant_on_side(0.80, boxes, Side.RIGHT, assign, 0.45, ap_view=False).present is True
+    # a fixation box weaker than the cup or stem box: the detector did not favour "hardware" (a
+    # cemented stem boxed 0.49 as a stem and 0.26 as hardware)
+    weak_fix = [*boxes[:2], replace(boxes[2], score=0.3)]
+    assert decide_implant_on_side(0.80, weak_fix, Side.RIGHT, SideAssigner(weak_fix, (Side.RIGHT, Side.LEFT), 800),
+                                  0.45).present is True
