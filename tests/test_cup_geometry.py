@@ -351,15 +351,22 @@ def test_a_marker_ring_inside_its_cement_mantle_matches_the_mantle_s_box() -> No
     assert _wire_fit(lopsided, (1.0, 1.0), hemisphere_box(45.0)) is None
 
 
-def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_check() -> None:
+def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A box much larger than the cup (as a detector gives on a style it never saw) refuses a fit
     that is right; a second, different loose box refuses the same ellipse; the pipeline's rule
     (``node.pipeline._same_outline``) sees the agreement and the cup read without the box check
-    (``min_box_iou=0``) is the true one. Two readings of different ellipses do not agree."""
+    (``min_box_iou=0``) is the true one. Two readings of different ellipses do not agree.
+    The dome here is seen whole, so the looser bar for a clear dome (``MIN_BOX_IOU_CLEAR_DOME``,
+    tested below) would read it in either box: that bar is set to the usual one to test the rule
+    for fits without a clear dome."""
     from dataclasses import replace as _replace
 
-    from node.analyse.cup import OUTLINE_BOX_REFUSAL
+    import node.analyse.cup as cup_module
+    from node.analyse.cup import MIN_BOX_IOU, OUTLINE_BOX_REFUSAL
     from node.pipeline import _same_outline
+
+    monkeypatch.setattr(cup_module, "MIN_BOX_IOU_CLEAR_DOME", MIN_BOX_IOU)
 
     img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
     ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
@@ -381,6 +388,30 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     assert not _same_outline(refused[0], turned)
     other = _replace(refused[1], refusal_reason="rim ellipse reaches beyond the cup box: its ends are not the cup's")
     assert not _same_outline(refused[0], other)
+
+
+def test_a_loose_box_around_a_clearly_seen_dome_is_read_down_to_half_overlap() -> None:
+    """Where the dome is clearly seen (``CLEAR_DOME_SPAN_DEG``, ``CLEAR_DOME_QUALITY``) and the rim
+    opens the way the dome's gap does (``LOOSE_BOX_MAX_TURN_DEG``), the outline has to overlap the
+    detector's cup box by ``MIN_BOX_IOU_CLEAR_DOME`` only: on a style the detector never saw its
+    cup boxes are loose, and such fits were right (issue 12, dev sketch phantoms). Below half
+    overlap the box refuses the outline as before."""
+    from node.analyse.cup import CLEAR_DOME_SPAN_DEG, MIN_BOX_IOU, MIN_BOX_IOU_CLEAR_DOME, OUTLINE_BOX_REFUSAL
+
+    img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
+    ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
+    w, h = box.width, box.height
+    for loose in (Box(box.x0 - 0.3 * w, box.y0, box.x1, box.y1 + 0.2 * h, label="cup"),
+                  Box(box.x0 - 0.25 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.3 * h, label="cup")):
+        fit = fit_cup_ellipse(img, loose)
+        assert MIN_BOX_IOU_CLEAR_DOME <= fit.box_iou < MIN_BOX_IOU and fit.dome_span_deg >= CLEAR_DOME_SPAN_DEG
+        m = measure_cup(img, loose, Side.RIGHT, View.AP_PELVIS, reference=ref)
+        assert m.refusal_reason is None, m.refusal_reason
+        assert m.inclination_deg == pytest.approx(45.0, abs=1.0)
+        assert m.anteversion_deg == pytest.approx(20.0, abs=1.0)
+    looser = Box(box.x0 - 0.42 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.5 * h, label="cup")
+    m = measure_cup(img, looser, Side.RIGHT, View.AP_PELVIS, reference=ref)
+    assert m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_BOX_REFUSAL), m.refusal_reason
 
 
 def test_a_dome_without_contrast_is_no_cup_outline() -> None:

@@ -139,6 +139,15 @@ MAX_RIM_END_OUTSIDE_BOX = 0.1
 MAX_RIM_END_OUTSIDE_CLEAR_DOME = 0.2
 CLEAR_DOME_SPAN_DEG = 120.0
 CLEAR_DOME_QUALITY = 0.6
+# ... and where the dome is clearly seen, and the rim opens within LOOSE_BOX_MAX_TURN_DEG of the
+# dome's gap, the outline need overlap the cup box only by MIN_BOX_IOU_CLEAR_DOME (MIN_BOX_IOU
+# otherwise). On dev sketch phantoms (cups seeds 424270-424320, 583 cups; never the bench seed) the
+# detector's boxes were loose round 13 such cups (IoU 0.53-0.70), all read within 1.2° / 2.4° once
+# the bar was lowered; on analytic and voxel dev sets (4 x 60 films) nothing changed but one
+# resurfacing cup read 16° off, whose rim turned 19° from the dome's gap (the right fits: under 8°;
+# one right flanged cup at 15.5° stays refused).
+MIN_BOX_IOU_CLEAR_DOME = 0.5
+LOOSE_BOX_MAX_TURN_DEG = 10.0
 # Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
 # implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
 MIN_INCLINATION_DEG = 5.0
@@ -1214,9 +1223,10 @@ def _rim_fit(
     )
     if rms > MAX_RIM_RMS_PX:
         return _refuse(fit, f"rim ellipse fit residual too large ({rms:.2f} px)")
-    if fit.box_iou < min_box_iou:
-        return _refuse(fit, f"{OUTLINE_BOX_REFUSAL} (IoU {fit.box_iou:.2f})")
     clear_dome = span >= CLEAR_DOME_SPAN_DEG and quality >= CLEAR_DOME_QUALITY
+    loose_box = clear_dome and fit.gap_turn_deg <= LOOSE_BOX_MAX_TURN_DEG
+    if fit.box_iou < (min(min_box_iou, MIN_BOX_IOU_CLEAR_DOME) if loose_box else min_box_iou):
+        return _refuse(fit, f"{OUTLINE_BOX_REFUSAL} (IoU {fit.box_iou:.2f})")
     if _outside_box(ell, box) > (MAX_RIM_END_OUTSIDE_CLEAR_DOME if clear_dome else MAX_RIM_END_OUTSIDE_BOX):
         return _refuse(fit, f"{RIM_BEYOND_BOX_REFUSAL}: its ends are not the cup's")
     if coverage < MIN_RIM_COVERAGE:
