@@ -373,7 +373,7 @@ NO_METAL_MAX_TRIAGE = 0.9
 # metal finder did see metal on the side but of no arthroplasty shape (METAL_NONE <= evidence <
 # 0.5) and the detector boxed fracture hardware there, above its floor and above its own cup or
 # stem box (it favoured "fixation" over "arthroplasty"). On an independently
-# written renderer's films (``node.phantom.sketch``, dev seeds 424240-424330: 2,398 sketch sides,
+# written renderer's films (``node.phantom.sketch``, dev seeds 424240-424330: 2,399 sketch sides,
 # 491 analytic and 257 voxel) it held on 3 sides, all cannulated screws (triage 0.58-0.80, cup
 # boxes 0.30-0.38, fixation boxes 0.58-0.75), each reported as an arthroplasty before. Without the
 # fixation box the rule would also have taken a cemented prosthesis (triage 0.78, box 0.44). The

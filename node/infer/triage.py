@@ -174,9 +174,10 @@ def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageR
     half). The radiographer's laterality is then the better source; a disagreement is stated, as
     every header disagreement is. On an AP hip the pixels decide unless the model is unsure of
     them. On any single-hip view the model was unsure of (``view_confirmed_by_detector``) the
-    header decides too: on that renderer's laterals read as oblique or AP hips at p 0.42-0.57,
-    the model named the other hip at p >= 0.86 on 4 of 6 (dev seeds 424290-424310). Elsewhere the header is not routed on (seed 004 found such metadata too unreliable),
-    and the implant probability stays the one the model gave the hip it saw.
+    header decides too: that renderer's laterals read as oblique or AP hips (view p 0.42-0.57)
+    were given the other hip on 7 dev sides (seeds 424240-424330; the 4 inspected at side p
+    0.86-1.00). Elsewhere the header is not routed on (seed 004 found such metadata too
+    unreliable), and the implant probability stays the one the model gave the hip it saw.
     """
     if tagged is None or triage.imaged_sides == (tagged,):
         return triage, None
