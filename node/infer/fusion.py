@@ -319,7 +319,7 @@ def decide_implant_on_side(
     says so; and an implant resting on a triage model under ``NO_METAL_MAX_TRIAGE`` and a
     detector box under 0.5, where the metal finder saw no arthroplasty-like metal at all, is not
     reported (stated), nor where the metal it saw there is of no arthroplasty shape and the detector
-    boxed fracture hardware on that side (``SHAPELESS_METAL_ON_FIXATION``, stated). Not on lateral
+    boxed fracture hardware above its own cup or stem box on that side (stated). Not on lateral
     or oblique views, where a prosthesis and the hardware boxed beside it
     overlap in projection (on the bench's held-out phantoms the rule cost a lateral
     hemiarthroplasty boxed at 0.91).
@@ -341,21 +341,21 @@ def decide_implant_on_side(
     decision = decide_implant(triage_probability, hw, metal)
     t = triage_probability
     if (ap_view and decision.present and not decision.by_metal_only and hw < IMPLANT_THRESHOLD and t is not None
-            and t < NO_METAL_MAX_TRIAGE and metal is not None and metal < METAL_NONE):
-        said = (f"the triage model suggests an implant (p={t:.2f}) with a weak detector box (score {hw:.2f}) but the "
-                "metal finder found no arthroplasty-like metal on this side: not reported")
-        note = said if note is None else f"{note}; {said}"
-        return ImplantDecision(False, decision.probability, note, False)
-    # SHAPELESS_METAL_ON_FIXATION
-    fixation = max((b.score for b in boxes if b.label == "other_hardware" and assign(b) is side), default=0.0)
-    if (ap_view and decision.present and not decision.by_metal_only and hw < IMPLANT_THRESHOLD and t is not None
-            and t < NO_METAL_MAX_TRIAGE and metal is not None and METAL_NONE <= metal < IMPLANT_THRESHOLD
-            and fixation >= DETECTOR_FLOOR and fixation > hw):
-        said = (f"the triage model suggests an implant (p={t:.2f}) with a weak detector box (score {hw:.2f}) but the "
-                f"metal on this side is not shaped like an arthroplasty (evidence {metal:.2f}) and the detector "
-                f"boxed it as fracture hardware (score {fixation:.2f}): not reported")
-        note = said if note is None else f"{note}; {said}"
-        return ImplantDecision(False, decision.probability, note, False)
+            and t < NO_METAL_MAX_TRIAGE and metal is not None):
+        # an implant resting on triage and a weak box: the metal there decides (see NO_METAL_MAX_TRIAGE)
+        said = None
+        if metal < METAL_NONE:
+            said = "metal finder found no arthroplasty-like metal on this side"
+        elif metal < IMPLANT_THRESHOLD:
+            fixation = max((b.score for b in boxes if b.label == "other_hardware" and assign(b) is side), default=0.0)
+            if fixation >= DETECTOR_FLOOR and fixation > hw:
+                said = (f"metal on this side is not shaped like an arthroplasty (evidence {metal:.2f}) and the "
+                        f"detector boxed it as fracture hardware (score {fixation:.2f})")
+        if said is not None:
+            said = (f"the triage model suggests an implant (p={t:.2f}) with a weak detector box (score {hw:.2f}) but "
+                    f"the {said}: not reported")
+            note = said if note is None else f"{note}; {said}"
+            return ImplantDecision(False, decision.probability, note, False)
     if note is None:
         return decision
     uncertainty = note if decision.uncertainty is None else f"{decision.uncertainty}; {note}"
@@ -369,8 +369,7 @@ def decide_implant_on_side(
 # dev sets of three styles no arthroplasty on an AP view had a box under 0.5 with no metal (the
 # one such, a lateral, had triage 1.00).
 NO_METAL_MAX_TRIAGE = 0.9
-# SHAPELESS_METAL_ON_FIXATION (a rule, no constant of its own): the same on AP views where the
-# metal finder did see metal on the side but of no arthroplasty shape (METAL_NONE <= evidence <
+# The same where the metal finder did see metal on the side but of no arthroplasty shape (METAL_NONE <= evidence <
 # 0.5) and the detector boxed fracture hardware there, above its floor and above its own cup or
 # stem box (it favoured "fixation" over "arthroplasty"). On an independently
 # written renderer's films (``node.phantom.sketch``, dev seeds 424240-424330: 2,399 sketch sides,
