@@ -187,6 +187,11 @@ MIN_RIM_ENDS_COVERAGE = 1.2
 # (see ``_filling_head``). Usual heads are ≤ 0.75 of the shell; such heads 0.79–0.89 on phantoms.
 FILLING_HEAD_FRAC = (0.78, 0.95)
 FILLING_HEAD_MIN_RAYS = 12
+# A head hides the rim only where the rim does not show across it: a rim fitted without leaving
+# out the head's disc is kept where its points inside that disc cover at least this share of the
+# rim's length (``_rim_across_head``).
+HEAD_CROSSING_MIN_COVERAGE = 0.1
+HEAD_CROSSING_DEPTH = 0.5
 # Marker wire of an all-polyethylene cup (``find_marker_wire``). On phantoms (1024 rows, both image
 # styles) rings covered 0.50–0.81 of their ellipse with symmetry 0.61–0.97, arcs one run of
 # 185–190° with symmetry ≤ 0.11; in ~270 metal-backed cups (both styles, 1024 rows and native)
@@ -204,6 +209,13 @@ WIRE_RING_MIN_COVERAGE = 0.35
 WIRE_RING_MIN_SYMMETRY = 0.5
 WIRE_ARC_MIN_RUN_DEG = 120.0
 WIRE_ARC_MAX_SYMMETRY = 0.3
+# A ring's axis ratio is sin(version): never rounder than this (version ≤ 50°, MAX_ANTEVERSION_DEG).
+WIRE_RING_MAX_AXIS_RATIO = 0.77
+# A ring the head or stem hides in part is judged on the bins it could show in (``_shown_bins``):
+# hidden where both sides of the ellipse are at least this share of the wire's own level.
+WIRE_HIDDEN_LEVEL_SHARE = 0.97
+WIRE_SHOWN_MIN_BINS = 24  # of 72: a third of the ellipse must be open to view
+WIRE_SHOWN_MIN_COVERAGE = 0.6
 WIRE_MIN_BOX_IOU = 0.85  # rings 0.91–0.99 on phantoms; an arc taken for a rounder ring 0.71
 WIRE_MANTLE_SCALES = (1.0, 1.05, 1.1, 1.15, 1.2)  # cup outline (with its mantle) over the ring
 # A ring seen on both halves of its ellipse (symmetry at least this) cannot be a partly hidden
@@ -1115,8 +1127,26 @@ def _fit_from_circle(
     if dome_step < MIN_DOME_CONTRAST_SHARE * (p95 - p5):
         return _refuse(base, f"dome outline too faint for the metal's edge (its step is {dome_step / (p95 - p5):.0%} "
                              "of the region's range)")
+    theta0 = gap_dir + math.pi / 2.0
+
+    def rim(head: tuple[float, float, float] | None) -> CupFit:
+        hyps = (_search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, head=head) if max_ratio is None
+                else _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, max_ratio, head=head))
+        first: CupFit | None = None
+        for a_best, k_best, th_best in hyps:
+            fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
+                           dome_width, span, (ox, oy), box, head, camera, min_box_iou)
+            if fit.refusal_reason is None:
+                return fit
+            first = first or fit
+        assert first is not None
+        return first
+
     filling = _filling_head(smooth, ccx, ccy, R, gap_dir, dome_step)
     if filling is not None:
+        seen = _rim_across_head(rim(None), (ccx + ox, ccy + oy, filling))
+        if seen is not None:
+            return seen
         # the opening's direction still shows - the dome's outline ends where the rim begins, at
         # both ends of the opening - and with it the inclination (``_measure_fit``); only the
         # rim's width, hence anteversion, is hidden
@@ -1125,21 +1155,47 @@ def _fit_from_circle(
                                outline_opening_dir=None if lip is None else (math.cos(lip), math.sin(lip))),
                        f"the femoral head fills the cup (its outline runs at {filling / R:.0%} of the cup's radius "
                        "next to both ends of the opening): the rim is hidden behind it")
-    theta0 = gap_dir + math.pi / 2.0
     # a hypothesis from the reduced-radius stage (cement mantle) that does not hold up — too few
     # rim points, a major axis that does not match the dome — falls back to the dome's radius
     head = _head_circle(smooth, ccx, ccy, R, gap_dir, dome_step)
-    hyps = (_search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, head=head) if max_ratio is None
-            else _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, max_ratio, head=head))
-    first: CupFit | None = None
-    for a_best, k_best, th_best in hyps:
-        fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
-                       dome_width, span, (ox, oy), box, head, camera, min_box_iou)
-        if fit.refusal_reason is None:
-            return fit
-        first = first or fit
-    assert first is not None
-    return first
+    fit = rim(head)
+    if fit.refusal_reason is not None and head is not None:
+        seen = _rim_across_head(rim(None), (head[0] + ox, head[1] + oy, head[2]))
+        if seen is not None:
+            return seen
+    return fit
+
+
+def _rim_across_head(fit: CupFit, head: tuple[float, float, float]) -> CupFit | None:
+    """``fit`` (a rim fitted without leaving out the head's disc) where it shows that the head
+    does not hide the rim: its points well inside the head's disc (image coordinates; within
+    ``HEAD_CROSSING_DEPTH`` of its radius, clear of the head's own outline) cover at least
+    ``HEAD_CROSSING_MIN_COVERAGE`` of the rim's long axis. ``None`` otherwise.
+
+    A head outline in the right place is no proof of a head that hides the rim: bone (a
+    resurfaced femur's own head round a cap the image barely shows, or a head drawn fainter than
+    the metal) leaves the rim in view across it. A dense head leaves nothing of the rim inside
+    its disc to fit: there the refusal stands.
+    """
+    if fit.refusal_reason is not None or fit.ellipse is None or fit.rim_points is None or fit.opening_dir is None:
+        return None
+    hx, hy, hr = head
+    e = fit.ellipse
+    p = np.asarray(fit.rim_points, dtype=np.float64)
+    inside = np.hypot(p[:, 0] - hx, p[:, 1] - hy) < HEAD_CROSSING_DEPTH * hr
+    if not inside.any():
+        return None
+    q = p[inside]
+    if len(q) >= 8:
+        # points that run round a circle of about the head's size are the outline of a head (or
+        # cap) sitting off the shell's centre, not a rim across it
+        qx, qy, qr = _circle_lsq(q)
+        rms = float(np.sqrt(np.mean((np.hypot(q[:, 0] - qx, q[:, 1] - qy) - qr) ** 2)))
+        if 0.6 * hr <= qr <= 1.2 * hr and rms <= max(1.0, 0.02 * hr):
+            return None
+    xr, _ = _to_frame(q, e.cx, e.cy, math.radians(e.angle_deg))
+    bins = np.unique(np.clip(np.floor((xr / e.semi_major + 1.0) * 10.0), 0, 19).astype(int))
+    return fit if len(bins) / 20.0 >= HEAD_CROSSING_MIN_COVERAGE else None
 
 
 def _rim_fit(
@@ -1389,9 +1445,11 @@ def _ridge_points(
     return q[peak], np.column_stack([nx, ny])[peak], np.asarray(height[peak], dtype=np.float64)
 
 
-def _conics_through(p5: FloatArray) -> tuple[FloatArray, NDArray[np.bool_], FloatArray, FloatArray, FloatArray]:
+def _conics_through(
+    p5: FloatArray,
+) -> tuple[FloatArray, NDArray[np.bool_], FloatArray, FloatArray, FloatArray, FloatArray]:
     """Conics through 5 points each, (K, 5, 2) → coefficients (K, 6) of Ax²+Bxy+Cy²+Dx+Ey+F,
-    whether each is a real ellipse, and its centre x, y and semi-major axis.
+    whether each is a real ellipse, and its centre x, y, semi-major and semi-minor axes.
 
     With F = −1: the points are centred on the cup box, inside every ellipse of interest, and a
     conic through the origin (F = 0) is no such ellipse. A 5×5 solve per hypothesis instead of a
@@ -1419,7 +1477,8 @@ def _conics_through(p5: FloatArray) -> tuple[FloatArray, NDArray[np.bool_], Floa
         a2 = -f0 / lo
         b2 = -f0 / (2.0 * half_tr - lo)
     ok &= np.isfinite(a2) & np.isfinite(b2) & (a2 > 0) & (b2 > 0)
-    return c, ok, x0, y0, np.sqrt(np.where(ok, np.maximum(a2, b2), 0.0))
+    return (c, ok, x0, y0, np.sqrt(np.where(ok, np.maximum(a2, b2), 0.0)),
+            np.sqrt(np.where(ok, np.minimum(a2, b2), 0.0)))
 
 
 def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) -> WireFit | None:
@@ -1471,13 +1530,13 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     centre = np.array([(0.5 * (cup_box.x0 + cup_box.x1) - ox) / sx, (0.5 * (cup_box.y0 + cup_box.y1) - oy) / sy])
     q = (pts - centre) / size  # normalised: the conics' coefficients stay well scaled
     rng = np.random.default_rng(seed)
-    c, ok, x0, y0, a = _conics_through(q[rng.integers(0, n_pts, (WIRE_RANSAC_ITERS, 5))])
+    c, ok, x0, y0, a, b = _conics_through(q[rng.integers(0, n_pts, (WIRE_RANSAC_ITERS, 5))])
     lo, hi = WIRE_SEMI_MAJOR_SHARE
     ok &= (np.hypot(x0, y0) <= WIRE_MAX_OFFSET_SHARE) & (a >= lo) & (a <= hi)
+    flat = (b[ok] <= WIRE_RING_MAX_AXIS_RATIO * a[ok])
     c = c[ok]
     if len(c) == 0:
         return None
-    tol = WIRE_TOL_PX
     # hypotheses are ranked on a fixed subsample of the points (as the dome's circles are)
     sub = np.sort(rng.choice(n_pts, size=WIRE_SCORE_POINTS, replace=False)) if n_pts > WIRE_SCORE_POINTS \
         else np.arange(n_pts)
@@ -1489,16 +1548,50 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     g = np.hypot(gx, gy) + np.float32(1e-12)
     # the line runs along the ellipse: its normal (across the line) is the ellipse's normal
     along = np.abs(gx * ns[None, :, 0] + gy * ns[None, :, 1]) > np.float32(0.8) * g
-    inl = (np.abs(val) < np.float32(tol / size) * g) & along
-    best = int(np.argmax(inl.sum(axis=1)))
-    if int(inl[best].sum()) < 12 * len(sub) / n_pts:
+    inl = (np.abs(val) < np.float32(WIRE_TOL_PX / size) * g) & along
+    votes = inl.sum(axis=1)
+    light = np.asarray(cv2.GaussianBlur(roi, (0, 0), 0.7), dtype=np.float32)
+    frame = _WireFrame(pts, nrm, light, centre, size, sx, sy, ox, oy, len(sub) / n_pts)
+    best = int(np.argmax(votes))
+    found = _wire_from_hypothesis(frame, c[best], pts[sub][inl[best]])
+    if found is None and flat.any():
+        # The cement mantle's bright border is a circle about the cup as large as the ring, and
+        # can outvote a ring the head hides most of; a ring is never that round (its axis ratio
+        # is sin(version)): the best flat ellipse gets its own chance.
+        k = int(np.flatnonzero(flat)[np.argmax(votes[flat])])
+        if k != best:
+            found = _wire_from_hypothesis(frame, c[k], pts[sub][inl[k]])
+    return found
+
+
+@dataclass(frozen=True)
+class _WireFrame:
+    """The working-scale wire points and image of ``find_marker_wire`` and the way back to image
+    pixels (scale ``sx``, ``sy``, offset ``ox``, ``oy``)."""
+
+    pts: FloatArray
+    nrm: FloatArray
+    light: NDArray[np.float32]
+    centre: FloatArray
+    size: float
+    sx: float
+    sy: float
+    ox: int
+    oy: int
+    sub_share: float  # the ranking subsample's share of all points
+
+
+def _wire_from_hypothesis(fr: _WireFrame, cb: FloatArray, on: FloatArray) -> WireFit | None:
+    """Refine one RANSAC conic (normalised coordinates) on its wire points ``on`` and say whether
+    it is a ring, an arc or neither (``None``)."""
+    if len(on) < 12 * fr.sub_share:
         return None
-    cb = c[best]
+    lo, hi = WIRE_SEMI_MAJOR_SHARE
+    size, centre, pts, tol = fr.size, fr.centre, fr.pts, WIRE_TOL_PX
     e0 = conic_to_ellipse(np.array([[cb[0], cb[1] / 2, cb[3] / 2], [cb[1] / 2, cb[2], cb[4] / 2],
                                     [cb[3] / 2, cb[4] / 2, cb[5]]]))
     params = np.array([e0.cx * size + centre[0], e0.cy * size + centre[1], e0.semi_major * size,
                        e0.semi_minor * size, math.radians(e0.angle_deg)])
-    on = pts[sub][inl[best]]
     if _bin_coverage(e0, (on - centre) / size) < WIRE_MIN_COVERAGE_TO_REFINE:
         return None  # neither a ring nor an arc: not worth the orthogonal fit
     for _ in range(2):
@@ -1522,13 +1615,45 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     longest_deg = 5.0 * min(longest, 72)
     rms = float(np.sqrt(np.mean(ellipse_distance(on, cx, cy, ea, eb, th) ** 2)))
     # back to image pixels (INTER_AREA maps pixel centres: x_img = (x + 0.5)·s − 0.5)
-    ell = _scale_ellipse(Ellipse(cx, cy, ea, eb, math.degrees(th) % 180.0), sx, sy, ox, oy)
-    on_img = np.column_stack([(on[:, 0] + 0.5) * sx - 0.5 + ox, (on[:, 1] + 0.5) * sy - 0.5 + oy])
+    sx, sy = fr.sx, fr.sy
+    ell = _scale_ellipse(Ellipse(cx, cy, ea, eb, math.degrees(th) % 180.0), sx, sy, fr.ox, fr.oy)
+    on_img = np.column_stack([(on[:, 0] + 0.5) * sx - 0.5 + fr.ox, (on[:, 1] + 0.5) * sy - 0.5 + fr.oy])
     if coverage >= WIRE_RING_MIN_COVERAGE and symmetry >= WIRE_RING_MIN_SYMMETRY:
         return WireFit("ring", ell, on_img, coverage, symmetry, longest_deg, rms * sx)
     if longest_deg >= WIRE_ARC_MIN_RUN_DEG and symmetry <= WIRE_ARC_MAX_SYMMETRY:
         return WireFit("arc", ell, on_img, coverage, symmetry, longest_deg, rms * sx)
+    if eb <= WIRE_RING_MAX_AXIS_RATIO * ea:
+        # A ring a head (or stem) hides in part: judged on the part of its ellipse that could
+        # show - where the wire would not lie on something at least as bright as itself.
+        shown = _shown_bins(fr.light, on, cx, cy, ea, eb, th)
+        if shown is not None and int(shown.sum()) >= WIRE_SHOWN_MIN_BINS:
+            pair = shown & np.roll(shown, 36)
+            cov_shown = float((bins & shown).sum()) / float(shown.sum())
+            sym_shown = float((bins & np.roll(bins, 36) & pair).sum()) / max(int((bins & pair).sum()), 1)
+            if cov_shown >= WIRE_SHOWN_MIN_COVERAGE and sym_shown >= WIRE_RING_MIN_SYMMETRY:
+                return WireFit("ring", ell, on_img, coverage, sym_shown, longest_deg, rms * sx)
     return None
+
+
+def _shown_bins(light: NDArray[np.float32], on: FloatArray, cx: float, cy: float, a: float, b: float,
+                th: float) -> NDArray[np.bool_] | None:
+    """Which of the 72 angle bins of an ellipse a wire could show in: not where both sides of the
+    ellipse are as bright as the wire found on it (a metal head or stem over the wire)."""
+    h, w = light.shape
+    if len(on) < 8:
+        return None
+    level = float(np.median(sample_bilinear(light, on[:, 0:1].astype(np.float32), on[:, 1:2].astype(np.float32))))
+    t = (np.arange(72 * 3) + 0.5) / (72 * 3) * 2.0 * math.pi
+    ct, st, c0, s0 = np.cos(t), np.sin(t), math.cos(th), math.sin(th)
+    p = np.column_stack([cx + a * ct * c0 - b * st * s0, cy + a * ct * s0 + b * st * c0])
+    n = np.column_stack([b * ct * c0 - a * st * s0, b * ct * s0 + a * st * c0])  # the normal
+    n = n / (np.hypot(n[:, 0], n[:, 1])[:, None] + 1e-12)
+    d = np.array([-3.0 * WIRE_SIGMA_PX, 3.0 * WIRE_SIGMA_PX])
+    v = sample_bilinear(light, (p[:, 0:1] + n[:, 0:1] * d).astype(np.float32),
+                        (p[:, 1:2] + n[:, 1:2] * d).astype(np.float32))
+    inside = (p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)
+    hidden = (np.min(v, axis=1) >= WIRE_HIDDEN_LEVEL_SHARE * level) | ~inside
+    return np.asarray(~hidden.reshape(72, 3).all(axis=1))
 
 
 def _angle_bins(p: FloatArray, cx: float, cy: float, a: float, b: float, th: float) -> NDArray[np.bool_]:
