@@ -858,6 +858,22 @@ def analyse_hips(
                                          f"fits its outline ({hip.cup.refusal_reason}; {retry.refusal_reason}): both "
                                          "boxes led to the same rim ellipse")
                         hip.cup = again
+        if (hip.implant_present and ap_view and wire is None and hip.joint_box is not None and hip.cup is not None
+                and hip.cup.refusal_reason is not None):
+            # A cemented all-polyethylene cup the detector boxed by its head alone (the metal it
+            # sees) is refused by the shell fit: its marker wire, looked for where the cup sits in
+            # the hip joint, still gives the opening. Only a sharp wire counts here - the shell
+            # was already seen and refused, and a metal-backed cup's outline or the bone round it
+            # can pass for a ring in a box placed by proportion (WIRE_RETRY_MAX_RMS_SHARE).
+            found = cup_box_from_marker_wire(image, hip.joint_box, side)
+            if found is not None and found[1].rms_px <= WIRE_RETRY_MAX_RMS_SHARE * found[1].ellipse.semi_major:
+                by_wire = measure_cup(image, found[0], side, triage.view, reference=reference,
+                                      pixel_spacing_mm=pixel_spacing_mm, stem_boxes=stems, geometry=geometry,
+                                      wire=found[1])
+                if by_wire.refusal_reason is None:
+                    hip.notes.append(f"Cup measured from its marker wire in the hip joint (in the cup box: "
+                                     f"{hip.cup.refusal_reason})")
+                    hip.cup_box, hip.cup = found[0], by_wire
         if not hip.implant_present and hip.joint_box is not None and ap_view:
             # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.
             dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)
@@ -925,6 +941,12 @@ def _same_outline(a: CupMeasurement, b: CupMeasurement, *, refused: bool = True)
 # The metal finder's cup box is tried after a refused fit only where it differs from the box
 # that was refused (below this IoU); the same box would give the same answer.
 METAL_CUP_RETRY_MAX_IOU = 0.9
+# A marker wire read after the shell fit refused the cup must be a thin, sharp line: its ellipse
+# fits the wire's centre line to within this share of its semi-major axis. Dev sketch cups (seeds
+# 424270-424320, wires found in the hip-joint box after a refusal): 24 rings read within 2.0° /
+# 0.3° at 0.20-0.49 % (one more, read 0.3° / 0.4° off, at 0.68 %); 8 outlines of metal shells,
+# mantles or bone taken for wires, read 6-51° off, at 0.67-1.35 %.
+WIRE_RETRY_MAX_RMS_SHARE = 0.006
 # ... and only after a refusal that blames the box (the outline found is fine but the box does
 # not fit it); after any other refusal a second box finds the same unreadable rim (dev voxel
 # phantoms: a resurfacing cup "too little rim visible" in one box was read 32° off in the other)

@@ -375,3 +375,45 @@ def test_a_rim_seen_across_a_head_of_bone_is_measured_and_a_metal_head_still_hid
     m = measure_cup(img, box, Side.LEFT, View.AP_PELVIS, reference=None)
     assert m.anteversion_deg is None and m.anteversion_refusal is not None and "fills the cup" in m.anteversion_refusal, m
     assert m.inclination_deg is not None and abs(m.inclination_deg - incl) < 1.0, m
+
+
+def test_cemented_cup_boxed_by_its_head_alone_is_read_from_its_marker_wire_in_the_joint() -> None:
+    """On a style it never saw the detector boxed the metal head of a cemented cup as "cup" (dev
+    sketch: boxes 45-71 px round cups of 100-150 px); the shell fit in that box refuses. The
+    marker wire is then looked for where the cup sits in the hip-joint box and, where it is a
+    sharp line (``WIRE_RETRY_MAX_RMS_SHARE``), the cup is read from it, saying so."""
+    from node.infer.triage import TriageResult
+    from node.pipeline import analyse_hips
+
+    rng = np.random.default_rng([331, 0])
+    spec = sample_spec(rng, view=View.AP_PELVIS, implants="bilateral", rows=ROWS, variety="broad")
+    cups: dict[Side, CupSpec | None] = {}
+    for side in (Side.RIGHT, Side.LEFT):
+        c = sample_arthroplasty(rng, spec.patient, side, "broad",
+                                exclude=tuple(d for d in DESIGN_WEIGHTS if d != "cemented_pe"))
+        cups[side] = replace(c, inclination_deg=45.0, anteversion_deg=22.0, marker_wire="ring")
+    spec = replace(spec, implants=cups, geometry=replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0))
+    img = render(spec, style="analytic")
+    gt = img.truth
+    header = Dataset()
+    header.PhotometricInterpretation = gt.photometric
+    x = normalise(header, img.pixels.astype(np.float32))
+    boxes = [replace(b, score=0.9) for b in gt.boxes if b.label != "cup"]
+    for s in gt.imaged_sides:  # the detector's "cup": the head's box
+        cup = gt.hips[s].cup
+        assert cup is not None and cup.head_radius_px is not None
+        r = cup.head_radius_px + 2.0
+        boxes.append(Box(cup.head_centre.x - r, cup.head_centre.y - r, cup.head_centre.x + r, cup.head_centre.y + r,
+                         "cup", 0.8))
+    sides = (Side.RIGHT, Side.LEFT)
+    t = TriageResult(view=View.AP_PELVIS, view_probability=0.99, view_probabilities={View.AP_PELVIS: 0.99},
+                     imaged_sides=sides, side_probability=None, implant_probability={s: 0.99 for s in sides})
+    hips, _ = analyse_hips(x, t, boxes, morphology=None, detector_ran=True,
+                           pixel_spacing_mm=gt.imager_pixel_spacing_mm, geometry=ProjectionGeometry(spec.geometry.sid_mm))
+    for hip in hips:
+        truth = gt.hips[hip.side].cup
+        assert truth is not None and hip.cup is not None
+        assert any("marker wire in the hip joint (in the cup box:" in n for n in hip.notes), hip.notes
+        assert hip.cup.inclination_deg is not None and hip.cup.anteversion_deg is not None, hip.cup
+        assert abs(hip.cup.inclination_deg - truth.inclination_deg) <= WIRE_INCLINATION_BAR
+        assert abs(hip.cup.anteversion_deg - truth.anteversion_deg) <= WIRE_ANTEVERSION_BAR
