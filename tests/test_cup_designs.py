@@ -338,10 +338,12 @@ def test_a_ring_partly_hidden_by_the_head_and_the_neck_is_still_read_as_a_ring()
     assert abs(wire.ellipse.semi_minor / wire.ellipse.semi_major - 18 / 62) < 0.02
 
 
-def _drawn_cup(incl: float, version: float, head_share: float, head_level: float, r: float = 60.0) -> tuple[np.ndarray, Box]:
+def _drawn_cup(incl: float, version: float, head_share: float, head_level: float, r: float = 60.0,
+               flange: float = 1.0) -> tuple[np.ndarray, Box]:
     """A left hip's metal shell as a parallel beam sees it (dome half-disc and the open half of its
     rim ellipse, white), over pelvic bone on the dome's side and soft tissue on the open side,
-    with a concentric femoral head of ``head_share`` of its radius at ``head_level`` and a neck."""
+    with a concentric femoral head of ``head_share`` of its radius at ``head_level`` and a neck;
+    ``flange`` > 1: a collar in the opening's plane out to that share of the radius."""
     h = w = 260
     img = np.full((h, w), 0.05, np.float32) + np.random.default_rng(0).normal(0.0, 0.01, (h, w)).astype(np.float32)
     cx, cy = 130.0, 120.0
@@ -353,10 +355,13 @@ def _drawn_cup(incl: float, version: float, head_share: float, head_level: float
     img[open_ < 0] = 0.45
     img[np.hypot(dx, dy) <= head_share * r] = head_level
     b = r * math.sin(math.radians(version))
+    if flange > 1.0:  # the collar: an elliptical annulus in the opening's plane
+        img[(along / (flange * r)) ** 2 + (open_ / (flange * b)) ** 2 <= 1] = 1.0
     shell = ((np.hypot(dx, dy) <= r) & (open_ <= 0)) | ((open_ >= 0) & ((along / r) ** 2 + (open_ / b) ** 2 <= 1))
     img[shell] = 1.0
     img[(open_ > 0) & (np.abs(along) < 0.12 * r) & (open_ < 2 * r) & ~shell] = max(head_level, 0.6)
-    return np.asarray(cv2.GaussianBlur(img, (0, 0), 1.0), dtype=np.float32), Box(cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2, "cup", 0.9)
+    e = max(1.0, flange) * r + 2
+    return np.asarray(cv2.GaussianBlur(img, (0, 0), 1.0), dtype=np.float32), Box(cx - e, cy - e, cx + e, cy + e, "cup", 0.9)
 
 
 @pytest.mark.parametrize(("incl", "version", "head_share"), [(40.0, 15.0, 0.82), (45.0, 20.0, 0.86), (50.0, 10.0, 0.82)])
@@ -417,3 +422,16 @@ def test_cemented_cup_boxed_by_its_head_alone_is_read_from_its_marker_wire_in_th
         assert hip.cup.inclination_deg is not None and hip.cup.anteversion_deg is not None, hip.cup
         assert abs(hip.cup.inclination_deg - truth.inclination_deg) <= WIRE_INCLINATION_BAR
         assert abs(hip.cup.anteversion_deg - truth.anteversion_deg) <= WIRE_ANTEVERSION_BAR
+
+
+@pytest.mark.parametrize(("incl", "version", "flange"), [(40.0, 15.0, 1.12), (50.0, 20.0, 1.2)])
+def test_a_flange_wider_than_the_dome_is_read_where_its_metal_reaches_the_rim_ends(
+        incl: float, version: float, flange: float) -> None:
+    """A flanged cup's collar lies in the opening's plane: its outline is an ellipse of the rim's
+    orientation and axis ratio, 1.06-1.26 times the dome's radius on dev phantoms, and was refused
+    ("rim ellipse does not match the dome radius"; dev sketch: 10 flanged cups). It is read where
+    the metal reaches out to that ellipse's ends (``_flange_shows``)."""
+    img, box = _drawn_cup(incl, version, 0.5, 1.0, flange=flange)
+    m = measure_cup(img, box, Side.LEFT, View.AP_PELVIS, reference=None)
+    assert m.inclination_deg is not None and m.anteversion_deg is not None, m
+    assert abs(m.inclination_deg - incl) < 1.0 and abs(m.anteversion_deg - version) < 1.0, m

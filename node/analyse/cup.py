@@ -114,6 +114,16 @@ MIN_RIM_POINTS = 12
 MIN_RIM_COVERAGE = 0.3
 MAX_RIM_RMS_PX = 1.5
 MIN_QUALITY = 0.3
+# The rim ellipse's semi-major axis against the dome's radius: a shell's opening is its equator.
+# Wider (to FLANGE_MAX_DOME_SHARE) only where the metal reaches out to the ellipse's ends - a
+# flange (``_flange_shows``). Dev phantoms: flanges read at 1.06-1.26 of the dome's radius within
+# 2.2° / 2.1° (sketch) and 4.1° / 2.9° (analytic); a head or cap outline read as a wider rim had the
+# metal share at its ends 0.68 and below, or an axis ratio of 0.72 (46° of anteversion).
+RIM_MIN_DOME_SHARE = 0.74
+RIM_MAX_DOME_SHARE = 1.06
+FLANGE_MAX_DOME_SHARE = 1.3
+FLANGE_MIN_METAL_SHARE = 0.75
+FLANGE_MAX_AXIS_RATIO = 0.64  # sin 40° (SUSPECT_ANTEVERSION_DEG)
 EDGE_PERCENTILE = 92.0
 MIN_BOX_IOU = 0.7
 # The two refusals that blame the cup box rather than the outline (the caller may try another
@@ -1290,11 +1300,36 @@ def _rim_fit(
     if min(end_cov) < MIN_RIM_END_COVERAGE or sum(end_cov) < MIN_RIM_ENDS_COVERAGE:
         return _refuse(fit, f"rim not seen where it meets the dome ({end_cov[0]:.0%} and {end_cov[1]:.0%} of its ends): "
                             "the outline found is not the rim")
-    if not 0.74 * R <= a <= 1.06 * R:
+    wide = a > RIM_MAX_DOME_SHARE * R
+    if not RIM_MIN_DOME_SHARE * R <= a <= FLANGE_MAX_DOME_SHARE * R or (wide and not _flange_shows(smooth, ell, (ccx, ccy, R), (ox, oy))):
         return _refuse(fit, "rim ellipse does not match the dome radius")
     if quality < MIN_QUALITY:
         return _refuse(fit, f"fit quality too low ({quality:.2f})")
     return fit
+
+
+def _flange_shows(smooth: NDArray[np.float32], ell: Ellipse, dome: tuple[float, float, float],
+                  offset: tuple[int, int]) -> bool:
+    """Whether a rim ellipse wider than the dome (semi-major up to ``FLANGE_MAX_DOME_SHARE`` of its
+    radius) is a flange's: a flat collar round the opening, in the opening's plane, whose outline
+    gives the opening's orientation and axis ratio as the rim does. The metal must then reach out
+    to the ellipse's ends - midway between the dome's circle and each end the image is within
+    ``1 - FLANGE_MIN_METAL_SHARE`` of the metal's level (inside the dome) over the background's
+    (just outside it) - and the rim must not be very open (axis ratio at most
+    ``FLANGE_MAX_AXIS_RATIO``): a wide, round outline is a head or cap, not a collar."""
+    if ell.semi_minor > FLANGE_MAX_AXIS_RATIO * ell.semi_major:
+        return False
+    cx, cy, R = dome
+    ox, oy = offset
+    ang = np.radians(np.arange(0.0, 360.0, 10.0))
+    metal = float(np.percentile(sample_bilinear(smooth, cx + 0.85 * R * np.cos(ang), cy + 0.85 * R * np.sin(ang)), 75))
+    bg = float(np.percentile(sample_bilinear(smooth, cx + 1.2 * R * np.cos(ang), cy + 1.2 * R * np.sin(ang)), 25))
+    th = math.radians(ell.angle_deg)
+    r = 0.5 * (R + ell.semi_major)
+    ex, ey = ell.cx - ox, ell.cy - oy
+    ends = sample_bilinear(smooth, np.array([ex + r * math.cos(th), ex - r * math.cos(th)]),
+                           np.array([ey + r * math.sin(th), ey - r * math.sin(th)]))
+    return bool(metal > bg and float(np.min(ends)) - bg >= FLANGE_MIN_METAL_SHARE * (metal - bg))
 
 
 def _rim_end_coverage(x: FloatArray) -> tuple[float, float]:
