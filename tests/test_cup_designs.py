@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -272,13 +273,9 @@ def test_marker_ring_gives_the_ellipse_and_an_arc_is_told_apart() -> None:
 # --- a cemented cup nobody boxed: found by its marker wire in the hip joint ----------------------
 
 
-def test_cemented_cup_without_a_cup_box_is_found_by_its_marker_wire_in_the_joint() -> None:
-    """On a style it never saw the detector boxed the stem of a cemented cup but not the cup, and
-    the metal finder sees no cup (polyethylene and cement): ``analyse_hips`` looks for the marker
-    wire where the cup sits in the hip-joint box (``cup_box_from_marker_wire``)."""
-    from node.infer.triage import TriageResult
-    from node.pipeline import analyse_hips
-
+def _cemented_ring_film(style: str) -> tuple[np.ndarray, Any, float]:
+    """An AP pelvis with bilateral cemented all-polyethylene cups marked by a wire ring (45° / 22°),
+    neutral pelvis: the image (0..1, MONOCHROME2), its truth and the source-image distance."""
     rng = np.random.default_rng([331, 0])
     spec = sample_spec(rng, view=View.AP_PELVIS, implants="bilateral", rows=ROWS, variety="broad")
     cups: dict[Side, CupSpec | None] = {}
@@ -287,18 +284,34 @@ def test_cemented_cup_without_a_cup_box_is_found_by_its_marker_wire_in_the_joint
                                 exclude=tuple(d for d in DESIGN_WEIGHTS if d != "cemented_pe"))
         cups[side] = replace(c, inclination_deg=45.0, anteversion_deg=22.0, marker_wire="ring")
     spec = replace(spec, implants=cups, geometry=replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0))
-    img = render(spec, style="voxel")
-    gt = img.truth
+    img = render(spec, style=style)
     header = Dataset()
-    header.PhotometricInterpretation = gt.photometric
-    x = normalise(header, img.pixels.astype(np.float32))
-    # the detector's view of it: joints, stems and landmarks, no cup box
-    boxes = [replace(b, score=0.9) for b in gt.boxes if b.label != "cup"]
+    header.PhotometricInterpretation = img.truth.photometric
+    return normalise(header, img.pixels.astype(np.float32)), img.truth, spec.geometry.sid_mm
+
+
+def _analysed_with(x: np.ndarray, gt: Any, sid_mm: float, boxes: list[Box]) -> list[Any]:
+    """``analyse_hips`` on a film both of whose hips triage calls implanted (AP pelvis), with
+    ``boxes`` standing in for the detector's."""
+    from node.infer.triage import TriageResult
+    from node.pipeline import analyse_hips
+
     sides = (Side.RIGHT, Side.LEFT)
     t = TriageResult(view=View.AP_PELVIS, view_probability=0.99, view_probabilities={View.AP_PELVIS: 0.99},
                      imaged_sides=sides, side_probability=None, implant_probability={s: 0.99 for s in sides})
     hips, _ = analyse_hips(x, t, boxes, morphology=None, detector_ran=True,
-                           pixel_spacing_mm=gt.imager_pixel_spacing_mm, geometry=ProjectionGeometry(spec.geometry.sid_mm))
+                           pixel_spacing_mm=gt.imager_pixel_spacing_mm, geometry=ProjectionGeometry(sid_mm))
+    return list(hips)
+
+
+def test_cemented_cup_without_a_cup_box_is_found_by_its_marker_wire_in_the_joint() -> None:
+    """On a style it never saw the detector boxed the stem of a cemented cup but not the cup, and
+    the metal finder sees no cup (polyethylene and cement): ``analyse_hips`` looks for the marker
+    wire where the cup sits in the hip-joint box (``cup_box_from_marker_wire``)."""
+    x, gt, sid_mm = _cemented_ring_film("voxel")
+    # the detector's view of it: joints, stems and landmarks, no cup box
+    boxes = [replace(b, score=0.9) for b in gt.boxes if b.label != "cup"]
+    hips = _analysed_with(x, gt, sid_mm, boxes)
     for hip in hips:
         truth = gt.hips[hip.side].cup
         assert truth is not None and hip.implant_present
@@ -387,22 +400,7 @@ def test_cemented_cup_boxed_by_its_head_alone_is_read_from_its_marker_wire_in_th
     sketch: boxes 45-71 px round cups of 100-150 px); the shell fit in that box refuses. The
     marker wire is then looked for where the cup sits in the hip-joint box and, where it is a
     sharp line (``WIRE_RETRY_MAX_RMS_SHARE``), the cup is read from it, saying so."""
-    from node.infer.triage import TriageResult
-    from node.pipeline import analyse_hips
-
-    rng = np.random.default_rng([331, 0])
-    spec = sample_spec(rng, view=View.AP_PELVIS, implants="bilateral", rows=ROWS, variety="broad")
-    cups: dict[Side, CupSpec | None] = {}
-    for side in (Side.RIGHT, Side.LEFT):
-        c = sample_arthroplasty(rng, spec.patient, side, "broad",
-                                exclude=tuple(d for d in DESIGN_WEIGHTS if d != "cemented_pe"))
-        cups[side] = replace(c, inclination_deg=45.0, anteversion_deg=22.0, marker_wire="ring")
-    spec = replace(spec, implants=cups, geometry=replace(spec.geometry, pelvic_tilt_deg=0.0, pelvic_rotation_deg=0.0))
-    img = render(spec, style="analytic")
-    gt = img.truth
-    header = Dataset()
-    header.PhotometricInterpretation = gt.photometric
-    x = normalise(header, img.pixels.astype(np.float32))
+    x, gt, sid_mm = _cemented_ring_film("analytic")
     boxes = [replace(b, score=0.9) for b in gt.boxes if b.label != "cup"]
     for s in gt.imaged_sides:  # the detector's "cup": the head's box
         cup = gt.hips[s].cup
@@ -410,11 +408,7 @@ def test_cemented_cup_boxed_by_its_head_alone_is_read_from_its_marker_wire_in_th
         r = cup.head_radius_px + 2.0
         boxes.append(Box(cup.head_centre.x - r, cup.head_centre.y - r, cup.head_centre.x + r, cup.head_centre.y + r,
                          "cup", 0.8))
-    sides = (Side.RIGHT, Side.LEFT)
-    t = TriageResult(view=View.AP_PELVIS, view_probability=0.99, view_probabilities={View.AP_PELVIS: 0.99},
-                     imaged_sides=sides, side_probability=None, implant_probability={s: 0.99 for s in sides})
-    hips, _ = analyse_hips(x, t, boxes, morphology=None, detector_ran=True,
-                           pixel_spacing_mm=gt.imager_pixel_spacing_mm, geometry=ProjectionGeometry(spec.geometry.sid_mm))
+    hips = _analysed_with(x, gt, sid_mm, boxes)
     for hip in hips:
         truth = gt.hips[hip.side].cup
         assert truth is not None and hip.cup is not None
