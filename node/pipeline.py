@@ -941,16 +941,16 @@ def _same_outline(a: CupMeasurement, b: CupMeasurement, *, refused: bool = True)
 # The metal finder's cup box is tried after a refused fit only where it differs from the box
 # that was refused (below this IoU); the same box would give the same answer.
 METAL_CUP_RETRY_MAX_IOU = 0.9
+# ... and only after a refusal that blames the box (the outline found is fine but the box does
+# not fit it); after any other refusal a second box finds the same unreadable rim (dev voxel
+# phantoms: a resurfacing cup "too little rim visible" in one box was read 32° off in the other)
+BOX_REFUSALS = (OUTLINE_BOX_REFUSAL, RIM_BEYOND_BOX_REFUSAL)
 # A marker wire read after the shell fit refused the cup must be a thin, sharp line: its ellipse
 # fits the wire's centre line to within this share of its semi-major axis. Dev sketch cups (seeds
 # 424270-424320, wires found in the hip-joint box after a refusal): 24 rings read within 2.0° /
 # 0.3° at 0.20-0.49 % (one more, read 0.3° / 0.4° off, at 0.68 %); 8 outlines of metal shells,
 # mantles or bone taken for wires, read 6-51° off, at 0.67-1.35 %.
 WIRE_RETRY_MAX_RMS_SHARE = 0.006
-# ... and only after a refusal that blames the box (the outline found is fine but the box does
-# not fit it); after any other refusal a second box finds the same unreadable rim (dev voxel
-# phantoms: a resurfacing cup "too little rim visible" in one box was read 32° off in the other)
-BOX_REFUSALS = (OUTLINE_BOX_REFUSAL, RIM_BEYOND_BOX_REFUSAL)
 
 
 def _place_heatmap(heat: np.ndarray, region: Box, shape: tuple[int, ...]) -> np.ndarray:

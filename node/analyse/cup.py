@@ -198,8 +198,8 @@ MIN_RIM_ENDS_COVERAGE = 1.2
 FILLING_HEAD_FRAC = (0.78, 0.95)
 FILLING_HEAD_MIN_RAYS = 12
 # A head hides the rim only where the rim does not show across it: a rim fitted without leaving
-# out the head's disc is kept where its points inside that disc cover at least this share of the
-# rim's length (``_rim_across_head``).
+# out the head's disc is kept where its points well inside that disc (within HEAD_CROSSING_DEPTH
+# of its radius) cover at least this share of the rim's long axis (``_rim_across_head``).
 HEAD_CROSSING_MIN_COVERAGE = 0.1
 HEAD_CROSSING_DEPTH = 0.5
 # Marker wire of an all-polyethylene cup (``find_marker_wire``). On phantoms (1024 rows, both image
@@ -1300,8 +1300,8 @@ def _rim_fit(
     if min(end_cov) < MIN_RIM_END_COVERAGE or sum(end_cov) < MIN_RIM_ENDS_COVERAGE:
         return _refuse(fit, f"rim not seen where it meets the dome ({end_cov[0]:.0%} and {end_cov[1]:.0%} of its ends): "
                             "the outline found is not the rim")
-    wide = a > RIM_MAX_DOME_SHARE * R
-    if not RIM_MIN_DOME_SHARE * R <= a <= FLANGE_MAX_DOME_SHARE * R or (wide and not _flange_shows(smooth, ell, (ccx, ccy, R), (ox, oy))):
+    in_range = RIM_MIN_DOME_SHARE * R <= a <= FLANGE_MAX_DOME_SHARE * R
+    if not in_range or (a > RIM_MAX_DOME_SHARE * R and not _flange_shows(smooth, ell, (ccx, ccy, R), (ox, oy))):
         return _refuse(fit, "rim ellipse does not match the dome radius")
     if quality < MIN_QUALITY:
         return _refuse(fit, f"fit quality too low ({quality:.2f})")
@@ -1586,7 +1586,7 @@ def find_marker_wire(image: NDArray[np.float32], cup_box: Box, seed: int = 0) ->
     inl = (np.abs(val) < np.float32(WIRE_TOL_PX / size) * g) & along
     votes = inl.sum(axis=1)
     light = np.asarray(cv2.GaussianBlur(roi, (0, 0), 0.7), dtype=np.float32)
-    frame = _WireFrame(pts, nrm, light, centre, size, sx, sy, ox, oy, len(sub) / n_pts)
+    frame = _WireFrame(pts, light, centre, size, sx, sy, ox, oy, len(sub) / n_pts)
     best = int(np.argmax(votes))
     found = _wire_from_hypothesis(frame, c[best], pts[sub][inl[best]])
     if found is None and flat.any():
@@ -1605,7 +1605,6 @@ class _WireFrame:
     pixels (scale ``sx``, ``sy``, offset ``ox``, ``oy``)."""
 
     pts: FloatArray
-    nrm: FloatArray
     light: NDArray[np.float32]
     centre: FloatArray
     size: float
