@@ -1678,8 +1678,8 @@ def _shown_bins(light: NDArray[np.float32], on: FloatArray, cx: float, cy: float
         return None
     level = float(np.median(sample_bilinear(light, on[:, 0:1].astype(np.float32), on[:, 1:2].astype(np.float32))))
     t = (np.arange(72 * 3) + 0.5) / (72 * 3) * 2.0 * math.pi
+    p = ellipse_points(Ellipse(cx, cy, a, b, math.degrees(th)), t)
     ct, st, c0, s0 = np.cos(t), np.sin(t), math.cos(th), math.sin(th)
-    p = np.column_stack([cx + a * ct * c0 - b * st * s0, cy + a * ct * s0 + b * st * c0])
     n = np.column_stack([b * ct * c0 - a * st * s0, b * ct * s0 + a * st * c0])  # the normal
     n = n / (np.hypot(n[:, 0], n[:, 1])[:, None] + 1e-12)
     d = np.array([-3.0 * WIRE_SIGMA_PX, 3.0 * WIRE_SIGMA_PX])
