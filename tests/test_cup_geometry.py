@@ -358,8 +358,9 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     (``node.pipeline._same_outline``) sees the agreement and the cup read without the box check
     (``min_box_iou=0``) is the true one. Two readings of different ellipses do not agree.
     The dome here is seen whole, so the looser bar for a clear dome (``MIN_BOX_IOU_CLEAR_DOME``,
-    tested below) would read it in either box: that bar is set to the usual one to test the rule
-    for fits without a clear dome."""
+    tested below) would read it in either box, and the last pass for a loose box
+    (``LOOSE_BOX_MIN_IOU``, tested below) the first one: both bars are set to the usual one to
+    test the rule for fits without a clear dome."""
     from dataclasses import replace as _replace
 
     import node.analyse.cup as cup_module
@@ -367,6 +368,7 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     from node.pipeline import _same_outline
 
     monkeypatch.setattr(cup_module, "MIN_BOX_IOU_CLEAR_DOME", MIN_BOX_IOU)
+    monkeypatch.setattr(cup_module, "LOOSE_BOX_MIN_IOU", MIN_BOX_IOU)
 
     img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
     ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
@@ -388,6 +390,27 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     assert not _same_outline(refused[0], turned)
     other = _replace(refused[1], refusal_reason="rim ellipse reaches beyond the cup box: its ends are not the cup's")
     assert not _same_outline(refused[0], other)
+
+
+def test_after_every_fit_was_refused_a_box_loose_down_to_0_6_is_read_where_the_fit_is_good(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last pass for a loose box (``LOOSE_BOX_MIN_IOU``): the outline overlapping the box by
+    0.61 is read, at 0.57 it stays refused. The clear-dome bar is set to the usual one, as above."""
+    import node.analyse.cup as cup_module
+    from node.analyse.cup import MIN_BOX_IOU, OUTLINE_BOX_REFUSAL
+
+    monkeypatch.setattr(cup_module, "MIN_BOX_IOU_CLEAR_DOME", MIN_BOX_IOU)
+    img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
+    ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
+    w, h = box.width, box.height
+    read = measure_cup(img, Box(box.x0 - 0.3 * w, box.y0, box.x1, box.y1 + 0.2 * h, label="cup"), Side.RIGHT,
+                       View.AP_PELVIS, reference=ref)
+    assert read.refusal_reason is None, read.refusal_reason
+    assert read.inclination_deg == pytest.approx(45.0, abs=1.0)
+    assert read.anteversion_deg == pytest.approx(20.0, abs=1.0)
+    refused = measure_cup(img, Box(box.x0 - 0.25 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.3 * h, label="cup"),
+                          Side.RIGHT, View.AP_PELVIS, reference=ref)
+    assert refused.refusal_reason is not None and refused.refusal_reason.startswith(OUTLINE_BOX_REFUSAL)
 
 
 def test_a_loose_box_around_a_clearly_seen_dome_is_read_down_to_half_overlap() -> None:

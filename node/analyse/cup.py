@@ -158,6 +158,18 @@ CLEAR_DOME_QUALITY = 0.6
 # one right flanged cup at 15.5° stays refused).
 MIN_BOX_IOU_CLEAR_DOME = 0.5
 LOOSE_BOX_MAX_TURN_DEG = 10.0
+# Where every fit was refused on an AP view, the outline may still be right and the box loose: a
+# last pass lowers the overlap bar to LOOSE_BOX_MIN_IOU for any fit and keeps its answer only
+# where the fit clears RETRY_MIN_QUALITY and its rim is at least LOOSE_BOX_MIN_RIM_SHARE of the
+# dome's radius (a loose box round a resurfacing cap lets its inner outline, at 0.74-0.8 of the
+# radius, pose as the rim). Dev sketch cups (seeds 424270-424320, 581 cups): 5 more read, within
+# 3.2° / 2.0° (detector boxes at IoU 0.61-0.68), none lost; analytic / voxel (424270 / 424280,
+# 316 cups): 2 flanged cups more, within 0.5° / 0.7°, and without the rim share two voxel
+# resurfacing cups read 16-18° off (rims at 0.76 / 0.78 R; every right one at 0.83 R or more).
+# Fresh dev sets afterwards (sketch 424330, analytic / voxel 424290: 251 cups): 2 more, within
+# 1.5° / 1.1°, none lost. Removing the bar altogether read 4 dev sketch cups 9-44° off.
+LOOSE_BOX_MIN_IOU = 0.6
+LOOSE_BOX_MIN_RIM_SHARE = 0.8
 # Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
 # implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
 MIN_INCLINATION_DEG = 5.0
@@ -1965,6 +1977,16 @@ def _measure_cup(
         m2 = _measure_fit(retry, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
             return m2
+    if (m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP)
+            and min_box_iou > LOOSE_BOX_MIN_IOU and not fit.head_fills_shell):
+        # a box loose round a cup of a style the detector never saw (see LOOSE_BOX_MIN_IOU)
+        loose = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera,
+                                min_box_iou=LOOSE_BOX_MIN_IOU)
+        m3 = _measure_fit(loose, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
+        if (m3.refusal_reason is None and loose.quality >= RETRY_MIN_QUALITY and loose.ellipse is not None
+                and loose.dome_radius_px
+                and loose.ellipse.semi_major >= LOOSE_BOX_MIN_RIM_SHARE * loose.dome_radius_px):
+            return m3
     return m
 
 
