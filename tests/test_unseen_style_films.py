@@ -5,6 +5,8 @@ was written for, each checked both ways where the rule has a limit.
 * A cup box the detector drew loose round a cup of a style it never saw, read where the fit clears
   a higher quality bar (``node.analyse.cup.LOOSE_BOX_MIN_IOU``); a resurfacing cap's inner outline
   in a loose box still refused (``LOOSE_BOX_MIN_RIM_SHARE``).
+* Cemented all-polyethylene cups no source reported, found by their marker wire ring
+  (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
 
 Each film renders in about half a second; the models load once per module.
 """
@@ -65,3 +67,34 @@ def test_a_resurfacing_caps_inner_outline_in_a_loose_box_stays_refused(
     assert truth.design == "resurfacing"
     cup = hip.cup
     assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
+
+
+@pytest.mark.parametrize(("kind", "seed", "index", "side"), [
+    ("mixed", 424300, 100, Side.RIGHT),  # triage 0.98, the detector's cup box on fixation it also boxed
+    ("mixed", 424330, 158, Side.LEFT),  # triage 0.82, no cup or stem box, metal of no shape (0.45)
+    ("cups", 424270, 2, Side.LEFT),  # detector 0.58, triage 0.36, no metal found
+])
+def test_a_cemented_cup_no_source_reported_is_found_by_its_marker_ring(
+        models: tuple[TriageModel, DetectorModel], kind: str, seed: int, index: int, side: Side) -> None:
+    """Reported "no arthroplasty" before; now reported, the reason stated, and the cup read from
+    the wire."""
+    hip, truth = _hip(models, kind, "sketch", seed, index, side)
+    assert truth.implant and truth.design == "cemented"
+    assert hip.implant_present is True and hip.implant_probability is None
+    assert any("found by its marker wire" in n for n in hip.notes), hip.notes
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 1.5, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 1.5, (cup, truth.cup)
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424250, 40, Side.LEFT),  # detector 0.75: an outline taken for a ring at 0.58 %, symmetry 0.51
+    (424270, 61, Side.LEFT),  # a nail; detector 0.67, metal 0.45: a ring at 0.48 %, symmetry 0.59
+])
+def test_a_hip_without_a_prosthesis_is_not_reported_for_a_ring_like_outline(
+        models: tuple[TriageModel, DetectorModel], seed: int, index: int, side: Side) -> None:
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert not truth.implant
+    assert hip.implant_present is False, hip.notes
+    assert not any("marker wire" in n for n in hip.notes), hip.notes
