@@ -5,6 +5,8 @@ was written for, each checked both ways where the rule has a limit.
 * A cup box the detector drew loose round a cup of a style it never saw, read where the fit clears
   a higher quality bar (``node.analyse.cup.LOOSE_BOX_MIN_IOU``); a resurfacing cap's inner outline
   in a loose box still refused (``LOOSE_BOX_MIN_RIM_SHARE``).
+* A rim whose middle a filling head hides, read from its two ends beyond the head
+  (``HEAD_EARS_MIN_COVERAGE``).
 * Cemented all-polyethylene cups no source reported, found by their marker wire ring
   (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
 
@@ -67,6 +69,25 @@ def test_a_resurfacing_caps_inner_outline_in_a_loose_box_stays_refused(
     assert truth.design == "resurfacing"
     cup = hip.cup
     assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
+
+
+@pytest.mark.parametrize(("style", "seed", "index", "side"), [
+    ("sketch", 424290, 53, Side.RIGHT),  # resurfacing, the head's outline at 0.83 of the cup's radius
+    ("sketch", 424270, 46, Side.LEFT),  # resurfacing, 0.82
+    ("analytic", 424280, 3, Side.RIGHT),  # large metal head, 0.83
+])
+def test_a_rim_whose_middle_a_head_hides_is_read_from_its_ends(models: tuple[TriageModel, DetectorModel], style: str,
+                                                             seed: int, index: int, side: Side) -> None:
+    """A head that fills the shell hides the rim inside its disc, but the rim's ends reach beyond
+    it (``node.analyse.cup.HEAD_EARS_MIN_COVERAGE``): refused before ("the femoral head fills the
+    cup"), within 2° now. An end that is only the shell's own outline is refused: see
+    ``tests/test_cup_designs.py``'s filling-head test (an analytic large head read 7° off without
+    that check)."""
+    hip, truth = _hip(models, "cups", style, seed, index, side)
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 2.0, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 2.0, (cup, truth.cup)
 
 
 @pytest.mark.parametrize(("kind", "seed", "index", "side"), [

@@ -209,6 +209,16 @@ MIN_RIM_ENDS_COVERAGE = 1.2
 # (see ``_filling_head``). Usual heads are ≤ 0.75 of the shell; such heads 0.79–0.89 on phantoms.
 FILLING_HEAD_FRAC = (0.78, 0.95)
 FILLING_HEAD_MIN_RAYS = 12
+# ... but the rim's ends still show beyond the head's disc: its open half runs outside a circle of
+# radius r (< R) where cos²t > (r² − b²) / (R² − b²), the last tenth or two of the long axis at
+# each end. Fitted from those points alone (the head's disc left out), with the dome's centre and
+# radius as the prior, the rim need cover only this share of the long axis (MIN_RIM_COVERAGE
+# otherwise); every other check holds, the seen-ends one (both ends) included. Dev cups, every fit
+# this read: sketch 424270-424320 5 resurfacing (within 1.9° / 1.5°), analytic / voxel 424270 /
+# 424280 2 large heads (0.6° / 0.6°); fresh sets sketch 424330, analytic / voxel 424290: 2
+# resurfacing (2.5° / 1.8°). None read wrong, none lost.
+HEAD_EARS_MIN_COVERAGE = 0.1
+HEAD_EARS_REACH = (0.5, 0.8)
 # A head hides the rim only where the rim does not show across it: a rim fitted without leaving
 # out the head's disc is kept where its points well inside that disc (within HEAD_CROSSING_DEPTH
 # of its radius) cover at least this share of the rim's long axis (``_rim_across_head``).
@@ -1151,13 +1161,13 @@ def _fit_from_circle(
                              "of the region's range)")
     theta0 = gap_dir + math.pi / 2.0
 
-    def rim(head: tuple[float, float, float] | None) -> CupFit:
+    def rim(head: tuple[float, float, float] | None, min_coverage: float = MIN_RIM_COVERAGE) -> CupFit:
         hyps = (_search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, head=head) if max_ratio is None
                 else _search_rim(smooth, ccx, ccy, R, theta0, u, 0.5 * dome_step, max_ratio, head=head))
         first: CupFit | None = None
         for a_best, k_best, th_best in hyps:
             fit = _rim_fit(smooth, gx, gy, (ccx, ccy, R), (a_best, k_best, th_best), u, base, stems, dome_step,
-                           dome_width, span, (ox, oy), box, head, camera, min_box_iou)
+                           dome_width, span, (ox, oy), box, head, camera, min_box_iou, min_coverage)
             if fit.refusal_reason is None:
                 return fit
             first = first or fit
@@ -1169,6 +1179,10 @@ def _fit_from_circle(
         seen = _rim_across_head(rim(None), (ccx + ox, ccy + oy, filling))
         if seen is not None:
             return seen
+        # a dense head hides the rim inside its disc, but the rim's ends reach beyond it
+        ears = rim((ccx, ccy, filling), HEAD_EARS_MIN_COVERAGE)
+        if ears.refusal_reason is None and _ears_reach_in(ears, filling):
+            return ears
         # the opening's direction still shows - the dome's outline ends where the rim begins, at
         # both ends of the opening - and with it the inclination (``_measure_fit``); only the
         # rim's width, hence anteversion, is hidden
@@ -1186,6 +1200,24 @@ def _fit_from_circle(
         if seen is not None:
             return seen
     return fit
+
+
+def _ears_reach_in(fit: CupFit, head_r: float) -> bool:
+    """Whether a rim fitted from its ends beyond a filling head (``HEAD_EARS_MIN_COVERAGE``) shows
+    each end whole: points from the dome's circle in to the head's (``HEAD_EARS_REACH``, as shares
+    of the way from the head's circle to the dome's). Where the vertex of an end is not seen, or
+    the points there are the shell's own outline running along the dome, the end says nothing
+    about the rim's width (an analytic large head read 7° / 8.5° off from such an end: 0.17-0.69
+    of the way, where right ears reached 0.12-0.28 and 0.91-1.04)."""
+    if fit.ellipse is None or fit.dome_centre is None or fit.dome_radius_px is None or len(fit.rim_points) == 0:
+        return False
+    p = np.asarray(fit.rim_points, dtype=np.float64)
+    way = (np.hypot(p[:, 0] - fit.dome_centre.x, p[:, 1] - fit.dome_centre.y) - head_r) / max(
+        fit.dome_radius_px - head_r, 1e-6)
+    xr, _ = _to_frame(p, fit.ellipse.cx, fit.ellipse.cy, math.radians(fit.ellipse.angle_deg))
+    inner, outer = HEAD_EARS_REACH
+    return all(bool(np.any(sel)) and float(way[sel].min()) <= inner and float(way[sel].max()) >= outer
+               for sel in (xr < 0, xr > 0))
 
 
 def _rim_across_head(fit: CupFit, head: tuple[float, float, float]) -> CupFit | None:
@@ -1237,6 +1269,7 @@ def _rim_fit(
     head: tuple[float, float, float] | None = None,
     camera: tuple[float, Point] | None = None,
     min_box_iou: float = MIN_BOX_IOU,
+    min_coverage: float = MIN_RIM_COVERAGE,
 ) -> CupFit:
     """Rim points and the robust ellipse fit from one search hypothesis (ROI coordinates)."""
     ccx, ccy, R = dome
@@ -1307,7 +1340,7 @@ def _rim_fit(
         return _refuse(fit, f"{OUTLINE_BOX_REFUSAL} (IoU {fit.box_iou:.2f})")
     if _outside_box(ell, box) > (MAX_RIM_END_OUTSIDE_CLEAR_DOME if clear_dome else MAX_RIM_END_OUTSIDE_BOX):
         return _refuse(fit, f"{RIM_BEYOND_BOX_REFUSAL}: its ends are not the cup's")
-    if coverage < MIN_RIM_COVERAGE:
+    if coverage < min_coverage:
         return _refuse(fit, f"too little of the rim visible ({coverage:.0%})")
     if min(end_cov) < MIN_RIM_END_COVERAGE or sum(end_cov) < MIN_RIM_ENDS_COVERAGE:
         return _refuse(fit, f"rim not seen where it meets the dome ({end_cov[0]:.0%} and {end_cov[1]:.0%} of its ends): "
@@ -1978,7 +2011,7 @@ def _measure_cup(
         if m2.refusal_reason is None and retry.quality >= RETRY_MIN_QUALITY:
             return m2
     if (m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP)
-            and min_box_iou > LOOSE_BOX_MIN_IOU and not fit.head_fills_shell):
+            and min_box_iou > LOOSE_BOX_MIN_IOU):
         # a box loose round a cup of a style the detector never saw (see LOOSE_BOX_MIN_IOU)
         loose = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera,
                                 min_box_iou=LOOSE_BOX_MIN_IOU)
