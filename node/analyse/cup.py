@@ -218,7 +218,7 @@ FILLING_HEAD_MIN_RAYS = 12
 # 424280 2 large heads (0.6° / 0.6°); fresh sets sketch 424330, analytic / voxel 424290: 2
 # resurfacing (2.5° / 1.8°). None read wrong, none lost.
 HEAD_EARS_MIN_COVERAGE = 0.1
-HEAD_EARS_REACH = (0.5, 0.8)
+HEAD_EARS_REACH = (0.5, 0.8, 1.1)
 # A head hides the rim only where the rim does not show across it: a rim fitted without leaving
 # out the head's disc is kept where its points well inside that disc (within HEAD_CROSSING_DEPTH
 # of its radius) cover at least this share of the rim's long axis (``_rim_across_head``).
@@ -1204,19 +1204,21 @@ def _fit_from_circle(
 
 def _ears_reach_in(fit: CupFit, head_r: float) -> bool:
     """Whether a rim fitted from its ends beyond a filling head (``HEAD_EARS_MIN_COVERAGE``) shows
-    each end whole: points from the dome's circle in to the head's (``HEAD_EARS_REACH``, as shares
-    of the way from the head's circle to the dome's). Where the vertex of an end is not seen, or
-    the points there are the shell's own outline running along the dome, the end says nothing
-    about the rim's width (an analytic large head read 7° / 8.5° off from such an end: 0.17-0.69
-    of the way, where right ears reached 0.12-0.28 and 0.91-1.04)."""
+    each end whole: points from the dome's circle in to the head's, and none well beyond the dome
+    (``HEAD_EARS_REACH``, as shares of the way from the head's circle to the dome's: a rim's end
+    lies on the dome's outline). Where the vertex of an end is not seen, or the points there are
+    the shell's own outline running along the dome, the end says nothing about the rim's width (an
+    analytic large head read 7° / 8.5° off from such an end: 0.17-0.69 of the way, where right ears
+    reached 0.12-0.28 and 0.91-1.04); points far outside the dome are not the rim (the bench's
+    analytic resurfacing cup read 5° / 8° off from an end reaching 1.56)."""
     if fit.ellipse is None or fit.dome_centre is None or fit.dome_radius_px is None or len(fit.rim_points) == 0:
         return False
     p = np.asarray(fit.rim_points, dtype=np.float64)
     way = (np.hypot(p[:, 0] - fit.dome_centre.x, p[:, 1] - fit.dome_centre.y) - head_r) / max(
         fit.dome_radius_px - head_r, 1e-6)
     xr, _ = _to_frame(p, fit.ellipse.cx, fit.ellipse.cy, math.radians(fit.ellipse.angle_deg))
-    inner, outer = HEAD_EARS_REACH
-    return all(bool(np.any(sel)) and float(way[sel].min()) <= inner and float(way[sel].max()) >= outer
+    inner, outer, beyond = HEAD_EARS_REACH
+    return all(bool(np.any(sel)) and float(way[sel].min()) <= inner and outer <= float(way[sel].max()) <= beyond
                for sel in (xr < 0, xr > 0))
 
 
