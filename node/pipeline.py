@@ -964,11 +964,13 @@ def _same_outline(a: CupMeasurement, b: CupMeasurement, *, refused: bool = True)
 # METAL_NONE) is reported implanted where a sharp wire ring shows where the cup sits: a ring (not an
 # arc), its ellipse fitting the wire's centre line to within MARKER_RING_MAX_RMS_SHARE of its
 # semi-major axis, seen on both sides of its centre (symmetry >= MARKER_RING_MIN_SYMMETRY: the head
-# hides a ring's two halves alike). On dev films of three styles (seeds 424240-424330: 2,399 sketch
-# sides, 1,600 analytic / voxel mixed sides, 600 cup films) this held on 8 cemented prostheses no
-# source reported (rings at 0.26-0.48 %, symmetry 0.75-0.98) and on no side without one; native
-# hips' bone outlines pose as rings at 0.48 % and up but with symmetry <= 0.64 below 0.53 %, and
-# one ring of cannulated screws (0.40 %, 0.87) came with no other source seeing anything.
+# hides a ring's two halves alike). On dev films of three styles (mixed seeds 424240-424330: 2,399
+# sketch sides, and 982 analytic / voxel sides of seeds 424270 / 424310; cup films sketch
+# 424270-424330, analytic / voxel 424270) this held on 8 cemented prostheses no source reported
+# (rings at 0.26-0.46 %, symmetry 0.75-0.98) and on no side without one. Sides without a
+# prosthesis gave rings as sharp as 0.40 % (cannulated screws, symmetry 0.87) and 0.51 % (a native
+# hip, 0.82), both where no other source saw anything, and 0.48 % (a nail, 0.59) with a detector
+# box at 0.67: hence both the ring's own bars and the need for another source's hint.
 MARKER_RING_MAX_RMS_SHARE = 0.005
 MARKER_RING_MIN_SYMMETRY = 0.75
 
