@@ -7,6 +7,8 @@ was written for, each checked both ways where the rule has a limit.
   in a loose box still refused (``LOOSE_BOX_MIN_RIM_SHARE``).
 * A rim whose middle a filling head hides, read from its two ends beyond the head
   (``HEAD_EARS_MIN_COVERAGE``).
+* A rim seen at one end only, where the shell meets bone as white as itself, read where the fit
+  leaves no doubt (``ONE_END_MIN_COVERAGE``); a resurfacing rim fitted loosely still refused.
 * Cemented all-polyethylene cups no source reported, found by their marker wire ring
   (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
 
@@ -88,6 +90,30 @@ def test_a_rim_whose_middle_a_head_hides_is_read_from_its_ends(models: tuple[Tri
     assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
     assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 2.0, (cup, truth.cup)
     assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 2.0, (cup, truth.cup)
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424280, 45, Side.RIGHT),  # hemispherical, one end 100 % seen, the other 22 %
+    (424310, 24, Side.RIGHT),  # dual mobility, 100 % and 0 %
+    (424320, 46, Side.LEFT),  # hemispherical, 0 % and 100 %
+])
+def test_a_rim_seen_at_one_end_is_read_where_the_fit_is_tight(models: tuple[TriageModel, DetectorModel], seed: int,
+                                                             index: int, side: Side) -> None:
+    """Refused before ("rim not seen where it meets the dome"), within 2.1° now."""
+    hip, truth = _hip(models, "cups", "sketch", seed, index, side)
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 2.1, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 2.1, (cup, truth.cup)
+
+
+def test_a_resurfacing_rim_seen_at_one_end_but_fitted_loosely_stays_refused(
+        models: tuple[TriageModel, DetectorModel]) -> None:
+    """With a residual bar of 0.45 px this cup was read 5.7° off in anteversion (residual 0.39 px)."""
+    hip, truth = _hip(models, "cups", "sketch", 424290, 30, Side.LEFT)
+    assert truth.design == "resurfacing"
+    cup = hip.cup
+    assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
 
 
 @pytest.mark.parametrize(("kind", "seed", "index", "side"), [
