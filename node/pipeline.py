@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -36,6 +35,7 @@ from node.analyse.cup import (
     cup_box_from_marker_wire,
     find_marker_wire,
     measure_cup,
+    same_rim,
 )
 from node.analyse.dysplasia import measure_dysplasia
 from node.analyse.metal import arthroplasty_evidence, arthroplasty_objects, find_metal
@@ -867,7 +867,7 @@ def analyse_hips(
                 elif _same_outline(hip.cup, retry):
                     # Two different boxes - the detector's and the metal finder's - each led to the
                     # same rim ellipse, which neither box fits: the boxes are loose, the outline is
-                    # not (see SAME_OUTLINE_*). The cup is read without the box check, and kept only
+                    # not (see _same_outline). The cup is read without the box check, and kept only
                     # when that reading finds the same ellipse again.
                     again = measure_cup(image, hip.cup_box, side, triage.view, reference=reference,
                                         pixel_spacing_mm=pixel_spacing_mm, stem_boxes=stems, geometry=geometry,
@@ -926,17 +926,16 @@ def analyse_hips(
     return hips, heatmaps
 
 
-# Two cup fits are "the same outline" when their rim ellipses agree this closely: long-axis angle
-# and arcsin(minor/major) within SAME_OUTLINE_DEG, centres within SAME_OUTLINE_CENTRE of the
-# semi-major axis (at least 1 px), semi-major axes within that share. On an independently
-# written renderer's films (``node.phantom.sketch``, dev seed 424242, 80 images), three cups were
-# refused in both the detector's and the metal finder's box with IoU 0.61-0.68 and ellipses
-# agreeing within 0.04° / 0.17° / 0.2 px, all three within 0.6° of the truth; every pair that
-# disagreed (by 1.2° or more) was a wrong fit. Only a refusal for the outline-to-box overlap
-# counts (``OUTLINE_BOX_REFUSAL``): on an analytic hemiarthroplasty the head's outline was refused
-# in one box for that and in the other for reaching beyond the box.
-SAME_OUTLINE_DEG = 0.5
-SAME_OUTLINE_CENTRE = 0.02
+# Two cup fits are "the same outline" when their rim ellipses agree within
+# ``node.analyse.cup.SAME_RIM_DEG`` / ``SAME_RIM_SHARE`` (``same_rim``): long-axis angle and
+# arcsin(minor/major) within 0.5°, centres within 2 % of the semi-major axis (at least 1 px),
+# semi-major axes within that share. On an independently written renderer's films
+# (``node.phantom.sketch``, dev seed 424242, 80 images), three cups were refused in both the
+# detector's and the metal finder's box with IoU 0.61-0.68 and ellipses agreeing within 0.04° /
+# 0.17° / 0.2 px, all three within 0.6° of the truth; every pair that disagreed (by 1.2° or more)
+# was a wrong fit. Only a refusal for the outline-to-box overlap counts (``OUTLINE_BOX_REFUSAL``):
+# on an analytic hemiarthroplasty the head's outline was refused in one box for that and in the
+# other for reaching beyond the box.
 
 
 def _same_outline(a: CupMeasurement, b: CupMeasurement, *, refused: bool = True) -> bool:
@@ -945,16 +944,7 @@ def _same_outline(a: CupMeasurement, b: CupMeasurement, *, refused: bool = True)
     if refused and not all(m.refusal_reason is not None and m.refusal_reason.startswith(OUTLINE_BOX_REFUSAL)
                            for m in (a, b)):
         return False
-    ea, eb = a.ellipse, b.ellipse
-    if ea is None or eb is None:
-        return False
-    turn = abs((ea.angle_deg - eb.angle_deg + 90.0) % 180.0 - 90.0)
-    width = abs(math.degrees(math.asin(min(1.0, ea.semi_minor / ea.semi_major)))
-                - math.degrees(math.asin(min(1.0, eb.semi_minor / eb.semi_major))))
-    tol = max(1.0, SAME_OUTLINE_CENTRE * ea.semi_major)
-    return (turn <= SAME_OUTLINE_DEG and width <= SAME_OUTLINE_DEG
-            and math.hypot(ea.cx - eb.cx, ea.cy - eb.cy) <= tol
-            and abs(ea.semi_major - eb.semi_major) <= SAME_OUTLINE_CENTRE * ea.semi_major)
+    return a.ellipse is not None and b.ellipse is not None and same_rim(a.ellipse, b.ellipse)
 
 
 # A cemented all-polyethylene cup is plastic in bone cement: only its marker wire, a thin steel

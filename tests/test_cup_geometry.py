@@ -358,9 +358,10 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
     (``node.pipeline._same_outline``) sees the agreement and the cup read without the box check
     (``min_box_iou=0``) is the true one. Two readings of different ellipses do not agree.
     The dome here is seen whole, so the looser bar for a clear dome (``MIN_BOX_IOU_CLEAR_DOME``,
-    tested below) would read it in either box, and the last pass for a loose box
-    (``LOOSE_BOX_MIN_IOU``, tested below) the first one: both bars are set to the usual one to
-    test the rule for fits without a clear dome."""
+    tested below) would read it in either box, the last pass for a loose box
+    (``LOOSE_BOX_MIN_IOU``, tested below) the first one, and the pass that confirms a fit in its
+    own box (``SELF_BOX_MIN_IOU``, tested below) both: the first two bars are set to the usual one
+    and the last pass is switched off to test the rule for fits without a clear dome."""
     from dataclasses import replace as _replace
 
     import node.analyse.cup as cup_module
@@ -369,6 +370,7 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
 
     monkeypatch.setattr(cup_module, "MIN_BOX_IOU_CLEAR_DOME", MIN_BOX_IOU)
     monkeypatch.setattr(cup_module, "LOOSE_BOX_MIN_IOU", MIN_BOX_IOU)
+    monkeypatch.setattr(cup_module, "SELF_BOX_MIN_IOU", 1.01)
 
     img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
     ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
@@ -395,11 +397,13 @@ def test_a_loose_box_refuses_the_outline_and_two_boxes_agreeing_on_it_lift_the_c
 def test_after_every_fit_was_refused_a_box_loose_down_to_0_6_is_read_where_the_fit_is_good(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The last pass for a loose box (``LOOSE_BOX_MIN_IOU``): the outline overlapping the box by
-    0.61 is read, at 0.57 it stays refused. The clear-dome bar is set to the usual one, as above."""
+    0.61 is read, at 0.57 it stays refused. The clear-dome bar is set to the usual one and the
+    own-box pass is switched off, as above."""
     import node.analyse.cup as cup_module
     from node.analyse.cup import MIN_BOX_IOU, OUTLINE_BOX_REFUSAL
 
     monkeypatch.setattr(cup_module, "MIN_BOX_IOU_CLEAR_DOME", MIN_BOX_IOU)
+    monkeypatch.setattr(cup_module, "SELF_BOX_MIN_IOU", 1.01)
     img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
     ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
     w, h = box.width, box.height
@@ -411,6 +415,31 @@ def test_after_every_fit_was_refused_a_box_loose_down_to_0_6_is_read_where_the_f
     refused = measure_cup(img, Box(box.x0 - 0.25 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.3 * h, label="cup"),
                           Side.RIGHT, View.AP_PELVIS, reference=ref)
     assert refused.refusal_reason is not None and refused.refusal_reason.startswith(OUTLINE_BOX_REFUSAL)
+
+
+def test_a_fit_refused_for_its_box_alone_is_read_where_its_own_box_confirms_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last pass for a shifted box (``SELF_BOX_MIN_IOU``): a fit refused only for the box is
+    fitted again in the box of its own silhouette and read where that finds the same rim; the box
+    that overlapped the outline by 0.57 (refused by every other pass, see above) is read within 1°.
+    A box overlapping the outline by less than SELF_BOX_MIN_IOU is not a box round this cup: the fit
+    stays refused."""
+    import node.analyse.cup as cup_module
+    from node.analyse.cup import MIN_BOX_IOU, OUTLINE_BOX_REFUSAL, SELF_BOX_MIN_IOU
+
+    monkeypatch.setattr(cup_module, "MIN_BOX_IOU_CLEAR_DOME", MIN_BOX_IOU)
+    img, box = render_cup((320, 320), (160.0, 150.0), 60.0, 45.0, 20.0, Side.RIGHT)
+    ref = line_through(Point(10.0, 300.0), Point(310.0, 300.0), INTER_TEARDROP)
+    w, h = box.width, box.height
+    shifted = Box(box.x0 - 0.25 * w, box.y0, box.x1 + 0.05 * w, box.y1 + 0.3 * h, label="cup")
+    read = measure_cup(img, shifted, Side.RIGHT, View.AP_PELVIS, reference=ref)
+    assert read.refusal_reason is None, read.refusal_reason
+    assert read.inclination_deg == pytest.approx(45.0, abs=1.0)
+    assert read.anteversion_deg == pytest.approx(20.0, abs=1.0)
+    monkeypatch.setattr(cup_module, "SELF_BOX_MIN_IOU", fit_cup_ellipse(img, shifted).box_iou + 0.01)
+    refused = measure_cup(img, shifted, Side.RIGHT, View.AP_PELVIS, reference=ref)
+    assert refused.refusal_reason is not None and refused.refusal_reason.startswith(OUTLINE_BOX_REFUSAL)
+    assert SELF_BOX_MIN_IOU < 0.57
 
 
 def test_a_loose_box_around_a_clearly_seen_dome_is_read_down_to_half_overlap() -> None:

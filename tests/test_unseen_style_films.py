@@ -9,6 +9,8 @@ was written for, each checked both ways where the rule has a limit.
   (``HEAD_EARS_MIN_COVERAGE``).
 * A rim seen at one end only, where the shell meets bone as white as itself, read where the fit
   leaves no doubt (``ONE_END_MIN_COVERAGE``); a resurfacing rim fitted loosely still refused.
+* A fit refused only for a shifted detector box, confirmed in the box of its own silhouette
+  (``SELF_BOX_MIN_IOU``); a flanged cup's loose fit in such a box still refused.
 * Cemented all-polyethylene cups no source reported, found by their marker wire ring
   (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
 
@@ -112,6 +114,30 @@ def test_a_resurfacing_rim_seen_at_one_end_but_fitted_loosely_stays_refused(
     """With a residual bar of 0.45 px this cup was read 5.7° off in anteversion (residual 0.39 px)."""
     hip, truth = _hip(models, "cups", "sketch", 424290, 30, Side.LEFT)
     assert truth.design == "resurfacing"
+    cup = hip.cup
+    assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424320, 3, Side.LEFT),  # the box misses the rim's lateral end ("rim ellipse reaches beyond the cup box")
+    (424290, 0, Side.RIGHT),  # the box shifted towards the dome (overlap 0.68)
+    (424270, 13, Side.LEFT),  # overlap 0.55
+])
+def test_a_cup_in_a_shifted_box_is_read_where_its_own_box_confirms_it(
+        models: tuple[TriageModel, DetectorModel], seed: int, index: int, side: Side) -> None:
+    """Refused before for the detector's box alone; within 2.8° now."""
+    hip, truth = _hip(models, "cups", "sketch", seed, index, side)
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 2.8, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 2.8, (cup, truth.cup)
+
+
+def test_a_loose_fit_in_a_shifted_box_stays_refused(models: tuple[TriageModel, DetectorModel]) -> None:
+    """Without the residual bar (``SELF_BOX_MAX_RMS_PX``) and with a looser same-rim test this
+    flanged cup was read 34° off in inclination (residual 0.47 px)."""
+    hip, truth = _hip(models, "cups", "sketch", 424290, 49, Side.LEFT)
+    assert truth.design == "flanged"
     cup = hip.cup
     assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
 

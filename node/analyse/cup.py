@@ -222,6 +222,25 @@ MIN_RIM_ENDS_COVERAGE = 1.2
 ONE_END_MIN_COVERAGE = 0.9
 ONE_END_MAX_RMS_PX = 0.35
 ONE_END_MIN_RIM_SHARE = 0.95
+# A fit refused only because the detector's box does not fit it (``OUTLINE_BOX_REFUSAL``,
+# ``RIM_BEYOND_BOX_REFUSAL``) is fitted again in its own box - the bounds of the silhouette it
+# implies - where that box still overlaps the detector's by SELF_BOX_MIN_IOU. It is kept only where
+# the second fit, started from a different crop and box edges, passes every check with the usual
+# overlap bar, finds the same rim ellipse (``same_rim``), clears RETRY_MIN_QUALITY and lies within
+# SELF_BOX_MAX_RMS_PX of its points. On an independently written renderer's films the detector's
+# boxes were shifted towards the dome and missed the rim's lateral end. Dev sketch cups (seeds
+# 424270-424320, 581): 7 more read, all hemispherical, within 2.8° / 2.2°, none lost; analytic /
+# voxel (424270 / 424280, 316): none changed; fresh sets afterwards (sketch 424330, analytic /
+# voxel 424290, 251): 2 more, within 1.6° / 0.8°. A first version (same rim within 1°, no residual
+# bar) read a flanged sketch cup 34° off (0.47 px) and moved a right voxel flanged reading by 3.7°
+# (0.38 px).
+SELF_BOX_MIN_IOU = 0.4
+SELF_BOX_MAX_RMS_PX = 0.35
+# Two fits found "the same rim" when their ellipses' long-axis angles and arcsin(minor/major) agree
+# within SAME_RIM_DEG and their centres (at least 1 px apart allowed) and semi-major axes within
+# SAME_RIM_SHARE of the semi-major axis (``node.pipeline._same_outline`` uses it too).
+SAME_RIM_DEG = 0.5
+SAME_RIM_SHARE = 0.02
 # A head whose outline is a circle of this share of the shell's radius, seen next to both ends of
 # the opening on at least this many rays (2.5° apart, of 36), fills the shell and hides the rim
 # (see ``_filling_head``). Usual heads are ≤ 0.75 of the shell; such heads 0.79–0.89 on phantoms.
@@ -2058,7 +2077,42 @@ def _measure_cup(
                 and one.rim_rms_px is not None and one.rim_rms_px <= ONE_END_MAX_RMS_PX
                 and one.ellipse.semi_major >= ONE_END_MIN_RIM_SHARE * one.dome_radius_px):
             return m4
+    if m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
+        own = _fit_in_own_box(image, fit, cup_box, stem_boxes, hint, camera)
+        if own is not None:
+            m5 = _measure_fit(own, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
+            if m5.refusal_reason is None:
+                return m5
     return m
+
+
+def _fit_in_own_box(image: NDArray[np.float32], refused: CupFit, cup_box: Box, stem_boxes: Sequence[Box],
+                    hint: tuple[float, float], camera: tuple[float, Point] | None) -> CupFit | None:
+    """A fit refused for the detector's box alone, confirmed in the box of its own silhouette
+    (``SELF_BOX_MIN_IOU``), or ``None``."""
+    e = refused.ellipse
+    if (refused.refusal_reason is None or e is None or refused.opening_dir is None
+            or not refused.refusal_reason.startswith((OUTLINE_BOX_REFUSAL, RIM_BEYOND_BOX_REFUSAL))
+            or refused.box_iou < SELF_BOX_MIN_IOU):
+        return None
+    x0, y0, x1, y1 = _silhouette_bounds(e, refused.opening_dir, e.semi_major)
+    again = fit_cup_ellipse(image, Box(x0, y0, x1, y1, cup_box.label, cup_box.score), stem_boxes=stem_boxes,
+                            open_hint=hint, camera=camera)
+    if (again.refusal_reason is not None or again.ellipse is None or again.quality < RETRY_MIN_QUALITY
+            or again.rim_rms_px is None or again.rim_rms_px > SELF_BOX_MAX_RMS_PX
+            or not same_rim(e, again.ellipse)):
+        return None
+    return again
+
+
+def same_rim(a: Ellipse, b: Ellipse) -> bool:
+    """Whether two rim ellipses are the same outline (``SAME_RIM_DEG``, ``SAME_RIM_SHARE``)."""
+    turn = abs((a.angle_deg - b.angle_deg + 90.0) % 180.0 - 90.0)
+    width = abs(math.degrees(math.asin(min(1.0, a.semi_minor / a.semi_major)))
+                - math.degrees(math.asin(min(1.0, b.semi_minor / b.semi_major))))
+    tol = max(1.0, SAME_RIM_SHARE * a.semi_major)
+    return (turn <= SAME_RIM_DEG and width <= SAME_RIM_DEG and math.hypot(a.cx - b.cx, a.cy - b.cy) <= tol
+            and abs(a.semi_major - b.semi_major) <= SAME_RIM_SHARE * a.semi_major)
 
 
 # Where an all-polyethylene cup has no box at all (its polyethylene and cement are not metal, and
