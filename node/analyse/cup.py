@@ -210,30 +210,31 @@ MIN_RIM_ENDS_COVERAGE = 1.2
 # processed film), the rim's other end has no edge to show. The seen end must be whole (at least
 # ONE_END_MIN_COVERAGE of it, the two together as much), and the fit must leave no doubt that it is
 # the rim: quality >= RETRY_MIN_QUALITY, the ellipse within ONE_END_MAX_RMS_PX of its points, its
-# long axis at least ONE_END_MIN_RIM_SHARE of the dome's radius (the rim's long axis *is* the
-# dome's diameter; a resurfacing cap's inner edge or a head's outline is shorter). Dev sketch cups
-# (seeds 424270-424320, 581 cups): 6 more read, all within 2.0° / 2.0°, none lost; analytic / voxel
-# (424270 / 424280, 316 cups): none, but one more hemiarthroplasty's head read as a cup (as 23
-# heads on those sets already were, by the other passes: see the closing note of issue 12); fresh sets afterwards (sketch 424330, analytic / voxel 424290,
-# 251 cups): 2 more, within 0.9° / 1.7°. With a residual bar of 0.45 px and no rim share the pass
-# read 13 dev cups, 4 of them 5.7-12.8° off (residuals 0.34-0.44 px; the worst a voxel resurfacing
-# cup whose "rim" was 0.92 of the radius). Lowering the end bars for every fit instead of in a pass
-# of its own let other fits win elsewhere: 15 cups read before changed, four by 7-21°.
+# long axis at least ONE_END_MIN_RIM_SHARE of the dome's radius (the rim's long axis *is* the dome's
+# diameter; a resurfacing cap's inner edge or a head's outline is shorter). Dev sketch cups (seeds
+# 424270-424320, 581 cups): 6 more read, all within 2.0° / 2.0°, none lost; analytic / voxel (424270
+# / 424280, 316 cups): none, but one more hemiarthroplasty's head read as a cup (as 23 heads on
+# those sets already were by the other passes: the README's "one known fault"); fresh sets
+# afterwards (sketch 424330, analytic / voxel 424290, 251 cups): 2 more, within 0.9° / 1.7°. With a
+# residual bar of 0.45 px and no rim share the pass read 13 dev cups, 4 of them 5.7-12.8° off
+# (residuals 0.34-0.44 px; the worst a voxel resurfacing cup whose "rim" was 0.92 of the radius).
+# Lowering the end bars for every fit instead of in a pass of its own let other fits win elsewhere:
+# 15 cups read before changed, four by 7-21°.
 ONE_END_MIN_COVERAGE = 0.9
 ONE_END_MAX_RMS_PX = 0.35
 ONE_END_MIN_RIM_SHARE = 0.95
-# A fit refused only because the detector's box does not fit it (``OUTLINE_BOX_REFUSAL``,
-# ``RIM_BEYOND_BOX_REFUSAL``) is fitted again in its own box - the bounds of the silhouette it
-# implies - where that box still overlaps the detector's by SELF_BOX_MIN_IOU. It is kept only where
-# the second fit, started from a different crop and box edges, passes every check with the usual
-# overlap bar, finds the same rim ellipse (``same_rim``), clears RETRY_MIN_QUALITY and lies within
-# SELF_BOX_MAX_RMS_PX of its points. On an independently written renderer's films the detector's
-# boxes were shifted towards the dome and missed the rim's lateral end. Dev sketch cups (seeds
-# 424270-424320, 581): 7 more read, all hemispherical, within 2.8° / 2.2°, none lost; analytic /
-# voxel (424270 / 424280, 316): none changed; fresh sets afterwards (sketch 424330, analytic /
-# voxel 424290, 251): 2 more, within 1.6° / 0.8°. A first version (same rim within 1°, no residual
-# bar) read a flanged sketch cup 34° off (0.47 px) and moved a right voxel flanged reading by 3.7°
-# (0.38 px).
+# Where the first fit was refused only because the detector's box does not fit it
+# (``OUTLINE_BOX_REFUSAL``, ``RIM_BEYOND_BOX_REFUSAL``) and every later pass refused too, it is
+# fitted again in its own box - the bounds of the silhouette it implies - where that box still
+# overlaps the detector's by SELF_BOX_MIN_IOU. It is kept only where the second fit, started from a
+# different crop and box edges, passes every check with the usual overlap bar, finds the same rim
+# ellipse (``same_rim``), clears RETRY_MIN_QUALITY and lies within SELF_BOX_MAX_RMS_PX of its
+# points. On an independently written renderer's films the detector's boxes were shifted towards the
+# dome and missed the rim's lateral end. Dev sketch cups (seeds 424270-424320, 581): 7 more read,
+# all hemispherical, within 2.8° / 2.2°, none lost; analytic / voxel (424270 / 424280, 316): none
+# changed; fresh sets afterwards (sketch 424330, analytic / voxel 424290, 251): 2 more, within 1.6°
+# / 0.8°. A first version (same rim within 1°, no residual bar) read a flanged sketch cup 34° off
+# (0.47 px) and moved a right voxel flanged reading by 3.7° (0.38 px).
 SELF_BOX_MIN_IOU = 0.4
 SELF_BOX_MAX_RMS_PX = 0.35
 # Two fits found "the same rim" when their ellipses' long-axis angles and arcsin(minor/major) agree
@@ -2068,7 +2069,8 @@ def _measure_cup(
                 and loose.ellipse.semi_major >= LOOSE_BOX_MIN_RIM_SHARE * loose.dome_radius_px):
             return m3
     if m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
-        # one end of the rim lost where the shell meets bone as bright as itself (see ONE_END_MIN_COVERAGE)
+        # one end of the rim lost where the shell meets bone as bright as itself (ONE_END_MIN_COVERAGE),
+        # then the detector's box shifted off a right outline (SELF_BOX_MIN_IOU)
         one = fit_cup_ellipse(image, cup_box, stem_boxes=stem_boxes, open_hint=hint, camera=camera,
                               min_box_iou=min_box_iou, min_end_coverage=(0.0, ONE_END_MIN_COVERAGE))
         m4 = _measure_fit(one, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
@@ -2077,7 +2079,6 @@ def _measure_cup(
                 and one.rim_rms_px is not None and one.rim_rms_px <= ONE_END_MAX_RMS_PX
                 and one.ellipse.semi_major >= ONE_END_MIN_RIM_SHARE * one.dome_radius_px):
             return m4
-    if m.refusal_reason is not None and hint is not None and view in (View.AP_PELVIS, View.AP_HIP):
         own = _fit_in_own_box(image, fit, cup_box, stem_boxes, hint, camera)
         if own is not None:
             m5 = _measure_fit(own, image, side, view, ref, flagged, pixel_spacing_mm, geometry)
