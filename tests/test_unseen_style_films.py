@@ -11,6 +11,8 @@ was written for, each checked both ways where the rule has a limit.
   leaves no doubt (``ONE_END_MIN_COVERAGE``); a resurfacing rim fitted loosely still refused.
 * A fit refused only for a shifted detector box, confirmed in the box of its own silhouette
   (``SELF_BOX_MIN_IOU``); a flanged cup's loose fit in such a box still refused.
+* A bipolar hemiarthroplasty's head (a shell larger than a hemisphere, no cup) not measured as a
+  cup (``MAX_RIM_OFFSET_SHARE``).
 * Cemented all-polyethylene cups no source reported, found by their marker wire ring
   (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
 
@@ -140,6 +142,25 @@ def test_a_loose_fit_in_a_shifted_box_stays_refused(models: tuple[TriageModel, D
     assert truth.design == "flanged"
     cup = hip.cup
     assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
+
+
+@pytest.mark.parametrize(("style", "seed", "index", "side"), [
+    ("analytic", 424270, 1, Side.RIGHT),
+    ("analytic", 424280, 12, Side.RIGHT),
+    ("voxel", 424280, 22, Side.RIGHT),
+])
+def test_a_hemiarthroplasty_head_is_not_measured_as_a_cup(models: tuple[TriageModel, DetectorModel], style: str,
+                                                          seed: int, index: int, side: Side) -> None:
+    """These large heads (no acetabular component) were given cup angles from the cut edge of
+    their shell; the arthroplasty is still reported, the cup refused with the reason."""
+    from node.analyse.cup import RIM_OFFSET_REFUSAL
+
+    hip, truth = _hip(models, "cups", style, seed, index, side)
+    assert truth.design == "hemiarthroplasty" and truth.cup is None
+    assert hip.implant_present is True
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is None and cup.anteversion_deg is None, cup
+    assert cup.refusal_reason is not None and RIM_OFFSET_REFUSAL in cup.refusal_reason, cup.refusal_reason
 
 
 @pytest.mark.parametrize(("kind", "seed", "index", "side"), [

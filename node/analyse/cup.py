@@ -171,6 +171,18 @@ LOOSE_BOX_MAX_TURN_DEG = 10.0
 # also follows a "head fills the cup" refusal (one more sketch resurfacing cup, 1.4° / 1.0°).
 LOOSE_BOX_MIN_IOU = 0.6
 LOOSE_BOX_MIN_RIM_SHARE = 0.8
+# An acetabular shell is a hemisphere: its opening's plane passes through the dome's centre, so the
+# rim ellipse's centre projects onto the dome circle's. On the dev cups read (sketch 424270-424330,
+# analytic / voxel 424270-424290: 899 cups) every right reading lay within 0.09 of the radius beyond
+# it except three flanged sketch cups (0.094-0.111), and three readings 8-26° off at 0.106-0.219. A
+# "rim" whose centre lies further than MAX_RIM_OFFSET_SHARE of the radius beyond the dome's centre,
+# towards the opening, is the cut edge of a larger shell: the head of a bipolar hemiarthroplasty
+# (analytic / voxel dev sets: 0.11-0.21), which has no cup to measure. Refused on AP views: dev
+# hemiarthroplasty heads read as cups 24 -> 11 (analytic / voxel 424270 / 424280) and 16 -> 6
+# (424290; those left are solid heads, offsets near 0), one voxel resurfacing reading 25.7° off
+# refused, no right reading lost (a bar of 0.09 lost the three flanged sketch cups).
+MAX_RIM_OFFSET_SHARE = 0.12
+RIM_OFFSET_REFUSAL = "rim centred beyond the dome's centre"
 # Beyond these the "cup" is almost certainly something else (a head, a side mix-up): a cup is
 # implanted at 20–70° inclination and within ±45° version; refusing costs less than a wild number.
 MIN_INCLINATION_DEG = 5.0
@@ -2289,6 +2301,12 @@ def _measure_fit(
     if fit.refusal_reason is not None or fit.ellipse is None or fit.opening_dir is None:
         return refuse(fit.refusal_reason or "no rim ellipse")
     e = fit.ellipse
+    if not lateral_view and fit.dome_centre is not None and fit.dome_radius_px:
+        beyond = ((e.cx - fit.dome_centre.x) * fit.opening_dir[0]
+                  + (e.cy - fit.dome_centre.y) * fit.opening_dir[1]) / fit.dome_radius_px
+        if beyond > MAX_RIM_OFFSET_SHARE:
+            return refuse(f"{RIM_OFFSET_REFUSAL} ({beyond:.0%} of its radius towards the opening): the edge of a shell "
+                          "larger than a hemisphere, as a bipolar hemiarthroplasty's head is, not a cup's opening")
     if geometry is not None and pixel_spacing_mm:
         pp = geometry.principal_point or Point((image.shape[1] - 1) / 2.0, (image.shape[0] - 1) / 2.0)
         n = cup_axis_perspective(e, fit.opening_dir, geometry.source_image_distance_mm / pixel_spacing_mm, pp)
