@@ -179,7 +179,7 @@ LOOSE_BOX_MIN_RIM_SHARE = 0.8
 # towards the opening, is the cut edge of a larger shell: the head of a bipolar hemiarthroplasty
 # (analytic / voxel dev sets: 0.11-0.21), which has no cup to measure. Refused on AP views: dev
 # hemiarthroplasty heads read as cups 24 -> 11 (analytic / voxel 424270 / 424280) and 16 -> 6
-# (424290; those left are solid heads, offsets near 0), one voxel resurfacing reading 25.7° off
+# (424290; those left are mostly solid heads, offsets near 0), one voxel resurfacing reading 25.7° off
 # refused, no right reading lost (a bar of 0.09 lost the three flanged sketch cups).
 MAX_RIM_OFFSET_SHARE = 0.12
 RIM_OFFSET_REFUSAL = "rim centred beyond the dome's centre"
