@@ -431,3 +431,54 @@ def test_a_clipped_cemented_stem_and_head_are_found(kind: str, seed: int, index:
     assert arthroplasty_evidence(ev, half, side) >= 0.9, ev.note
     monkeypatch.setattr(metal_module, "CLIPPED_LEV", (99.0, 100.0))
     assert arthroplasty_evidence(find_metal(r.image01), half, side) < 0.5
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [(424280, 7, Side.LEFT), (424320, 197, Side.LEFT)])
+def test_a_head_smaller_than_its_stems_shoulder_is_found(seed: int, index: int, side: Side,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cemented prostheses (no metal cup) on an independently written renderer's AP pelvis films
+    (``node.phantom.sketch``, dev seeds), clipped to white: the 28 mm head is narrower than the
+    stem's shoulder, so the usual cut at the thickest part found no ball, and the band-pass's
+    ringing inside the head's edge left it too small a flat core to be a zone at all. The stem
+    then had no ball and was "other", and with triage at p 0.11 / 0.90 and no cup or stem box on
+    that side the prosthesis went unreported. Offered as a clipped zone (``_Maps.clipped``) and cut
+    off at its neck (``_small_ball``), head and stem are found; without the cut they are not."""
+    from node.train.generalise import _render_job
+
+    r = _render_job(("mixed", "sketch", seed, index, 768))
+    assert r.truth.hips[side].implant
+    ev = find_metal(r.image01)
+    assign = SideAssigner(r.truth.boxes, r.truth.imaged_sides, r.image01.shape[1])
+    assert arthroplasty_evidence(ev, assign, side) >= 0.9, ev.note
+    assert "stem" in {o.kind for o in ev.objects if assign(o.box) is side}, ev.note
+    import node.analyse.metal as metal_module
+
+    monkeypatch.setattr(metal_module, "SMALL_BALL_OPENINGS", ())  # no head cut off below the thickest part
+    assert arthroplasty_evidence(find_metal(r.image01), assign, side) < 0.5
+
+
+@pytest.mark.parametrize(("seed", "index", "side", "what"), [
+    (424270, 56, Side.RIGHT, "intramedullary_nail"),  # the nail's end beyond its lag screw: no neck
+    (424270, 61, Side.LEFT, "intramedullary_nail"),  # at 0.23 of the gap above bone: not clearly metal
+    (424290, 25, Side.RIGHT, None),  # bone at the bone level: a "head" and "stem" cut from the ischium
+    (424280, 134, Side.RIGHT, None),
+])
+def test_no_head_is_cut_from_fixation_or_bone(seed: int, index: int, side: Side, what: str | None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limits of ``_small_ball`` (metal well above bone, a neck, nothing left but the stem):
+    without them (a first version) these sides of sketch films got a "head" and a "stem" and were
+    reported as arthroplasties; the nail's end is kept out by the neck alone."""
+    import node.analyse.metal as metal_module
+    from node.train.generalise import _render_job
+
+    r = _render_job(("mixed", "sketch", seed, index, 768))
+    assert not r.truth.hips[side].implant and r.truth.hips[side].hardware == what
+    assign = SideAssigner(r.truth.boxes, r.truth.imaged_sides, r.image01.shape[1])
+    ev = find_metal(r.image01)
+    assert arthroplasty_evidence(ev, assign, side) < 0.5, ev.note
+    monkeypatch.setattr(metal_module, "SMALL_BALL_MAX_NECK", 99.0)
+    if index == 56:
+        assert arthroplasty_evidence(find_metal(r.image01), assign, side) >= 0.5
+    monkeypatch.setattr(metal_module, "SMALL_BALL_MIN_LEV", -99.0)
+    monkeypatch.setattr(metal_module, "SMALL_BALL_MAX_SPARE", 99.0)
+    assert arthroplasty_evidence(find_metal(r.image01), assign, side) >= 0.5

@@ -15,6 +15,8 @@ was written for, each checked both ways where the rule has a limit.
   cup (``MAX_RIM_OFFSET_SHARE``).
 * Cemented all-polyethylene cups no source reported, found by their marker wire ring
   (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
+* Cemented prostheses whose clipped head is narrower than the stem's shoulder, found by the
+  metal finder (``node.analyse.metal._small_ball``).
 
 Each film renders in about half a second; the models load once per module.
 """
@@ -192,3 +194,16 @@ def test_a_hip_without_a_prosthesis_is_not_reported_for_a_ring_like_outline(
     assert not truth.implant
     assert hip.implant_present is False, hip.notes
     assert not any("marker wire" in n for n in hip.notes), hip.notes
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424280, 7, Side.LEFT),  # triage 0.11, the detector's stem box 0.64: outvoted while metal saw nothing
+    (424320, 197, Side.LEFT),  # triage 0.90, no cup or stem box, the stem alone "other" (0.45)
+])
+def test_a_cemented_prosthesis_with_a_head_narrower_than_its_stem_is_reported(
+        models: tuple[TriageModel, DetectorModel], seed: int, index: int, side: Side) -> None:
+    """The metal finder now finds the clipped head on its neck above a broader stem
+    (``node.analyse.metal._small_ball``): these prostheses were reported absent before."""
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert truth.implant and truth.design == "cemented"
+    assert hip.implant_present is True, hip.notes

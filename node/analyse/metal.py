@@ -53,8 +53,14 @@ How
    round, no texture: processed films clip metal to white) may be smaller and thinner
    (``_clipped``): a cemented stem's flat core inside its bright mantle and a prosthetic head
    failed the size cues; such zones are kept only where they form a cup, head or stem.
+   Clipped pixels deep inside a clipped region are offered once more as zones of their own
+   (``_Maps.clipped``; the band-pass rings inside a strong edge, so a small clipped head keeps
+   almost no flat core). They only add a cup, head or stem where none was found
+   (``_with_clipped_parts``), well above the bone level and away from the frame.
 6. Accepted zones are merged into objects, grown into their edge band, and classified by shape
-   and size relative to the image (cup, head, stem; nail, screw, wire, other). A stem carries
+   and size relative to the image (cup, head, stem; nail, screw, wire, other). A ball is cut
+   off where a narrow neck joins it, at the object's thickest part or, in clipped metal, at a
+   head narrower than the stem's shoulder (``_small_ball``). A stem carries
    a head: an elongated part with no ball of its own and no cup or head next to it is "other"
    (on phantoms such parts are femoral shafts, rami, or the lifted contralateral femur of a
    lateral view, a dense, smooth rod).
@@ -117,6 +123,9 @@ MIN_CLIPPED_ZONE_PX = 100
 CLIPPED_LEV = (1.3, 1.6)  # ramp of (mean - soft) / gap
 CLIPPED_SHARE = (0.5, 0.9)  # ramp of the zone's share at the image's top level
 MAX_ZONE_FRACTION = 0.3
+CLIP_TOL = 1e-3  # image01 units: a pixel this close to the top level is clipped
+CLIPPED_PASS_MAX_BORDER = 0.1  # share of a clipped zone's outline along the frame or a shutter
+CLIP_INSET = 2  # px: a clipped pixel counts where its (2 x inset + 1)^2 neighbourhood is clipped too
 SHUTTER_TOL = 0.03
 SHUTTER_MAX_DEPTH = 0.4  # fraction of the image size
 
@@ -139,6 +148,16 @@ ARTHROPLASTY_KINDS = ("cup", "stem", "head")
 # a ball cut from a stem (cup or head) is round: longer than this times its mean width is a
 # barrel, a plate end or a nail, not a ball (the naming below calls a ball elongated at 2.2)
 BALL_MAX_ELONGATION = 2.2
+# a head that is not the object's thickest part must be this round (area / enclosing circle)
+BALL_MIN_ROUNDNESS = 0.75
+SMALL_BALL_OPENINGS = (0.6, 0.75)
+# ... only in metal well above the bone level ((median - soft) / gap, as CLIPPED_LEV starts): at
+# the bone level a bony outline can be cut into a "head" and a "stem" as easily
+SMALL_BALL_MIN_LEV = 1.3
+# ... and with nothing but the stem left once it is cut off (pieces up to this share of the stem)
+SMALL_BALL_MAX_SPARE = 0.15
+# ... and where the ball meets the stem the metal is at most this share of the ball's radius thick
+SMALL_BALL_MAX_NECK = 0.6
 # an arthroplasty part must reach its hip joint's box grown by this share of its larger side
 JOINT_REACH = 0.75
 # on an AP view a femoral stem lies in the femur: its box's centre is not above its hip joint's
@@ -323,6 +342,22 @@ class _Maps:
     gx: F32
     gy: F32
     grad: F32
+    clipped: BoolArray  # clipped pixels deep inside a clipped plateau (``_clipped_interior``)
+
+
+def _clipped_interior(xm: F32, exposed: BoolArray) -> BoolArray:
+    """Pixels whose whole neighbourhood sits at the image's top level.
+
+    A clipped plateau carries no texture at all, but the band-pass that measures texture rings
+    for a few pixels inside every strong edge: a small clipped object (a 28 mm prosthetic head is
+    some 17 working pixels across) keeps too small a flat core to become a candidate, and these
+    pixels are offered as candidates of their own (``_candidates``)."""
+    vals = xm[exposed]
+    if vals.size == 0:
+        return np.zeros(xm.shape, dtype=bool)
+    top = float(vals.max())
+    at_top = (xm >= np.float32(top - CLIP_TOL)).astype(np.uint8)
+    return (cv2.erode(at_top, np.ones((2 * CLIP_INSET + 1, 2 * CLIP_INSET + 1), np.uint8)) > 0) & exposed
 
 
 def _maps(img: F32) -> _Maps:
@@ -345,7 +380,7 @@ def _maps(img: F32) -> _Maps:
     gx = np.asarray(cv2.Sobel(xs, cv2.CV_32F, 1, 0), dtype=np.float32) / np.float32(8.0)
     gy = np.asarray(cv2.Sobel(xs, cv2.CV_32F, 0, 1), dtype=np.float32) / np.float32(8.0)
     grad = np.hypot(gx, gy)
-    return _Maps(xs, tex, qmap, flat, exposed, soft, bone, gx, gy, grad)
+    return _Maps(xs, tex, qmap, flat, exposed, soft, bone, gx, gy, grad, _clipped_interior(np.asarray(xm, dtype=np.float32), exposed))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,6 +469,7 @@ class _Candidate:
     score: float = 0.0
     sat: float = 0.0  # share of its pixels at the image's top level (clipped)
     clipped_only: bool = False  # accepted only as a clipped plateau (``_clipped``)
+    clipped_pass: bool = False  # a zone of clipped pixels (``_Maps.clipped``), not of flat ones
 
 
 def _first_label(labr: LabelArray, idx: list[NDArray[np.intp]]) -> LabelArray:
@@ -461,8 +497,11 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
     # a zone that reappears unchanged at a higher level (same box, same area: level sets are
     # nested, so the same pixels) keeps its pixel and shape features
     seen: dict[tuple[int, int, int, int, int], _Candidate] = {}
-    for li, t in enumerate(levels):
-        mask = (m.flat & (m.xs >= t)).astype(np.uint8)
+    passes = [m.flat & (m.xs >= t) for t in levels]
+    if m.clipped.any():
+        passes.append(m.clipped)
+    for li, flat_zone in enumerate(passes):
+        mask = flat_zone.astype(np.uint8)
         n, lab_any, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
         lab = np.asarray(lab_any, dtype=np.int32)
         labels.append(lab)
@@ -491,7 +530,7 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
             key = (*c.bbox, a)
             prev = seen.get(key)
             if prev is None:
-                _zone_features(m, lab, c, near_out, top)
+                _zone_features(m, lab, c, near_out, top, clipped=li == len(levels))
                 seen[key] = c
             else:
                 c.lev, c.excess, c.border, c.sat = prev.lev, prev.excess, prev.border, prev.sat
@@ -500,16 +539,23 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
                 c.tex_step = c.excess / max(c.step, 1e-4)
             c.score = _score(c, _clipped(c))
             c.clipped_only = c.score >= ACCEPT_SCORE and _score(c, 0.0) < ACCEPT_SCORE
+            c.clipped_pass = li == len(levels)
+            if c.clipped_pass and (c.lev < CLIPPED_LEV[0] or c.border > CLIPPED_PASS_MAX_BORDER):
+                # clipped but not far above bone (clipped bone as likely as metal), or along the
+                # frame (burned-in labels and markers are clipped white too)
+                c.score = 0.0
             cands.append(c)
     return cands, labels
 
 
-def _zone_features(m: _Maps, lab: LabelArray, c: _Candidate, near_out: BoolArray, top: float) -> None:
-    """Pixel and shape features of one candidate, on its bounding box."""
+def _zone_features(m: _Maps, lab: LabelArray, c: _Candidate, near_out: BoolArray, top: float,
+                   clipped: bool = False) -> None:
+    """Pixel and shape features of one candidate, on its bounding box. A ``clipped`` zone
+    (pixels at the top level all round) has no texture: the band-pass there is edge ringing."""
     x0, y0, x1, y1 = c.bbox
     inside = lab[y0:y1, x0:x1] == c.label
     xs = m.xs[y0:y1, x0:x1][inside].astype(np.float64)
-    t2 = m.tex[y0:y1, x0:x1][inside].astype(np.float64) ** 2
+    t2 = m.tex[y0:y1, x0:x1][inside].astype(np.float64) ** 2 * (0.0 if clipped else 1.0)
     q2 = m.qmap[y0:y1, x0:x1][inside].astype(np.float64) ** 2
     gap = max(m.bone - m.soft, 1e-3)
     c.lev = (float(xs.mean()) - m.soft) / gap
@@ -597,7 +643,14 @@ def _select(cands: list[_Candidate], labels: list[LabelArray], shape: tuple[int,
         x0, y0, x1, y1 = c.bbox
         zone = labels[c.level][y0:y1, x0:x1] == c.label
         if float(taken[y0:y1, x0:x1][zone].mean()) > 0.5:
-            continue
+            if not c.clipped_pass:
+                continue
+            # a clipped zone holds the whole clipped object where a flat zone may hold only the
+            # part the band-pass left flat (a stem's core without the head on its neck): what it
+            # adds is kept
+            zone &= ~taken[y0:y1, x0:x1]
+            if int(zone.sum()) < MIN_CLIPPED_ZONE_PX:
+                continue
         full = np.zeros(shape, dtype=bool)
         full[y0:y1, x0:x1] = zone
         taken |= full
@@ -686,7 +739,8 @@ class _Part:
     clipped_only: bool = False  # from an object made only of clipped plateaus
 
 
-def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
+def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: BoolArray,
+              lev: float = 0.0) -> list[_Part]:
     """Split an object into a ball (cup or head) and a stem where a narrow neck joins them
     (an opening by ~0.45 of the ball's inscribed radius cuts the prosthetic neck and keeps the
     stem's body), and name the parts."""
@@ -696,35 +750,94 @@ def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: Bo
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     pad = 2
     crop = np.pad(obj.mask[y0:y1, x0:x1], pad).astype(np.uint8)
-    dist = cv2.distanceTransform(crop, cv2.DIST_L2, 3)
+    dist = np.asarray(cv2.distanceTransform(crop, cv2.DIST_L2, 3), dtype=np.float32)
     r_in = float(dist.max())
     cy, cx = np.unravel_index(int(np.argmax(dist)), dist.shape)
     ro = max(2, round(0.45 * r_in))
-    n, lab = cv2.connectedComponents(cv2.morphologyEx(crop, cv2.MORPH_OPEN, _disk(ro)), connectivity=8)
+    n, lab_any = cv2.connectedComponents(cv2.morphologyEx(crop, cv2.MORPH_OPEN, _disk(ro)), connectivity=8)
+    lab = np.asarray(lab_any, dtype=np.int32)
     pieces: list[tuple[NDArray[np.uint8], bool]] = [(crop, True)]
     split = False
     ball_label = int(lab[cy, cx])
     if n > 2 and ball_label > 0:
-        ball = np.asarray(cv2.dilate((lab == ball_label).astype(np.uint8), _disk(ro)), dtype=np.uint8) & crop
-        rest = crop & (ball == 0)
-        nr, rlab, rst, _ = cv2.connectedComponentsWithStats(rest, connectivity=8)
-        if nr > 1:
-            stem = (rlab == 1 + int(np.argmax(rst[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-            length, width, _, _, _ = _axis_profile(stem > 0)
-            b_len, b_width, _, _, _ = _axis_profile(ball > 0)
-            # the thickest part must itself be ball-like: on a sliding hip screw or a nail with
-            # its lag screw the thickest part is the barrel or the nail, and cutting there made
-            # two "stems" of a fixation device (an arthroplasty finding on hardware)
-            ball_like = b_len <= BALL_MAX_ELONGATION * max(b_width, 1.0)
-            if ball_like and length >= 2.0 * r_in and length >= 2.5 * width:
-                pieces, split = [(ball, True), (stem, False)], True
+        cut = _cut_ball(crop, lab, ball_label, ro, r_in)
+        if cut is not None:
+            pieces, split = [(cut[0], True), (cut[1], False)], True
+    small = False
+    if not split and lev >= SMALL_BALL_MIN_LEV:
+        cut = _small_ball(crop, dist, r_in)
+        if cut is not None:
+            pieces, split, small = [(cut[0], True), (cut[1], False)], True, True
     out: list[_Part] = []
     for piece, maybe_ball in pieces:
         full = np.zeros_like(obj.mask)
         full[y0:y1, x0:x1] = piece[pad:-pad, pad:-pad] > 0
-        out.append(_Part(full, _name(full, maybe_ball, split, long_side, mm_per_px, outside), obj.score,
-                         split or _has_bulb(piece), obj.clipped_only))
+        kind = _name(full, maybe_ball, split, long_side, mm_per_px, outside)
+        if small and kind == "cup":
+            kind = "head"  # narrower than the stem: a head with no metal cup round it (a cemented cup)
+        out.append(_Part(full, kind, obj.score, split or _has_bulb(piece), obj.clipped_only))
     return out
+
+
+def _cut_ball(crop: NDArray[np.uint8], lab: NDArray[np.int32], label: int, ro: int, r_ball: float,
+              whole_rest: bool = False) -> tuple[NDArray[np.uint8], NDArray[np.uint8]] | None:
+    """The ball (component ``label`` of the opened object, grown back by ``ro``) and the stem
+    (the largest part left once it is cut off), where the ball is round and the stem long and
+    narrow; None otherwise. ``whole_rest``: the stem must be all that is left (a ball at the end
+    of the object, not a knot where a nail and its lag screw cross)."""
+    ball = np.asarray(cv2.dilate((lab == label).astype(np.uint8), _disk(ro)), dtype=np.uint8) & crop
+    rest = crop & (ball == 0)
+    nr, rlab, rst, _ = cv2.connectedComponentsWithStats(rest, connectivity=8)
+    if nr <= 1:
+        return None
+    areas = sorted((int(a) for a in rst[1:, cv2.CC_STAT_AREA]), reverse=True)
+    if whole_rest and len(areas) > 1 and areas[1] > SMALL_BALL_MAX_SPARE * areas[0]:
+        return None
+    stem = (rlab == 1 + int(np.argmax(rst[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    length, width, _, _, _ = _axis_profile(stem > 0)
+    b_len, b_width, _, _, _ = _axis_profile(ball > 0)
+    # the ball must itself be ball-like: on a sliding hip screw or a nail with its lag screw the
+    # thickest part is the barrel or the nail, and cutting there made two "stems" of a fixation
+    # device (an arthroplasty finding on hardware)
+    if b_len <= BALL_MAX_ELONGATION * max(b_width, 1.0) and length >= 2.0 * r_ball and length >= 2.5 * width:
+        return ball, stem
+    return None
+
+
+def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
+                ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]] | None:
+    """A ball that is not the object's thickest part: a prosthetic head on a neck above a stem
+    whose shoulder is wider than the head (a cemented cup leaves the head on its own, and a broad
+    stem's shoulder outgrows a 28 mm head). Deeper openings (``SMALL_BALL_OPENINGS`` of the
+    thickest part's inscribed radius) cut the neck; a part they leave that is not the thickest,
+    is round (``BALL_MIN_ROUNDNESS``) and cuts off from a stem at least twice its radius long
+    (``_cut_ball``) is the ball."""
+    thick_at = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    for frac in SMALL_BALL_OPENINGS:
+        ro = max(2, round(frac * r_in))
+        n, lab_any = cv2.connectedComponents(cv2.morphologyEx(crop, cv2.MORPH_OPEN, _disk(ro)), connectivity=8)
+        lab = np.asarray(lab_any, dtype=np.int32)
+        if n <= 2:
+            continue
+        thickest = int(lab[thick_at])
+        for k in sorted(range(1, n), key=lambda k: -float(dist[lab == k].max())):
+            if k == thickest:
+                continue
+            piece = lab == k
+            pts = np.stack(np.nonzero(piece)[::-1], 1).astype(np.float32)
+            _, r_enc = cv2.minEnclosingCircle(pts)
+            if float(piece.sum()) < BALL_MIN_ROUNDNESS * math.pi * r_enc * r_enc:
+                continue
+            r_b = float(dist[piece].max())
+            cut = _cut_ball(crop, lab, k, ro, r_b, whole_rest=True)
+            if cut is None:
+                continue
+            # a head sits on a neck: where it is cut off the metal is much narrower than the head
+            # (a nail's end beyond its lag screw is cut off at the nail's full width)
+            seam = (cv2.dilate(cut[0], np.ones((3, 3), np.uint8)) > 0) & (cut[1] > 0)
+            if seam.any() and float(dist[seam].max()) <= SMALL_BALL_MAX_NECK * r_b:
+                return cut
+    return None
 
 
 def _has_bulb(piece: NDArray[np.uint8]) -> bool:
@@ -794,6 +907,33 @@ def _name(mask: BoolArray, maybe_ball: bool, split: bool, long_side: int, mm_per
 # Public API
 
 
+def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
+                        long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
+    """``parts`` with the cups, heads and stems that only the clipped zones (``_Maps.clipped``)
+    reveal, where no cup, head or stem was found already.
+
+    Why only those: a clipped zone also takes in bone clipped as white as the metal beside it,
+    which would move the outline of a cup already found (the cup fit starts from it); and metal of
+    no recognised shape adds only doubt. What it finds is a prosthesis whose head the flat zones
+    missed: the object is cut where a head smaller than the stem's shoulder sits on its neck
+    (``_small_ball``, in metal well above the bone level), and replaces the parts it covers."""
+    gap = max(m.bone - m.soft, 1e-3)
+    extra = [p for o in _objects(m, _select(cands, labels, m.xs.shape))
+             for p in _classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap)]
+    _stems_need_a_ball(extra)
+    found = np.zeros(m.xs.shape, dtype=bool)
+    for p in parts:
+        if p.kind in ARTHROPLASTY_KINDS:
+            found |= p.mask
+    new = [p for p in extra if p.kind in ARTHROPLASTY_KINDS and not (p.mask & found).any()]
+    if not new:
+        return parts
+    covered = np.zeros(m.xs.shape, dtype=bool)
+    for p in new:
+        covered |= p.mask
+    return [p for p in parts if not (p.mask & covered).any()] + new
+
+
 def _plausible_spacing(pixel_spacing_mm: float | None) -> float | None:
     """The spacing when it can be a real one: 0.05-1.0 mm, and not the 1.0 placeholder."""
     if pixel_spacing_mm is None or not math.isfinite(pixel_spacing_mm):
@@ -841,12 +981,16 @@ def _analyse(image01: np.ndarray, pixel_spacing_mm: float | None = None
     spacing = _plausible_spacing(pixel_spacing_mm)
     mm_work = None if spacing is None else spacing / work.sx
     outside = cv2.dilate((~m.exposed).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-    parts = [p for o in _objects(m, _select(cands, labels, m.xs.shape))
-             for p in _classify(o, max(m.xs.shape), mm_work, outside)]
+    long_side = max(m.xs.shape)
+    flat_zones = [c for c in cands if not c.clipped_pass]
+    parts = [p for o in _objects(m, _select(flat_zones, labels, m.xs.shape))
+             for p in _classify(o, long_side, mm_work, outside)]
     _stems_need_a_ball(parts)
     # a clipped plateau that is no cup, head or stem is left out: it is admitted for those shapes
     # (``_clipped``), and "metal of no recognised shape" there would only add doubt
     parts = [p for p in parts if not p.clipped_only or p.kind in ARTHROPLASTY_KINDS]
+    if any(c.clipped_pass and c.score >= ACCEPT_SCORE for c in cands):
+        parts = _with_clipped_parts(parts, m, cands, labels, long_side, mm_work, outside)
     found = [mo for mo in (_to_full(p, work, m) for p in parts) if mo is not None]
     found.sort(key=lambda o: -o.box.score)
     kinds = ", ".join(f"{o.kind} {o.box.score:.2f}" for o in found) or "none"
