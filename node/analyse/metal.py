@@ -909,8 +909,8 @@ def _name(mask: BoolArray, maybe_ball: bool, split: bool, long_side: int, mm_per
 
 def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
                         long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
-    """``parts`` with the cups, heads and stems that only the clipped zones (``_Maps.clipped``)
-    reveal, where no cup, head or stem was found already.
+    """``parts`` with the stems (and the heads or cups cut from them) that only the clipped
+    zones (``_Maps.clipped``) reveal, where no cup, head or stem was found already.
 
     Why only those: a clipped zone also takes in bone clipped as white as the metal beside it,
     which would move the outline of a cup already found (the cup fit starts from it); and metal of
@@ -918,14 +918,20 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     missed: the object is cut where a head smaller than the stem's shoulder sits on its neck
     (``_small_ball``, in metal well above the bone level), and replaces the parts it covers."""
     gap = max(m.bone - m.soft, 1e-3)
-    extra = [p for o in _objects(m, _select(cands, labels, m.xs.shape))
-             for p in _classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap)]
-    _stems_need_a_ball(extra)
     found = np.zeros(m.xs.shape, dtype=bool)
     for p in parts:
         if p.kind in ARTHROPLASTY_KINDS:
             found |= p.mask
-    new = [p for p in extra if p.kind in ARTHROPLASTY_KINDS and not (p.mask & found).any()]
+    groups = [_classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap)
+              for o in _objects(m, _select(cands, labels, m.xs.shape))]
+    _stems_need_a_ball([p for g in groups for p in g])
+    new: list[_Part] = []
+    for g in groups:
+        pieces = [p for p in g if p.kind in ARTHROPLASTY_KINDS and not (p.mask & found).any()]
+        # only with a stem: a clipped block alone (the overlapping ends of cannulated screws in a
+        # femoral head) is of a cup's size and would be named one
+        if any(p.kind == "stem" for p in pieces):
+            new += pieces
     if not new:
         return parts
     covered = np.zeros(m.xs.shape, dtype=bool)
