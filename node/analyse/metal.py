@@ -55,8 +55,9 @@ How
    failed the size cues; such zones are kept only where they form a cup, head or stem.
    Clipped pixels deep inside a clipped region are offered once more as zones of their own
    (``_Maps.clipped``; the band-pass rings inside a strong edge, so a small clipped head keeps
-   almost no flat core). They only add a cup, head or stem where none was found
-   (``_with_clipped_parts``), well above the bone level and away from the frame.
+   almost no flat core). They only add a stem, with the head or cup cut from it, where no cup,
+   head or stem was found (``_with_clipped_parts``), well above the bone level and away from the
+   frame.
 6. Accepted zones are merged into objects, grown into their edge band, and classified by shape
    and size relative to the image (cup, head, stem; nail, screw, wire, other). A ball is cut
    off where a narrow neck joins it, at the object's thickest part or, in clipped metal, at a
