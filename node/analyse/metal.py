@@ -125,7 +125,10 @@ CLIPPED_LEV = (1.3, 1.6)  # ramp of (mean - soft) / gap
 CLIPPED_SHARE = (0.5, 0.9)  # ramp of the zone's share at the image's top level
 MAX_ZONE_FRACTION = 0.3
 CLIP_TOL = 1e-3  # image01 units: a pixel this close to the top level is clipped
-CLIPPED_PASS_MAX_BORDER = 0.1  # share of a clipped zone's outline along the frame or a shutter
+# share of a clipped zone's outline along the frame or a shutter: burned-in labels are clipped
+# too, and a clipped zone adds only a stem with its ball (``_with_clipped_parts``). At 0.1 a stem
+# running along the collimator's edge (0.29) was lost; 0.3 is every zone's bar (``MAX_BORDER``).
+CLIPPED_PASS_MAX_BORDER = 0.3
 CLIP_INSET = 2  # px: a clipped pixel counts where its (2 x inset + 1)^2 neighbourhood is clipped too
 SHUTTER_TOL = 0.03
 SHUTTER_MAX_DEPTH = 0.4  # fraction of the image size
@@ -502,6 +505,7 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
     if m.clipped.any():
         passes.append(m.clipped)
     for li, flat_zone in enumerate(passes):
+        clipped_pass = li == len(levels)
         mask = flat_zone.astype(np.uint8)
         n, lab_any, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
         lab = np.asarray(lab_any, dtype=np.int32)
@@ -531,17 +535,19 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
             key = (*c.bbox, a)
             prev = seen.get(key)
             if prev is None:
-                _zone_features(m, lab, c, near_out, top, clipped=li == len(levels))
+                _zone_features(m, lab, c, near_out, top, clipped=clipped_pass)
                 seen[key] = c
             else:
                 c.lev, c.excess, c.border, c.sat = prev.lev, prev.excess, prev.border, prev.sat
                 c.filled_area, c.thick, c.perimeter = prev.filled_area, prev.thick, prev.perimeter
                 c.cover = c.n_bright / max(c.perimeter, 1.0)
                 c.tex_step = c.excess / max(c.step, 1e-4)
+            c.clipped_pass = clipped_pass
             c.score = _score(c, _clipped(c))
+            if clipped_pass:
+                c.score = max(c.score, _plateau_score(c))
             c.clipped_only = c.score >= ACCEPT_SCORE and _score(c, 0.0) < ACCEPT_SCORE
-            c.clipped_pass = li == len(levels)
-            if c.clipped_pass and (c.lev < CLIPPED_LEV[0] or c.border > CLIPPED_PASS_MAX_BORDER):
+            if clipped_pass and (c.lev < CLIPPED_LEV[0] or c.border > CLIPPED_PASS_MAX_BORDER):
                 # clipped but not far above bone (clipped bone as likely as metal), or along the
                 # frame (burned-in labels and markers are clipped white too)
                 c.score = 0.0
@@ -629,6 +635,21 @@ def _score(c: _Candidate, clipped: float = 0.0) -> float:
         _ramp(c.lev, LEV_BAD, LEV_GOOD),
     )
     return float(np.prod(parts))
+
+
+def _plateau_score(c: _Candidate) -> float:
+    """Metal-likeness of a zone of the clipped pass (``_Maps.clipped``), 0..1, without the
+    bright-side and plateau cues of ``_score``.
+
+    Nothing in the image is brighter than a clipped plateau, so no edge can have it on its dark
+    side - yet edges nearby still sample into it (the marker wire of a cemented cup round the
+    head, a cortex beside the neck), lowering its bright-side share, and the band of edge pixels
+    inset round it bends the curvature cue. What is left to ask: far above bone and at the top
+    level throughout (``CLIPPED_LEV``, ``CLIPPED_SHARE``), stepped down to along its outline, thick
+    and solid."""
+    hole = 1.0 - c.area / max(c.filled_area, 1)
+    return (_ramp(c.lev, *CLIPPED_LEV) * _ramp(c.sat, *CLIPPED_SHARE) * _ramp(c.cover, COVER_BAD, COVER_GOOD)
+            * _ramp(hole, 0.12, 0.04) * _ramp(c.thick, 4.0, 6.0) * _ramp(c.n_bright, 30.0, 80.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -812,9 +833,11 @@ def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
     stem's shoulder outgrows a 28 mm head). Deeper openings (``SMALL_BALL_OPENINGS`` of the
     thickest part's inscribed radius) cut the neck; a part they leave that is not the thickest,
     is round (``BALL_MIN_ROUNDNESS``) and cuts off from a stem at least twice its radius long
-    (``_cut_ball``) is the ball."""
+    (``_cut_ball``) is the ball. Failing that, the thickest part itself is tried the same way: a
+    head can be the thickest part and still sit on a neck too wide (over 0.45 of its radius) for
+    the cut in ``_classify``."""
     thick_at = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    for frac in SMALL_BALL_OPENINGS:
+    for frac, own in ((f, o) for o in (False, True) for f in SMALL_BALL_OPENINGS):
         ro = max(2, round(frac * r_in))
         n, lab_any = cv2.connectedComponents(cv2.morphologyEx(crop, cv2.MORPH_OPEN, _disk(ro)), connectivity=8)
         lab = np.asarray(lab_any, dtype=np.int32)
@@ -822,7 +845,7 @@ def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
             continue
         thickest = int(lab[thick_at])
         for k in sorted(range(1, n), key=lambda k: -float(dist[lab == k].max())):
-            if k == thickest:
+            if (k == thickest) != own:
                 continue
             piece = lab == k
             pts = np.stack(np.nonzero(piece)[::-1], 1).astype(np.float32)
@@ -929,9 +952,10 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     new: list[_Part] = []
     for g in groups:
         pieces = [p for p in g if p.kind in ARTHROPLASTY_KINDS and not (p.mask & found).any()]
-        # only with a stem: a clipped block alone (the overlapping ends of cannulated screws in a
-        # femoral head) is of a cup's size and would be named one
-        if any(p.kind == "stem" for p in pieces):
+        # only a stem with the ball cut from it: a clipped block alone (the overlapping ends of
+        # cannulated screws in a femoral head) is of a cup's size and would be named one, and a
+        # stem merely bulging (the barrel and lag screw of a sliding hip screw) is no prosthesis
+        if any(p.kind == "stem" for p in pieces) and any(p.kind in ("cup", "head") for p in pieces):
             new += pieces
     if not new:
         return parts
@@ -995,9 +1019,13 @@ def _analyse(image01: np.ndarray, pixel_spacing_mm: float | None = None
     _stems_need_a_ball(parts)
     # a clipped plateau that is no cup, head or stem is left out: it is admitted for those shapes
     # (``_clipped``), and "metal of no recognised shape" there would only add doubt
-    parts = [p for p in parts if not p.clipped_only or p.kind in ARTHROPLASTY_KINDS]
-    if any(c.clipped_pass and c.score >= ACCEPT_SCORE for c in cands):
-        parts = _with_clipped_parts(parts, m, cands, labels, long_side, mm_work, outside)
+    kept = [p for p in parts if not p.clipped_only or p.kind in ARTHROPLASTY_KINDS]
+    if len(kept) < len(parts) or any(c.clipped_pass and c.score >= ACCEPT_SCORE for c in cands):
+        # a clipped plateau of no recognised shape, or a clipped zone: a head on its neck may be
+        # cut off it (``_small_ball``) on the second pass
+        parts = _with_clipped_parts(kept, m, cands, labels, long_side, mm_work, outside)
+    else:
+        parts = kept
     found = [mo for mo in (_to_full(p, work, m) for p in parts) if mo is not None]
     found.sort(key=lambda o: -o.box.score)
     kinds = ", ".join(f"{o.kind} {o.box.score:.2f}" for o in found) or "none"
