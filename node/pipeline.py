@@ -38,7 +38,7 @@ from node.analyse.cup import (
     same_rim,
 )
 from node.analyse.dysplasia import measure_dysplasia
-from node.analyse.metal import arthroplasty_evidence, arthroplasty_objects, find_metal
+from node.analyse.metal import arthroplasty_evidence, arthroplasty_objects, find_metal, near_joint
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
 from node.analyse.reference import reference_from_boxes
 from node.compose import ReportReference, build_gsps, build_sc, build_sr, sr_uids
@@ -788,15 +788,22 @@ def analyse_hips(
             triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence,
             ap_view=ap_view, metal_boxes=metal_boxes,
         )
+    # the metal ball (head, or cup with its head) by the joint: a marker ring is centred on it
+    metal_balls: dict[Side, Box] = {}
     if metal is not None:
         for obj in sorted((o for o in metal.objects if o.box.label == "cup"), key=lambda o: -o.box.score):
             metal_cups.setdefault(side_of(obj.box), obj.box)
+        for obj in sorted((o for o in metal.objects if o.kind in ("cup", "head")), key=lambda o: -o.box.score):
+            joint = joints.get(side_of(obj.box))
+            if joint is None or near_joint(obj.box, joint):
+                metal_balls.setdefault(side_of(obj.box), obj.box)
     marker_rings: dict[Side, tuple[Box, WireFit]] = {}
     if ap_view:
         for side in triage.imaged_sides:
             ring = _marker_ring(image, decisions[side], triage.implant_probability.get(side),
                                 hardware_score(boxes, side, side_of) if detector_ran else 0.0,
-                                metal_evidence.get(side), cups.get(side), joints.get(side), side)
+                                metal_evidence.get(side), cups.get(side), joints.get(side), side,
+                                metal_balls.get(side))
             if ring is not None:
                 marker_rings[side], decisions[side] = ring
     # Morphology only on AP views (the paper's setting); crops with the model's own margin.
@@ -838,7 +845,7 @@ def analyse_hips(
             hip.notes.append("Cup located by its marker wire in the hip joint (no cup box from the detector "
                              "or the metal finder)")
         if hip.implant_present and hip.cup_box is None and ap_view and hip.joint_box is not None:
-            found = cup_box_from_marker_wire(image, hip.joint_box, side)
+            found = cup_box_from_marker_wire(image, hip.joint_box, side, metal_balls.get(side))
             if found is not None:
                 hip.cup_box, wire = found
                 hip.notes.append("Cup located by its marker wire in the hip joint (no cup box from the detector "
@@ -884,7 +891,7 @@ def analyse_hips(
             # the hip joint, still gives the opening. Only a sharp wire counts here - the shell
             # was already seen and refused, and a metal-backed cup's outline or the bone round it
             # can pass for a ring in a box placed by proportion (WIRE_RETRY_MAX_RMS_SHARE).
-            found = cup_box_from_marker_wire(image, hip.joint_box, side)
+            found = cup_box_from_marker_wire(image, hip.joint_box, side, metal_balls.get(side))
             if found is not None and found[1].rms_px <= WIRE_RETRY_MAX_RMS_SHARE * found[1].ellipse.semi_major:
                 by_wire = measure_cup(image, found[0], side, triage.view, reference=reference,
                                       pixel_spacing_mm=pixel_spacing_mm, stem_boxes=stems, geometry=geometry,
@@ -974,9 +981,11 @@ def _marker_ring(
     cup_box: Box | None,
     joint: Box | None,
     side: Side,
+    ball: Box | None = None,
 ) -> tuple[tuple[Box, WireFit], ImplantDecision] | None:
     """The cup box and marker wire of a cemented cup no source reported, and the decision that
-    reports it (see ``MARKER_RING_MAX_RMS_SHARE``), or ``None``."""
+    reports it (see ``MARKER_RING_MAX_RMS_SHARE``), or ``None``. ``ball``: the metal finder's head
+    on that side (``cup_box_from_marker_wire``)."""
     if decision.present is not False:
         return None
     t = 0.0 if triage_p is None else triage_p
@@ -989,7 +998,7 @@ def _marker_ring(
         if w is not None:
             found = (cup_box, w)
     if (found is None or not _sharp_ring(found[1])) and joint is not None:
-        found = cup_box_from_marker_wire(image, joint, side)
+        found = cup_box_from_marker_wire(image, joint, side, ball)
     if found is None or not _sharp_ring(found[1]):
         return None
     said = (f"triage p={t:.2f}, detector {hardware:.2f}, metal finder "

@@ -228,3 +228,25 @@ def test_a_clipped_cemented_prosthesis_is_reported_and_its_cup_read(
     assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
     assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 1.5, (cup, truth.cup)
     assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 1.5, (cup, truth.cup)
+
+
+@pytest.mark.parametrize(("kind", "seed", "index", "side"), [("cups", 424270, 37, Side.LEFT),
+                                                             ("mixed", 424280, 7, Side.LEFT)])
+def test_the_cement_mantles_border_is_not_taken_for_the_marker_ring(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, kind: str, seed: int,
+        index: int, side: Side) -> None:
+    """Cemented cups (dev sketch films) looked for by their marker wire in the hip joint: in the
+    box placed by proportion the cement mantle's bright inner border, half-framed by the wire,
+    passed for the ring, centred 0.59 of its radius off the head, and the cup was read 18-24° off.
+    A ring centred away from the metal ball (``WIRE_BALL_MAX_OFFSET_SHARE``) is not the wire: the
+    prosthesis is still reported, the cup left unread rather than read wrong."""
+    import node.analyse.cup as cup_module
+
+    hip, truth = _hip(models, kind, "sketch", seed, index, side)
+    assert truth.implant and truth.design == "cemented"
+    assert hip.implant_present is True
+    assert hip.cup is None or hip.cup.anteversion_deg is None, hip.cup
+    monkeypatch.setattr(cup_module, "WIRE_BALL_MAX_OFFSET_SHARE", 99.0)
+    hip, truth = _hip(models, kind, "sketch", seed, index, side)
+    assert hip.cup is not None and hip.cup.anteversion_deg is not None
+    assert abs(hip.cup.anteversion_deg - truth.cup.anteversion_deg) > 10.0, (hip.cup, truth.cup)

@@ -2135,15 +2135,26 @@ def same_rim(a: Ellipse, b: Ellipse) -> bool:
 # its width (truth cup boxes on dev phantoms: centre 0.44–0.48 / 0.38–0.41, width 0.54–0.59).
 WIRE_JOINT_CENTRE = (0.46, 0.40)
 WIRE_JOINT_SIZES = (0.56, 0.48, 0.66)
+# The head sits in the cup, concentric with it, and the ring lies in the opening's plane through
+# the cup's centre: a ring's centre lies near the head's. On dev sketch films (cups seeds
+# 424270-424330, 39 cups read from a wire found in the joint) the right rings were centred within
+# 0.21 of their semi-major axis of the metal ball's box centre (up to 0.15 where the ball is a
+# head named "cup"; a bare head's box takes in a stub of neck); the one "ring" there that was the
+# cement mantle's bright inner border (read 18° / 24° off) at 0.59. Checked in the joint-box
+# search only, where the box is placed by proportion and can frame the mantle.
+WIRE_BALL_MAX_OFFSET_SHARE = 0.35
 
 
-def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side) -> tuple[Box, WireFit] | None:
+def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side,
+                             ball: Box | None = None) -> tuple[Box, WireFit] | None:
     """A cup box for a cemented all-polyethylene cup nobody boxed, from its marker wire near the
     hip joint (``WIRE_JOINT_CENTRE``, ``WIRE_JOINT_SIZES``): the box of the hemisphere the wire
     implies (at ``WIRE_MANTLE_SCALES[2]`` of the wire's radius, the mantle's usual size) with the
     wire, or ``None`` where no ring or arc shows. Only a wire counts: an outline found in a box
     placed by proportion alone could be any bone edge, so the cup is then measured from this wire
-    alone (``measure_cup(..., wire=...)``), never by the shell fit."""
+    alone (``measure_cup(..., wire=...)``), never by the shell fit. ``ball``: the metal finder's
+    head (or head-and-cup) box on that side, if any: a ring centred away from it
+    (``WIRE_BALL_MAX_OFFSET_SHARE``) is some other bright ellipse, and the next box size is tried."""
     fx, fy = WIRE_JOINT_CENTRE
     cx = joint.x0 + fx * joint.width if side is Side.LEFT else joint.x1 - fx * joint.width
     cy = joint.y0 + fy * joint.height
@@ -2153,6 +2164,10 @@ def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side)
         half = 0.5 * share * joint.width
         wire = find_marker_wire(image, Box(cx - half, cy - half, cx + half, cy + half, "cup", 0.0))
         if wire is None:
+            continue
+        if ball is not None and wire.kind == "ring" and math.hypot(
+                wire.ellipse.cx - 0.5 * (ball.x0 + ball.x1),
+                wire.ellipse.cy - 0.5 * (ball.y0 + ball.y1)) > WIRE_BALL_MAX_OFFSET_SHARE * wire.ellipse.semi_major:
             continue
         e, opening, _ = _wire_opening(wire, hint)
         k = WIRE_MANTLE_SCALES[2]
