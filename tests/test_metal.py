@@ -489,16 +489,21 @@ def test_no_head_is_cut_from_fixation_or_bone(seed: int, index: int, side: Side,
     (424330, 0, Side.LEFT, "openings"),
     (424310, 44, Side.RIGHT, "plateau"),  # the marker wire samples into the clipped zone
     (424330, 33, Side.RIGHT, "border"),  # the stem runs along the collimator's edge
+    (424300, 51, Side.RIGHT, "bright"),  # the wire's edges sample into the clipped zone from outside
+    (424330, 0, Side.LEFT, "neck"),  # ... and once that zone grows, its neck is 0.61 of the head
 ])
 def test_a_clipped_head_on_a_wide_neck_is_found(seed: int, index: int, side: Side, control: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Cemented prostheses (sketch cup films, dev seeds) clipped to white whose head and stem the
-    finder missed. Three causes, each with its control: the head is the object's thickest part
+    finder missed. Four causes, each with its control: the head is the object's thickest part
     but its neck (0.52 of the head's radius) outlasts the usual opening, so the deeper openings of
     ``_small_ball`` now try the thickest part too; the clipped zone scored by the cues of a flat
     zone (``_score``) failed them where the marker wire's edges sample into it, and is now scored
     as a plateau (``_plateau_score``); a stem along the collimator's edge put 29 % of the zone's
-    outline on the shutter (``CLIPPED_PASS_MAX_BORDER`` now 0.3, as for every zone)."""
+    outline on the shutter (``CLIPPED_PASS_MAX_BORDER`` now 0.3, as for every zone). The same
+    wire edges sampling into a clipped zone from its dark side failed the cheap bright-side gate
+    (``CLIPPED_MIN_BRIGHT_FRAC``); without it a zone grows to take in more of the neck, which may be
+    0.61 of the head's radius (``SMALL_BALL_MAX_NECK`` 0.7)."""
     import node.analyse.metal as metal_module
     from node.train.generalise import _render_job
 
@@ -512,15 +517,21 @@ def test_a_clipped_head_on_a_wide_neck_is_found(seed: int, index: int, side: Sid
         monkeypatch.setattr(metal_module, "SMALL_BALL_OPENINGS", ())
     elif control == "plateau":
         monkeypatch.setattr(metal_module, "_plateau_score", lambda c: 0.0)
+    elif control == "bright":
+        monkeypatch.setattr(metal_module, "CLIPPED_MIN_BRIGHT_FRAC", metal_module.MIN_BRIGHT_FRAC)
+    elif control == "neck":
+        monkeypatch.setattr(metal_module, "SMALL_BALL_MAX_NECK", 0.6)
     else:
         monkeypatch.setattr(metal_module, "CLIPPED_PASS_MAX_BORDER", 0.1)
     assert arthroplasty_evidence(find_metal(r.image01), assign, side) < 0.5
 
 
-def test_a_sliding_hip_screw_clipped_white_is_no_prosthesis() -> None:
+def test_a_sliding_hip_screw_clipped_white_is_no_prosthesis(monkeypatch: pytest.MonkeyPatch) -> None:
     """A clipped zone scored as a plateau took in a whole sliding hip screw (dev sketch film): one
     object, a "stem" by its bulge at the barrel, reported as an arthroplasty at evidence 1.00 when
-    clipped zones could add a stem on its own. They add a stem only with the ball cut from it."""
+    clipped zones could add a stem on its own. They add a stem only with the ball cut from it
+    (``_a_stem_and_its_ball``; the control lets a stem alone through again)."""
+    import node.analyse.metal as metal_module
     from node.train.generalise import _render_job
 
     r = _render_job(("mixed", "sketch", 424290, 46, 768))
@@ -528,3 +539,5 @@ def test_a_sliding_hip_screw_clipped_white_is_no_prosthesis() -> None:
     assign = SideAssigner(r.truth.boxes, r.truth.imaged_sides, r.image01.shape[1])
     ev = find_metal(r.image01)
     assert arthroplasty_evidence(ev, assign, Side.RIGHT) < 0.5, ev.note
+    monkeypatch.setattr(metal_module, "_a_stem_and_its_ball", lambda pieces: any(p.kind == "stem" for p in pieces))
+    assert arthroplasty_evidence(find_metal(r.image01), assign, Side.RIGHT) >= 0.5

@@ -84,7 +84,7 @@ of absence.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -136,6 +136,10 @@ SHUTTER_MAX_DEPTH = 0.4  # fraction of the image size
 # candidate gates (cheap, before the shape features) and score ramps (bad, good)
 MIN_BRIGHT_EDGES = 20
 MIN_BRIGHT_FRAC = 0.75
+# ... but not for a zone of the clipped pass: nothing is brighter than a clipped plateau, so edges
+# that sample into it from their dark side are other edges nearby (a cemented cup's marker wire:
+# dev sketch cups 424300:51 R, a head and stem found only without the bar; ``_plateau_score``)
+CLIPPED_MIN_BRIGHT_FRAC = 0.0
 MAX_BORDER = 0.3  # share of the outline next to a shutter or the image frame
 COVER_BAD, COVER_GOOD = 0.25, 0.45
 TEX_STEP_BAD, TEX_STEP_GOOD = 0.02, 0.01
@@ -152,7 +156,7 @@ ARTHROPLASTY_KINDS = ("cup", "stem", "head")
 # a ball cut from a stem (cup or head) is round: longer than this times its mean width is a
 # barrel, a plate end or a nail, not a ball (the naming below calls a ball elongated at 2.2)
 BALL_MAX_ELONGATION = 2.2
-# a head that is not the object's thickest part must be this round (area / enclosing circle)
+# a head cut off by ``_small_ball`` must be this round (area / enclosing circle)
 BALL_MIN_ROUNDNESS = 0.75
 SMALL_BALL_OPENINGS = (0.6, 0.75)
 # ... only in metal well above the bone level ((median - soft) / gap, as CLIPPED_LEV starts): at
@@ -160,8 +164,10 @@ SMALL_BALL_OPENINGS = (0.6, 0.75)
 SMALL_BALL_MIN_LEV = 1.3
 # ... and with nothing but the stem left once it is cut off (pieces up to this share of the stem)
 SMALL_BALL_MAX_SPARE = 0.15
-# ... and where the ball meets the stem the metal is at most this share of the ball's radius thick
-SMALL_BALL_MAX_NECK = 0.6
+# ... and where the ball meets the stem the metal is at most this share of the ball's radius thick.
+# On dev sketch films (mixed 424240 / 424270 / 424280, cups 424300 / 424330) heads on their necks
+# measured 0.42-0.62 (one 0.73), the ends of nails and a sliding hip screw's barrel 0.77-0.99.
+SMALL_BALL_MAX_NECK = 0.7
 # an arthroplasty part must reach its hip joint's box grown by this share of its larger side
 JOINT_REACH = 0.75
 # on an AP view a femoral stem lies in the femur: its box's centre is not above its hip joint's
@@ -522,7 +528,8 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
         ob, od = sep & (lb > 0), sep & (ld > 0)
         cb = np.bincount(lb[ob], minlength=n).astype(np.float64)
         cd = np.bincount(ld[od], minlength=n).astype(np.float64)
-        keep = good & (cb >= MIN_BRIGHT_EDGES) & (cb >= MIN_BRIGHT_FRAC * (cb + cd))
+        frac = CLIPPED_MIN_BRIGHT_FRAC if clipped_pass else MIN_BRIGHT_FRAC
+        keep = good & (cb >= MIN_BRIGHT_EDGES) & (cb >= frac * (cb + cd))
         if not keep.any():
             continue
         curv_b = np.bincount(lb[ob], np.clip(e.curv[ob], -1.0, 1.0), minlength=n)
@@ -796,7 +803,10 @@ def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: Bo
         full[y0:y1, x0:x1] = piece[pad:-pad, pad:-pad] > 0
         kind = _name(full, maybe_ball, split, long_side, mm_per_px, outside)
         if small and kind == "cup":
-            kind = "head"  # narrower than the stem: a head with no metal cup round it (a cemented cup)
+            # a head with no metal cup round it (a cemented cup): narrower than the stem, or on a
+            # neck too wide for the usual cut; a metal cup round the head, wider than any neck, is
+            # cut there already
+            kind = "head"
         out.append(_Part(full, kind, obj.score, split or _has_bulb(piece), obj.clipped_only))
     return out
 
@@ -828,8 +838,8 @@ def _cut_ball(crop: NDArray[np.uint8], lab: NDArray[np.int32], label: int, ro: i
 
 def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
                 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]] | None:
-    """A ball that is not the object's thickest part: a prosthetic head on a neck above a stem
-    whose shoulder is wider than the head (a cemented cup leaves the head on its own, and a broad
+    """A ball the usual cut in ``_classify`` missed: first one that is not the object's thickest
+    part, a prosthetic head on a neck above a stem whose shoulder is wider than the head (a cemented cup leaves the head on its own, and a broad
     stem's shoulder outgrows a 28 mm head). Deeper openings (``SMALL_BALL_OPENINGS`` of the
     thickest part's inscribed radius) cut the neck; a part they leave that is not the thickest,
     is round (``BALL_MIN_ROUNDNESS``) and cuts off from a stem at least twice its radius long
@@ -933,8 +943,10 @@ def _name(mask: BoolArray, maybe_ball: bool, split: bool, long_side: int, mm_per
 
 def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
                         long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
-    """``parts`` with the stems (and the heads or cups cut from them) that only the clipped
-    zones (``_Maps.clipped``) reveal, where no cup, head or stem was found already.
+    """``parts`` with the stems (and the heads or cups cut from them) that the clipped zones
+    (``_Maps.clipped``) reveal, where no cup, head or stem was found already. (The caller also
+    runs it where an object of no recognised shape was dropped: its flat zones are then named
+    again, this time knowing their level, which ``_small_ball`` needs.)
 
     Why only those: a clipped zone also takes in bone clipped as white as the metal beside it,
     which would move the outline of a cup already found (the cup fit starts from it); and metal of
@@ -952,10 +964,7 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     new: list[_Part] = []
     for g in groups:
         pieces = [p for p in g if p.kind in ARTHROPLASTY_KINDS and not (p.mask & found).any()]
-        # only a stem with the ball cut from it: a clipped block alone (the overlapping ends of
-        # cannulated screws in a femoral head) is of a cup's size and would be named one, and a
-        # stem merely bulging (the barrel and lag screw of a sliding hip screw) is no prosthesis
-        if any(p.kind == "stem" for p in pieces) and any(p.kind in ("cup", "head") for p in pieces):
+        if _a_stem_and_its_ball(pieces):
             new += pieces
     if not new:
         return parts
@@ -963,6 +972,14 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     for p in new:
         covered |= p.mask
     return [p for p in parts if not (p.mask & covered).any()] + new
+
+
+def _a_stem_and_its_ball(pieces: Sequence[_Part]) -> bool:
+    """Whether clipped-zone parts may be added: only a stem with the ball cut from it. A clipped
+    block alone (the overlapping ends of cannulated screws in a femoral head) is of a cup's size
+    and would be named one, and a stem merely bulging (the barrel and lag screw of a sliding hip
+    screw) is no prosthesis."""
+    return any(p.kind == "stem" for p in pieces) and any(p.kind in ("cup", "head") for p in pieces)
 
 
 def _plausible_spacing(pixel_spacing_mm: float | None) -> float | None:
