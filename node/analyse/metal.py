@@ -839,13 +839,13 @@ def _cut_ball(crop: NDArray[np.uint8], lab: NDArray[np.int32], label: int, ro: i
 def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
                 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]] | None:
     """A ball the usual cut in ``_classify`` missed: first one that is not the object's thickest
-    part, a prosthetic head on a neck above a stem whose shoulder is wider than the head (a cemented cup leaves the head on its own, and a broad
-    stem's shoulder outgrows a 28 mm head). Deeper openings (``SMALL_BALL_OPENINGS`` of the
-    thickest part's inscribed radius) cut the neck; a part they leave that is not the thickest,
-    is round (``BALL_MIN_ROUNDNESS``) and cuts off from a stem at least twice its radius long
-    (``_cut_ball``) is the ball. Failing that, the thickest part itself is tried the same way: a
-    head can be the thickest part and still sit on a neck too wide (over 0.45 of its radius) for
-    the cut in ``_classify``."""
+    part, a prosthetic head on a neck above a stem whose shoulder is wider than the head (a
+    cemented cup leaves the head on its own, and a broad stem's shoulder outgrows a 28 mm head).
+    Deeper openings (``SMALL_BALL_OPENINGS`` of the thickest part's inscribed radius) cut the
+    neck; a part they leave that is not the thickest, is round (``BALL_MIN_ROUNDNESS``) and cuts
+    off from a stem at least twice its radius long (``_cut_ball``) is the ball. Failing that, the
+    thickest part itself is tried the same way: a head can be the thickest part and still sit on
+    a neck too wide (over 0.45 of its radius) for the cut in ``_classify``."""
     thick_at = np.unravel_index(int(np.argmax(dist)), dist.shape)
     for frac, own in ((f, o) for o in (False, True) for f in SMALL_BALL_OPENINGS):
         ro = max(2, round(frac * r_in))
