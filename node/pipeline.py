@@ -791,12 +791,13 @@ def analyse_hips(
     # the metal ball (head, or cup with its head) by the joint: a marker ring is centred on it
     metal_balls: dict[Side, Box] = {}
     if metal is not None:
-        for obj in sorted((o for o in metal.objects if o.box.label == "cup"), key=lambda o: -o.box.score):
-            metal_cups.setdefault(side_of(obj.box), obj.box)
-        for obj in sorted((o for o in metal.objects if o.kind in ("cup", "head")), key=lambda o: -o.box.score):
-            joint = joints.get(side_of(obj.box))
-            if joint is None or near_joint(obj.box, joint):
-                metal_balls.setdefault(side_of(obj.box), obj.box)
+        for obj in sorted(metal.objects, key=lambda o: -o.box.score):
+            side_obj = side_of(obj.box)
+            if obj.box.label == "cup":
+                metal_cups.setdefault(side_obj, obj.box)
+            joint = joints.get(side_obj)
+            if obj.kind in ("cup", "head") and (joint is None or near_joint(obj.box, joint)):
+                metal_balls.setdefault(side_obj, obj.box)
     marker_rings: dict[Side, tuple[Box, WireFit]] = {}
     if ap_view:
         for side in triage.imaged_sides:
@@ -985,7 +986,7 @@ def _marker_ring(
 ) -> tuple[tuple[Box, WireFit], ImplantDecision] | None:
     """The cup box and marker wire of a cemented cup no source reported, and the decision that
     reports it (see ``MARKER_RING_MAX_RMS_SHARE``), or ``None``. ``ball``: the metal finder's head
-    on that side (``cup_box_from_marker_wire``)."""
+    (or head-and-cup) box on that side (``cup_box_from_marker_wire``)."""
     if decision.present is not False:
         return None
     t = 0.0 if triage_p is None else triage_p

@@ -2166,8 +2166,8 @@ def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side,
         if wire is None:
             continue
         if ball is not None and wire.kind == "ring" and math.hypot(
-                wire.ellipse.cx - 0.5 * (ball.x0 + ball.x1),
-                wire.ellipse.cy - 0.5 * (ball.y0 + ball.y1)) > WIRE_BALL_MAX_OFFSET_SHARE * wire.ellipse.semi_major:
+                wire.ellipse.cx - ball.centre.x,
+                wire.ellipse.cy - ball.centre.y) > WIRE_BALL_MAX_OFFSET_SHARE * wire.ellipse.semi_major:
             continue
         e, opening, _ = _wire_opening(wire, hint)
         k = WIRE_MANTLE_SCALES[2]
