@@ -38,7 +38,13 @@ from node.analyse.cup import (
     same_rim,
 )
 from node.analyse.dysplasia import measure_dysplasia
-from node.analyse.metal import arthroplasty_evidence, arthroplasty_objects, find_metal, near_joint
+from node.analyse.metal import (
+    arthroplasty_evidence,
+    arthroplasty_objects,
+    find_metal,
+    fixation_bars,
+    near_joint,
+)
 from node.analyse.notes import CHILD_AGE_YEARS, child_note, dysplasia_consistency, gap_notes
 from node.analyse.reference import reference_from_boxes
 from node.compose import ReportReference, build_gsps, build_sc, build_sr, sr_uids
@@ -780,13 +786,15 @@ def analyse_hips(
     for side in triage.imaged_sides:
         evidence: float | None = None
         metal_boxes: list[Box] = []
+        bars: list[Box] = []
         if metal is not None and metal.reliable:
             evidence = arthroplasty_evidence(metal, side_of, side, joints.get(side), ap_view=ap_view)
             metal_boxes = [o.box for o in arthroplasty_objects(metal, side_of, side, joints.get(side), ap_view=ap_view)]
+            bars = [o.box for o in fixation_bars(metal, side_of, side, joints.get(side), ap_view=ap_view)]
         metal_evidence[side] = evidence
         decisions[side] = decide_implant_on_side(
             triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence,
-            ap_view=ap_view, metal_boxes=metal_boxes,
+            ap_view=ap_view, metal_boxes=metal_boxes, bars=bars,
         )
     # the metal ball (head, or cup with its head) by the joint: a marker ring is centred on it
     metal_balls: dict[Side, Box] = {}

@@ -342,3 +342,28 @@ def test_metal_of_no_arthroplasty_shape_the_detector_boxed_as_fixation_outweighs
     weak_fix = [*boxes[:2], replace(boxes[2], score=0.3)]
     assert decide_implant_on_side(0.80, weak_fix, Side.RIGHT, SideAssigner(weak_fix, (Side.RIGHT, Side.LEFT), 800),
                                   0.45).present is True
+
+
+def test_a_straight_metal_bar_at_the_joint_outweighs_the_models_on_an_ap_view() -> None:
+    """Cannulated screws through the femoral neck on an unseen style: triage says implant at
+    p 0.99, the detector draws a cup box of 0.58, and the metal finder sees a straight bar at the
+    joint and no cup, stem or head (evidence 0.45, "other"). On an AP view that is not reported,
+    and the SR says why; a sure cup box, arthroplasty-shaped metal, no bar or a lateral view keep
+    the union."""
+    from node.infer.fusion import decide_implant_on_side
+
+    boxes = [Box(90, 90, 200, 200, "hip_joint_right", 0.9), Box(100, 100, 160, 160, "cup", 0.58)]
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+    bar = [Box(110, 120, 300, 200, "other_hardware", 1.0)]
+    d = decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.45, bars=bar)
+    assert d.present is False and d.uncertainty is not None
+    assert "straight metal bar" in d.uncertainty and "p=0.99" in d.uncertainty
+    assert "cup or stem box 0.58" in d.uncertainty and "not reported" in d.uncertainty
+    assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.45).present is True
+    assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.45, bars=bar, ap_view=False).present is True
+    assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.95, bars=bar).present is True
+    sure = [boxes[0], replace(boxes[1], score=0.85)]
+    assert decide_implant_on_side(0.99, sure, Side.RIGHT, SideAssigner(sure, (Side.RIGHT, Side.LEFT), 800), 0.45,
+                                  bars=bar).present is True
+    # no metal reading: the bar cannot have been seen, the union stands
+    assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, None, bars=bar).present is True

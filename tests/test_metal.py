@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from node.analyse.metal import MetalEvidence, MetalObject, arthroplasty_evidence, find_metal
+from node.analyse.metal import MetalEvidence, MetalObject, arthroplasty_evidence, find_metal, is_straight_bar
 from node.domain import Box, Side
 from node.infer.fusion import SideAssigner
 from node.phantom import render_index
@@ -541,3 +541,29 @@ def test_a_sliding_hip_screw_clipped_white_is_no_prosthesis(monkeypatch: pytest.
     assert arthroplasty_evidence(ev, assign, Side.RIGHT) < 0.5, ev.note
     monkeypatch.setattr(metal_module, "_a_stem_and_its_ball", lambda pieces: any(p.kind == "stem" for p in pieces))
     assert arthroplasty_evidence(find_metal(r.image01), assign, Side.RIGHT) >= 0.5
+
+
+def _outlined(points: list[tuple[float, float]], kind: str = "other") -> MetalObject:
+    xy = np.array(points, dtype=np.float64)
+    box = Box(float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()),
+              "other_hardware", 1.0)
+    return MetalObject(box, kind, 0, xy, 1.0)
+
+
+def test_a_straight_bar_is_told_from_a_tapered_stem_a_ball_and_a_stub() -> None:
+    """``is_straight_bar``: a parallel-sided bar five times as long as wide, at any angle, is one;
+    a stem tapering from 30 to 8 px (fill 0.63 of its rectangle), a disc, and a bar only 2.5 times
+    as long as wide are not."""
+    def rotated(pts: list[tuple[float, float]], deg: float) -> list[tuple[float, float]]:
+        a = math.radians(deg)
+        return [(x * math.cos(a) - y * math.sin(a) + 400, x * math.sin(a) + y * math.cos(a) + 400) for x, y in pts]
+
+    bar = [(0.0, 0.0), (100.0, 0.0), (100.0, 20.0), (0.0, 20.0)]
+    assert is_straight_bar(_outlined(bar))
+    assert is_straight_bar(_outlined(rotated(bar, 37.0)))
+    wedge = [(0.0, 0.0), (150.0, 11.0), (150.0, 19.0), (0.0, 30.0)]
+    assert not is_straight_bar(_outlined(wedge))
+    disc = [(50 + 40 * math.cos(t), 50 + 40 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 60, endpoint=False)]
+    assert not is_straight_bar(_outlined(disc))
+    stub = [(0.0, 0.0), (50.0, 0.0), (50.0, 20.0), (0.0, 20.0)]
+    assert not is_straight_bar(_outlined(stub))

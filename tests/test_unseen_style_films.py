@@ -260,3 +260,27 @@ def test_the_cement_mantles_border_is_not_taken_for_the_marker_ring(
     hip, truth = _hip(models, kind, "sketch", seed, index, side)
     assert hip.cup is not None and hip.cup.anteversion_deg is not None
     assert abs(hip.cup.anteversion_deg - truth.cup.anteversion_deg) > 10.0, (hip.cup, truth.cup)
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424270, 198, Side.RIGHT),  # AP hip: triage 0.88, cup box 0.37
+    (424310, 24, Side.LEFT),  # AP hip: triage 0.99, cup box 0.58
+    (424320, 135, Side.LEFT),  # AP pelvis: triage 0.93, cup box 0.45
+])
+def test_cannulated_screws_the_models_take_for_an_arthroplasty_are_not_reported(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side) -> None:
+    """Cannulated screws drawn as one straight bar through the femoral neck (dev sketch films):
+    the models, trained on other styles, call them an arthroplasty; the metal finder sees a
+    straight bar at the joint and no cup, stem or head, and the fusion does not report one
+    (``node.infer.fusion.decide_implant_on_side``'s ``bars``). With no bar recognised
+    (``BAR_MIN_FILL`` out of reach) they were reported, as before."""
+    import node.analyse.metal as metal_module
+
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert not truth.implant and truth.hardware == "cannulated_screws"
+    assert hip.implant_present is False, hip.notes
+    assert any("straight metal bar" in n for n in hip.notes), hip.notes
+    monkeypatch.setattr(metal_module, "BAR_MIN_FILL", 1.01)
+    hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
+    assert hip.implant_present is True, hip.notes

@@ -174,6 +174,16 @@ JOINT_REACH = 0.75
 # centre by more than this share of the joint's height (phantoms, 290 stems found on 4 validation
 # sets: -0.08 at the highest, a short piece by the neck; the one "stem" above, -0.36, was the sacrum)
 STEM_MAX_RISE = 0.25
+# A straight, parallel-sided bar - a lag screw, a bundle of cannulated screws, a nail - fills
+# most of its minimum-area rectangle and is several times longer than wide; no component of a hip
+# arthroplasty is (a cup and a head are round, a stem tapers and curves and carries a head).
+# Measured on dev phantoms (seeds 424240-424330, never the bench seed): the bundles of cannulated
+# screws an independently written renderer draws through the femoral neck fill 0.72-0.81 of
+# their rectangle at elongation 3.6-6.0 on AP views; on AP views of arthroplasties where the
+# finder named no cup, stem or head (3 styles; 780 cup films, 3,381 mixed sides) none of its
+# objects is both (the nearest: a large-head stem, fill 0.64 at elongation 6.2).
+BAR_MIN_FILL = 0.7
+BAR_MIN_ELONGATION = 3.5
 _LABEL_OF_KIND = {"cup": "cup", "stem": "stem", "head": "head"}
 
 
@@ -1107,6 +1117,30 @@ def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side
             v = 0.0
         best = max(best, float(np.clip(v, 0.0, 1.0)))
     return best
+
+
+def is_straight_bar(o: MetalObject) -> bool:
+    """Whether the object's outline is a straight parallel-sided bar (``BAR_MIN_FILL``,
+    ``BAR_MIN_ELONGATION``): fixation hardware, never a cup, stem or head."""
+    if o.outline.shape[0] < 3:
+        return False
+    c = o.outline.astype(np.float32)
+    (_, _), (w, h), _ = cv2.minAreaRect(c)
+    long_side, short_side = max(w, h), min(w, h)
+    if short_side < 1.0:
+        return False
+    fill = float(cv2.contourArea(c)) / (w * h)
+    return fill >= BAR_MIN_FILL and long_side / short_side >= BAR_MIN_ELONGATION
+
+
+def fixation_bars(evidence: MetalEvidence, side_of: Callable[[Box], Side], side: Side,
+                  joint: Box | None = None, ap_view: bool = False) -> list[MetalObject]:
+    """The straight bars (``is_straight_bar``) on ``side`` that are not counted as a cup, stem or
+    head and reach the side's ``joint`` when it is known: screws or a nail at the hip. The fusion
+    weighs them against a model's arthroplasty claim (``node.infer.fusion``)."""
+    return [o for o in evidence.objects
+            if side_of(o.box) is side and _object_kind(o, joint, ap_view) not in ARTHROPLASTY_KINDS
+            and (joint is None or near_joint(o.box, joint)) and is_straight_bar(o)]
 
 
 def arthroplasty_objects(evidence: MetalEvidence, side_of: Callable[[Box], Side], side: Side,
