@@ -411,6 +411,30 @@ def test_on_an_ap_view_a_stem_above_its_joint_is_not_an_arthroplasty() -> None:
     assert arthroplasty_evidence(cup, half, Side.RIGHT, above, ap_view=True) >= 0.9
 
 
+def test_on_an_ap_view_a_stem_medial_of_its_joint_or_a_ball_far_from_it_is_not_an_arthroplasty() -> None:
+    """The femoral shaft runs down and out from the head: on an AP a "stem" whose centre lies
+    medial of the hip joint's centre by more than ``STEM_MAX_MEDIAL`` of its width (a pubic ramus)
+    is metal of no recognised shape, for either hip; a cup or head whose centre lies more than
+    ``BALL_MAX_DROP`` of the joint's height above or below the joint's centre (a vertebral body)
+    too. Lateral of the joint, within reach, or on a lateral view, they count in full."""
+    half = _image_half(1000)
+    right = Box(90, 40, 170, 120, "hip_joint_right", 0.9)  # centre x 130, width 80
+    lateral_stem = _ev(_obj("stem", "stem", 100))  # centre x 125: 0.06 lateral
+    medial_stem = _ev(_obj("stem", "stem", 140))  # centre x 165: 0.44 medial
+    assert arthroplasty_evidence(lateral_stem, half, Side.RIGHT, right, ap_view=True) >= 0.9
+    assert 0.0 < arthroplasty_evidence(medial_stem, half, Side.RIGHT, right, ap_view=True) < 0.5
+    assert arthroplasty_evidence(medial_stem, half, Side.RIGHT, right, ap_view=False) >= 0.9
+    left = Box(830, 40, 910, 120, "hip_joint_left", 0.9)  # centre x 870: medial is towards smaller x
+    assert arthroplasty_evidence(_ev(_obj("stem", "stem", 850)), half, Side.LEFT, left, ap_view=True) >= 0.9
+    assert 0.0 < arthroplasty_evidence(_ev(_obj("stem", "stem", 785)), half, Side.LEFT, left, ap_view=True) < 0.5
+    high = Box(90, 10, 170, 90, "hip_joint_right", 0.9)  # centre y 50: a ball centred at 125 is 0.94 below
+    for kind in ("cup", "head"):
+        ball = _ev(_obj(kind, kind, 100))
+        assert arthroplasty_evidence(ball, half, Side.RIGHT, right, ap_view=True) >= 0.9  # 0.56 below
+        assert 0.0 < arthroplasty_evidence(ball, half, Side.RIGHT, high, ap_view=True) < 0.5
+        assert arthroplasty_evidence(ball, half, Side.RIGHT, high, ap_view=False) >= 0.9
+
+
 @pytest.mark.parametrize(("kind", "seed", "index", "side"), [("mixed", 424310, 130, Side.RIGHT),
                                                              ("cups", 424280, 6, Side.LEFT)])
 def test_a_clipped_cemented_stem_and_head_are_found(kind: str, seed: int, index: int, side: Side,

@@ -284,3 +284,26 @@ def test_cannulated_screws_the_models_take_for_an_arthroplasty_are_not_reported(
     monkeypatch.setattr(metal_module, "BAR_MIN_FILL", 1.01)
     hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
     assert hip.implant_present is True, hip.notes
+
+
+@pytest.mark.parametrize(("seed", "index", "side", "rule"), [
+    (424290, 80, Side.RIGHT, "STEM_MAX_MEDIAL"),  # AP hip: a "stem" 0.46 medial of the joint, triage 0.07
+    (424350, 159, Side.LEFT, "STEM_MAX_MEDIAL"),  # AP pelvis: 0.49 medial, triage 0.12, stem box 0.64
+    (424360, 168, Side.LEFT, "BALL_MAX_DROP"),  # AP pelvis: a vertebral body 1.31 joint heights above
+])
+def test_bone_the_metal_finder_takes_for_a_stem_or_cup_away_from_the_joint_is_not_reported(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side, rule: str) -> None:
+    """Native hips (dev sketch films) whose bright bone the metal finder named a stem running
+    medially from the joint (a pubic ramus) or a cup far above it (a vertebral body): reported as
+    arthroplasties on that metal alone before. Where such parts count as metal of no recognised
+    shape (``node.analyse.metal.STEM_MAX_MEDIAL``, ``BALL_MAX_DROP``) they are not reported; with
+    the rule out of reach they were."""
+    import node.analyse.metal as metal_module
+
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert not truth.implant
+    assert hip.implant_present is False, hip.notes
+    monkeypatch.setattr(metal_module, rule, 99.0)
+    hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
+    assert hip.implant_present is True, hip.notes

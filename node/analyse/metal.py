@@ -174,6 +174,19 @@ JOINT_REACH = 0.75
 # centre by more than this share of the joint's height (phantoms, 290 stems found on 4 validation
 # sets: -0.08 at the highest, a short piece by the neck; the one "stem" above, -0.36, was the sacrum)
 STEM_MAX_RISE = 0.25
+# ... nor medial of it by more than this share of the joint's width: the femoral shaft runs down
+# and out from the head, while the pubic ramus and the obturator ring, which an unseen style's
+# bright bone can make pass for a stem, run towards the midline. Dev phantoms (seeds
+# 424240-424370, never the bench seed; 3,381 + 800 mixed sides, 780 cup films): stems on sides
+# whose stem the finder found alone lie at most 0.06 medial; "stems" on native hips 0.46-1.12
+# (4 reported as arthroplasties on metal alone). Medial is the standard AP display's: towards
+# the image's right for the patient's right hip, as the detector's joint labels also assume.
+STEM_MAX_MEDIAL = 0.25
+# on an AP view a cup or a head sits in the joint: its box's centre lies within this share of the
+# joint's height of the joint's centre, up or down (dev phantoms as above: cups -0.27 to +0.38,
+# heads -0.17 to +0.10; "cups" a vertebral body 1.31 above a native hip and a bright patch 0.76
+# below another, both reported as arthroplasties on metal alone)
+BALL_MAX_DROP = 0.6
 # A straight, parallel-sided bar - a lag screw, a bundle of cannulated screws, a nail - fills
 # most of its minimum-area rectangle and is several times longer than wide; no component of a hip
 # arthroplasty is (a cup and a head are round, a stem tapers and curves and carries a head).
@@ -1079,15 +1092,24 @@ def near_joint(box: Box, joint: Box) -> bool:
             and box.y0 <= joint.y1 + pad and joint.y0 - pad <= box.y1)
 
 
-def _object_kind(o: MetalObject, joint: Box | None, ap_view: bool) -> str:
+def _object_kind(o: MetalObject, joint: Box | None, ap_view: bool, side: Side | None = None) -> str:
     """An object's kind as the side's evidence counts it: a cup, stem or head that does not reach
-    the side's joint, and on an AP view a "stem" above it, count as "other" (see
-    ``arthroplasty_evidence``)."""
+    the side's joint, and on an AP view a "stem" above it or medial of it (``STEM_MAX_RISE``,
+    ``STEM_MAX_MEDIAL``; medial needs the ``side``) and a cup or head well above or below it
+    (``BALL_MAX_DROP``), count as "other" (see ``arthroplasty_evidence``)."""
     kind = o.kind
     if kind in ARTHROPLASTY_KINDS and joint is not None and not near_joint(o.box, joint):
         kind = "other"
-    if kind == "stem" and ap_view and joint is not None \
-            and o.box.centre.y < joint.centre.y - STEM_MAX_RISE * joint.height:
+    if not ap_view or joint is None:
+        return kind
+    centre, middle = o.box.centre, joint.centre
+    if kind == "stem" and centre.y < middle.y - STEM_MAX_RISE * joint.height:
+        kind = "other"
+    if kind == "stem" and side is not None:
+        medial = 1.0 if side is Side.RIGHT else -1.0
+        if medial * (centre.x - middle.x) > STEM_MAX_MEDIAL * joint.width:
+            kind = "other"
+    if kind in ("cup", "head") and abs(centre.y - middle.y) > BALL_MAX_DROP * joint.height:
         kind = "other"
     return kind
 
@@ -1102,13 +1124,15 @@ def arthroplasty_evidence(evidence: MetalEvidence, side_of: Callable[[Box], Side
     ``side_of`` assigns a box to a patient side (nearest hip joint, else the image half). When
     the side's hip ``joint`` box is known, a cup, stem or head that does not reach it counts as
     metal of no recognised shape, and so does, on an AP view (``ap_view``), a "stem" that lies
-    above the joint (``STEM_MAX_RISE``): a stem goes down the femur."""
+    above the joint or medial of it (``STEM_MAX_RISE``, ``STEM_MAX_MEDIAL``): a stem goes down
+    the femur; and a cup or head well above or below it (``BALL_MAX_DROP``): both sit in the
+    joint."""
     best = 0.0
     for o in evidence.objects:
         if side_of(o.box) is not side:
             continue
         t = (o.box.score - 0.5) / 0.5
-        kind = _object_kind(o, joint, ap_view)
+        kind = _object_kind(o, joint, ap_view, side)
         if kind in ARTHROPLASTY_KINDS:
             v = 0.9 + 0.1 * t
         elif kind == "other":
@@ -1139,7 +1163,7 @@ def fixation_bars(evidence: MetalEvidence, side_of: Callable[[Box], Side], side:
     head and reach the side's ``joint`` when it is known: screws or a nail at the hip. The fusion
     weighs them against a model's arthroplasty claim (``node.infer.fusion``)."""
     return [o for o in evidence.objects
-            if side_of(o.box) is side and _object_kind(o, joint, ap_view) not in ARTHROPLASTY_KINDS
+            if side_of(o.box) is side and _object_kind(o, joint, ap_view, side) not in ARTHROPLASTY_KINDS
             and (joint is None or near_joint(o.box, joint)) and is_straight_bar(o)]
 
 
@@ -1148,4 +1172,4 @@ def arthroplasty_objects(evidence: MetalEvidence, side_of: Callable[[Box], Side]
     """The objects on ``side`` that ``arthroplasty_evidence`` counts as a cup, stem or head: the
     fusion checks where they lie (on fracture hardware the detector boxed, say)."""
     return [o for o in evidence.objects
-            if side_of(o.box) is side and _object_kind(o, joint, ap_view) in ARTHROPLASTY_KINDS]
+            if side_of(o.box) is side and _object_kind(o, joint, ap_view, side) in ARTHROPLASTY_KINDS]
