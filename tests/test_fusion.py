@@ -348,8 +348,8 @@ def test_a_straight_metal_bar_at_the_joint_outweighs_the_models_on_an_ap_view() 
     """Cannulated screws through the femoral neck on an unseen style: triage says implant at
     p 0.99, the detector draws a cup box of 0.58, and the metal finder sees a straight bar at the
     joint and no cup, stem or head (evidence 0.45, "other"). On an AP view that is not reported,
-    and the SR says why; a sure cup box, arthroplasty-shaped metal, no bar or a lateral view keep
-    the union."""
+    and the SR says why; a sure cup box, arthroplasty-shaped metal, no bar, or a lateral view
+    with a confident triage model keep the union."""
     from node.infer.fusion import decide_implant_on_side
 
     boxes = [Box(90, 90, 200, 200, "hip_joint_right", 0.9), Box(100, 100, 160, 160, "cup", 0.58)]
@@ -360,7 +360,11 @@ def test_a_straight_metal_bar_at_the_joint_outweighs_the_models_on_an_ap_view() 
     assert "straight metal bar" in d.uncertainty and "p=0.99" in d.uncertainty
     assert "cup or stem box 0.58" in d.uncertainty and "not reported" in d.uncertainty
     assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.45).present is True
+    # on a lateral view (a stem cut off by the film's edge can be a straight bar) only against a
+    # triage model below BAR_OFF_AP_MAX_TRIAGE
     assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.45, bars=bar, ap_view=False).present is True
+    lateral = decide_implant_on_side(0.58, boxes, Side.RIGHT, assign, 0.45, bars=bar, ap_view=False)
+    assert lateral.present is False and lateral.uncertainty is not None and "p=0.58" in lateral.uncertainty
     assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, 0.95, bars=bar).present is True
     sure = [boxes[0], replace(boxes[1], score=0.85)]
     assert decide_implant_on_side(0.99, sure, Side.RIGHT, SideAssigner(sure, (Side.RIGHT, Side.LEFT), 800), 0.45,

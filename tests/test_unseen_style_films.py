@@ -266,6 +266,8 @@ def test_the_cement_mantles_border_is_not_taken_for_the_marker_ring(
     (424270, 198, Side.RIGHT),  # AP hip: triage 0.88, cup box 0.37
     (424310, 24, Side.LEFT),  # AP hip: triage 0.99, cup box 0.58
     (424320, 135, Side.LEFT),  # AP pelvis: triage 0.93, cup box 0.45
+    (424310, 153, Side.LEFT),  # lateral: triage 0.58, stem box 0.37
+    (424330, 46, Side.LEFT),  # lateral: triage 0.56, cup box 0.26
 ])
 def test_cannulated_screws_the_models_take_for_an_arthroplasty_are_not_reported(
         models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,

@@ -326,10 +326,10 @@ def decide_implant_on_side(
     hemiarthroplasty boxed at 0.91).
 
     ``bars``: straight parallel-sided metal bars at the side's joint (screws or a nail,
-    ``node.analyse.metal.fixation_bars``). On AP views, where the metal finder saw such a bar
-    and nothing arthroplasty-like on the side, an implant claimed by the models with no cup or
-    stem box of ``DETECTOR_ALONE_MIN_SCORE`` is not reported, and the decision says why (see
-    "Straight bars" below).
+    ``node.analyse.metal.fixation_bars``). Where the metal finder saw such a bar and nothing
+    arthroplasty-like on the side, an implant claimed by the models with no cup or stem box of
+    ``DETECTOR_ALONE_MIN_SCORE`` is not reported - on other views than AP only against a triage
+    model below ``BAR_OFF_AP_MAX_TRIAGE`` - and the decision says why (see "Straight bars" below).
     """
     if boxes is None:
         return decide_implant(triage_probability, None, metal)
@@ -347,8 +347,9 @@ def decide_implant_on_side(
             hw = kept
     decision = decide_implant(triage_probability, hw, metal)
     t = triage_probability
-    if (ap_view and bars and decision.present and not decision.by_metal_only and metal is not None
-            and metal < IMPLANT_THRESHOLD and hw < DETECTOR_ALONE_MIN_SCORE):
+    if (bars and decision.present and not decision.by_metal_only and metal is not None
+            and metal < IMPLANT_THRESHOLD and hw < DETECTOR_ALONE_MIN_SCORE
+            and (ap_view or (t is not None and t < BAR_OFF_AP_MAX_TRIAGE))):
         triage_said = "" if t is None else f"the triage model (p={t:.2f}) and "
         verb = "are" if triage_said else "is"
         bar_note = (f"the metal finder found a straight metal bar at the joint (screws or a nail) and no cup, stem "
@@ -405,6 +406,10 @@ NO_METAL_MAX_TRIAGE = 0.9
 # arthroplasties on triage 0.88-0.99 with cup boxes 0.37-0.58. No arthroplasty on an AP view in
 # the dev sets of three styles (780 cup films, 3,381 mixed sides) has such a bar without a cup,
 # stem or head the finder names. A cup or stem box of DETECTOR_ALONE_MIN_SCORE still reports one.
+# On lateral and oblique views a stem the film's edge cuts off can be such a bar too (a sketch
+# hemispherical THA, triage 1.00), so there the rule needs a triage model below this; on the dev
+# sets it then took 2 lateral sides, cannulated screws at triage 0.56 / 0.58, and no arthroplasty.
+BAR_OFF_AP_MAX_TRIAGE = 0.9
 
 
 # The metal finder's arthroplasty-like objects on a side are this much covered by the detector's
