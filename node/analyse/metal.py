@@ -177,10 +177,11 @@ STEM_MAX_RISE = 0.25
 # ... nor medial of it by more than this share of the joint's width: the femoral shaft runs down
 # and out from the head, while the pubic ramus and the obturator ring, which an unseen style's
 # bright bone can make pass for a stem, run towards the midline. Dev phantoms (seeds
-# 424240-424370, never the bench seed; 3,381 + 800 mixed sides, 780 cup films): stems on sides
-# whose stem the finder found alone lie at most 0.06 medial; "stems" on native hips 0.46-1.12
-# (4 reported as arthroplasties on metal alone). Medial is the standard AP display's: towards
-# the image's right for the patient's right hip, as the detector's joint labels also assume.
+# 424240-424370, never the bench seed; 3,381 + 1,052 mixed sides, 780 cup films): on the 229
+# arthroplasty sides where the finder found a stem and nothing else it lies at most 0.07 medial;
+# "stems" on native hips 0.46-1.12 (5 of those hips reported as arthroplasties, 3 on that stem
+# alone). Medial is the standard AP display's: towards the image's right for the patient's right
+# hip, as the detector's joint labels also assume.
 STEM_MAX_MEDIAL = 0.25
 # on an AP view a cup or a head sits in the joint: its box's centre lies within this share of the
 # joint's height of the joint's centre, up or down (dev phantoms as above: cups -0.27 to +0.38,
