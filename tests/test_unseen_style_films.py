@@ -309,3 +309,15 @@ def test_bone_the_metal_finder_takes_for_a_stem_or_cup_away_from_the_joint_is_no
     monkeypatch.setattr(metal_module, rule, 99.0)
     hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
     assert hip.implant_present is True, hip.notes
+
+
+def test_a_degenerate_dome_circle_does_not_fail_the_whole_cup_fit(models: tuple[TriageModel, DetectorModel]) -> None:
+    """A dev sketch cup film (seed 424340, film 47) offered the left cup's fit a dome circle whose
+    edge foot lay beyond its centre: the radius went to -0.03 px and the head-filling check raised,
+    so the whole fit failed ("cup fit failed (ValueError)") and the other circles were never tried.
+    That circle is now refused (``node.analyse.cup.MIN_DOME_RADIUS_PX``) and the cup gets the
+    reason of the circles left."""
+    hip, truth = _hip(models, "cups", "sketch", 424340, 47, Side.LEFT)
+    assert truth.implant and hip.implant_present is True
+    assert hip.cup is not None and hip.cup.refusal_reason is not None
+    assert "failed" not in hip.cup.refusal_reason, hip.cup.refusal_reason

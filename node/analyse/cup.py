@@ -108,6 +108,8 @@ WOO_MORREY = "Woo-Morrey"
 
 # Thresholds below which a fit is refused rather than reported. Chosen on phantoms so that a
 # correct fit clears them comfortably; a fit that fails them is wrong more often than right.
+# a dome circle moved to the foot of its edge must keep at least this radius (pixels)
+MIN_DOME_RADIUS_PX = 2.0
 MIN_DOME_SPAN_DEG = 90.0
 MAX_OPEN_SIDE_COVERED = 0.6
 MIN_RIM_POINTS = 12
@@ -1190,6 +1192,10 @@ def _fit_from_circle(
     dl = _edge_levels(smooth, np.array([ccx, ccy]) + R * dn, dn)
     if np.isfinite(dl[:, 1]).any():
         R = R + float(np.nanmedian(dl[:, 1]))
+    if R < MIN_DOME_RADIUS_PX:
+        # the foot of the edge lies at or beyond the circle's centre: no dome of this circle (a
+        # sketch film's degenerate candidate went to -0.03 px and failed the whole cup fit)
+        return CupFit(None, None, refusal_reason="dome outline not found")
     dw = dl[:, 2] - dl[:, 0]
     dome_width = float(np.nanmedian(dw)) if np.isfinite(dw).any() else 0.0
     base = CupFit(
