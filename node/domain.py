@@ -160,6 +160,8 @@ class CupMeasurement:
     anteversion_refusal: str | None = None  # inclination measured, anteversion not: why
     # inclination only: the opening's long axis (the rim's two ends), what it was measured on
     opening_line: tuple[Point, Point] | None = None
+    # how the angles were read where not from the rim's own edge (for the SR's comments)
+    note: str | None = None
 
 
 @dataclass(frozen=True)

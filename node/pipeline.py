@@ -35,6 +35,7 @@ from node.analyse.cup import (
     cup_box_from_marker_wire,
     find_marker_wire,
     measure_cup,
+    measure_cup_from_outline,
     same_rim,
 )
 from node.analyse.dysplasia import measure_dysplasia
@@ -909,6 +910,14 @@ def analyse_hips(
                     hip.notes.append(f"Cup measured from its marker wire in the hip joint (in the cup box: "
                                      f"{hip.cup.refusal_reason})")
                     hip.cup_box, hip.cup = found[0], by_wire
+        if (hip.implant_present and ap_view and wire is None and hip.cup_box is not None and hip.cup is not None
+                and hip.cup.refusal_reason is not None):
+            # last: a cup whose metal the film clips to one plateau, read from its outline
+            by_outline = measure_cup_from_outline(image, hip.cup_box, side, triage.view, hip.cup, reference=reference,
+                                                  pixel_spacing_mm=pixel_spacing_mm, geometry=geometry)
+            if by_outline is not None and by_outline.note:
+                hip.notes.append(by_outline.note)
+                hip.cup = by_outline
         if not hip.implant_present and hip.joint_box is not None and ap_view:
             # Evidence for a dysplasia flag: LCE and Tönnis angles where landmarks are found.
             dys = measure_dysplasia(image, hip.joint_box, side, reference=reference)

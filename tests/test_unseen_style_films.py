@@ -17,6 +17,8 @@ was written for, each checked both ways where the rule has a limit.
   (``node.pipeline.MARKER_RING_MAX_RMS_SHARE``); a native hip whose outlines pose as a ring not.
 * Cemented prostheses whose clipped head is narrower than the stem's shoulder, found by the
   metal finder (``node.analyse.metal._small_ball``).
+* Cups whose metal the film clips to one plateau, read from their outline after every rim fit
+  refused (``node.analyse.silhouette``); an outline whose open side disagrees with itself not.
 
 Each film renders in about half a second; the models load once per module.
 """
@@ -115,11 +117,18 @@ def test_a_rim_seen_at_one_end_is_read_where_the_fit_is_tight(models: tuple[Tria
 
 def test_a_resurfacing_rim_seen_at_one_end_but_fitted_loosely_stays_refused(
         models: tuple[TriageModel, DetectorModel]) -> None:
-    """With a residual bar of 0.45 px this cup was read 5.7° off in anteversion (residual 0.39 px)."""
+    """With a residual bar of 0.45 px this cup was read 5.7° off in anteversion (residual 0.39 px).
+    Every rim fit still refuses it; its clipped metal outline now reads it (within 2.5°)."""
+    from node.analyse.cup import SILHOUETTE_NOTE
+
     hip, truth = _hip(models, "cups", "sketch", 424290, 30, Side.LEFT)
     assert truth.design == "resurfacing"
     cup = hip.cup
-    assert cup is not None and cup.anteversion_deg is None and cup.refusal_reason is not None, cup
+    assert cup is not None and cup.note is not None and cup.note.startswith(SILHOUETTE_NOTE), cup
+    assert "the rim fit: rim not seen where it meets the dome" in cup.note, cup.note
+    assert cup.inclination_deg is not None and cup.anteversion_deg is not None
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 2.5, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 2.5, (cup, truth.cup)
 
 
 @pytest.mark.parametrize(("seed", "index", "side"), [
@@ -321,3 +330,46 @@ def test_a_degenerate_dome_circle_does_not_fail_the_whole_cup_fit(models: tuple[
     assert truth.implant and hip.implant_present is True
     assert hip.cup is not None and hip.cup.refusal_reason is not None
     assert "failed" not in hip.cup.refusal_reason, hip.cup.refusal_reason
+
+
+@pytest.mark.parametrize(("seed", "index", "side", "design"), [
+    (424360, 44, Side.RIGHT, "hemispherical"),
+    (424350, 43, Side.LEFT, "dual_mobility"),
+    (424290, 6, Side.RIGHT, "resurfacing"),
+])
+def test_a_cup_whose_metal_is_clipped_is_read_from_its_outline(models: tuple[TriageModel, DetectorModel], seed: int,
+                                                             index: int, side: Side, design: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The film renders shell, head and neck as one white plateau, so no rim fit finds the rim
+    inside it; the outline (``node.analyse.silhouette``) reads it within 2°, and the SR's note says
+    how. Without the outline reader (its end-agreement bar at 0) the cup is refused, as before."""
+    import node.analyse.silhouette as sil
+    from node.analyse.cup import SILHOUETTE_NOTE
+
+    hip, truth = _hip(models, "cups", "sketch", seed, index, side)
+    assert truth.design == design
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert cup.note is not None and cup.note.startswith(SILHOUETTE_NOTE) and cup.note in hip.notes, cup.note
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 2.0, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 2.0, (cup, truth.cup)
+    monkeypatch.setattr(sil, "MAX_END_SPREAD", 0.0)
+    hip, _ = _hip(models, "cups", "sketch", seed, index, side)
+    assert hip.cup is not None and hip.cup.anteversion_deg is None and hip.cup.refusal_reason is not None, hip.cup
+
+
+def test_an_outline_whose_open_side_disagrees_with_itself_is_not_read(models: tuple[TriageModel, DetectorModel],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hemispherical cup whose clipped outline's open side is not the rim along the stretch read
+    (its points there give minor axes spread over 0.88 of their median): it stays refused. Without
+    that check (``MAX_END_SPREAD``) its anteversion was read more than 8° off."""
+    import node.analyse.silhouette as sil
+
+    hip, truth = _hip(models, "cups", "sketch", 424370, 45, Side.LEFT)
+    assert truth.design == "hemispherical"
+    assert hip.cup is not None and hip.cup.anteversion_deg is None and hip.cup.refusal_reason is not None, hip.cup
+    monkeypatch.setattr(sil, "MAX_END_SPREAD", 99.0)
+    hip, _ = _hip(models, "cups", "sketch", 424370, 45, Side.LEFT)
+    cup = hip.cup
+    assert cup is not None and cup.anteversion_deg is not None, cup
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) > 8.0, (cup, truth.cup)
