@@ -911,7 +911,7 @@ def analyse_hips(
                                      f"{hip.cup.refusal_reason})")
                     hip.cup_box, hip.cup = found[0], by_wire
         if (hip.implant_present and ap_view and wire is None and hip.cup_box is not None and hip.cup is not None
-                and hip.cup.refusal_reason is not None):
+                and (hip.cup.refusal_reason is not None or hip.cup.anteversion_deg is None)):
             # last: a cup whose metal the film clips to one plateau, read from its outline
             by_outline = measure_cup_from_outline(image, hip.cup_box, side, triage.view, hip.cup, reference=reference,
                                                   pixel_spacing_mm=pixel_spacing_mm, geometry=geometry)

@@ -373,3 +373,29 @@ def test_an_outline_whose_open_side_disagrees_with_itself_is_not_read(models: tu
     cup = hip.cup
     assert cup is not None and cup.anteversion_deg is not None, cup
     assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) > 8.0, (cup, truth.cup)
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [(424340, 30, Side.RIGHT), (424360, 38, Side.LEFT)])
+def test_a_cup_a_head_fills_gets_both_angles_from_its_clipped_outline(models: tuple[TriageModel, DetectorModel],
+                                                                     seed: int, index: int, side: Side,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resurfacing cups whose cap fills the shell: the rim fit gives the inclination only (the
+    opening's direction); the clipped outline, whose rim ends show past the cap, gives both angles
+    within 1° and agrees with that inclination (``OUTLINE_MAX_INCLINATION_TURN_DEG``). Without the
+    outline reader the anteversion is refused, as before."""
+    import node.analyse.silhouette as sil
+    from node.analyse.cup import SILHOUETTE_NOTE
+
+    hip, truth = _hip(models, "cups", "sketch", seed, index, side)
+    assert truth.design == "resurfacing"
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert cup.note is not None and cup.note.startswith(SILHOUETTE_NOTE), cup.note
+    assert "the rim fit: " in cup.note and cup.note in hip.notes
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 1.0, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 1.0, (cup, truth.cup)
+    monkeypatch.setattr(sil, "MAX_END_SPREAD", 0.0)
+    hip, _ = _hip(models, "cups", "sketch", seed, index, side)
+    before = hip.cup
+    assert before is not None and before.inclination_deg is not None and before.anteversion_deg is None, before
+    assert before.anteversion_refusal is not None

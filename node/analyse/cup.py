@@ -2118,6 +2118,12 @@ def _measure_cup(
 # 424240-424370, analytic / voxel 424270 / 424310) 55 sides were read so, every one a true cup,
 # MAE 1.57° / 1.63° (worst 9.7° / 6.1°) against the rim fits' 1.49° / 1.67° (worst 25.8° / 31.6°)
 # on the other 870 cups of those films.
+# A cup whose head fills it gets its inclination only from the rim fit (the opening's direction,
+# read two ways that agree within 3°); the outline may give both angles where the rim's ends show
+# past the head, and is kept only where its inclination agrees with that reading within this. Dev
+# sketch cups given an inclination only: 4 read so (seeds 424300, 424330, 424340, 424360), within
+# 0.9° of the truth's rim ellipse in both angles.
+OUTLINE_MAX_INCLINATION_TURN_DEG = 3.0
 SILHOUETTE_NOTE = ("Cup read from its metal outline: the film shows the metal as one flat white "
                    "plateau, so the rim inside it does not show; inclination from the dome's half circle, "
                    "anteversion from the open side's outline")
@@ -2134,10 +2140,13 @@ def measure_cup_from_outline(
     pixel_spacing_mm: float | None = None,
     geometry: ProjectionGeometry | None = None,
 ) -> CupMeasurement | None:
-    """A cup every rim fit refused (``refused``), read from its clipped metal outline
-    (``SILHOUETTE_NOTE``) on an AP view, or ``None``. The caller tries it last, after every
-    reading from the rim's own edge. Never raises: a failure costs this reading only."""
-    if view not in (View.AP_PELVIS, View.AP_HIP) or refused.refusal_reason is None:
+    """A cup every rim fit refused (``refused``), or gave its inclination only (a head filling
+    the cup), read from its clipped metal outline (``SILHOUETTE_NOTE``) on an AP view, or ``None``;
+    an inclination already read must agree within ``OUTLINE_MAX_INCLINATION_TURN_DEG``. The caller
+    tries it last, after every reading from the rim's own edge. Never raises: a failure costs this
+    reading only."""
+    why = refused.refusal_reason or refused.anteversion_refusal
+    if view not in (View.AP_PELVIS, View.AP_HIP) or why is None:
         return None
     ref = reference if reference is not None else horizontal_line(int(image.shape[1]))
     flagged = ref.method == HORIZONTAL
@@ -2152,9 +2161,11 @@ def measure_cup_from_outline(
     except Exception:  # a bug here must not cost the refusal already in hand
         log.exception("cup outline reading failed on the %s hip", side.name.lower())
         return None
-    if m.refusal_reason is not None:
+    if m.refusal_reason is not None or m.inclination_deg is None:
         return None
-    return replace(m, note=f"{SILHOUETTE_NOTE} (the rim fit: {refused.refusal_reason})")
+    if refused.inclination_deg is not None and abs(m.inclination_deg - refused.inclination_deg) > OUTLINE_MAX_INCLINATION_TURN_DEG:
+        return None  # the opening's own direction (inclination only) disagrees with the outline's
+    return replace(m, note=f"{SILHOUETTE_NOTE} (the rim fit: {why})")
 
 
 def _silhouette_fit(image: NDArray[np.float32], cup_box: Box, hint: tuple[float, float]) -> CupFit | None:
