@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from node.domain import Box
+from node.imageops import sample_bilinear
 
 FloatArray = NDArray[np.float64]
 
@@ -86,31 +87,31 @@ class Silhouette:
 
 def _subpixel_edges(pts: FloatArray, roi: NDArray[np.float32], top: float) -> FloatArray:
     """Each outline pixel moved along its normal to where the profile crosses halfway between
-    the plateau and the level a few pixels outside (the mask's own edge lies inside the blur)."""
+    the plateau and the level a few pixels outside (the mask's own edge lies inside the blur).
+    Profiles that leave the region, or have no crossing, leave their point where it was."""
     sm = cv2.GaussianBlur(roi, (0, 0), 1.0)
     gx = cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3)
     h, w = roi.shape
     ts = np.arange(-3.0, 6.01, 0.25)
+    xi, yi = pts[:, 0].astype(int), pts[:, 1].astype(int)
+    g = np.column_stack([gx[yi, xi], gy[yi, xi]]).astype(np.float64)
+    norm = np.hypot(g[:, 0], g[:, 1])
+    n = -g / np.maximum(norm, 1e-12)[:, None]  # outwards: bright to dark
+    xs = pts[:, :1] + ts[None, :] * n[:, :1]
+    ys = pts[:, 1:] + ts[None, :] * n[:, 1:]
+    inside = (xs.min(axis=1) >= 0) & (ys.min(axis=1) >= 0) & (xs.max(axis=1) <= w - 1) & (ys.max(axis=1) <= h - 1)
+    prof = sample_bilinear(roi, xs, ys)
+    half = 0.5 * (top + prof[:, -1:])
+    below = prof < half
+    j = np.argmax(below, axis=1)  # the first sample under the half level
+    ok = (norm >= 1e-6) & inside & below.any(axis=1) & (j > 0)
+    rows = np.flatnonzero(ok)
+    j = j[rows]
+    p0, p1 = prof[rows, j - 1], prof[rows, j]
+    t = ts[j - 1] + (p0 - half[rows, 0]) / np.maximum(p0 - p1, 1e-9) * (ts[j] - ts[j - 1])
     out = pts.copy()
-    for i, (x, y) in enumerate(pts):
-        g = np.array([gx[int(y), int(x)], gy[int(y), int(x)]], dtype=np.float64)
-        norm = float(np.hypot(g[0], g[1]))
-        if norm < 1e-6:
-            continue
-        n = -g / norm  # outwards: bright to dark
-        xs, ys = x + ts * n[0], y + ts * n[1]
-        if xs.min() < 0 or ys.min() < 0 or xs.max() > w - 1 or ys.max() > h - 1:
-            continue
-        prof = cv2.remap(roi, xs.astype(np.float32)[None, :], ys.astype(np.float32)[None, :],
-                         cv2.INTER_LINEAR)[0].astype(np.float64)
-        half = 0.5 * (top + prof[-1])
-        below = np.flatnonzero(prof < half)
-        if len(below) == 0 or below[0] == 0:
-            continue
-        j = int(below[0])
-        t = ts[j - 1] + (prof[j - 1] - half) / max(prof[j - 1] - prof[j], 1e-9) * (ts[j] - ts[j - 1])
-        out[i] = (x + t * n[0], y + t * n[1])
+    out[rows] = pts[rows] + t[:, None] * n[rows]
     return out
 
 
