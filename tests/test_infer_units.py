@@ -285,7 +285,7 @@ def test_decode_triage_views_sides_implants() -> None:
 
 
 def test_decode_triage_rejects_an_uncertain_view_as_other() -> None:
-    view = np.array([[0.1, 0.1, 0.05, 0.45, 0.3], [0.05, 0.05, 0.0, 0.9, 0.0], [0.2, 0.2, 0.1, 0.1, 0.4]])
+    view = np.array([[0.1, 0.1, 0.05, 0.45, 0.3], [0.05, 0.05, 0.0, 0.9, 0.0], [0.01, 0.02, 0.01, 0.01, 0.95]])
     side = np.array([[0.5, 0.5], [0.2, 0.8], [0.5, 0.5]])
     implant = np.zeros((3, 2))
     unsure, sure, other = decode_triage(view, side, implant, min_view_probability=0.6)
@@ -440,19 +440,27 @@ def test_other_by_a_narrow_margin_over_a_hip_view_is_an_uncertain_hip_view() -> 
     from node.domain import Box, Side, View
     from node.infer.triage import confirm_uncertain_view, decode_triage
 
-    # "other" narrowly over AP pelvis; "other" narrowly over a faint hip view; "other" sure
-    view = np.array([[0.48, 0.01, 0.01, 0.01, 0.49], [0.25, 0.1, 0.1, 0.1, 0.45], [0.03, 0.0, 0.0, 0.0, 0.97]])
+    # "other" narrowly over AP pelvis; "other" above the minimum but unsure, over a faint AP pelvis
+    # (a dev sketch film: other 0.69, AP pelvis 0.29, both joints boxed at 0.82-0.84); "other" sure
+    view = np.array([[0.48, 0.01, 0.01, 0.01, 0.49], [0.29, 0.01, 0.01, 0.0, 0.69], [0.03, 0.0, 0.0, 0.0, 0.97]])
     side, implant = np.full((3, 2), 0.5), np.full((3, 2), 0.1)
-    narrow, faint, sure = decode_triage(view, side, implant, min_view_probability=0.6)
+    narrow, unsure, sure = decode_triage(view, side, implant, min_view_probability=0.6)
     assert narrow.view is View.OTHER and narrow.uncertain_view is View.AP_PELVIS
     assert narrow.view_probability == pytest.approx(0.48)
-    assert faint.uncertain_view is None and sure.uncertain_view is None
+    assert unsure.view is View.OTHER and unsure.uncertain_view is View.AP_PELVIS
+    assert sure.uncertain_view is None and sure.leaned is None
     joints = [Box(0, 0, 10, 10, "hip_joint_right", 0.8), Box(50, 0, 60, 10, "hip_joint_left", 0.7)]
-    confirmed, note = confirm_uncertain_view(narrow, joints)
-    assert confirmed.view is View.AP_PELVIS and confirmed.imaged_sides == (Side.RIGHT, Side.LEFT)
-    assert note is not None and "p=0.48" in note
+    for lean, p in ((narrow, "p=0.48"), (unsure, "p=0.29")):
+        confirmed, note = confirm_uncertain_view(lean, joints)
+        assert confirmed.view is View.AP_PELVIS and confirmed.imaged_sides == (Side.RIGHT, Side.LEFT)
+        assert note is not None and p in note
+    # a joint box below VIEW_CONFIRM_JOINT_SCORE (true "other" dev images reached 0.34) confirms nothing
+    assert confirm_uncertain_view(unsure, [Box(0, 0, 10, 10, "hip_joint_right", 0.34)]) == (unsure, None)
     assert confirm_uncertain_view(sure, joints) == (sure, None)  # a sure "other" stays other
     assert decode_triage(view, side, implant)[0].view is View.OTHER  # no minimum: the argmax stands
+    # a site's lower minimum does not let an unsure "other" through as its hip view unconfirmed
+    low = decode_triage(view, side, implant, min_view_probability=0.2)
+    assert low[1].view is View.OTHER and low[1].uncertain_view is View.AP_PELVIS and low[2].leaned is None
 
 
 def test_triage_ensemble_averages_its_members_and_exposes_every_session() -> None:
