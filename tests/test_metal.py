@@ -454,6 +454,7 @@ def test_a_clipped_cemented_stem_and_head_are_found(kind: str, seed: int, index:
     ev = find_metal(r.image01)
     assert arthroplasty_evidence(ev, half, side) >= 0.9, ev.note
     monkeypatch.setattr(metal_module, "CLIPPED_LEV", (99.0, 100.0))
+    monkeypatch.setattr(metal_module, "CLIPPED_STEM_LEV", (99.0, 100.0))  # its lower band for stems too
     assert arthroplasty_evidence(find_metal(r.image01), half, side) < 0.5
 
 
@@ -540,7 +541,7 @@ def test_a_clipped_head_on_a_wide_neck_is_found(seed: int, index: int, side: Sid
     if control == "openings":
         monkeypatch.setattr(metal_module, "SMALL_BALL_OPENINGS", ())
     elif control == "plateau":
-        monkeypatch.setattr(metal_module, "_plateau_score", lambda c: 0.0)
+        monkeypatch.setattr(metal_module, "_plateau_score", lambda c, lev_ramp=None: 0.0)
     elif control == "bright":
         monkeypatch.setattr(metal_module, "CLIPPED_MIN_BRIGHT_FRAC", metal_module.MIN_BRIGHT_FRAC)
     elif control == "neck":

@@ -249,6 +249,24 @@ def test_a_clipped_cemented_prosthesis_is_reported_and_its_cup_read(
     assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 1.5, (cup, truth.cup)
 
 
+def test_a_prosthesis_clipped_just_above_bright_bone_is_found_by_the_metal_finder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cemented prosthesis white to the last pixel on a film that renders bone bright (dev
+    sketch 424290:47, bone level 0.87 of 1.0): its clipped zone lies 1.37 gaps above soft tissue,
+    under the clipped pass's level ramp (``CLIPPED_LEV`` 1.3-1.6 scored it 0.22), and the finder
+    saw no metal at all. Its silhouette, a stem carrying its ball, now lets it through
+    (``node.analyse.metal._low_clipped_prostheses``); with that band closed it is lost again."""
+    import node.analyse.metal as metal_module
+
+    item = _film("mixed", "sketch", 424290, 47)
+    assert item.truth.hips[Side.RIGHT].design == "cemented"
+    ev = metal_module.find_metal(item.image01)
+    kinds = sorted(o.kind for o in ev.objects if o.box.x1 < item.image01.shape[1] / 2)
+    assert kinds == ["head", "stem"], ev.note
+    monkeypatch.setattr(metal_module, "CLIPPED_STEM_LEV", metal_module.CLIPPED_LEV)
+    assert metal_module.find_metal(item.image01).objects == (), "control: no metal without the lower band"
+
+
 @pytest.mark.parametrize(("kind", "seed", "index", "side"), [("cups", 424270, 37, Side.LEFT),
                                                              ("mixed", 424280, 7, Side.LEFT)])
 def test_the_cement_mantles_border_is_not_taken_for_the_marker_ring(

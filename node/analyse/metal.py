@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -123,6 +123,8 @@ MIN_ZONE_PX = 300
 MIN_CLIPPED_ZONE_PX = 100
 CLIPPED_LEV = (1.3, 1.6)  # ramp of (mean - soft) / gap
 CLIPPED_SHARE = (0.5, 0.9)  # ramp of the zone's share at the image's top level
+# A clipped zone shaped like a stem carrying its ball may sit lower (``_low_clipped_prostheses``)
+CLIPPED_STEM_LEV = (1.15, 1.3)
 MAX_ZONE_FRACTION = 0.3
 CLIP_TOL = 1e-3  # image01 units: a pixel this close to the top level is clipped
 # share of a clipped zone's outline along the frame or a shutter: burned-in labels are clipped
@@ -504,6 +506,7 @@ class _Candidate:
     sat: float = 0.0  # share of its pixels at the image's top level (clipped)
     clipped_only: bool = False  # accepted only as a clipped plateau (``_clipped``)
     clipped_pass: bool = False  # a zone of clipped pixels (``_Maps.clipped``), not of flat ones
+    stem_score: float = 0.0  # clipped pass: ``_plateau_score`` on the ``CLIPPED_STEM_LEV`` ramp
 
 
 def _first_label(labr: LabelArray, idx: list[NDArray[np.intp]]) -> LabelArray:
@@ -578,6 +581,8 @@ def _candidates(m: _Maps, e: _Edges) -> tuple[list[_Candidate], list[LabelArray]
             if clipped_pass:
                 c.score = max(c.score, _plateau_score(c))
             c.clipped_only = c.score >= ACCEPT_SCORE and _score(c, 0.0) < ACCEPT_SCORE
+            if clipped_pass and c.border <= CLIPPED_PASS_MAX_BORDER:
+                c.stem_score = _plateau_score(c, CLIPPED_STEM_LEV)
             if clipped_pass and (c.lev < CLIPPED_LEV[0] or c.border > CLIPPED_PASS_MAX_BORDER):
                 # clipped but not far above bone (clipped bone as likely as metal), or along the
                 # frame (burned-in labels and markers are clipped white too)
@@ -668,7 +673,7 @@ def _score(c: _Candidate, clipped: float = 0.0) -> float:
     return float(np.prod(parts))
 
 
-def _plateau_score(c: _Candidate) -> float:
+def _plateau_score(c: _Candidate, lev_ramp: tuple[float, float] | None = None) -> float:
     """Metal-likeness of a zone of the clipped pass (``_Maps.clipped``), 0..1, without the
     bright-side and plateau cues of ``_score``.
 
@@ -679,7 +684,7 @@ def _plateau_score(c: _Candidate) -> float:
     level throughout (``CLIPPED_LEV``, ``CLIPPED_SHARE``), stepped down to along its outline, thick
     and solid."""
     hole = 1.0 - c.area / max(c.filled_area, 1)
-    return (_ramp(c.lev, *CLIPPED_LEV) * _ramp(c.sat, *CLIPPED_SHARE) * _ramp(c.cover, COVER_BAD, COVER_GOOD)
+    return (_ramp(c.lev, *(CLIPPED_LEV if lev_ramp is None else lev_ramp)) * _ramp(c.sat, *CLIPPED_SHARE) * _ramp(c.cover, COVER_BAD, COVER_GOOD)
             * _ramp(hole, 0.12, 0.04) * _ramp(c.thick, 4.0, 6.0) * _ramp(c.n_bright, 30.0, 80.0))
 
 
@@ -793,7 +798,7 @@ class _Part:
 
 
 def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: BoolArray,
-              lev: float = 0.0) -> list[_Part]:
+              lev: float = 0.0, min_ball_lev: float | None = None) -> list[_Part]:
     """Split an object into a ball (cup or head) and a stem where a narrow neck joins them
     (an opening by ~0.45 of the ball's inscribed radius cuts the prosthetic neck and keeps the
     stem's body), and name the parts."""
@@ -817,7 +822,7 @@ def _classify(obj: _Object, long_side: int, mm_per_px: float | None, outside: Bo
         if cut is not None:
             pieces, split = [(cut[0], True), (cut[1], False)], True
     small = False
-    if not split and lev >= SMALL_BALL_MIN_LEV:
+    if not split and lev >= (SMALL_BALL_MIN_LEV if min_ball_lev is None else min_ball_lev):
         cut = _small_ball(crop, dist, r_in)
         if cut is not None:
             pieces, split, small = [(cut[0], True), (cut[1], False)], True, True
@@ -966,7 +971,8 @@ def _name(mask: BoolArray, maybe_ball: bool, split: bool, long_side: int, mm_per
 
 
 def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
-                        long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
+                        long_side: int, mm_per_px: float | None, outside: BoolArray,
+                        min_ball_lev: float | None = None) -> list[_Part]:
     """``parts`` with the stems (and the heads or cups cut from them) that the clipped zones
     (``_Maps.clipped``) reveal, where no cup, head or stem was found already. (The caller also
     runs it where an object of no recognised shape was dropped: its flat zones are then named
@@ -982,7 +988,7 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     for p in parts:
         if p.kind in ARTHROPLASTY_KINDS:
             found |= p.mask
-    groups = [_classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap)
+    groups = [_classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap, min_ball_lev)
               for o in _objects(m, _select(cands, labels, m.xs.shape))]
     _stems_need_a_ball([p for g in groups for p in g])
     new: list[_Part] = []
@@ -1004,6 +1010,24 @@ def _a_stem_and_its_ball(pieces: Sequence[_Part]) -> bool:
     and would be named one, and a stem merely bulging (the barrel and lag screw of a sliding hip
     screw) is no prosthesis."""
     return any(p.kind == "stem" for p in pieces) and any(p.kind in ("cup", "head") for p in pieces)
+
+
+def _low_clipped_prostheses(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
+                            long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
+    """``parts`` with the prostheses (a stem and the ball cut from it, ``_with_clipped_parts``)
+    that clipped zones below ``CLIPPED_LEV`` but within ``CLIPPED_STEM_LEV`` show.
+
+    Why: where a film renders bone bright, clipped metal lies only a little above the bone level
+    in units of the soft-tissue/bone gap, and the clipped pass's level cue drops it - on an
+    independently written renderer's films a cemented stem with its head, white to the last
+    pixel, gave no metal at all. Bone clipped as white as the metal is why that cue exists; only
+    the silhouette of a stem carrying its ball, which bone does not have, lets the zone through
+    (the head may then be cut off its neck down to the same level, ``SMALL_BALL_MIN_LEV``)."""
+    low = [replace(c, score=c.stem_score) for c in cands
+           if c.clipped_pass and c.score < ACCEPT_SCORE and c.stem_score >= ACCEPT_SCORE]
+    if not low:
+        return parts
+    return _with_clipped_parts(parts, m, low, labels, long_side, mm_per_px, outside, CLIPPED_STEM_LEV[0])
 
 
 def _plausible_spacing(pixel_spacing_mm: float | None) -> float | None:
@@ -1067,6 +1091,7 @@ def _analyse(image01: np.ndarray, pixel_spacing_mm: float | None = None
         parts = _with_clipped_parts(kept, m, cands, labels, long_side, mm_work, outside)
     else:
         parts = kept
+    parts = _low_clipped_prostheses(parts, m, cands, labels, long_side, mm_work, outside)
     found = [mo for mo in (_to_full(p, work, m) for p in parts) if mo is not None]
     found.sort(key=lambda o: -o.box.score)
     kinds = ", ".join(f"{o.kind} {o.box.score:.2f}" for o in found) or "none"
