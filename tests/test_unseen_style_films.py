@@ -267,6 +267,30 @@ def test_a_prosthesis_clipped_just_above_bright_bone_is_found_by_the_metal_finde
     assert metal_module.find_metal(item.image01).objects == (), "control: no metal without the lower band"
 
 
+@pytest.mark.parametrize(("style", "seed", "index", "side"), [
+    ("sketch", 424310, 165, Side.RIGHT),  # head, neck and stem top one flat zone: no metal found before
+    ("voxel", 424310, 64, Side.RIGHT),  # an all-polyethylene cup's head and stem: "other" (0.45) before
+])
+def test_a_cemented_prostheses_head_is_cut_from_its_flat_zone_on_any_film(
+        monkeypatch: pytest.MonkeyPatch, style: str, seed: int, index: int, side: Side) -> None:
+    """Cemented prostheses on AP films that do not clip the metal (dev films): the head on its long
+    neck and the stem make one flat zone far above bone, which the first pass named by silhouette
+    alone ("other", or dropped). The object's level now goes with it there too, so ``_small_ball``
+    cuts the head off its neck and the finder names arthroplasty metal on that side; without the
+    cut (``SMALL_BALL_MIN_LEV`` out of reach) it does not."""
+    import node.analyse.metal as metal_module
+    from node.infer.fusion import SideAssigner
+
+    item = _film("mixed", style, seed, index)
+    assert item.truth.hips[side].implant
+    assign = SideAssigner(item.truth.boxes, item.truth.imaged_sides, item.image01.shape[1])
+    ev = metal_module.find_metal(item.image01)
+    assert metal_module.arthroplasty_evidence(ev, assign, side) >= 0.9, ev.note
+    monkeypatch.setattr(metal_module, "SMALL_BALL_MIN_LEV", 99.0)
+    ev = metal_module.find_metal(item.image01)
+    assert metal_module.arthroplasty_evidence(ev, assign, side) < 0.5, ev.note
+
+
 @pytest.mark.parametrize(("kind", "seed", "index", "side"), [("cups", 424270, 37, Side.LEFT),
                                                              ("mixed", 424280, 7, Side.LEFT)])
 def test_the_cement_mantles_border_is_not_taken_for_the_marker_ring(

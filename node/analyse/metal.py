@@ -684,7 +684,8 @@ def _plateau_score(c: _Candidate, lev_ramp: tuple[float, float] | None = None) -
     level throughout (``CLIPPED_LEV``, ``CLIPPED_SHARE``), stepped down to along its outline, thick
     and solid."""
     hole = 1.0 - c.area / max(c.filled_area, 1)
-    return (_ramp(c.lev, *(CLIPPED_LEV if lev_ramp is None else lev_ramp)) * _ramp(c.sat, *CLIPPED_SHARE) * _ramp(c.cover, COVER_BAD, COVER_GOOD)
+    lev = CLIPPED_LEV if lev_ramp is None else lev_ramp
+    return (_ramp(c.lev, *lev) * _ramp(c.sat, *CLIPPED_SHARE) * _ramp(c.cover, COVER_BAD, COVER_GOOD)
             * _ramp(hole, 0.12, 0.04) * _ramp(c.thick, 4.0, 6.0) * _ramp(c.n_bright, 30.0, 80.0))
 
 
@@ -988,7 +989,8 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     for p in parts:
         if p.kind in ARTHROPLASTY_KINDS:
             found |= p.mask
-    groups = [_classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap, min_ball_lev)
+    groups = [_classify(o, long_side, mm_per_px, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap,
+                        min_ball_lev)
               for o in _objects(m, _select(cands, labels, m.xs.shape))]
     _stems_need_a_ball([p for g in groups for p in g])
     new: list[_Part] = []
@@ -1079,8 +1081,11 @@ def _analyse(image01: np.ndarray, pixel_spacing_mm: float | None = None
     outside = cv2.dilate((~m.exposed).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
     long_side = max(m.xs.shape)
     flat_zones = [c for c in cands if not c.clipped_pass]
+    # each object's level goes with it, as on the clipped pass: a cemented prosthesis's head on its
+    # long neck is cut off by ``_small_ball`` (only in metal well above bone) whether or not the
+    # film clipped it, where before a flat-zone object got no such cut and stayed "other"
     parts = [p for o in _objects(m, _select(flat_zones, labels, m.xs.shape))
-             for p in _classify(o, long_side, mm_work, outside)]
+             for p in _classify(o, long_side, mm_work, outside, (float(np.median(m.xs[o.mask])) - m.soft) / gap)]
     _stems_need_a_ball(parts)
     # a clipped plateau that is no cup, head or stem is left out: it is admitted for those shapes
     # (``_clipped``), and "metal of no recognised shape" there would only add doubt

@@ -85,9 +85,9 @@ def decode_triage(
     A radiograph whose most likely view is below ``min_view_probability`` is treated as
     "other" (``uncertain_view`` keeps the view it leaned to); so is one whose "other" is below
     ``OTHER_SURE`` (the lean is its most likely hip view). Without a minimum (0) the argmax stands.
-    The softmax has to pick one of its five classes even for a radiograph unlike anything it was trained on; a low maximum is
-    the usual sign of such an input, and reporting hip findings on it would be worse than
-    reporting none.
+    The softmax has to pick one of its five classes even for a radiograph unlike anything it was
+    trained on; a low maximum is the usual sign of such an input, and reporting hip findings on it
+    would be worse than reporting none.
     """
     n = view.shape[0]
     if view.shape != (n, len(TRIAGE_VIEWS)) or side.shape != (n, 2) or implant.shape != (n, 2):
@@ -97,7 +97,8 @@ def decode_triage(
         k = int(np.argmax(view[i]))
         v = TRIAGE_VIEWS[k]
         uncertain: View | None = None
-        if v is View.OTHER and min_view_probability > 0 and float(view[i, k]) < max(OTHER_SURE, min_view_probability):
+        other_bar = max(OTHER_SURE, min_view_probability)
+        if v is View.OTHER and min_view_probability > 0 and float(view[i, k]) < other_bar:
             # an "other" the head is not sure of: its most likely hip view is the uncertain lean
             k = max(_HIP_VIEW_INDICES, key=lambda j: float(view[i, j]))
             v = uncertain = TRIAGE_VIEWS[k]
