@@ -384,16 +384,22 @@ def test_dataclasses_are_frozen() -> None:
 
 
 def test_arthroplasty_parts_must_reach_their_joint() -> None:
-    """A cup or stem far from the side's hip joint (a vertebra with bowel gas on a phantom) is
-    metal of no recognised shape, not an arthroplasty; at the joint it counts in full; without a
-    joint box the rule cannot apply."""
+    """A cup or stem far from the side's hip joint (a vertebra with bowel gas on a phantom) is not
+    an arthroplasty of that hip, and neither is metal of no recognised shape there (a vertebral
+    body drawn white, a marker): it counts nothing for the hip. At the joint a cup counts in full
+    and unshaped metal as doubt (0.25-0.45); without a joint box the rule cannot apply."""
     half = _image_half(1000)
     joint = Box(90, 90, 170, 170, "hip_joint_right", 0.9)  # cup box 100-150 x 100-150 inside
     at_joint = _ev(_obj("cup", "cup", 100))
     far = _ev(_obj("cup", "cup", 400))  # 230 px from a joint of 80 px: beyond 0.75 x 80
     assert arthroplasty_evidence(at_joint, half, Side.RIGHT, joint) >= 0.9
-    assert 0.0 < arthroplasty_evidence(far, half, Side.RIGHT, joint) < 0.5
+    assert arthroplasty_evidence(far, half, Side.RIGHT, joint) == 0.0
     assert arthroplasty_evidence(far, half, Side.RIGHT) >= 0.9
+    other_at_joint = _ev(_obj("other", "other_hardware", 100, 1.0))
+    other_far = _ev(_obj("other", "other_hardware", 400, 1.0))
+    assert 0.0 < arthroplasty_evidence(other_at_joint, half, Side.RIGHT, joint) < 0.5
+    assert arthroplasty_evidence(other_far, half, Side.RIGHT, joint) == 0.0
+    assert 0.0 < arthroplasty_evidence(other_far, half, Side.RIGHT) < 0.5
 
 
 def test_on_an_ap_view_a_stem_above_its_joint_is_not_an_arthroplasty() -> None:

@@ -362,6 +362,31 @@ def test_bone_the_metal_finder_takes_for_a_stem_or_cup_away_from_the_joint_is_no
     assert hip.implant_present is True, hip.notes
 
 
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424390, 3, Side.LEFT),  # AP pelvis: triage 0.76, stem box 0.47
+    (424400, 3, Side.RIGHT),  # AP pelvis: triage 0.78, stem box 0.48
+])
+def test_metal_away_from_the_hip_joint_does_not_hold_up_a_weak_claim(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side) -> None:
+    """Native hips (dev sketch films) on whose half of the film the metal finder took the lumbar
+    vertebral bodies, drawn flat and white, for metal of no recognised shape. Counted as doubt
+    (0.45), that metal kept the models' weak claim (triage under 0.9, a box under 0.5) from the
+    rule that such a claim with no arthroplasty-like metal is not reported on an AP view
+    (``node.infer.fusion.NO_METAL_MAX_TRIAGE``): both hips were reported as arthroplasties.
+    Metal that does not reach the hip joint now counts nothing for that hip
+    (``node.analyse.metal.arthroplasty_evidence``); with the joint's reach out of the way
+    (``JOINT_REACH``) they are reported again, as before."""
+    import node.analyse.metal as metal_module
+
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert not truth.implant and truth.hardware is None
+    assert hip.implant_present is False, hip.notes
+    monkeypatch.setattr(metal_module, "JOINT_REACH", 99.0)
+    hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
+    assert hip.implant_present is True, hip.notes
+
+
 def test_a_degenerate_dome_circle_does_not_fail_the_whole_cup_fit(models: tuple[TriageModel, DetectorModel]) -> None:
     """A dev sketch cup film (seed 424340, film 47) offered the left cup's fit a dome circle whose
     edge foot lay beyond its centre: the radius went to -0.03 px and the head-filling check raised,

@@ -2163,7 +2163,8 @@ def measure_cup_from_outline(
         return None
     if m.refusal_reason is not None or m.inclination_deg is None:
         return None
-    if refused.inclination_deg is not None and abs(m.inclination_deg - refused.inclination_deg) > OUTLINE_MAX_INCLINATION_TURN_DEG:
+    turn = None if refused.inclination_deg is None else abs(m.inclination_deg - refused.inclination_deg)
+    if turn is not None and turn > OUTLINE_MAX_INCLINATION_TURN_DEG:
         return None  # the opening's own direction (inclination only) disagrees with the outline's
     return replace(m, note=f"{SILHOUETTE_NOTE} (the rim fit: {why})")
 
