@@ -277,7 +277,9 @@ def test_a_cemented_prostheses_head_is_cut_from_its_flat_zone_on_any_film(
     neck and the stem make one flat zone far above bone, which the first pass named by silhouette
     alone ("other", or dropped). The object's level now goes with it there too, so ``_small_ball``
     cuts the head off its neck and the finder names arthroplasty metal on that side; without the
-    cut (``SMALL_BALL_MIN_LEV`` out of reach) it does not."""
+    cut (``SMALL_BALL_MIN_LEV`` out of reach) it does not. (The later pass for metal just above
+    bone, ``_low_clipped_prostheses``, is closed for the control: since the morning of
+    2026-12-07 it finds the voxel film's prosthesis by its thin zones too.)"""
     import node.analyse.metal as metal_module
     from node.infer.fusion import SideAssigner
 
@@ -287,6 +289,7 @@ def test_a_cemented_prostheses_head_is_cut_from_its_flat_zone_on_any_film(
     ev = metal_module.find_metal(item.image01)
     assert metal_module.arthroplasty_evidence(ev, assign, side) >= 0.9, ev.note
     monkeypatch.setattr(metal_module, "SMALL_BALL_MIN_LEV", 99.0)
+    monkeypatch.setattr(metal_module, "_low_clipped_prostheses", lambda parts, *_: parts)
     ev = metal_module.find_metal(item.image01)
     assert metal_module.arthroplasty_evidence(ev, assign, side) < 0.5, ev.note
 
@@ -360,6 +363,31 @@ def test_bone_the_metal_finder_takes_for_a_stem_or_cup_away_from_the_joint_is_no
     monkeypatch.setattr(metal_module, rule, 99.0)
     hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
     assert hip.implant_present is True, hip.notes
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424390, 56, Side.RIGHT),  # AP pelvis: triage 0.97, its cup box dropped beside a weak fixation box
+    (424410, 180, Side.LEFT),  # lateral: triage 0.86, no cup or stem box
+])
+def test_a_thin_cemented_stem_apart_from_its_head_is_found_and_reported(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side) -> None:
+    """Cemented prostheses white but not clipped (dev sketch films, 1.3-1.4 bone-soft-tissue gaps
+    above soft tissue): the stem's flat core 7-8 working pixels thick, the head's under
+    ``MIN_ZONE_PX``, the neck between them too thin for a zone. The finder saw no metal, and the
+    models' claims alone were not reported. Such zones now pass as a clipped plateau would
+    (``node.analyse.metal._thin_score``), and a stem and a ball that made separate objects are
+    named together (``_paired``); without either, the hip is reported absent, as before."""
+    import node.analyse.metal as metal_module
+
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert truth.implant and truth.design == "cemented"
+    assert hip.implant_present is True, hip.notes
+    for name, off in (("_thin_score", lambda c: 0.0), ("_paired", lambda *a: [])):
+        with monkeypatch.context() as patch:
+            patch.setattr(metal_module, name, off)
+            hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
+            assert hip.implant_present is False, (name, hip.notes)
 
 
 @pytest.mark.parametrize(("seed", "index", "side"), [

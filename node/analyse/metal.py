@@ -83,6 +83,7 @@ of absence.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -980,7 +981,7 @@ def _name(mask: BoolArray, maybe_ball: bool, split: bool, long_side: int, mm_per
 
 def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
                         long_side: int, mm_per_px: float | None, outside: BoolArray,
-                        min_ball_lev: float | None = None) -> list[_Part]:
+                        min_ball_lev: float | None = None, pair_apart: bool = False) -> list[_Part]:
     """``parts`` with the stems (and the heads or cups cut from them) that the clipped zones
     (``_Maps.clipped``) reveal, where no cup, head or stem was found already. (The caller also
     runs it where an object of no recognised shape was dropped: its flat zones are then named
@@ -990,25 +991,66 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     which would move the outline of a cup already found (the cup fit starts from it); and metal of
     no recognised shape adds only doubt. What it finds is a prosthesis whose head the flat zones
     missed: the object is cut where a head smaller than the stem's shoulder sits on its neck
-    (``_small_ball``, in metal well above the bone level), and replaces the parts it covers."""
+    (``_small_ball``, in metal well above the bone level), and replaces the parts it covers.
+    ``pair_apart``: objects that are neither also get their chance in pairs (``_paired``)."""
     found = np.zeros(m.xs.shape, dtype=bool)
     for p in parts:
         if p.kind in ARTHROPLASTY_KINDS:
             found |= p.mask
-    groups = [_classify(o, long_side, mm_per_px, outside, _level(m, o.mask), min_ball_lev)
-              for o in _objects(m, _select(cands, labels, m.xs.shape))]
+    objs = _objects(m, _select(cands, labels, m.xs.shape))
+    groups = [_classify(o, long_side, mm_per_px, outside, _level(m, o.mask), min_ball_lev) for o in objs]
     _stems_need_a_ball([p for g in groups for p in g])
     new: list[_Part] = []
-    for g in groups:
+    loose: list[_Object] = []
+    for o, g in zip(objs, groups, strict=True):
         pieces = [p for p in g if p.kind in ARTHROPLASTY_KINDS and not (p.mask & found).any()]
         if _a_stem_and_its_ball(pieces):
             new += pieces
+        else:
+            loose.append(o)
+    if pair_apart:
+        new += [p for p in _paired(loose, m, long_side, mm_per_px, outside, min_ball_lev) if not (p.mask & found).any()]
     if not new:
         return parts
     covered = np.zeros(m.xs.shape, dtype=bool)
     for p in new:
         covered |= p.mask
     return [p for p in parts if not (p.mask & covered).any()] + new
+
+
+def _paired(loose: list[_Object], m: _Maps, long_side: int, mm_per_px: float | None, outside: BoolArray,
+            min_ball_lev: float | None) -> list[_Part]:
+    """A stem and its ball that made two objects, named as one: two objects within reach of each
+    other (half the larger one's long side) are classified together, and their parts kept where
+    that cuts a ball off a stem (``_a_stem_and_its_ball``).
+
+    Why: a cemented prosthesis's neck is too thin for a flat zone of its own, so its head (with
+    the neck's stub) and its stem are separate objects, one a ball and the other a stem with no
+    ball, or the head and neck one lump of no recognised shape; each alone is no prosthesis. Both
+    are tried as they are (the usual cut in ``_classify`` takes a ball off across a gap) and joined
+    where a few pixels apart (``MERGE_GAP_PX``: ``_small_ball`` cuts only at a neck it can see)."""
+    out: list[_Part] = []
+    used: set[int] = set()
+    boxes = [_bbox(o.mask) for o in loose]
+    for i, j in itertools.combinations(range(len(loose)), 2):
+        if i in used or j in used:
+            continue
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[i], boxes[j]
+        reach = 0.5 * max(ax1 - ax0, ay1 - ay0, bx1 - bx0, by1 - by0)
+        if not (bx0 - reach <= ax1 and ax0 <= bx1 + reach and by0 - reach <= ay1 and ay0 <= by1 + reach):
+            continue
+        a, b = loose[i], loose[j]
+        both = (a.mask | b.mask).astype(np.uint8)
+        joined = np.asarray(cv2.morphologyEx(both, cv2.MORPH_CLOSE, _disk(MERGE_GAP_PX // 2 + 1)), dtype=np.uint8)
+        for mask in (both > 0, (joined | both) > 0):
+            union = _Object(mask, min(a.score, b.score), a.clipped_only and b.clipped_only)
+            parts = [p for p in _classify(union, long_side, mm_per_px, outside, _level(m, mask), min_ball_lev)
+                     if p.kind in ARTHROPLASTY_KINDS]
+            if _a_stem_and_its_ball(parts):
+                out += parts
+                used |= {i, j}
+                break
+    return out
 
 
 def _a_stem_and_its_ball(pieces: Sequence[_Part]) -> bool:
@@ -1022,7 +1064,9 @@ def _a_stem_and_its_ball(pieces: Sequence[_Part]) -> bool:
 def _low_clipped_prostheses(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
                             long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
     """``parts`` with the prostheses (a stem and the ball cut from it, ``_with_clipped_parts``)
-    that clipped zones below ``CLIPPED_LEV`` but within ``CLIPPED_STEM_LEV`` show.
+    that clipped zones below ``CLIPPED_LEV`` but within ``CLIPPED_STEM_LEV`` show, and flat zones
+    from that band up too thin or small for ``_score`` (``_thin_score``); a stem and a ball that
+    made separate objects are named together (``_paired``).
 
     Why: where a film renders bone bright, clipped metal lies only a little above the bone level
     in units of the soft-tissue/bone gap, and the clipped pass's level cue drops it - on an
@@ -1032,9 +1076,30 @@ def _low_clipped_prostheses(parts: list[_Part], m: _Maps, cands: list[_Candidate
     (the head may then be cut off its neck down to the same level, ``SMALL_BALL_MIN_LEV``)."""
     low = [replace(c, score=c.stem_score) for c in cands
            if c.clipped_pass and c.score < ACCEPT_SCORE and c.stem_score >= ACCEPT_SCORE]
-    if not low:
+    thin = [replace(c, score=s) for c in cands if not c.clipped_pass and (s := _thin_score(c)) >= ACCEPT_SCORE]
+    if not low and not thin:
         return parts
-    return _with_clipped_parts(parts, m, low, labels, long_side, mm_per_px, outside, CLIPPED_STEM_LEV[0])
+    return _with_clipped_parts(parts, m, low + thin, labels, long_side, mm_per_px, outside, CLIPPED_STEM_LEV[0],
+                               pair_apart=True)
+
+
+def _thin_score(c: _Candidate) -> float:
+    """Metal-likeness of a flat zone (not of the clipped pass) in the same level band, 0..1, with
+    a clipped plateau's bars on size and thickness (``MIN_CLIPPED_ZONE_PX``, ``_plateau_score``)
+    instead of ``_score``'s: bright-sided all round, textureless, solid, a plateau behind its edges.
+
+    Why: a film need not clip metal to be white. Unclipped, a cemented stem's flat core, narrowed
+    by its bright mantle (7-8 working pixels thick), and a 28 mm head (under ``MIN_ZONE_PX``) fail
+    ``_score`` though they lie as far above bone as clipped metal (dev sketch 424390:56, 1.4 gaps
+    above soft tissue: head and stem scored 0 and 0.41, and the finder saw nothing). Like the low
+    clipped zones they are kept only as a stem carrying its ball."""
+    if c.clipped_pass or c.border > MAX_BORDER or c.filled_area <= 0 or c.area < MIN_CLIPPED_ZONE_PX:
+        return 0.0
+    hole = 1.0 - c.area / c.filled_area
+    return float(np.prod((
+        _ramp(c.lev, *CLIPPED_STEM_LEV), _ramp(c.bright_frac, 0.95, 0.99), _ramp(c.tex_step, 0.01, 0.005),
+        _ramp(hole, 0.12, 0.04), _ramp(c.cover, COVER_BAD, COVER_GOOD), _ramp(c.thick, 4.0, 6.0),
+        _ramp(c.n_bright, 30.0, 80.0), _ramp(abs(c.curv - CURV_METAL), CURV_BAD, CURV_GOOD))))
 
 
 def _plausible_spacing(pixel_spacing_mm: float | None) -> float | None:
