@@ -57,7 +57,9 @@ How
    (``_Maps.clipped``; the band-pass rings inside a strong edge, so a small clipped head keeps
    almost no flat core). They only add a stem, with the head or cup cut from it, where no cup,
    head or stem was found (``_with_clipped_parts``), well above the bone level and away from the
-   frame.
+   frame. Clipped zones a little lower, and flat zones as far above bone but too thin or small
+   for the score (``_thin_score``: metal white but not clipped), add only a stem carrying its
+   ball (``_low_clipped_prostheses``), also where head and stem made two objects (``_paired``).
 6. Accepted zones are merged into objects, grown into their edge band, and classified by shape
    and size relative to the image (cup, head, stem; nail, screw, wire, other). A ball is cut
    off where a narrow neck joins it, at the object's thickest part or, in clipped metal, at a
@@ -1009,7 +1011,8 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
         else:
             loose.append(o)
     if pair_apart:
-        new += [p for p in _paired(loose, m, long_side, mm_per_px, outside, min_ball_lev) if not (p.mask & found).any()]
+        paired = _paired(loose, m, long_side, mm_per_px, outside, min_ball_lev)
+        new += [p for p in paired if not (p.mask & found).any()]
     if not new:
         return parts
     covered = np.zeros(m.xs.shape, dtype=bool)
@@ -1041,7 +1044,8 @@ def _paired(loose: list[_Object], m: _Maps, long_side: int, mm_per_px: float | N
             continue
         a, b = loose[i], loose[j]
         both = (a.mask | b.mask).astype(np.uint8)
-        joined = np.asarray(cv2.morphologyEx(both, cv2.MORPH_CLOSE, _disk(MERGE_GAP_PX // 2 + 1)), dtype=np.uint8)
+        closed = cv2.morphologyEx(both, cv2.MORPH_CLOSE, _disk(MERGE_GAP_PX // 2 + 1))
+        joined = np.asarray(closed, dtype=np.uint8)
         for mask in (both > 0, (joined | both) > 0):
             union = _Object(mask, min(a.score, b.score), a.clipped_only and b.clipped_only)
             parts = [p for p in _classify(union, long_side, mm_per_px, outside, _level(m, mask), min_ball_lev)
@@ -1076,16 +1080,17 @@ def _low_clipped_prostheses(parts: list[_Part], m: _Maps, cands: list[_Candidate
     (the head may then be cut off its neck down to the same level, ``SMALL_BALL_MIN_LEV``)."""
     low = [replace(c, score=c.stem_score) for c in cands
            if c.clipped_pass and c.score < ACCEPT_SCORE and c.stem_score >= ACCEPT_SCORE]
-    thin = [replace(c, score=s) for c in cands if not c.clipped_pass and (s := _thin_score(c)) >= ACCEPT_SCORE]
+    thin = [replace(c, score=s) for c in cands
+            if not c.clipped_pass and (s := _thin_score(c)) >= ACCEPT_SCORE]
     if not low and not thin:
         return parts
-    return _with_clipped_parts(parts, m, low + thin, labels, long_side, mm_per_px, outside, CLIPPED_STEM_LEV[0],
-                               pair_apart=True)
+    return _with_clipped_parts(parts, m, low + thin, labels, long_side, mm_per_px, outside,
+                               CLIPPED_STEM_LEV[0], pair_apart=True)
 
 
 def _thin_score(c: _Candidate) -> float:
-    """Metal-likeness of a flat zone (not of the clipped pass) in the same level band, 0..1, with
-    a clipped plateau's bars on size and thickness (``MIN_CLIPPED_ZONE_PX``, ``_plateau_score``)
+    """Metal-likeness of a flat zone (not of the clipped pass) from ``CLIPPED_STEM_LEV`` up, 0..1,
+    with a clipped plateau's bars on size and thickness (``MIN_CLIPPED_ZONE_PX``, ``_plateau_score``)
     instead of ``_score``'s: bright-sided all round, textureless, solid, a plateau behind its edges.
 
     Why: a film need not clip metal to be white. Unclipped, a cemented stem's flat core, narrowed
