@@ -927,6 +927,12 @@ def _bbox(mask: BoolArray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def _within_reach(a: tuple[int, int, int, int], b: tuple[int, int, int, int], reach: float) -> bool:
+    """Whether boxes ``a`` and ``b`` (x0, y0, x1, y1) come within ``reach`` of each other."""
+    return (b[0] - reach <= a[2] and a[0] <= b[2] + reach
+            and b[1] - reach <= a[3] and a[1] <= b[3] + reach)
+
+
 def _stems_need_a_ball(parts: list[_Part]) -> None:
     """A femoral stem carries a head. A stem-shaped part with no ball of its own (neither cut
     from one nor bulging into one) and no cup or head next to it is some other elongated thing
@@ -936,10 +942,9 @@ def _stems_need_a_ball(parts: list[_Part]) -> None:
     for p in parts:
         if p.kind != "stem" or p.has_ball:
             continue
-        x0, y0, x1, y1 = _bbox(p.mask)
-        reach = 0.5 * max(x1 - x0, y1 - y0)
-        if not any(bx0 - reach <= x1 and x0 <= bx1 + reach and by0 - reach <= y1 and y0 <= by1 + reach
-                   for bx0, by0, bx1, by1 in balls):
+        box = _bbox(p.mask)
+        reach = 0.5 * max(box[2] - box[0], box[3] - box[1])
+        if not any(_within_reach(box, ball, reach) for ball in balls):
             p.kind = "other"
 
 
@@ -1038,9 +1043,8 @@ def _paired(loose: list[_Object], m: _Maps, long_side: int, mm_per_px: float | N
     for i, j in itertools.combinations(range(len(loose)), 2):
         if i in used or j in used:
             continue
-        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[i], boxes[j]
-        reach = 0.5 * max(ax1 - ax0, ay1 - ay0, bx1 - bx0, by1 - by0)
-        if not (bx0 - reach <= ax1 and ax0 <= bx1 + reach and by0 - reach <= ay1 and ay0 <= by1 + reach):
+        reach = 0.5 * max(max(bx[2] - bx[0], bx[3] - bx[1]) for bx in (boxes[i], boxes[j]))
+        if not _within_reach(boxes[i], boxes[j], reach):
             continue
         a, b = loose[i], loose[j]
         both = (a.mask | b.mask).astype(np.uint8)
