@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from node.domain import Box, Side
-from node.infer.fusion import IMPLANT_THRESHOLD, SideAssigner, hardware_score, implant_score
+from node.infer.fusion import IMPLANT_THRESHOLD, ImplantDecision, SideAssigner, hardware_score, implant_score
 
 
 @pytest.mark.parametrize(
@@ -239,13 +239,15 @@ def test_without_a_detector_the_side_decision_is_the_plain_union() -> None:
 
 def _dhs_seen_by_metal() -> tuple[list[Box], list[Box]]:
     """Detector: hips and one fracture-hardware box, no cup or stem. Metal finder: a "stem"
-    (the lag screw, barrel and side plate of a sliding hip screw) inside that box."""
+    (the lag screw, barrel and side plate of a sliding hip screw) and a "head" (the lag screw's
+    end in the femoral head) inside that box. (A stem with no ball at all meets ``lone_stem``
+    first on AP views; the head keeps these tests on ``metal_on_fixation``.)"""
     boxes = [
         Box(100, 100, 200, 200, "hip_joint_right", 0.9),
         Box(600, 100, 700, 200, "hip_joint_left", 0.9),
         Box(110, 110, 230, 420, "other_hardware", 0.62),
     ]
-    return boxes, [Box(120, 120, 225, 400, "stem", 0.99)]
+    return boxes, [Box(120, 120, 225, 400, "stem", 0.99), Box(120, 112, 175, 167, "head", 0.95)]
 
 
 def test_metal_only_stem_on_the_detectors_fixation_box_is_not_reported_but_stated() -> None:
@@ -285,7 +287,7 @@ def test_metal_on_fixation_rule_keeps_the_union_whenever_another_source_or_place
     # a cup box at the detector's floor is not "no box"
     assert present(0.29, [*boxes, Box(120, 120, 170, 170, "cup", 0.26)], metal_boxes) is True
     # metal beside the fixation box (a prosthesis next to a plate)
-    assert present(0.29, boxes, [Box(300, 100, 380, 400, "stem", 0.99)]) is True
+    assert present(0.29, boxes, [Box(300, 100, 380, 400, "stem", 0.99), Box(300, 90, 350, 140, "head", 0.95)]) is True
     # one of two metal objects off the fixation box is enough to keep the claim
     assert present(0.29, boxes, [*metal_boxes, Box(120, 20, 190, 90, "cup", 0.95)]) is True
     # a fixation box below the detector's floor is no detection
@@ -371,3 +373,47 @@ def test_a_straight_metal_bar_at_the_joint_outweighs_the_models_on_an_ap_view() 
                                   bars=bar).present is True
     # no metal reading: the bar cannot have been seen, the union stands
     assert decide_implant_on_side(0.99, boxes, Side.RIGHT, assign, None, bars=bar).present is True
+
+
+def test_a_stem_with_no_ball_that_neither_model_backs_is_not_reported_on_an_ap_view() -> None:
+    """Cannulated screws or a sliding hip screw the metal finder takes for a stem, with no cup or
+    head of its own (dev sketch films: triage 0.12-0.48, cup boxes 0.34-0.71): not reported on an
+    AP view, and the SR says why. A head beside the stem, a triage model at 0.5, a box of
+    ``DETECTOR_ALONE_MIN_SCORE``, cup and stem boxes both at 0.5, a lateral view or no triage
+    reading keep the union."""
+    from node.infer.fusion import DETECTOR_ALONE_MIN_SCORE, LONE_STEM_MAX_TRIAGE, decide_implant_on_side
+
+    joint = Box(100, 100, 200, 200, "hip_joint_right", 0.9)
+    stem = Box(130, 120, 240, 300, "stem", 1.0)
+
+    def decide(t: float | None, cup: float | None, metal_boxes: list[Box], *, ap: bool = True, metal: float = 1.0,
+               stem_box: float | None = None) -> ImplantDecision:
+        boxes = [joint] if cup is None else [joint, Box(105, 105, 165, 165, "cup", cup)]
+        if stem_box is not None:
+            boxes.append(Box(130, 130, 230, 300, "stem", stem_box))
+        assign = SideAssigner(boxes, (Side.RIGHT,), 800)
+        return decide_implant_on_side(t, boxes, Side.RIGHT, assign, metal, ap_view=ap, metal_boxes=metal_boxes)
+
+    d = decide(0.39, 0.64, [stem])
+    assert d.present is False and not d.by_metal_only and d.uncertainty is not None
+    assert "stem-shaped" in d.uncertainty and "no cup or head" in d.uncertainty
+    assert "p=0.39" in d.uncertainty and "0.64" in d.uncertainty and "not reported" in d.uncertainty
+    no_box = decide(0.29, None, [stem])
+    assert no_box.present is False and no_box.uncertainty is not None and "found no cup or stem" in no_box.uncertainty
+    # the union stands: the stem carries its ball, ...
+    assert decide(0.39, 0.64, [stem, Box(110, 110, 160, 160, "head", 1.0)]).present is True
+    assert decide(0.39, 0.64, [stem, Box(100, 100, 170, 170, "cup", 1.0)]).present is True
+    # ... a model backs it, ...
+    assert decide(LONE_STEM_MAX_TRIAGE, 0.64, [stem]).present is True
+    assert decide(0.39, 0.71, [stem]).present is False  # (dev sketch 424490:56 R: cup box 0.71)
+    assert decide(0.39, DETECTOR_ALONE_MIN_SCORE, [stem]).present is True
+    # ... the detector boxes a cup and a stem (a cemented prosthesis: cup 0.80 / stem 0.68 on dev)
+    assert decide(0.41, 0.64, [stem], stem_box=0.5).present is True
+    assert decide(0.41, 0.64, [stem], stem_box=0.45).present is False
+    assert decide(None, 0.64, [stem]).present is True
+    # ... it is not an AP view (a lateral's head often hides in the stem's outline), ...
+    assert decide(0.39, 0.64, [stem], ap=False).present is True
+    # ... or the metal evidence is not the finder's arthroplasty-shaped metal
+    assert decide(0.39, 0.64, [], metal=1.0).present is True
+    weak = decide(0.39, 0.64, [stem], metal=0.45)  # (the weak box is outvoted there by another rule)
+    assert weak.uncertainty is not None and "stem-shaped" not in weak.uncertainty

@@ -19,6 +19,8 @@ was written for, each checked both ways where the rule has a limit.
   metal finder (``node.analyse.metal._small_ball``).
 * Cups whose metal the film clips to one plateau, read from their outline after every rim fit
   refused (``node.analyse.silhouette``); an outline whose open side disagrees with itself not.
+* Fracture fixation the metal finder names a stem with no ball, not reported where neither model
+  backs it (``node.infer.fusion.lone_stem``).
 
 Each film renders in about half a second; the models load once per module.
 """
@@ -415,6 +417,28 @@ def test_metal_away_from_the_hip_joint_does_not_hold_up_a_weak_claim(
     assert hip.implant_present is True, hip.notes
 
 
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424420, 9, Side.LEFT),  # AP pelvis, cannulated screws: triage 0.29, cup box 0.50
+    (424440, 60, Side.LEFT),  # AP hip, sliding hip screw: triage 0.39, cup box 0.64
+])
+def test_a_stem_with_no_ball_that_neither_model_backs_is_not_reported(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side) -> None:
+    """Fracture fixation (dev sketch films) the metal finder names a stem, with no cup or head of
+    its own: a bundle of cannulated screws running into the bright femoral head, a sliding hip
+    screw's lag screw and barrel. The models lean against an implant (triage under 0.5, a cup box
+    under 0.8); both hips were reported as arthroplasties on the stem. On an AP view such a stem
+    is not reported now (``node.infer.fusion.lone_stem``), and the SR says why; with the rule out
+    of reach (``LONE_STEM_MAX_TRIAGE`` 0) they are reported, as before."""
+    import node.infer.fusion as fusion_module
+
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert not truth.implant and truth.hardware in ("cannulated_screws", "sliding_hip_screw")
+    assert hip.implant_present is False, hip.notes
+    assert any("stem-shaped object with no cup or head" in n for n in hip.notes), hip.notes
+    monkeypatch.setattr(fusion_module, "LONE_STEM_MAX_TRIAGE", 0.0)
+    hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
+    assert hip.implant_present is True, hip.notes
 def test_a_degenerate_dome_circle_does_not_fail_the_whole_cup_fit(models: tuple[TriageModel, DetectorModel]) -> None:
     """A dev sketch cup film (seed 424340, film 47) offered the left cup's fit a dome circle whose
     edge foot lay beyond its centre: the radius went to -0.03 px and the head-filling check raised,

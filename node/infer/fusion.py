@@ -325,6 +325,9 @@ def decide_implant_on_side(
     overlap in projection (on the bench's held-out phantoms the rule cost a lateral
     hemiarthroplasty boxed at 0.91).
 
+    An arthroplasty claimed on the metal finder's stem alone, with no cup or head beside it and
+    neither model backing it, is not reported on AP views (``lone_stem``).
+
     ``bars``: straight parallel-sided metal bars at the side's joint (screws or a nail,
     ``node.analyse.metal.fixation_bars``). Where the metal finder saw such a bar and nothing
     arthroplasty-like on the side, an implant claimed by the models with no cup or stem box of
@@ -337,6 +340,9 @@ def decide_implant_on_side(
     on_fixation = metal_on_fixation(triage_probability, boxes, side, assign, metal, hw, metal_boxes, ap_view=ap_view)
     if on_fixation is not None:
         return on_fixation
+    lone = lone_stem(triage_probability, boxes, side, assign, metal, hw, metal_boxes, ap_view=ap_view)
+    if lone is not None:
+        return lone
     note = None
     if ap_view and metal is not None and metal < METAL_NONE:
         kept, dropped = hardware_score_beside_fixation(boxes, side, assign)
@@ -465,4 +471,57 @@ def metal_on_fixation(
     note = (f"the metal finder's {kinds}-shaped metal (evidence {metal:.2f}) lies on fracture hardware the detector "
             f"boxed (score {best:.2f}), the detector found no cup or stem and the triage model {triage_said} "
             f"(p={t:.2f}): not reported")
+    return ImplantDecision(False, None if model is None else round(model, 4), note, False)
+
+
+# A stem with no ball: on an AP view, where the only arthroplasty-like metal the finder names on a
+# side is stem-shaped (no cup, no head), the triage model is below this and the detector's best cup
+# or stem box below ``DETECTOR_ALONE_MIN_SCORE``, the claim is not reported (``lone_stem``), unless
+# the detector boxed both a cup and a stem there (both at ``IMPLANT_THRESHOLD``).
+LONE_STEM_MAX_TRIAGE = 0.5
+
+
+def lone_stem(
+    triage_probability: float | None,
+    boxes: Sequence[Box],
+    side: Side,
+    assign: SideAssigner,
+    metal: float | None,
+    hardware: float,
+    metal_boxes: Sequence[Box],
+    *,
+    ap_view: bool = True,
+) -> ImplantDecision | None:
+    """An arthroplasty claimed on an AP view on the metal finder's stem alone - no cup or head of
+    its own on that side - that neither model backs: not reported, with the reason (None: the rule
+    does not apply).
+
+    Why: a femoral stem always carries a head in the joint, and on an AP view the head (or the
+    cup round it) shows there; a "stem" with no ball beside it is as often a bundle of cannulated
+    screws or a sliding hip screw's lag screw and barrel, which the finder's silhouette test
+    takes for a tapered stem (the bright femoral head they run into passes for its ball's end).
+    Measured on an independently written renderer's films (``node.phantom.sketch``, never the bench
+    seed): on the dev sets (seeds 424240-424410, three styles, 8,037 sides) and the fresh mixed
+    sets 424420-424490 (2,161 sketch sides), an AP side whose only arthroplasty-like metal was such
+    a stem, with triage below 0.5 and no cup or stem box of 0.8, was fracture fixation 13 times
+    (5 reported as arthroplasties: cannulated screws and a sliding hip screw with cup boxes
+    0.34-0.71) and an arthroplasty once: a cemented prosthesis whose all-polyethylene cup shows no
+    metal, with triage 0.41 and the detector boxing its cup (0.80) and its stem (0.68) - hence the
+    exception where the detector boxes both halves of a prosthesis. A stem the models back, a stem
+    with its ball, and every other view keep the union (on a lateral the head often hides in the
+    stem's outline).
+    """
+    t = triage_probability
+    if (not ap_view or metal is None or metal < IMPLANT_THRESHOLD or t is None or t >= LONE_STEM_MAX_TRIAGE
+            or hardware >= DETECTOR_ALONE_MIN_SCORE or not metal_boxes
+            or any(b.label != "stem" for b in metal_boxes)):
+        return None
+    seen = {b.label for b in boxes if b.label in ARTHROPLASTY_LABELS and b.score >= IMPLANT_THRESHOLD
+            and assign(b) is side}
+    if seen == set(ARTHROPLASTY_LABELS):
+        return None  # the detector sees a cup and a stem: both halves of a prosthesis
+    model = implant_score(t, hardware)
+    box = "found no cup or stem" if hardware < DETECTOR_FLOOR else f"boxed a cup or stem at only {hardware:.2f}"
+    note = (f"the metal finder found a stem-shaped object with no cup or head on this side (evidence {metal:.2f}), "
+            f"the detector {box} and the triage model did not see an implant (p={t:.2f}): not reported")
     return ImplantDecision(False, None if model is None else round(model, 4), note, False)
