@@ -21,6 +21,8 @@ was written for, each checked both ways where the rule has a limit.
   refused (``node.analyse.silhouette``); an outline whose open side disagrees with itself not.
 * Fracture fixation the metal finder names a stem with no ball, not reported where neither model
   backs it (``node.infer.fusion.lone_stem``).
+* Cemented cups whose marker ring, seen nearly edge-on, shows only beside the metal head: read
+  from the ring looked for round that head (``node.analyse.cup.cup_box_from_wire_round_ball``).
 
 Each film renders in about half a second; the models load once per module.
 """
@@ -305,12 +307,20 @@ def test_the_cement_mantles_border_is_not_taken_for_the_marker_ring(
     box placed by proportion the cement mantle's bright inner border, half-framed by the wire,
     passed for the ring, centred 0.59 of its radius off the head, and the cup was read 18-24° off.
     A ring centred away from the metal ball (``WIRE_BALL_MAX_OFFSET_SHARE``) is not the wire: the
-    prosthesis is still reported, the cup left unread rather than read wrong."""
+    prosthesis is still reported, and the cup is read from the ring found round the head
+    (``node.analyse.cup.cup_box_from_wire_round_ball``), within 1.5°; without that search it is
+    left unread (as it was before it), and without the offset check as well it is read wrong."""
     import node.analyse.cup as cup_module
 
     hip, truth = _hip(models, kind, "sketch", seed, index, side)
     assert truth.implant and truth.design == "cemented"
     assert hip.implant_present is True
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, cup
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 1.5, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 1.5, (cup, truth.cup)
+    monkeypatch.setattr(cup_module, "WIRE_BALL_BOX_SCALES", ())
+    hip, truth = _hip(models, kind, "sketch", seed, index, side)
     assert hip.cup is None or hip.cup.anteversion_deg is None, hip.cup
     monkeypatch.setattr(cup_module, "WIRE_BALL_MAX_OFFSET_SHARE", 99.0)
     hip, truth = _hip(models, kind, "sketch", seed, index, side)
@@ -356,13 +366,17 @@ def test_bone_the_metal_finder_takes_for_a_stem_or_cup_away_from_the_joint_is_no
     medially from the joint (a pubic ramus) or a cup far above it (a vertebral body): reported as
     arthroplasties on that metal alone before. Where such parts count as metal of no recognised
     shape (``node.analyse.metal.STEM_MAX_MEDIAL``, ``BALL_MAX_DROP``) they are not reported; with
-    the rule out of reach they were."""
+    the rule out of reach they were (for a medial "stem", with ``node.infer.fusion.lone_stem`` out
+    of reach too: it has since also taken such a stem with no ball and weak models)."""
     import node.analyse.metal as metal_module
+    import node.infer.fusion as fusion_module
 
     hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
     assert not truth.implant
     assert hip.implant_present is False, hip.notes
     monkeypatch.setattr(metal_module, rule, 99.0)
+    # a medial "stem" counted as a stem is a stem with no ball, which lone_stem does not report either
+    monkeypatch.setattr(fusion_module, "LONE_STEM_MAX_TRIAGE", 0.0)
     hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
     assert hip.implant_present is True, hip.notes
 
@@ -439,6 +453,32 @@ def test_a_stem_with_no_ball_that_neither_model_backs_is_not_reported(
     monkeypatch.setattr(fusion_module, "LONE_STEM_MAX_TRIAGE", 0.0)
     hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
     assert hip.implant_present is True, hip.notes
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [(424280, 6, Side.LEFT), (424280, 35, Side.LEFT)])
+def test_a_marker_ring_seen_nearly_edge_on_beside_the_head_is_read(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side) -> None:
+    """Cemented all-polyethylene cups at 4-7° of version (dev sketch cup films): the only cup box
+    is the metal finder's head, the shell fit there refuses ("outline is a full circle"), and the
+    marker ring, a thin bar whose middle the head hides, was not found in the boxes placed by
+    proportion in the hip joint. Looked for round the head (``node.analyse.cup.
+    cup_box_from_wire_round_ball``), it gives both angles within 1°; with no such boxes
+    (``WIRE_BALL_BOX_SCALES`` empty) the cup is refused, as before."""
+    import node.analyse.cup as cup_module
+
+    hip, truth = _hip(models, "cups", "sketch", seed, index, side)
+    assert truth.design == "cemented" and truth.cup.anteversion_deg < 8.0
+    cup = hip.cup
+    assert cup is not None and cup.inclination_deg is not None and cup.anteversion_deg is not None, (cup, hip.notes)
+    assert abs(cup.inclination_deg - truth.cup.inclination_deg) < 1.0, (cup, truth.cup)
+    assert abs(cup.anteversion_deg - truth.cup.anteversion_deg) < 1.0, (cup, truth.cup)
+    assert any("marker wire in the hip joint" in n for n in hip.notes), hip.notes
+    monkeypatch.setattr(cup_module, "WIRE_BALL_BOX_SCALES", ())
+    hip, _ = _hip(models, "cups", "sketch", seed, index, side)
+    assert hip.cup is not None and hip.cup.inclination_deg is None, hip.cup
+
+
 def test_a_degenerate_dome_circle_does_not_fail_the_whole_cup_fit(models: tuple[TriageModel, DetectorModel]) -> None:
     """A dev sketch cup film (seed 424340, film 47) offered the left cup's fit a dome circle whose
     edge foot lay beyond its centre: the radius went to -0.03 px and the head-filling check raised,

@@ -2257,6 +2257,44 @@ def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side,
     return None
 
 
+# A cemented all-polyethylene cup's ring is larger than the metal head inside it (a 22-32 mm head
+# in a 40-55 mm cup: the ring's radius 1.6-2.5 times the head's), and concentric with it. Where the
+# metal finder saw that head, the ring is also looked for in square boxes centred on it, half as
+# wide as these multiples of the head's radius (the ring's semi-major axis must then be 0.45-0.65
+# of the box's side, ``WIRE_SEMI_MAJOR_SHARE``: together these cover rings of 1.4-2.9 head radii).
+WIRE_BALL_BOX_SCALES = (1.8, 2.0, 1.6, 2.2)
+
+
+def cup_box_from_wire_round_ball(image: NDArray[np.float32], side: Side, ball: Box) -> tuple[Box, WireFit] | None:
+    """A cup box and marker ring found round the metal finder's ``ball`` (a head, or a head named
+    "cup"), or ``None``: the first ring found in boxes centred on it (``WIRE_BALL_BOX_SCALES``)
+    whose centre lies within ``WIRE_BALL_MAX_OFFSET_SHARE`` of its semi-major axis of the ball's.
+
+    Why: ``cup_box_from_marker_wire`` places its boxes by proportion in the hip-joint box, sized
+    for the cup; where the film shows little more than the head (a ring seen nearly edge-on is a
+    thin bar whose middle the head hides, and only its two ends show beside the head), those boxes
+    missed the ring on dev sketch films that a box centred on the head frames (see
+    ``node.pipeline._or_ring_round_ball`` for where it is used and what it gave). The box's size
+    is the head's: only the ring's radius is unknown, and the scales cover it."""
+    r = 0.5 * min(ball.width, ball.height)  # a head's box may take in a stub of its neck
+    if r <= 0.0:
+        return None
+    cx, cy = ball.centre.x, ball.centre.y
+    hint = (1.0 if side is Side.LEFT else -1.0, 1.0)  # the patient's left hip lies on the image's right
+    for k in WIRE_BALL_BOX_SCALES:
+        half = k * r
+        wire = find_marker_wire(image, Box(cx - half, cy - half, cx + half, cy + half, "cup", 0.0))
+        if wire is None or wire.kind != "ring":
+            continue
+        if math.hypot(wire.ellipse.cx - cx, wire.ellipse.cy - cy) > WIRE_BALL_MAX_OFFSET_SHARE * wire.ellipse.semi_major:
+            continue
+        e, opening, _ = _wire_opening(wire, hint)
+        m = WIRE_MANTLE_SCALES[2]
+        x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, m), opening, e.semi_major * m)
+        return Box(x0, y0, x1, y1, "cup", 0.0), wire
+    return None
+
+
 def _wire_fit(wire: WireFit, hint: tuple[float, float], box: Box) -> CupFit | None:
     """The cup fit a marker wire gives: the opening's ellipse for a ring (``None`` when the cup it
     implies does not fill the box), a refusal for an arc.
