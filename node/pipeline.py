@@ -1050,8 +1050,9 @@ def _or_ring_round_ball(found: tuple[Box, WireFit] | None, image: np.ndarray, si
 
 
 def _retry_wire(found: tuple[Box, WireFit] | None) -> bool:
-    """Whether a wire found after the shell fit refused the cup is sharp enough to read it
-    (``WIRE_RETRY_MAX_RMS_SHARE``)."""
+    """Whether a wire found by proportion in the hip joint, or round the head, is a sharp line
+    (``WIRE_RETRY_MAX_RMS_SHARE``): the bar for reading a cup from it after the shell fit refused
+    the cup, and for taking a ring round the head over one found in the joint."""
     return found is not None and found[1].rms_px <= WIRE_RETRY_MAX_RMS_SHARE * found[1].ellipse.semi_major
 
 

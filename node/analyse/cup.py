@@ -2250,18 +2250,26 @@ def cup_box_from_marker_wire(image: NDArray[np.float32], joint: Box, side: Side,
                 wire.ellipse.cx - ball.centre.x,
                 wire.ellipse.cy - ball.centre.y) > WIRE_BALL_MAX_OFFSET_SHARE * wire.ellipse.semi_major:
             continue
-        e, opening, _ = _wire_opening(wire, hint)
-        k = WIRE_MANTLE_SCALES[2]
-        x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, k), opening, e.semi_major * k)
-        return Box(x0, y0, x1, y1, "cup", 0.0), wire
+        return _cup_box_of_wire(wire, hint), wire
     return None
+
+
+def _cup_box_of_wire(wire: WireFit, hint: tuple[float, float]) -> Box:
+    """The box of the hemisphere a marker wire implies, at ``WIRE_MANTLE_SCALES[2]`` of the wire's
+    radius (the cement mantle's usual size), opening as ``_wire_opening`` says (``hint`` where the
+    wire does not tell)."""
+    e, opening, _ = _wire_opening(wire, hint)
+    k = WIRE_MANTLE_SCALES[2]
+    x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, k), opening, e.semi_major * k)
+    return Box(x0, y0, x1, y1, "cup", 0.0)
 
 
 # A cemented all-polyethylene cup's ring is larger than the metal head inside it (a 22-32 mm head
 # in a 40-55 mm cup: the ring's radius 1.6-2.5 times the head's), and concentric with it. Where the
-# metal finder saw that head, the ring is also looked for in square boxes centred on it, half as
-# wide as these multiples of the head's radius (the ring's semi-major axis must then be 0.45-0.65
-# of the box's side, ``WIRE_SEMI_MAJOR_SHARE``: together these cover rings of 1.4-2.9 head radii).
+# metal finder saw that head, the ring is also looked for in square boxes centred on it whose
+# half-side is these multiples of the head's radius (the ring's semi-major axis must then be
+# 0.45-0.65 of the box's side, ``WIRE_SEMI_MAJOR_SHARE``: together they cover rings of 1.4-2.9 head
+# radii).
 WIRE_BALL_BOX_SCALES = (1.8, 2.0, 1.6, 2.2)
 
 
@@ -2288,10 +2296,7 @@ def cup_box_from_wire_round_ball(image: NDArray[np.float32], side: Side, ball: B
             continue
         if math.hypot(wire.ellipse.cx - cx, wire.ellipse.cy - cy) > WIRE_BALL_MAX_OFFSET_SHARE * wire.ellipse.semi_major:
             continue
-        e, opening, _ = _wire_opening(wire, hint)
-        m = WIRE_MANTLE_SCALES[2]
-        x0, y0, x1, y1 = _silhouette_bounds(_scale_about_centre(e, m), opening, e.semi_major * m)
-        return Box(x0, y0, x1, y1, "cup", 0.0), wire
+        return _cup_box_of_wire(wire, hint), wire
     return None
 
 

@@ -34,7 +34,7 @@ three sources disagree the decision carries a sentence saying which said what (t
 it as "uncertain: …") instead of silently picking one. The metal finder's "no metal" counts as
 evidence only when it could read the image (``MetalEvidence.reliable``).
 
-Three limits on the union, each stated in the decision when it applies (measured on dev phantoms
+Limits on the union, each stated in the decision when it applies (measured on dev phantoms
 of both styles, seeds 424240/424250, never the bench seed):
 
 * metal alone, with no cup or stem box at the detector's reporting threshold (0.5) and the triage
@@ -50,7 +50,11 @@ of both styles, seeds 424240/424250, never the bench seed):
 * on AP views, where the metal on a side is not shaped like an arthroplasty (evidence from
   ``METAL_NONE`` up to 0.5: metal of no recognised shape) and the detector boxed fracture
   hardware there, an implant resting on triage (below ``NO_METAL_MAX_TRIAGE``) and a cup or stem
-  box under 0.5 is not reported: cannulated screws on an unseen style.
+  box under 0.5 is not reported: cannulated screws on an unseen style;
+* on AP views, an arthroplasty resting on the metal finder's stem alone - no cup or head of its
+  own - with triage below ``LONE_STEM_MAX_TRIAGE`` and no cup or stem box of
+  ``DETECTOR_ALONE_MIN_SCORE`` is not reported (``lone_stem``): cannulated screws and sliding hip
+  screws the finder takes for a stem (dev seeds 424240-424490, see there).
 """
 
 from __future__ import annotations
