@@ -856,8 +856,7 @@ def analyse_hips(
             hip.notes.append("Cup located by its marker wire in the hip joint (no cup box from the detector "
                              "or the metal finder)")
         if hip.implant_present and hip.cup_box is None and ap_view and hip.joint_box is not None:
-            found = _or_ring_round_ball(cup_box_from_marker_wire(image, hip.joint_box, side, metal_balls.get(side)),
-                                        image, side, metal_balls.get(side))
+            found = _wire_in_joint(image, hip.joint_box, side, metal_balls.get(side))
             if found is not None:
                 hip.cup_box, wire = found
                 hip.notes.append("Cup located by its marker wire in the hip joint (no cup box from the detector "
@@ -903,8 +902,7 @@ def analyse_hips(
             # the hip joint, still gives the opening. Only a sharp wire counts here - the shell
             # was already seen and refused, and a metal-backed cup's outline or the bone round it
             # can pass for a ring in a box placed by proportion (WIRE_RETRY_MAX_RMS_SHARE).
-            found = _or_ring_round_ball(cup_box_from_marker_wire(image, hip.joint_box, side, metal_balls.get(side)),
-                                        image, side, metal_balls.get(side))
+            found = _wire_in_joint(image, hip.joint_box, side, metal_balls.get(side))
             if found is not None and _retry_wire(found):
                 by_wire = measure_cup(image, found[0], side, triage.view, reference=reference,
                                       pixel_spacing_mm=pixel_spacing_mm, stem_boxes=stems, geometry=geometry,
@@ -1032,17 +1030,18 @@ def _marker_ring(
     return found, ImplantDecision(True, None, note, False)
 
 
-def _or_ring_round_ball(found: tuple[Box, WireFit] | None, image: np.ndarray, side: Side,
-                        ball: Box | None) -> tuple[Box, WireFit] | None:
-    """``found`` (a wire looked for in the hip joint) where it is sharp (``_retry_wire``), else a
+def _wire_in_joint(image: np.ndarray, joint: Box, side: Side, ball: Box | None) -> tuple[Box, WireFit] | None:
+    """A cemented cup's marker wire in the hip ``joint``: the one found in boxes placed by
+    proportion there (``cup_box_from_marker_wire``) where it is sharp (``_retry_wire``), else a
     sharp ring round the metal finder's ``ball`` (``cup_box_from_wire_round_ball``) where there is
-    one, else ``found``. Through the whole analysis on the dev cup films (sketch seeds
+    one, else the first again (or ``None``). Through the whole analysis on the dev cup films (sketch seeds
     424270-424410, 1,448 visible cups; analytic and voxel 424270-424290, 470, unchanged) 17
     cemented cups were read so within 2.4° / 0.2° of the truth: 15 refused before, 2 read before
     from a duller ring in the joint (1.0° and 1.9° off in version then, 0.1° now); the one ring
     found round a head there that was not sharp (1.1 % of its semi-major axis) read 16° / 40° off.
     Fresh sketch cup films rendered afterwards (seeds 424420-424450, 381 visible cups): 344 -> 348
     measured, the 4 new within 0.7° / 0.4°."""
+    found = cup_box_from_marker_wire(image, joint, side, ball)
     if _retry_wire(found) or ball is None:
         return found
     by_ball = cup_box_from_wire_round_ball(image, side, ball)

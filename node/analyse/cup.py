@@ -2282,7 +2282,7 @@ def cup_box_from_wire_round_ball(image: NDArray[np.float32], side: Side, ball: B
     for the cup; where the film shows little more than the head (a ring seen nearly edge-on is a
     thin bar whose middle the head hides, and only its two ends show beside the head), those boxes
     missed the ring on dev sketch films that a box centred on the head frames (see
-    ``node.pipeline._or_ring_round_ball`` for where it is used and what it gave). The box's size
+    ``node.pipeline._wire_in_joint`` for where it is used and what it gave). The box's size
     is the head's: only the ring's radius is unknown, and the scales cover it."""
     r = 0.5 * min(ball.width, ball.height)  # a head's box may take in a stub of its neck
     if r <= 0.0:
