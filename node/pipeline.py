@@ -789,14 +789,16 @@ def analyse_hips(
         evidence: float | None = None
         metal_boxes: list[Box] = []
         bars: list[Box] = []
+        metal_free = False
         if metal is not None and metal.reliable:
+            metal_free = not any(side_of(o.box) is side for o in metal.objects)
             evidence = arthroplasty_evidence(metal, side_of, side, joints.get(side), ap_view=ap_view)
             metal_boxes = [o.box for o in arthroplasty_objects(metal, side_of, side, joints.get(side), ap_view=ap_view)]
             bars = [o.box for o in fixation_bars(metal, side_of, side, joints.get(side), ap_view=ap_view)]
         metal_evidence[side] = evidence
         decisions[side] = decide_implant_on_side(
             triage.implant_probability.get(side), boxes if detector_ran else None, side, side_of, evidence,
-            ap_view=ap_view, metal_boxes=metal_boxes, bars=bars,
+            ap_view=ap_view, metal_boxes=metal_boxes, bars=bars, metal_free=metal_free,
         )
     # the metal ball (head, or cup with its head) by the joint: a marker ring is centred on it
     metal_balls: dict[Side, Box] = {}

@@ -417,3 +417,42 @@ def test_a_stem_with_no_ball_that_neither_model_backs_is_not_reported_on_an_ap_v
     assert decide(0.39, 0.64, [], metal=1.0).present is True
     weak = decide(0.39, 0.64, [stem], metal=0.45)  # (the weak box is outvoted there by another rule)
     assert weak.uncertainty is not None and "stem-shaped" not in weak.uncertainty
+
+
+def test_a_sure_triage_model_alone_reports_an_implant_on_a_side_view_where_nothing_else_saw_anything() -> None:
+    """On lateral and oblique views the detector and the metal finder both missed prostheses seen
+    side-on (dev sketch films: triage 0.95-1.00, no box, no metal at all). A triage model of
+    ``TRIAGE_ALONE_OFF_AP_MIN`` reports the implant there, uncertain and saying why. Not on AP
+    views, below the limit, where the finder saw any metal on the side or a straight bar, where
+    the detector drew a cup, stem or fracture-hardware box at its floor, or where the finder could
+    not read the film."""
+    from node.infer.fusion import DETECTOR_FLOOR, TRIAGE_ALONE_OFF_AP_MIN, decide_implant_on_side
+
+    joint = Box(100, 100, 200, 200, "hip_joint_right", 0.9)
+
+    def decide(t: float | None, *, ap: bool = False, metal_free: bool = True, extra: Box | None = None,
+               bars: tuple[Box, ...] = (), metal: float | None = 0.0) -> ImplantDecision:
+        boxes = [joint] if extra is None else [joint, extra]
+        assign = SideAssigner(boxes, (Side.RIGHT,), 800)
+        return decide_implant_on_side(t, boxes, Side.RIGHT, assign, metal, ap_view=ap, bars=bars,
+                                      metal_free=metal_free)
+
+    d = decide(0.95)
+    assert d.present is True and not d.by_metal_only and d.probability == 0.95
+    assert d.uncertainty is not None and "p=0.95" in d.uncertainty and "uncertain" in d.uncertainty
+    assert "no metal at all" in d.uncertainty
+    assert decide(TRIAGE_ALONE_OFF_AP_MIN).present is True
+    # AP views keep "nothing without a box" (cannulated screws the finder missed reached 0.95 there)
+    assert decide(0.99, ap=True).present is False
+    assert decide(TRIAGE_ALONE_OFF_AP_MIN - 0.01).present is False
+    assert decide(None).present is False  # no triage reading
+    # the finder saw metal on that side (fracture hardware at triage 0.98 on an oblique), or could not read
+    assert decide(0.99, metal_free=False).present is False
+    assert decide(0.99, metal_free=False, metal=None).present is False
+    assert decide(0.99, bars=(Box(120, 150, 260, 170, "other_hardware", 0.9),)).present is False
+    # the detector boxed fracture hardware at its floor
+    assert decide(0.99, extra=Box(110, 110, 190, 190, "other_hardware", DETECTOR_FLOOR)).present is False
+    assert decide(0.99, extra=Box(110, 110, 190, 190, "other_hardware", DETECTOR_FLOOR - 0.01)).present is True
+    # a weak cup box at the floor is the usual rule's business (triage + weak box), not this one's
+    weak = decide(0.99, extra=Box(110, 110, 170, 170, "cup", 0.3))
+    assert weak.present is True and (weak.uncertainty is None or "no metal at all" not in weak.uncertainty)

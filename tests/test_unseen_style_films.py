@@ -23,6 +23,8 @@ was written for, each checked both ways where the rule has a limit.
   backs it (``node.infer.fusion.lone_stem``).
 * Cemented cups whose marker ring, seen nearly edge-on, shows only beside the metal head: read
   from the ring looked for round that head (``node.analyse.cup.cup_box_from_wire_round_ball``).
+* Prostheses on side views that only the triage model saw (no box, no metal found), reported as
+  uncertain (``node.infer.fusion.TRIAGE_ALONE_OFF_AP_MIN``).
 
 Each film renders in about half a second; the models load once per module.
 """
@@ -558,3 +560,25 @@ def test_a_cup_a_head_fills_gets_both_angles_from_its_clipped_outline(models: tu
     before = hip.cup
     assert before is not None and before.inclination_deg is not None and before.anteversion_deg is None, before
     assert before.anteversion_refusal is not None
+
+
+@pytest.mark.parametrize(("seed", "index", "side"), [
+    (424390, 195, Side.RIGHT),  # lateral, cemented prosthesis: triage 0.95
+    (424420, 65, Side.RIGHT),  # lateral read as oblique, hemispherical cup: triage 0.98
+])
+def test_a_prosthesis_seen_side_on_that_only_the_triage_model_sees_is_reported(
+        models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
+        side: Side) -> None:
+    """Side views (dev sketch films) of prostheses the detector drew no box for and whose noisy
+    metal the metal finder did not take for metal: only the triage model saw them, and they were
+    reported absent. Now reported, marked uncertain with the reason
+    (``node.infer.fusion.TRIAGE_ALONE_OFF_AP_MIN``); with the limit out of reach, absent as before."""
+    import node.infer.fusion as fusion_module
+
+    hip, truth = _hip(models, "mixed", "sketch", seed, index, side)
+    assert truth.implant
+    assert hip.implant_present is True, hip.notes
+    assert any("no metal at all" in n for n in hip.notes), hip.notes
+    monkeypatch.setattr(fusion_module, "TRIAGE_ALONE_OFF_AP_MIN", 1.01)
+    hip, _ = _hip(models, "mixed", "sketch", seed, index, side)
+    assert hip.implant_present is False, hip.notes

@@ -18,7 +18,8 @@ The rule, as one score so that the SR can carry a single number with the flag::
   only when the triage head agrees (``p_triage >= 0.5``);
 * without any cup or stem box on that side, no implant, whatever the triage head says: the
   cup measurement needs the box anyway, and a claimed implant with nothing to measure would be
-  a finding nobody can check.
+  a finding nobody can check. (One exception, on lateral and oblique views only, stated in the
+  decision: ``TRIAGE_ALONE_OFF_AP_MIN``.)
 
 Without a detector the triage probability is used as it is.
 
@@ -55,6 +56,11 @@ of both styles, seeds 424240/424250, never the bench seed):
   own - with triage below ``LONE_STEM_MAX_TRIAGE`` and no cup or stem box of
   ``DETECTOR_ALONE_MIN_SCORE`` is not reported (``lone_stem``): cannulated screws and sliding hip
   screws the finder takes for a stem (dev seeds 424240-424490, see there).
+
+And one addition to the union: on lateral and oblique views, a triage model of at least
+``TRIAGE_ALONE_OFF_AP_MIN`` reports an implant, uncertain and saying why, where the detector
+drew no box at its floor and the metal finder read the film and found no metal at all on that
+side (``decide_implant_on_side``'s ``metal_free``): prostheses seen side-on that both missed.
 """
 
 from __future__ import annotations
@@ -309,6 +315,7 @@ def decide_implant_on_side(
     ap_view: bool = True,
     metal_boxes: Sequence[Box] = (),
     bars: Sequence[Box] = (),
+    metal_free: bool = False,
 ) -> ImplantDecision:
     """``decide_implant`` for one side from the detector's boxes (``None``: no detector ran).
 
@@ -331,6 +338,11 @@ def decide_implant_on_side(
 
     An arthroplasty claimed on the metal finder's stem alone, with no cup or head beside it and
     neither model backing it, is not reported on AP views (``lone_stem``).
+
+    ``metal_free``: the metal finder read the image and found no metal object of any kind on
+    that side. On lateral and oblique views a triage model of ``TRIAGE_ALONE_OFF_AP_MIN`` then
+    reports an implant where the detector drew no cup, stem or fracture-hardware box at its floor
+    (stated as uncertain, see there); not where the finder saw straight bars.
 
     ``bars``: straight parallel-sided metal bars at the side's joint (screws or a nail,
     ``node.analyse.metal.fixation_bars``). Where the metal finder saw such a bar and nothing
@@ -383,6 +395,15 @@ def decide_implant_on_side(
                     f"the {said}: not reported")
             note = said if note is None else f"{note}; {said}"
             return ImplantDecision(False, decision.probability, note, False)
+    if (not ap_view and metal_free and decision.present is False and not bars and t is not None
+            and t >= TRIAGE_ALONE_OFF_AP_MIN and hw < DETECTOR_FLOOR
+            and max((b.score for b in boxes if b.label == "other_hardware" and assign(b) is side),
+                    default=0.0) < DETECTOR_FLOOR):
+        said = (f"the triage model sees an implant (p={t:.2f}) on this side view, where the detector drew no cup, "
+                "stem or hardware box and the metal finder found no metal at all; reported as uncertain: on "
+                "lateral and oblique views both miss prostheses the triage model sees")
+        note = said if note is None else f"{note}; {said}"
+        return ImplantDecision(True, round(t, 4), note, False)
     if note is None:
         return decision
     uncertainty = note if decision.uncertainty is None else f"{decision.uncertainty}; {note}"
@@ -420,6 +441,21 @@ NO_METAL_MAX_TRIAGE = 0.9
 # hemispherical THA, triage 1.00), so there the rule needs a triage model below this; on the dev
 # sets it then took 2 lateral sides, cannulated screws at triage 0.56 / 0.58, and no arthroplasty.
 BAR_OFF_AP_MAX_TRIAGE = 0.9
+
+
+# A triage model at least this sure reports an implant on a lateral or oblique view where neither
+# other source saw anything: the detector drew no cup, stem or fracture-hardware box at its floor
+# (DETECTOR_FLOOR) and the metal finder read the film and found no metal object of any kind on that
+# side (no straight bar either). Why: on an independently written renderer's films
+# (``node.phantom.sketch``) side views of obvious prostheses - a hemiarthroplasty, cemented stems
+# drawn horizontal with noisy metal the finder does not take for a flat zone - got triage 0.95-1.00
+# and nothing else, and were reported absent. On the design sets (dev seeds 424240-424490, three
+# styles, 10,198 sides) no lateral or oblique side without a prosthesis had triage above 0.78 with no
+# box at the floor, while fracture hardware reached 0.98 on an oblique view where the finder saw the
+# screws (hence "no metal at all"); on AP views cannulated screws the finder missed reached 0.95 with
+# no box, so AP views keep "nothing without a box". At 0.9 the rule took 2 dev sides (lateral
+# cemented THA, triage 0.95; a lateral read as oblique, 0.98), both prostheses, and no native side.
+TRIAGE_ALONE_OFF_AP_MIN = 0.9
 
 
 # The metal finder's arthroplasty-like objects on a side are this much covered by the detector's
