@@ -456,3 +456,45 @@ def test_a_sure_triage_model_alone_reports_an_implant_on_a_side_view_where_nothi
     # a weak cup box at the floor is the usual rule's business (triage + weak box), not this one's
     weak = decide(0.99, extra=Box(110, 110, 170, 170, "cup", 0.3))
     assert weak.present is True and (weak.uncertainty is None or "no metal at all" not in weak.uncertainty)
+
+
+def test_an_unsure_stem_box_with_no_cup_box_and_no_metal_is_not_reported_on_an_ap_view() -> None:
+    """Native femoral shafts the detector boxes as a stem (dev sketch films: stem boxes 0.51-0.79,
+    no cup box, triage 0.51-0.67, no metal): not reported on an AP view, and the SR says why. A cup
+    box at the detector's floor beside the stem (a cemented prosthesis whose metal the finder
+    missed: cup 0.42, stem 0.74), a triage model of ``STEM_BOX_ALONE_MAX_TRIAGE``, a stem box of
+    ``DETECTOR_ALONE_MIN_SCORE``, metal of any shape, an unreadable film or another view keep it."""
+    from node.infer.fusion import (
+        DETECTOR_ALONE_MIN_SCORE,
+        DETECTOR_FLOOR,
+        METAL_NONE,
+        STEM_BOX_ALONE_MAX_TRIAGE,
+        decide_implant_on_side,
+    )
+
+    joint = Box(100, 100, 200, 200, "hip_joint_right", 0.9)
+
+    def decide(t: float, stem: float, cup: float | None = None, *, metal: float | None = 0.0,
+               ap: bool = True) -> ImplantDecision:
+        boxes = [joint, Box(130, 150, 230, 320, "stem", stem)]
+        if cup is not None:
+            boxes.append(Box(105, 105, 165, 165, "cup", cup))
+        assign = SideAssigner(boxes, (Side.RIGHT,), 800)
+        return decide_implant_on_side(t, boxes, Side.RIGHT, assign, metal, ap_view=ap)
+
+    d = decide(0.57, 0.73)
+    assert d.present is False and d.uncertainty is not None
+    assert "boxed a stem (score 0.73) but no cup or head" in d.uncertainty and "p=0.57" in d.uncertainty
+    assert "not reported" in d.uncertainty
+    assert decide(0.51, 0.51, cup=DETECTOR_FLOOR - 0.01).present is False
+    # the union stands: a cup box at the floor, ...
+    assert decide(0.64, 0.74, cup=0.42).present is True
+    assert decide(0.64, 0.74, cup=DETECTOR_FLOOR).present is True
+    # ... a surer triage model or stem box, ...
+    assert decide(STEM_BOX_ALONE_MAX_TRIAGE, 0.77).present is True
+    assert decide(0.57, DETECTOR_ALONE_MIN_SCORE).present is True
+    # ... metal the finder saw there (of any shape) or a film it could not read, ...
+    assert decide(0.57, 0.73, metal=METAL_NONE).present is True
+    assert decide(0.57, 0.73, metal=None).present is True
+    # ... or a lateral view
+    assert decide(0.57, 0.73, ap=False).present is True
