@@ -161,9 +161,14 @@ class SideAssigner:
         return self.single if self.single is not None else side_of_box(box, self.joints, self.width)
 
 
+def best_score(boxes: Sequence[Box], side: Side, assign: SideAssigner, labels: Sequence[str]) -> float:
+    """Best score among the boxes of ``labels`` assigned to ``side`` (0.0 when none)."""
+    return max((b.score for b in boxes if b.label in labels and assign(b) is side), default=0.0)
+
+
 def hardware_score(boxes: Sequence[Box], side: Side, assign: SideAssigner) -> float:
     """Best cup or stem score among the boxes assigned to ``side`` (0.0 when none)."""
-    return max((b.score for b in boxes if b.label in ARTHROPLASTY_LABELS and assign(b) is side), default=0.0)
+    return best_score(boxes, side, assign, ARTHROPLASTY_LABELS)
 
 
 # A cup or stem box at least this much covered by one of the detector's own "other_hardware"
@@ -387,7 +392,7 @@ def decide_implant_on_side(
         return ImplantDecision(False, decision.probability, note, False)
     if (ap_view and decision.present and not decision.by_metal_only and metal is not None and metal < METAL_NONE
             and t is not None and t < STEM_BOX_ALONE_MAX_TRIAGE and IMPLANT_THRESHOLD <= hw < DETECTOR_ALONE_MIN_SCORE
-            and max((b.score for b in boxes if b.label == "cup" and assign(b) is side), default=0.0) < DETECTOR_FLOOR):
+            and best_score(boxes, side, assign, ("cup",)) < DETECTOR_FLOOR):
         alone = (f"the detector boxed a stem (score {hw:.2f}) but no cup or head, the triage model is unsure (p={t:.2f}) "
                  "and the metal finder found no arthroplasty-like metal on this side: not reported")
         note = alone if note is None else f"{note}; {alone}"
@@ -399,7 +404,7 @@ def decide_implant_on_side(
         if metal < METAL_NONE:
             said = "metal finder found no arthroplasty-like metal on this side"
         elif metal < IMPLANT_THRESHOLD:
-            fixation = max((b.score for b in boxes if b.label == "other_hardware" and assign(b) is side), default=0.0)
+            fixation = best_score(boxes, side, assign, ("other_hardware",))
             if fixation >= DETECTOR_FLOOR and fixation > hw:
                 said = (f"metal on this side is not shaped like an arthroplasty (evidence {metal:.2f}) and the "
                         f"detector boxed it as fracture hardware (score {fixation:.2f})")
@@ -410,8 +415,7 @@ def decide_implant_on_side(
             return ImplantDecision(False, decision.probability, note, False)
     if (not ap_view and metal_free and decision.present is False and not bars and t is not None
             and t >= TRIAGE_ALONE_OFF_AP_MIN and hw < DETECTOR_FLOOR
-            and max((b.score for b in boxes if b.label == "other_hardware" and assign(b) is side),
-                    default=0.0) < DETECTOR_FLOOR):
+            and best_score(boxes, side, assign, ("other_hardware",)) < DETECTOR_FLOOR):
         said = (f"the triage model sees an implant (p={t:.2f}) on this side view, where the detector drew no cup, "
                 "stem or hardware box and the metal finder found no metal at all; reported as uncertain: on "
                 "lateral and oblique views both miss prostheses the triage model sees")
