@@ -589,9 +589,7 @@ def lone_stem(
             or hardware >= DETECTOR_ALONE_MIN_SCORE or not metal_boxes
             or any(b.label != "stem" for b in metal_boxes)):
         return None
-    seen = {b.label for b in boxes if b.label in ARTHROPLASTY_LABELS and b.score >= IMPLANT_THRESHOLD
-            and assign(b) is side}
-    if seen == set(ARTHROPLASTY_LABELS):
+    if all(best_score(boxes, side, assign, (label,)) >= IMPLANT_THRESHOLD for label in ARTHROPLASTY_LABELS):
         return None  # the detector sees a cup and a stem: both halves of a prosthesis
     model = implant_score(t, hardware)
     box = "found no cup or stem" if hardware < DETECTOR_FLOOR else f"boxed a cup or stem at only {hardware:.2f}"
