@@ -48,11 +48,14 @@ def targets_met(figures: dict[str, Any]) -> dict[str, bool | None]:
     return out
 
 
-# Baselines scored in the same run, on the same seeds (each a triage and a detector version):
-# the first pair bundled before issue 12 and the pair before the current one.
-BASELINES: tuple[tuple[str, str, str], ...] = (
-    ("triage 1.2.0 + detector 1.1.0 (before issue 12)", "triage/1.2.0", "detector/1.1.0"),
-    ("triage 2.2.0 + detector 2.1.0 (the previous bundled pair)", "triage/2.2.0", "detector/2.1.0"),
+# Baselines scored in the same run, on the same seeds (a triage model or ensemble, a detector, and
+# the triage's test-time views, ``models.triage_test_time``): the first pair bundled before issue
+# 12, the pair before the current one, both as they ran then (the image alone), and the bundled
+# models reading the image alone, which is what the test-time views add.
+BASELINES: tuple[tuple[str, str | list[str], str, str], ...] = (
+    ("triage 1.2.0 + detector 1.1.0 (before issue 12)", "triage/1.2.0", "detector/1.1.0", "none"),
+    ("triage 2.2.0 + detector 2.1.0 (the previous bundled pair)", "triage/2.2.0", "detector/2.1.0", "none"),
+    ("the bundled models without test-time views", ["triage/2.2.0", "triage-styles/2.3.0"], "detector/2.1.0", "none"),
 )
 # held-out figures quoted as ratios against each baseline
 RATIO_KEYS = ("implant_per_side_accuracy", "lateral_accuracy", "cups_measured_fraction", "view_accuracy")
@@ -73,7 +76,7 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     mixed, cups = (24, 10) if quick else (160, 50)
     result = evaluate_styles(triage, detector, mixed=mixed, cups=cups, workers=2, progress=print)
-    result["models"] = {"triage": triage.label, "detector": detector.label}
+    result["models"] = {"triage": triage.label, "detector": detector.label, "triage_test_time": triage.test_time}
     # held out = styles neither bundled model trained on (their manifests say which)
     trained = trained_on_styles(triage, detector)
     held_out = [style for style in EVAL_STYLES if style not in trained]
@@ -84,10 +87,11 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     result["held_out_targets_met"] = {style: targets_met(result["styles"][style]) for style in held_out}
     result["real_films"] = real_films(triage, detector)
     result["baselines"] = {}
-    current = (triage.label, detector.label)
-    for label, t_name, d_name in BASELINES:
-        bt, bd = TriageModel.load(t_name, cfg), DetectorModel.load(d_name, cfg)
-        if (bt.label, bd.label) == current:
+    current = (triage.label, detector.label, triage.test_time)
+    for label, t_name, d_name, views in BASELINES:
+        base_cfg = cfg.model_copy(update={"triage_test_time": views})
+        bt, bd = TriageModel.load(t_name, base_cfg), DetectorModel.load(d_name, base_cfg)
+        if (bt.label, bd.label, bt.test_time) == current:
             continue  # the current pair is not its own baseline
         base = evaluate_styles(bt, bd, mixed=mixed, cups=cups, workers=2, progress=print)
         base["real_films"] = real_films(bt, bd)

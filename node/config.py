@@ -328,6 +328,9 @@ class ModelsConfig(_Strict):
     # trial model dropped into models/detector/ would silently become the default
     detector: str | None = "detector/2.1.0"
     morphology: list[str] = ["morphology", "morphology-seed1"]
+    # the triage model also reads each image mirrored and cropped, and its outputs are averaged
+    # (node.infer.triage.TriageModel); "none" reads the image alone
+    triage_test_time: Literal["none", "flip", "flip_crop"] = "flip_crop"
     min_view_probability: float = Field(
         0.6,
         ge=0.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -264,12 +265,39 @@ def test_metal_only_stem_on_the_detectors_fixation_box_is_not_reported_but_state
     # on a lateral view the same while triage is below its threshold
     assert decide_implant_on_side(0.29, boxes, Side.RIGHT, assign, 0.99, ap_view=False,
                                   metal_boxes=metal_boxes).present is False
-    # on an AP view a triage that is not confident does not keep it either ...
-    d = decide_implant_on_side(0.64, boxes, Side.RIGHT, assign, 0.99, metal_boxes=metal_boxes)
+    # on an AP view a triage that is not confident does not keep stem-shaped metal either ...
+    stem_only = metal_boxes[:1]
+    d = decide_implant_on_side(0.64, boxes, Side.RIGHT, assign, 0.99, metal_boxes=stem_only)
     assert d.present is False and d.uncertainty is not None and "not confident" in d.uncertainty
     # ... but on a lateral view, where a prosthesis overlaps a plate in projection, it does
     assert decide_implant_on_side(0.64, boxes, Side.RIGHT, assign, 0.99, ap_view=False,
                                   metal_boxes=metal_boxes).present is True
+
+
+def test_a_cup_or_ball_the_triage_model_calls_an_implant_is_reported_though_the_detector_boxed_fixation() -> None:
+    """BALL_LABELS: on an AP view, metal the finder shapes as a cup or a head (a ball in the
+    joint, which a plate or screw along the femur does not show) with triage at its threshold
+    keeps the claim where the detector's fracture-hardware box lies over it (cemented sketch
+    prostheses, triage 0.51-0.89); stem-shaped metal alone, a triage under 0.5, or a side view
+    still meet the fixation rule."""
+    from node.infer.fusion import BALL_LABELS, decide_implant_on_side
+
+    assert frozenset({"cup", "head"}) == BALL_LABELS and IMPLANT_THRESHOLD == 0.5
+    boxes, metal_boxes = _dhs_seen_by_metal()  # a stem and a head inside the fixation box
+    assign = SideAssigner(boxes, (Side.RIGHT, Side.LEFT), 800)
+
+    def decide(t: float, mb: list[Box], ap_view: bool = True) -> Any:
+        return decide_implant_on_side(t, boxes, Side.RIGHT, assign, 0.99, ap_view=ap_view, metal_boxes=mb)
+
+    cup = [metal_boxes[0], Box(120, 112, 175, 167, "cup", 0.95)]
+    for mb in (metal_boxes, cup, [cup[1]]):
+        assert decide(0.5, mb).present is True
+        assert decide(0.64, mb).present is True
+        low = decide(0.49, mb)
+        assert low.present is False and low.uncertainty is not None and "fracture hardware" in low.uncertainty
+        assert decide(0.64, mb, ap_view=False).present is True  # the side-view limit is 0.5 anyway
+        assert decide(0.49, mb, ap_view=False).present is False
+    assert decide(0.89, metal_boxes[:1]).present is False  # a stem alone: fixation's own shape
 
 
 def test_metal_on_fixation_rule_keeps_the_union_whenever_another_source_or_place_disagrees() -> None:

@@ -55,7 +55,8 @@ def test_triage_one_epoch_exports_and_runtime_matches_torch(phantoms: list, tmp_
     from node.train.common import write_model
 
     write_model(manifest, out_dir)
-    runtime = TriageModel.load("triage", ModelsConfig(root=tmp_path, batch_size=3))
+    # the image alone, as torch computes it below (the node's default also reads mirrors and crops)
+    runtime = TriageModel.load("triage", ModelsConfig(root=tmp_path, batch_size=3, triage_test_time="none"))
     images = [s.image01 for s in phantoms]
     got = runtime.probabilities(images)
     batch, _ = make_batch(images, runtime.model.manifest.input)  # the runtime's own input

@@ -498,6 +498,18 @@ METAL_ON_FIXATION_COVER = 0.6
 # prosthesis and a plate overlap in projection), "not confident" on AP views
 METAL_ON_FIXATION_MAX_TRIAGE = 0.5
 METAL_ON_FIXATION_MAX_TRIAGE_AP = 0.9
+# ... except on an AP view where the metal the finder names includes a cup or a ball (head) and
+# the triage model calls an implant (0.5 or more). Why: the fixation devices this rule is for show
+# the finder a stem's outline, a plate or screws along the femur; a cemented prosthesis's cup or
+# head lies in the joint, where the detector's fracture-hardware box on sketch films also reaches
+# (scores 0.31-0.55). On the design sets read with the triage's test-time views (dev seeds
+# 424240-424490 and sketch 424540-424690, 14,552 sides) the rule took 9 cemented prostheses
+# (triage 0.51-0.89, metal shaped as a cup or a head, with or without a stem) and 18 fixation
+# devices: 16 whose metal is stem-shaped only (triage up to 0.75) and 2 with a cup or head shape,
+# at triage 0.03-0.04. On sketch 424700-424730, rendered after this was decided, it gave back 2
+# prostheses (triage 0.88, 0.89) and took nothing; on the voxel sets the rule was first designed on
+# (424240-424260, 715 sides) every side was right with it.
+BALL_LABELS = frozenset({"cup", "head"})
 
 
 def metal_on_fixation(
@@ -531,6 +543,8 @@ def metal_on_fixation(
     if (metal is None or metal < IMPLANT_THRESHOLD or hardware >= DETECTOR_FLOOR or t is None
             or t >= limit or not metal_boxes):
         return None
+    if ap_view and t >= IMPLANT_THRESHOLD and any(m.label in BALL_LABELS for m in metal_boxes):
+        return None  # a cup or ball the triage model also calls an implant (see BALL_LABELS)
     fixation = [b for b in boxes if b.label == "other_hardware" and b.score >= DETECTOR_FLOOR and assign(b) is side]
     if not fixation:
         return None
