@@ -50,12 +50,11 @@ def targets_met(figures: dict[str, Any]) -> dict[str, bool | None]:
 
 # Baselines scored in the same run, on the same seeds (a triage model or ensemble, a detector, and
 # the triage's test-time views, ``models.triage_test_time``): the first pair bundled before issue
-# 12, the pair before the current one, both as they ran then (the image alone), and the bundled
-# models reading the image alone, which is what the test-time views add.
+# 12 and the pair before the current one, both as they ran then (the image alone); ``run`` adds
+# the bundled models reading the image alone, which is what the test-time views add.
 BASELINES: tuple[tuple[str, str | list[str], str, str], ...] = (
     ("triage 1.2.0 + detector 1.1.0 (before issue 12)", "triage/1.2.0", "detector/1.1.0", "none"),
     ("triage 2.2.0 + detector 2.1.0 (the previous bundled pair)", "triage/2.2.0", "detector/2.1.0", "none"),
-    ("the bundled models without test-time views", ["triage/2.2.0", "triage-styles/2.3.0"], "detector/2.1.0", "none"),
 )
 # held-out figures quoted as ratios against each baseline
 RATIO_KEYS = ("implant_per_side_accuracy", "lateral_accuracy", "cups_measured_fraction", "view_accuracy")
@@ -88,7 +87,8 @@ def run(results_dir: Path, quick: bool = False) -> dict[str, Any]:
     result["real_films"] = real_films(triage, detector)
     result["baselines"] = {}
     current = (triage.label, detector.label, triage.test_time)
-    for label, t_name, d_name, views in BASELINES:
+    alone = ("the bundled models without test-time views", cfg.triage_names, cfg.detector or "detector", "none")
+    for label, t_name, d_name, views in (*BASELINES, alone):
         base_cfg = cfg.model_copy(update={"triage_test_time": views})
         bt, bd = TriageModel.load(t_name, base_cfg), DetectorModel.load(d_name, base_cfg)
         if (bt.label, bd.label, bt.test_time) == current:

@@ -312,6 +312,10 @@ class ScreeningConfig(_Strict):
 
 
 ProviderName = Literal["cpu", "cuda", "tensorrt"]
+# Which extra views of each image the triage model reads at inference, averaged with the image's
+# own outputs (node.infer.triage): none; the mirror image; or the mirror, the image with a few per
+# cent of each border cut off, and that crop's mirror.
+TestTimeViews = Literal["none", "flip", "flip_crop"]
 
 
 class ModelsConfig(_Strict):
@@ -330,7 +334,7 @@ class ModelsConfig(_Strict):
     morphology: list[str] = ["morphology", "morphology-seed1"]
     # the triage model also reads each image mirrored and cropped, and its outputs are averaged
     # (node.infer.triage.TriageModel); "none" reads the image alone
-    triage_test_time: Literal["none", "flip", "flip_crop"] = "flip_crop"
+    triage_test_time: TestTimeViews = "flip_crop"
     min_view_probability: float = Field(
         0.6,
         ge=0.0,

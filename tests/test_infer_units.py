@@ -504,21 +504,21 @@ def test_triage_ensemble_averages_its_members_and_exposes_every_session() -> Non
 
 
 def test_test_time_views_are_merged_with_the_mirror_s_sides_swapped() -> None:
-    """merge_test_time averages the blocks of test_time_batch; in a mirror (the odd blocks) the
+    """merge_views averages the blocks of views_batch; in a mirror (the odd blocks) the
     side and implant columns are (L, R), the view is the same."""
-    from node.infer.triage import merge_test_time
+    from node.infer.triage import merge_views
 
     n = 2
     view = np.arange(4 * n * 5, dtype=np.float64).reshape(4 * n, 5)
     side = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2], [0.1, 0.9], [0.5, 0.5], [0.7, 0.3]])
     implant = np.array([[0.9, 0.0], [0.1, 0.2], [0.1, 0.7], [0.3, 0.3], [0.8, 0.1], [0.2, 0.2], [0.0, 1.0], [0.4, 0.0]])
-    got = merge_test_time({"view": view, "side": side, "implant": implant}, n)
+    got = merge_views({"view": view, "side": side, "implant": implant}, n)
     np.testing.assert_allclose(got["view"], (view[0:2] + view[2:4] + view[4:6] + view[6:8]) / 4)
     np.testing.assert_allclose(got["implant"][0], [(0.9 + 0.7 + 0.8 + 1.0) / 4, (0.0 + 0.1 + 0.1 + 0.0) / 4])
     np.testing.assert_allclose(got["side"][1], [(0.2 + 0.4 + 0.1 + 0.3) / 4, (0.8 + 0.6 + 0.9 + 0.7) / 4])
-    two = merge_test_time({"view": view[:4], "side": side[:4], "implant": implant[:4]}, n)  # "flip": 2 blocks
+    two = merge_views({"view": view[:4], "side": side[:4], "implant": implant[:4]}, n)  # "flip": 2 blocks
     np.testing.assert_allclose(two["implant"][0], [(0.9 + 0.7) / 2, (0.0 + 0.1) / 2])
-    one = merge_test_time({"view": view[:2], "side": side[:2], "implant": implant[:2]}, n)  # "none"
+    one = merge_views({"view": view[:2], "side": side[:2], "implant": implant[:2]}, n)  # "none"
     np.testing.assert_allclose(one["implant"], implant[:2])
 
 
@@ -527,7 +527,7 @@ def test_the_bundled_triage_reads_each_image_mirrored_and_cropped_too() -> None:
     ensemble. With the mirror in the average, a mirrored film gets the same view and its sides'
     implant probabilities swapped; 'none' is the image's own reading, and the two differ."""
     from node.infer.preprocess import make_batch as batch_of
-    from node.infer.triage import OUTPUTS, TriageModel, test_time_batch
+    from node.infer.triage import OUTPUTS, TriageModel, views_batch
 
     cfg = ModelsConfig(root=Path("models"), batch_size=4)
     assert cfg.triage_test_time == "flip_crop"
@@ -539,11 +539,11 @@ def test_the_bundled_triage_reads_each_image_mirrored_and_cropped_too() -> None:
     image = (0.4 + 0.3 * (xx < 70) * (np.hypot(yy - 120, xx - 40) < 30) + 0.05 * rng.random((200, 240))).astype(np.float32)
     mirror = np.ascontiguousarray(image[:, ::-1])
     spec = ens.model.manifest.input
-    assert test_time_batch([image], spec, "none").shape[0] == 1
-    flip = test_time_batch([image], spec, "flip")
+    assert views_batch([image], spec, "none").shape[0] == 1
+    flip = views_batch([image], spec, "flip")
     np.testing.assert_allclose(flip[1], flip[0][..., ::-1])
     np.testing.assert_allclose(flip[0], batch_of([image], spec)[0][0])
-    assert test_time_batch([image, mirror], spec, "flip_crop").shape[0] == 8
+    assert views_batch([image, mirror], spec, "flip_crop").shape[0] == 8
     for views in ("flip", "flip_crop"):
         m = TriageModel.load(cfg.triage, cfg.model_copy(update={"triage_test_time": views}))
         a, b = m.probabilities([image]), m.probabilities([mirror])

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from node.config import ModelsConfig
+from node.config import ModelsConfig, TestTimeViews
 from node.domain import JOINT_LABELS, Box, Side, View
 from node.infer.manifest import InputSpec, ManifestError
 from node.infer.preprocess import batched, make_batch
@@ -205,15 +204,11 @@ def side_from_header(triage: TriageResult, tagged: Side | None) -> tuple[TriageR
     return moved, note
 
 
-#: Which extra views of each image the triage model reads at inference, averaged with the image's
-#: own outputs (``models.triage_test_time`` in the config): none; the mirror image; or the mirror,
-#: the image with ``TEST_TIME_CROP`` of each border cut off, and that crop's mirror.
-TestTimeViews = Literal["none", "flip", "flip_crop"]
 #: Share of the rows (and of the columns) cut off each border for the cropped view.
 TEST_TIME_CROP = 0.06
 
 
-def test_time_batch(images: Sequence[np.ndarray], spec: InputSpec, views: TestTimeViews) -> np.ndarray:
+def views_batch(images: Sequence[np.ndarray], spec: InputSpec, views: TestTimeViews) -> np.ndarray:
     """The network batch of ``images`` followed by the extra views of them, in blocks of
     ``len(images)``: the images, [their mirrors, their crops, the crops' mirrors].
 
@@ -235,8 +230,8 @@ def test_time_batch(images: Sequence[np.ndarray], spec: InputSpec, views: TestTi
     return np.ascontiguousarray(np.concatenate(blocks))
 
 
-def merge_test_time(out: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Average the heads over the blocks of ``test_time_batch`` (``n`` images each). The view is
+def merge_views(out: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Average the heads over the blocks of ``views_batch`` (``n`` images each). The view is
     the same in a mirror; which hip a single-hip view shows and each side's implant swap, so a
     mirror's (R, L) columns are read as (L, R)."""
     k = out["view"].shape[0] // n if n else 1
@@ -324,7 +319,7 @@ class TriageModel:
         """Raw output arrays for all images, concatenated over batches."""
         parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUTS}
         for chunk in batched(images, self.batch_size):
-            out = merge_test_time(self._run_chunk(chunk, {}), len(chunk))
+            out = merge_views(self._run_chunk(chunk, {}), len(chunk))
             for n in OUTPUTS:
                 parts[n].append(out[n])
         if not images:
@@ -332,12 +327,12 @@ class TriageModel:
         return {n: np.concatenate(v) for n, v in parts.items()}
 
     def _run_chunk(self, chunk: Sequence[np.ndarray], prepared: dict[InputSpec, np.ndarray]) -> dict[str, np.ndarray]:
-        """The heads' outputs for one batch and its test-time views (``test_time_batch``);
+        """The heads' outputs for one batch and its test-time views (``views_batch``);
         ``prepared`` caches the network batch per input spec, so that ensemble members with the
         same input share one preprocessing."""
         spec = self.model.manifest.input
         if spec not in prepared:
-            prepared[spec] = test_time_batch(chunk, spec, self.test_time)
+            prepared[spec] = views_batch(chunk, spec, self.test_time)
         return self.model.run(prepared[spec])
 
     def predict(self, images: Sequence[np.ndarray]) -> list[TriageResult]:
