@@ -526,3 +526,51 @@ def test_an_unsure_stem_box_with_no_cup_box_and_no_metal_is_not_reported_on_an_a
     assert decide(0.57, 0.73, metal=None).present is True
     # ... or a lateral view
     assert decide(0.57, 0.73, ap=False).present is True
+
+
+def test_one_source_alone_is_not_reported_against_a_triage_model_that_firmly_denies_an_implant() -> None:
+    """On an AP view, against triage below ``METAL_ONLY_MIN_TRIAGE``: a confident cup box where the
+    metal finder saw no arthroplasty-like metal (dev sketch films: native hips boxed at 0.84-0.91,
+    triage 0.04-0.06), and metal the finder shapes as a lone cup with only a weak box (native
+    femoral heads: boxes 0.51-0.58, triage 0.01-0.16), are not reported, and the SR says why. A
+    triage model at the limit, a stem or head beside the cup, a box of ``DETECTOR_ALONE_MIN_SCORE``
+    on the lone cup, metal beside the confident box, an unread film, no triage reading and side
+    views keep the union."""
+    from node.infer.fusion import (
+        DETECTOR_ALONE_MIN_SCORE,
+        METAL_NONE,
+        METAL_ONLY_MIN_TRIAGE,
+        decide_implant_on_side,
+    )
+
+    joint = Box(100, 100, 200, 200, "hip_joint_right", 0.9)
+    cup_metal = Box(110, 110, 170, 170, "cup", 1.0)
+
+    def decide(t: float | None, box: float, metal: float | None, metal_boxes: list[Box], *,
+               ap: bool = True) -> ImplantDecision:
+        boxes = [joint, Box(105, 105, 165, 165, "cup", box)]
+        assign = SideAssigner(boxes, (Side.RIGHT,), 800)
+        return decide_implant_on_side(t, boxes, Side.RIGHT, assign, metal, ap_view=ap, metal_boxes=metal_boxes)
+
+    alone = decide(0.04, 0.91, 0.0, [])
+    assert alone.present is False and alone.uncertainty is not None and not alone.by_metal_only
+    assert "boxed a cup or stem (score 0.91)" in alone.uncertainty and "p=0.04" in alone.uncertainty
+    assert "no arthroplasty-like metal" in alone.uncertainty and "not reported" in alone.uncertainty
+    ball = decide(0.16, 0.52, 0.91, [cup_metal])
+    assert ball.present is False and ball.uncertainty is not None
+    assert "cup-shaped (evidence 0.91)" in ball.uncertainty and "weak (score 0.52)" in ball.uncertainty
+    assert "p=0.16" in ball.uncertainty and "not reported" in ball.uncertainty
+    # the union stands: triage at the limit, ...
+    assert decide(METAL_ONLY_MIN_TRIAGE, 0.91, 0.0, []).present is True
+    assert decide(METAL_ONLY_MIN_TRIAGE, 0.52, 0.91, [cup_metal]).present is True
+    # ... the cup's head or a stem beside it, a sure box on it, ...
+    assert decide(0.16, 0.52, 0.91, [cup_metal, Box(120, 120, 160, 160, "head", 1.0)]).present is True
+    assert decide(0.16, 0.52, 0.91, [cup_metal, Box(130, 150, 230, 320, "stem", 1.0)]).present is True
+    assert decide(0.16, DETECTOR_ALONE_MIN_SCORE, 0.91, [cup_metal]).present is True
+    # ... metal of any shape beside the confident box, a film the finder could not read, ...
+    assert decide(0.04, 0.91, METAL_NONE, []).present is True
+    assert decide(0.04, 0.91, None, []).present is True
+    # ... no triage reading, or a side view
+    assert decide(None, 0.91, 0.0, []).present is True
+    assert decide(0.04, 0.91, 0.0, [], ap=False).present is True
+    assert decide(0.16, 0.52, 0.91, [cup_metal], ap=False).present is True

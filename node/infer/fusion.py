@@ -60,6 +60,10 @@ of both styles, seeds 424240/424250, never the bench seed):
   no cup box at its floor, where the triage model is below ``STEM_BOX_ALONE_MAX_TRIAGE`` and the
   metal finder read the film and saw no arthroplasty-like metal on that side, is not reported: a
   native femoral shaft boxed as a stem (dev seeds 424240-424610, see there).
+* on AP views, against a triage model that firmly denies an arthroplasty (below
+  ``METAL_ONLY_MIN_TRIAGE``), a confident detector box with no arthroplasty-like metal, or metal
+  the finder shapes as a lone cup with only a weak box, is not reported
+  (``one_source_against_triage``): native hips (dev seeds 424420-424740, see there).
 
 And one addition to the union: on lateral and oblique views, a triage model of at least
 ``TRIAGE_ALONE_OFF_AP_MIN`` reports an implant, uncertain and saying why, where the detector
@@ -370,6 +374,9 @@ def decide_implant_on_side(
     lone = lone_stem(triage_probability, boxes, side, assign, metal, hw, metal_boxes, ap_view=ap_view)
     if lone is not None:
         return lone
+    outvoted = one_source_against_triage(triage_probability, metal, hw, metal_boxes, ap_view=ap_view)
+    if outvoted is not None:
+        return outvoted
     note = None
     if ap_view and metal is not None and metal < METAL_NONE:
         kept, dropped = hardware_score_beside_fixation(boxes, side, assign)
@@ -609,4 +616,52 @@ def lone_stem(
     box = "found no cup or stem" if hardware < DETECTOR_FLOOR else f"boxed a cup or stem at only {hardware:.2f}"
     note = (f"the metal finder found a stem-shaped object with no cup or head on this side (evidence {metal:.2f}), "
             f"the detector {box} and the triage model did not see an implant (p={t:.2f}): not reported")
+    return ImplantDecision(False, None if model is None else round(model, 4), note, False)
+
+
+def one_source_against_triage(
+    triage_probability: float | None,
+    metal: float | None,
+    hardware: float,
+    metal_boxes: Sequence[Box],
+    *,
+    ap_view: bool = True,
+) -> ImplantDecision | None:
+    """On an AP view, an arthroplasty claimed by one source alone against a triage model that
+    firmly denies one (below ``METAL_ONLY_MIN_TRIAGE``): not reported, with the reason (None: the
+    rule does not apply). Two cases, each the mirror of a limit the union already has:
+
+    * the detector alone: a cup or stem box of ``DETECTOR_ALONE_MIN_SCORE`` or more where the
+      metal finder read the film and saw no arthroplasty-like metal on the side (< ``METAL_NONE``).
+      Weaker boxes meet ``decide_implant``'s own limit; this is metal alone's limit
+      (``METAL_ONLY_MIN_TRIAGE``) turned round;
+    * a lone cup: the only arthroplasty-like metal the finder names on the side is cup-shaped (no
+      head, no stem) and the detector's best cup or stem box is under ``DETECTOR_ALONE_MIN_SCORE``.
+      A bright native femoral head is round and sits in the joint, as a cup does; a weak box on it
+      is no second source (``lone_stem`` is the same limit for a stem with no ball).
+
+    Why: on an independently written renderer's films (``node.phantom.sketch``, sketch mixed dev
+    seeds 424420-424490 and 424540-424740, 7,901 sides read with the triage's test-time views, never
+    the bench seed) the first case took 4 native hips reported as arthroplasties (boxes 0.84-0.91
+    with no metal, triage 0.04-0.06) and the second 3 (femoral heads the finder calls a cup, boxes
+    0.51-0.58, triage 0.01-0.16), and neither took a prosthesis: there the prostheses whose only
+    metal the finder names is a cup (818 AP sides, mostly resurfacings) had triage 0.51 or more. On
+    sketch mixed 424750-424810, rendered before this was decided (1,900 sides), it took one native
+    head (triage 0.09) and no prosthesis. The prostheses behind issue 12, which the detector
+    missed, came with triage >= 0.99; this rule asks the opposite of triage.
+    """
+    t = triage_probability
+    if not ap_view or t is None or t >= METAL_ONLY_MIN_TRIAGE or metal is None:
+        return None
+    if metal < METAL_NONE and hardware >= DETECTOR_ALONE_MIN_SCORE:
+        note = (f"the detector boxed a cup or stem (score {hardware:.2f}) but the triage model did not see an implant "
+                f"(p={t:.2f}) and the metal finder found no arthroplasty-like metal on this side: not reported")
+    elif (metal >= IMPLANT_THRESHOLD and metal_boxes and all(m.label == "cup" for m in metal_boxes)
+          and IMPLANT_THRESHOLD <= hardware < DETECTOR_ALONE_MIN_SCORE):
+        note = (f"the metal finder's only arthroplasty-like metal on this side is cup-shaped (evidence {metal:.2f}), "
+                f"with no head or stem, the detector's box is weak (score {hardware:.2f}) and the triage model did "
+                f"not see an implant (p={t:.2f}): not reported")
+    else:
+        return None
+    model = implant_score(t, hardware)
     return ImplantDecision(False, None if model is None else round(model, 4), note, False)
