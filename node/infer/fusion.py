@@ -636,9 +636,10 @@ def one_source_against_triage(
       Weaker boxes meet ``decide_implant``'s own limit; this is metal alone's limit
       (``METAL_ONLY_MIN_TRIAGE``) turned round;
     * a lone cup: the only arthroplasty-like metal the finder names on the side is cup-shaped (no
-      head, no stem) and the detector's best cup or stem box is under ``DETECTOR_ALONE_MIN_SCORE``.
-      A bright native femoral head is round and sits in the joint, as a cup does; a weak box on it
-      is no second source (``lone_stem`` is the same limit for a stem with no ball).
+      head, no stem) and the detector's best cup or stem box is from ``IMPLANT_THRESHOLD`` up to
+      ``DETECTOR_ALONE_MIN_SCORE`` (under it, metal alone's limit applies). A bright native
+      femoral head is round and sits in the joint, as a cup does; a weak box on it is no second
+      source (``lone_stem`` is the same limit for a stem with no ball).
 
     Why: on an independently written renderer's films (``node.phantom.sketch``, sketch mixed dev
     seeds 424420-424490 and 424540-424740, 7,901 sides read with the triage's test-time views, never
