@@ -530,8 +530,8 @@ def test_an_unsure_stem_box_with_no_cup_box_and_no_metal_is_not_reported_on_an_a
 
 def test_one_source_alone_is_not_reported_against_a_triage_model_that_firmly_denies_an_implant() -> None:
     """On an AP view, against triage below ``METAL_ONLY_MIN_TRIAGE``: a confident cup box where the
-    metal finder saw no arthroplasty-like metal (dev sketch films: native hips boxed at 0.84-0.91,
-    triage 0.04-0.06), and metal the finder shapes as a lone cup with only a weak box (native
+    metal finder saw no arthroplasty-like metal (dev sketch films: hips with fixation the finder
+    missed, or native, boxed at 0.84-0.91, triage 0.04-0.06), and metal the finder shapes as a lone cup with only a weak box (native
     femoral heads: boxes 0.51-0.58, triage 0.01-0.16), are not reported, and the SR says why. A
     triage model at the limit, a stem or head beside the cup, a box of ``DETECTOR_ALONE_MIN_SCORE``
     on the lone cup, metal beside the confident box, an unread film, no triage reading and side

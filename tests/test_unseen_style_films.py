@@ -27,7 +27,7 @@ was written for, each checked both ways where the rule has a limit.
   uncertain (``node.infer.fusion.TRIAGE_ALONE_OFF_AP_MIN``).
 * Native femurs boxed as a stem alone (no cup box, no metal, triage barely above 0.5), not reported
   (``node.infer.fusion.STEM_BOX_ALONE_MAX_TRIAGE``).
-* Native hips reported on one source alone (a confident box with no metal, or a femoral head the
+* Hips without an arthroplasty reported on one source alone (a confident box with no metal, or a femoral head the
   metal finder shapes as a lone cup) against a triage model under 0.2, not reported
   (``node.infer.fusion.one_source_against_triage``).
 
@@ -646,13 +646,14 @@ def test_a_native_femur_boxed_as_a_stem_alone_is_not_reported(
 
 
 @pytest.mark.parametrize(("seed", "index", "side", "says"), [
-    (424620, 70, Side.RIGHT, "boxed a cup or stem"),  # AP pelvis, native hip: box 0.89, no metal, triage 0.06
+    (424620, 70, Side.RIGHT, "boxed a cup or stem"),  # AP pelvis, sliding hip screw the finder did not see:
+    # box 0.89, no metal, triage 0.06
     (424730, 174, Side.RIGHT, "cup-shaped"),  # AP hip, native femoral head as a "cup": box 0.51, triage 0.10
 ])
 def test_one_source_alone_against_a_firmly_denying_triage_model_is_not_reported(
         models: tuple[TriageModel, DetectorModel], monkeypatch: pytest.MonkeyPatch, seed: int, index: int,
         side: Side, says: str) -> None:
-    """Native hips (dev sketch films) reported as arthroplasties on one source while the triage
+    """Hips without an arthroplasty (dev sketch films) reported as one on a single source while the triage
     model firmly denied one (under 0.2): a confident detector box where the metal finder saw no
     arthroplasty-like metal, and a bright femoral head the finder shapes as a lone cup with a weak
     box on it. Not reported now (``node.infer.fusion.one_source_against_triage``), and the SR says

@@ -643,8 +643,9 @@ def one_source_against_triage(
 
     Why: on an independently written renderer's films (``node.phantom.sketch``, sketch mixed dev
     seeds 424420-424490 and 424540-424740, 7,901 sides read with the triage's test-time views, never
-    the bench seed) the first case took 4 native hips reported as arthroplasties (boxes 0.84-0.91
-    with no metal, triage 0.04-0.06) and the second 3 (femoral heads the finder calls a cup, boxes
+    the bench seed) the first case took 4 hips without an arthroplasty that were reported as one
+    (boxes 0.84-0.91 with no metal, triage 0.04-0.06: two sliding hip screws and a nail the finder
+    did not see as metal, and a native hip) and the second 3 (femoral heads the finder calls a cup, boxes
     0.51-0.58, triage 0.01-0.16), and neither took a prosthesis: there the prostheses whose only
     metal the finder names is a cup (818 AP sides, mostly resurfacings) had triage 0.51 or more. On
     sketch mixed 424750-424810, rendered before this was decided (1,900 sides), it took one native
