@@ -573,6 +573,55 @@ def test_a_sliding_hip_screw_clipped_white_is_no_prosthesis(monkeypatch: pytest.
     assert arthroplasty_evidence(find_metal(r.image01), assign, Side.RIGHT) >= 0.5
 
 
+@pytest.mark.parametrize(("seed", "index", "side", "kinds"), [
+    (424450, 1, Side.RIGHT, {"cup", "stem"}),  # lateral, flanged cup: bone level 0.98, metal 1.05 gaps up
+    (424430, 170, Side.RIGHT, {"cup", "stem"}),  # AP hip, hemispherical cup
+    (424480, 191, Side.LEFT, {"cup"}),  # lateral: only cup and head clipped, the stem a shade darker
+])
+def test_a_prosthesis_as_white_as_bright_bone_is_found_by_its_outline(seed: int, index: int, side: Side,
+                                                                      kinds: set[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prostheses plain to the eye on an independently written renderer's films (sketch, dev
+    seeds) that render bone nearly as white as metal: the clipped plateau lies only 1.0-1.1
+    bone-soft-tissue gaps above soft tissue and its edges against bright bone and cement are weak,
+    so the level and edge cues dropped it and the finder saw no metal at all. By its outline alone
+    (``_clipped_silhouettes``: a stem with its ball cut at a thin neck, or a lone round ball) it is
+    found; without that step it is not."""
+    import node.analyse.metal as metal_module
+    from node.train.generalise import _render_job
+
+    r = _render_job(("mixed", "sketch", seed, index, 768))
+    assert r.truth.hips[side].implant
+    assign = SideAssigner(r.truth.boxes, r.truth.imaged_sides, r.image01.shape[1])
+    ev = find_metal(r.image01)
+    assert arthroplasty_evidence(ev, assign, side) >= 0.9, ev.note
+    assert kinds <= {o.kind for o in ev.objects if assign(o.box) is side}, ev.note
+    monkeypatch.setattr(metal_module, "_clipped_silhouettes", lambda parts, *a: parts)
+    assert arthroplasty_evidence(find_metal(r.image01), assign, side) < 0.5
+
+
+@pytest.mark.parametrize(("seed", "index", "side", "what"), [
+    (424420, 151, Side.RIGHT, "cannulated_screws"),  # AP hip: the screws' ends a clipped block, "stem"
+    (424420, 153, Side.LEFT, "sliding_hip_screw"),  # lateral: barrel and plate, no recognised shape
+    (424480, 77, Side.RIGHT, "intramedullary_nail"),  # lateral
+])
+def test_fixation_clipped_white_is_not_found_by_its_outline(seed: int, index: int, side: Side, what: str) -> None:
+    """Fracture fixation clipped to white offers ``_clipped_silhouettes`` a clean plateau (the
+    precondition checked here) but no outline of a prosthesis: no ball cut from a stem at a thin
+    neck, no lone round ball (sketch, dev seeds; on 5,800 dev sketch films the step added a cup,
+    head or stem to no film without an arthroplasty)."""
+    import node.analyse.metal as metal_module
+    from node.train.generalise import _render_job
+
+    r = _render_job(("mixed", "sketch", seed, index, 768))
+    assert not r.truth.hips[side].implant and r.truth.hips[side].hardware == what
+    ev, _, cands = metal_module._analyse(r.image01)
+    assert any(c.clipped_pass and c.score < metal_module.ACCEPT_SCORE
+               and metal_module._silhouette_score(c) >= metal_module.ACCEPT_SCORE for c in cands)
+    assign = SideAssigner(r.truth.boxes, r.truth.imaged_sides, r.image01.shape[1])
+    assert arthroplasty_evidence(ev, assign, side) < 0.5, ev.note
+
+
 def _outlined(points: list[tuple[float, float]], kind: str = "other") -> MetalObject:
     xy = np.array(points, dtype=np.float64)
     box = Box(float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()),

@@ -60,6 +60,10 @@ How
    frame. Clipped zones a little lower, and flat zones as far above bone but too thin or small
    for the score (``_thin_score``: metal white but not clipped), add only a stem carrying its
    ball (``_low_clipped_prostheses``), also where head and stem made two objects (``_paired``).
+   Where even those cues fail - a film that renders bone nearly as white as metal, so a clipped
+   plateau lies barely above the bone level and its edges are weak - a clean clipped plateau
+   counts by its outline alone: a stem with its ball cut at a thin neck, or a lone round ball
+   (``_clipped_silhouettes``).
 6. Accepted zones are merged into objects, grown into their edge band, and classified by shape
    and size relative to the image (cup, head, stem; nail, screw, wire, other). A ball is cut
    off where a narrow neck joins it, at the object's thickest part or, in clipped metal, at a
@@ -1111,6 +1115,57 @@ def _thin_score(c: _Candidate) -> float:
         _ramp(c.n_bright, 30.0, 80.0), _ramp(abs(c.curv - CURV_METAL), CURV_BAD, CURV_GOOD))))
 
 
+def _silhouette_score(c: _Candidate) -> float:
+    """How cleanly a zone of the clipped pass is one plateau at the image's top level, 0..1: all
+    of it clipped (``CLIPPED_SHARE``), never the dark side of an edge, solid and thick - with no
+    level cue (``CLIPPED_LEV``) and no edge cover, which ``_plateau_score`` asks for."""
+    if not c.clipped_pass or c.border > CLIPPED_PASS_MAX_BORDER or c.filled_area <= 0:
+        return 0.0
+    hole = 1.0 - c.area / c.filled_area
+    return float(np.prod((_ramp(c.sat, *CLIPPED_SHARE), _ramp(c.bright_frac, 0.95, 0.99),
+                          _ramp(hole, 0.12, 0.04), _ramp(c.thick, 4.0, 6.0))))
+
+
+def _clipped_silhouettes(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
+                         long_side: int, mm_per_px: float | None, outside: BoolArray) -> list[_Part]:
+    """``parts`` with the prostheses that clipped plateaus show by their outline alone, where the
+    level and edge cues fail: a stem with the ball cut from it at a thin neck (``_classify``'s
+    usual cut; no ``_small_ball``), or a lone ball - one round part (``BALL_MIN_ROUNDNESS``) of a
+    cup's or head's size (``_name``) - where no cup, head or stem was found.
+
+    Why: on films that render bone nearly as white as metal (the bone level at 0.96-1.0 of the
+    range, e.g. a lateral whose pelvis overlaps the joint) a prosthesis is one white plateau
+    only 1.0-1.1 bone-soft-tissue gaps above soft tissue, and its edges against bright bone and
+    cement are too weak for the edge cues; on an independently written renderer's films (dev
+    sketch 424420-424740, 5,800 films) the finder saw no cup, head or stem on 99 of 409 lateral
+    prosthesis films, plain to the eye; this step finds 11 of them (and 2 AP films) and adds
+    nothing to the 2,740 films there without an arthroplasty. Without the level cue only the outline tells metal from
+    clipped bone: a femur's neck is too thick for the cut, and the overlapping ends of screws make
+    a clipped block, not a round ball."""
+    sil = [replace(c, score=s) for c in cands
+           if c.clipped_pass and c.score < ACCEPT_SCORE and c.stem_score < ACCEPT_SCORE
+           and (s := _silhouette_score(c)) >= ACCEPT_SCORE]
+    if not sil:
+        return parts
+    parts = _with_clipped_parts(parts, m, sil, labels, long_side, mm_per_px, outside, math.inf)
+    found = np.zeros(m.xs.shape, dtype=bool)
+    for p in parts:
+        if p.kind in ARTHROPLASTY_KINDS:
+            found |= p.mask
+    for o in _objects(m, _select(sil, labels, m.xs.shape)):
+        group = _classify(o, long_side, mm_per_px, outside, _level(m, o.mask), math.inf)
+        if len(group) != 1 or group[0].kind not in ("cup", "head") or (group[0].mask & found).any():
+            continue
+        ball = group[0].mask
+        pts = np.stack(np.nonzero(ball)[::-1], 1).astype(np.float32)
+        _, r_enc = cv2.minEnclosingCircle(pts)
+        if float(ball.sum()) < BALL_MIN_ROUNDNESS * math.pi * r_enc * r_enc:
+            continue
+        parts = [p for p in parts if not (p.mask & ball).any()] + [group[0]]
+        found |= ball
+    return parts
+
+
 def _plausible_spacing(pixel_spacing_mm: float | None) -> float | None:
     """The spacing when it can be a real one: 0.05-1.0 mm, and not the 1.0 placeholder."""
     if pixel_spacing_mm is None or not math.isfinite(pixel_spacing_mm):
@@ -1176,6 +1231,7 @@ def _analyse(image01: np.ndarray, pixel_spacing_mm: float | None = None
     else:
         parts = kept
     parts = _low_clipped_prostheses(parts, m, cands, labels, long_side, mm_work, outside)
+    parts = _clipped_silhouettes(parts, m, cands, labels, long_side, mm_work, outside)
     found = [mo for mo in (_to_full(p, work, m) for p in parts) if mo is not None]
     found.sort(key=lambda o: -o.box.score)
     kinds = ", ".join(f"{o.kind} {o.box.score:.2f}" for o in found) or "none"

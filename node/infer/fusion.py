@@ -63,7 +63,8 @@ of both styles, seeds 424240/424250, never the bench seed):
 * on AP views, against a triage model that firmly denies an arthroplasty (below
   ``METAL_ONLY_MIN_TRIAGE``), a confident detector box with no arthroplasty-like metal, or metal
   the finder shapes as a lone cup with only a weak box, is not reported
-  (``one_source_against_triage``): native hips (dev seeds 424420-424740, see there).
+  (``one_source_against_triage``): hips without an arthroplasty, native or with fixation the
+  finder did not see as metal (dev seeds 424420-424740, see there).
 
 And one addition to the union: on lateral and oblique views, a triage model of at least
 ``TRIAGE_ALONE_OFF_AP_MIN`` reports an implant, uncertain and saying why, where the detector
