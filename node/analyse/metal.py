@@ -990,6 +990,16 @@ def _name(mask: BoolArray, maybe_ball: bool, split: bool, long_side: int, mm_per
 # Public API
 
 
+def _arthroplasty_mask(parts: Sequence[_Part], shape: tuple[int, int]) -> BoolArray:
+    """The pixels of the parts already named a cup, stem or head: later passes add only where
+    none was found."""
+    found = np.zeros(shape, dtype=bool)
+    for p in parts:
+        if p.kind in ARTHROPLASTY_KINDS:
+            found |= p.mask
+    return found
+
+
 def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], labels: list[LabelArray],
                         long_side: int, mm_per_px: float | None, outside: BoolArray,
                         min_ball_lev: float | None = None, pair_apart: bool = False) -> list[_Part]:
@@ -1004,10 +1014,7 @@ def _with_clipped_parts(parts: list[_Part], m: _Maps, cands: list[_Candidate], l
     missed: the object is cut where a head smaller than the stem's shoulder sits on its neck
     (``_small_ball``, in metal well above the bone level), and replaces the parts it covers.
     ``pair_apart``: objects that are neither also get their chance in pairs (``_paired``)."""
-    found = np.zeros(m.xs.shape, dtype=bool)
-    for p in parts:
-        if p.kind in ARTHROPLASTY_KINDS:
-            found |= p.mask
+    found = _arthroplasty_mask(parts, m.xs.shape)
     objs = _objects(m, _select(cands, labels, m.xs.shape))
     groups = [_classify(o, long_side, mm_per_px, outside, _level(m, o.mask), min_ball_lev) for o in objs]
     _stems_need_a_ball([p for g in groups for p in g])
@@ -1139,19 +1146,16 @@ def _clipped_silhouettes(parts: list[_Part], m: _Maps, cands: list[_Candidate], 
     cement are too weak for the edge cues; on an independently written renderer's films (dev
     sketch 424420-424740, 5,800 films) the finder saw no cup, head or stem on 99 of 409 lateral
     prosthesis films, plain to the eye; this step finds 11 of them (and 2 AP films) and adds
-    nothing to the 2,740 films there without an arthroplasty. Without the level cue only the outline tells metal from
-    clipped bone: a femur's neck is too thick for the cut, and the overlapping ends of screws make
-    a clipped block, not a round ball."""
+    nothing to the 2,740 films there without an arthroplasty. Without the level cue only the
+    outline tells metal from clipped bone: a femur's neck is too thick for the cut, and the
+    overlapping ends of screws make a clipped block, not a round ball."""
     sil = [replace(c, score=s) for c in cands
            if c.clipped_pass and c.score < ACCEPT_SCORE and c.stem_score < ACCEPT_SCORE
            and (s := _silhouette_score(c)) >= ACCEPT_SCORE]
     if not sil:
         return parts
     parts = _with_clipped_parts(parts, m, sil, labels, long_side, mm_per_px, outside, math.inf)
-    found = np.zeros(m.xs.shape, dtype=bool)
-    for p in parts:
-        if p.kind in ARTHROPLASTY_KINDS:
-            found |= p.mask
+    found = _arthroplasty_mask(parts, m.xs.shape)
     for o in _objects(m, _select(sil, labels, m.xs.shape)):
         group = _classify(o, long_side, mm_per_px, outside, _level(m, o.mask), math.inf)
         if len(group) != 1 or group[0].kind not in ("cup", "head") or (group[0].mask & found).any():
