@@ -880,6 +880,14 @@ def _cut_ball(crop: NDArray[np.uint8], lab: NDArray[np.int32], label: int, ro: i
     return None
 
 
+def _is_round(mask: BoolArray) -> bool:
+    """Whether a part fills at least ``BALL_MIN_ROUNDNESS`` of its enclosing circle: a ball, not
+    the block the overlapping ends of screws make."""
+    pts = np.stack(np.nonzero(mask)[::-1], 1).astype(np.float32)
+    _, r_enc = cv2.minEnclosingCircle(pts)
+    return float(mask.sum()) >= BALL_MIN_ROUNDNESS * math.pi * r_enc * r_enc
+
+
 def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
                 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]] | None:
     """A ball the usual cut in ``_classify`` missed: first one that is not the object's thickest
@@ -902,9 +910,7 @@ def _small_ball(crop: NDArray[np.uint8], dist: NDArray[np.float32], r_in: float
             if (k == thickest) != own:
                 continue
             piece = lab == k
-            pts = np.stack(np.nonzero(piece)[::-1], 1).astype(np.float32)
-            _, r_enc = cv2.minEnclosingCircle(pts)
-            if float(piece.sum()) < BALL_MIN_ROUNDNESS * math.pi * r_enc * r_enc:
+            if not _is_round(piece):
                 continue
             r_b = float(dist[piece].max())
             cut = _cut_ball(crop, lab, k, ro, r_b, whole_rest=True)
@@ -1161,9 +1167,7 @@ def _clipped_silhouettes(parts: list[_Part], m: _Maps, cands: list[_Candidate], 
         if len(group) != 1 or group[0].kind not in ("cup", "head") or (group[0].mask & found).any():
             continue
         ball = group[0].mask
-        pts = np.stack(np.nonzero(ball)[::-1], 1).astype(np.float32)
-        _, r_enc = cv2.minEnclosingCircle(pts)
-        if float(ball.sum()) < BALL_MIN_ROUNDNESS * math.pi * r_enc * r_enc:
+        if not _is_round(ball):
             continue
         parts = [p for p in parts if not (p.mask & ball).any()] + [group[0]]
         found |= ball
